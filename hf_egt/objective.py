@@ -126,18 +126,19 @@ class GroupLabels:
         return f"GroupLabels({self.labels!r})"
 
     def encode(self, group_labels: torch.Tensor | Sequence[str | int], device: torch.device | None = None):
-        """Map labels to a ``LongTensor`` of ids. An integer tensor is taken as ids (range-checked) unless the labels
-        are themselves non-contiguous integers."""
+        """Map labels to a ``LongTensor`` of ids.
+
+        A tensor is taken as ids already (range-checked); a Python sequence as labels. Trainers encode a dataset's
+        labels once and then pass id tensors.
+        """
         if isinstance(group_labels, torch.Tensor):
-            if group_labels.is_floating_point():
+            if group_labels.is_floating_point() or group_labels.is_complex():
                 raise TypeError(f"group ids must be an integer tensor, got {group_labels.dtype}.")
-            if self.labels == list(range(len(self))):
-                ids = group_labels.long()
-                if ids.numel() and (ids.min() < 0 or ids.max() >= len(self)):
-                    bad = ids[(ids < 0) | (ids >= len(self))][0].item()
-                    raise ValueError(self._unknown_message(bad))
-                return ids.to(device) if device is not None else ids
-            group_labels = group_labels.tolist()
+            ids = group_labels.long()
+            if ids.numel() and (ids.min() < 0 or ids.max() >= len(self)):
+                bad = ids[(ids < 0) | (ids >= len(self))][0].item()
+                raise ValueError(f"Group id {bad} is out of range; valid ids are 0..{len(self) - 1} for {self.labels}.")
+            return ids.to(device) if device is not None else ids
         ids = []
         for label in group_labels:
             if label not in self._ids:
@@ -249,7 +250,8 @@ class GroupObjective:
         return torch.full((self.num_groups,), 1.0 / self.num_groups, dtype=torch.float64)
 
     def encode(self, group_labels, device: torch.device | None = None) -> torch.Tensor:
-        """Map group labels (or ids) to ids; raises ``ValueError`` naming an unknown label and the known ones."""
+        """Map group labels (a sequence) or ids (a tensor) to ids; an unknown label raises ``ValueError`` naming it and
+        the known labels."""
         return self.group_labels.encode(group_labels, device=device)
 
     # -- single batch, reference order -----------------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""Shared test helpers. Everything runs offline on CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DISTRIBUTED_SCRIPTS = Path(__file__).parent / "distributed"
+
+
+def accelerate_launch(script: str, *args: str, num_processes: int = 2, timeout: int = 300) -> None:
+    """Run ``tests/distributed/<script>`` under ``accelerate launch`` on CPU processes (gloo); fail with its output.
+
+    ``--cpu`` would start a single process (accelerate's simple launcher); ``--multi_gpu`` on a machine without GPUs
+    starts ``num_processes`` workers with torchrun, which accelerate runs as ``MULTI_CPU`` over gloo.
+    """
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", str(num_processes), "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    result = subprocess.run(
+        [*launch, str(DISTRIBUTED_SCRIPTS / script), *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if result.returncode != 0:
+        pytest.fail(f"accelerate launch {script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
