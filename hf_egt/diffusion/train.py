@@ -112,7 +112,8 @@ def window_generator(seed: int, step: int, process_index: int) -> torch.Generato
 
 
 def draw_window_inputs(components, window: list[dict], num_buckets: int, generator: torch.Generator, dtype):
-    """Noisy latents, timesteps, targets and noise buckets of every micro-batch of a window, drawn in one go."""
+    """Noisy latents (in ``dtype``), timesteps, float targets and noise buckets of every micro-batch of a window,
+    drawn in one go from ``generator``."""
     scheduler = components.noise_scheduler
     num_train_timesteps = scheduler.config.num_train_timesteps
     distributions = [latent_distribution(components, batch["pixel_values"].to(dtype)) for batch in window]
@@ -123,12 +124,34 @@ def draw_window_inputs(components, window: list[dict], num_buckets: int, generat
         latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
     noise = torch.randn(mean.shape, generator=generator).to(mean.device)
     timesteps = torch.randint(0, num_train_timesteps, (len(mean),), generator=generator).to(mean.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents, noise, timesteps).to(dtype)
     target = denoising_target(scheduler, latents, noise, timesteps)
     buckets = noise_buckets(timesteps, num_train_timesteps, num_buckets)
     sizes = [len(batch["group_ids"]) for batch in window]
     parts = [t.split(sizes) for t in (noisy, timesteps, target, buckets)]
     return [dict(zip(("noisy", "timesteps", "target", "buckets"), values)) for values in zip(*parts)]
+
+
+def accumulate_window(accelerator, components, model, objective, window, inputs, snr_gamma=None) -> float:
+    """Forward and backward of one optimizer step's micro-batches under the group objective; returns its loss.
+
+    The objective's weights are fixed for the window (``begin_window``); each micro-batch adds its share, so the
+    accumulated gradient is that of ``sum_k (n_k / n) sum_g q_kg L_kg`` over the whole window and all processes.
+    Gradients are synchronised once, on the last micro-batch.
+    """
+    objective.begin_window([batch["group_ids"] for batch in window], [x["buckets"] for x in inputs])
+    total = 0.0
+    for index, (batch, x) in enumerate(zip(window, inputs)):
+        with accelerator.no_sync(model) if index < len(window) - 1 else nullcontext():
+            prediction = denoiser_prediction(components, model, x["noisy"], x["timesteps"], batch)
+            losses = per_example_mse(prediction, x["target"])
+            if snr_gamma is not None:
+                losses = losses * min_snr_weights(components.noise_scheduler, x["timesteps"], snr_gamma)
+            loss = objective.window_loss(losses, batch["group_ids"], x["buckets"])
+            # The shares add up to the window's loss; DDP averages gradients over processes.
+            accelerator.backward(loss * accelerator.num_processes)
+            total += loss.item()
+    return total
 
 
 def batches_from(accelerator, dataloader, consumed: int):
@@ -346,19 +369,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         window = [next(batches) for _ in range(accumulation)]
         generator = window_generator(args.seed, global_step, accelerator.process_index)
         inputs = draw_window_inputs(components, window, args.noise_buckets, generator, weight_dtype)
-        objective.begin_window([batch["group_ids"] for batch in window], [x["buckets"] for x in inputs])
-        window_loss = 0.0
-        for index, (batch, x) in enumerate(zip(window, inputs)):
-            # Gradients are synchronised once per window, on its last micro-batch.
-            with accelerator.no_sync(model) if index < accumulation - 1 else nullcontext():
-                prediction = denoiser_prediction(components, model, x["noisy"].to(weight_dtype), x["timesteps"], batch)
-                losses = per_example_mse(prediction, x["target"])
-                if args.snr_gamma is not None:
-                    losses = losses * min_snr_weights(components.noise_scheduler, x["timesteps"], args.snr_gamma)
-                loss = objective.window_loss(losses, batch["group_ids"], x["buckets"])
-                # The shares add up to the window's loss; DDP averages gradients over processes.
-                accelerator.backward(loss * accelerator.num_processes)
-                window_loss += loss.item()
+        window_loss = accumulate_window(accelerator, components, model, objective, window, inputs, args.snr_gamma)
         if args.max_grad_norm:
             accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
         optimizer.step()
