@@ -257,7 +257,12 @@ def push_to_hub(folder: str, repo_id: str, card_text: str) -> None:
         with open(os.path.join(folder, "README.md"), "w") as handle:
             handle.write(card_text)
         repo_id = create_repo(repo_id, exist_ok=True).repo_id
-        upload_folder(repo_id=repo_id, folder_path=folder, commit_message="hf-egt diffusion LoRA")
+        upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message="hf-egt diffusion LoRA",
+            ignore_patterns=["checkpoint-*"],
+        )
         return
     push_folder_to_hub(folder, repo_id, card_text)
 
@@ -291,8 +296,8 @@ def main(args: argparse.Namespace) -> TrainResult:
             if weight_dtype != torch.float32:
                 module.to(dtype=weight_dtype)
     model = add_unet_lora(components.unet, unet_lora_config(args.rank, args.lora_alpha, args.lora_conv))
-    if weight_dtype == torch.float16:
-        cast_training_params(model, dtype=torch.float32)
+    if weight_dtype != torch.float32:
+        cast_training_params(model, dtype=torch.float32)  # LoRA weights and their Adam states stay in float32
 
     # Data: images, group ids (the class label of a class-conditional UNet) and, for SD, captions.
     dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.cache_dir)
