@@ -31,12 +31,12 @@ class EGTSFTConfig(GroupArguments, SFTConfig):
     """
 
     def __post_init__(self):
-        super().__post_init__()
         if self.packing or self.padding_free:
             raise ValueError(
                 "`packing` and `padding_free` put several examples (and groups) in one row, which the per-group "
                 "loss cannot split: set `packing=False` and `padding_free=False`."
             )
+        super().__post_init__()
 
 
 class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):

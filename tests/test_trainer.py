@@ -24,8 +24,10 @@ LORA_TARGETS = {
 }
 
 
-def lora(arch: str = "llama") -> LoraConfig:
-    return LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGETS[arch], lora_dropout=0.0)
+def lora(arch: str = "llama", head: bool = True) -> LoraConfig:
+    """LoRA on every linear layer (and on the LM head, which lets a tiny random model learn a new unigram fast)."""
+    targets = [name for name in LORA_TARGETS[arch] if head or name != "lm_head"]
+    return LoraConfig(r=8, lora_alpha=16, target_modules=targets, lora_dropout=0.0)
 
 
 def config(tmp_path, **overrides) -> EGTConfig:
