@@ -111,7 +111,8 @@ def mixture_density_ratios(real, generated, n_neighbors: int | None = None, chun
     """Estimates ``(a, b)`` of ``p/M`` and ``q/M`` at every pooled point (real first), M the pooled mixture.
 
     A K-NN classifier on the pooled sample (leave-one-out): eta = share of real samples among the K nearest other
-    points, ``a = eta / pi``, ``b = (1 - eta) / (1 - pi)`` with pi the share of real samples among those others.
+    points, ``a = eta / pi``, ``b = (1 - eta) / (1 - pi)`` with pi the share of real samples among those others,
+    each divided by its mean over the pooled points (a ratio estimator: both have mean 1 under M).
     """
     n, m = real.shape[0], generated.shape[0]
     pooled = torch.cat([real.double(), generated.double()])
@@ -122,7 +123,10 @@ def mixture_density_ratios(real, generated, n_neighbors: int | None = None, chun
     neighbours = nearest_neighbour_indices(pooled, pooled, n_neighbors, exclude_self=True, chunk_size=chunk_size)
     eta = is_real[neighbours].mean(dim=1)
     prior = (n - is_real) / (n + m - 1)
-    return eta / prior, (1 - eta) / (1 - prior)
+    a, b = eta / prior, (1 - eta) / (1 - prior)
+    # Both average to 1 under M in truth; normalising makes the estimates satisfy the identities exactly
+    # (e.g. the PR divergence at lambda = 1 equals the total variation).
+    return a / a.mean(), b / b.mean()
 
 
 def _prepare_pooled(real, generated, estimator: str):

@@ -15,8 +15,11 @@ from collections.abc import Iterator
 import torch
 
 FLOAT32_ROUNDOFF = 2.0**-24
+FLOAT64_ROUNDOFF = 2.0**-53
 EXTRA_CANDIDATES = 4
 MAX_PAIR_ELEMENTS = 2**22
+DIRECT_MAX_DIM = 16
+SYMMETRIC_MAX_CANDIDATES = 16
 
 
 def default_chunk_size(num_reference: int, device: torch.device | str = "cpu") -> int:
@@ -46,8 +49,18 @@ def sq_distance_bound(query_sq_norms: torch.Tensor, reference_sq_norms: torch.Te
 
 
 def _fast_operands(query: torch.Tensor, reference: torch.Tensor):
-    """Float32 copies centred on the reference mean (smaller norms, smaller errors), their squared norms, and the
-    per-query-row error bound."""
+    """Operands of the block products and the per-query-row error bound.
+
+    Up to ``DIRECT_MAX_DIM`` dimensions, blocks are float64 distances from differences (``torch.cdist`` without
+    matrix products; the Gram expansion would lose the small distances of dense low-dimensional data to
+    cancellation).
+    Above it, float32 copies centred on the reference mean (smaller norms, smaller errors) and their squared norms.
+    """
+    if query.shape[1] <= DIRECT_MAX_DIM:
+        query64, reference64 = query.double(), reference.double()
+        # cdist's root, squared again, is within a few float64 ulps of the sum of squared differences.
+        scale = query64.square().sum(dim=1) + reference64.square().sum(dim=1).max()
+        return query64, None, reference64, None, 16 * FLOAT64_ROUNDOFF * scale
     center = reference.double().mean(dim=0)
     query32 = (query.double() - center).float()
     reference32 = (reference.double() - center).float()
@@ -56,8 +69,15 @@ def _fast_operands(query: torch.Tensor, reference: torch.Tensor):
     return query32, query_sq, reference32, reference_sq, sq_distance_bound(query_sq, reference_sq, query.shape[1])
 
 
-def _sq_distances32(x: torch.Tensor, x_sq: torch.Tensor, y: torch.Tensor, y_sq: torch.Tensor) -> torch.Tensor:
-    """Float32 squared distances by the Gram expansion, clamped at 0."""
+def _rows(values: torch.Tensor | None, start: int, size: int) -> torch.Tensor | None:
+    return None if values is None else values[start : start + size]
+
+
+def _block_sq_distances(x: torch.Tensor, x_sq, y: torch.Tensor, y_sq) -> torch.Tensor:
+    """Squared distances of a block: direct float64 differences (``x_sq is None``), else the float32 Gram
+    expansion clamped at 0."""
+    if x_sq is None:
+        return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square_()
     block = torch.addmm(y_sq.unsqueeze(0), x, y.T, alpha=-2.0)
     return block.add_(x_sq.unsqueeze(1)).clamp_(min=0)
 
@@ -65,15 +85,15 @@ def _sq_distances32(x: torch.Tensor, x_sq: torch.Tensor, y: torch.Tensor, y_sq: 
 def iter_sq_distance_blocks(
     query: torch.Tensor, reference: torch.Tensor, chunk_size: int | None = None
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(start, block, bound)``: float32 squared distances of ``query[start:start + c]`` to all of
-    ``reference`` (shape ``(c, len(reference))``) and the per-row error bound of that block."""
+    """Yield ``(start, block, bound)``: squared distances (see ``_fast_operands``) of ``query[start:start + c]`` to
+    all of ``reference`` (shape ``(c, len(reference))``) and the per-row error bound of that block."""
     query32, query_sq, reference32, reference_sq, bound = _fast_operands(query, reference)
     chunk_size = chunk_size or default_chunk_size(reference.shape[0], reference.device)
     for start in range(0, query.shape[0], chunk_size):
         stop = min(start + chunk_size, query.shape[0])
         yield (
             start,
-            _sq_distances32(query32[start:stop], query_sq[start:stop], reference32, reference_sq),
+            _block_sq_distances(query32[start:stop], _rows(query_sq, start, stop - start), reference32, reference_sq),
             bound[start:stop],
         )
 
@@ -101,8 +121,8 @@ def _self_candidates(features: torch.Tensor, num: int, chunk_size: int | None):
     indices = torch.zeros((n, num), dtype=torch.long, device=features.device)
     for i in range(0, n, chunk_size):
         for j in range(i, n, chunk_size):
-            block = _sq_distances32(
-                x32[i : i + chunk_size], x_sq[i : i + chunk_size], x32[j : j + chunk_size], x_sq[j : j + chunk_size]
+            block = _block_sq_distances(
+                x32[i : i + chunk_size], _rows(x_sq, i, chunk_size), x32[j : j + chunk_size], _rows(x_sq, j, chunk_size)
             )
             if i == j:
                 block.fill_diagonal_(torch.inf)
@@ -114,10 +134,15 @@ def _self_candidates(features: torch.Tensor, num: int, chunk_size: int | None):
     return values, indices, bound
 
 
-def _cross_candidates(query: torch.Tensor, reference: torch.Tensor, num: int, chunk_size: int | None):
-    """The ``num`` smallest float32 squared distances (ascending) of each query row to the reference rows."""
+def _row_block_candidates(
+    query: torch.Tensor, reference: torch.Tensor, num: int, exclude_self: bool, chunk_size: int | None
+):
+    """The ``num`` smallest squared distances (ascending) of each query row to the reference rows, by row blocks."""
     values, indices, bounds = [], [], []
-    for _, block, bound in iter_sq_distance_blocks(query, reference, chunk_size):
+    for start, block, bound in iter_sq_distance_blocks(query, reference, chunk_size):
+        if exclude_self:
+            rows = torch.arange(block.shape[0], device=block.device)
+            block[rows, rows + start] = torch.inf
         top = torch.topk(block, num, dim=1, largest=False)
         values.append(top.values)
         indices.append(top.indices)
@@ -133,9 +158,10 @@ def _check_k(k: int, reference: torch.Tensor, exclude_self: bool) -> int:
 
 
 def _candidates(query, reference, num, exclude_self, chunk_size):
-    if exclude_self:
+    # Symmetric blocks halve the Gram products but merge candidates twice per block: worth it for few candidates.
+    if exclude_self and num <= SYMMETRIC_MAX_CANDIDATES and query.shape[1] > DIRECT_MAX_DIM:
         return _self_candidates(query, num, chunk_size)
-    return _cross_candidates(query, reference, num, chunk_size)
+    return _row_block_candidates(query, reference, num, exclude_self, chunk_size)
 
 
 def kth_neighbour_sq_distances(

@@ -69,8 +69,8 @@ def prdc(real, generated, k: int = 5, chunk_size: int | None = None) -> dict[str
         stop = start + block.shape[0]
         # d(real_i, generated_j) < radius(real_i): precision, density and coverage.
         margin = bound + RELATIVE_MARGIN * real_threshold[start:stop]
-        low = (real_threshold[start:stop] - margin).float().unsqueeze(1)
-        high = (real_threshold[start:stop] + margin).float().unsqueeze(1)
+        low = (real_threshold[start:stop] - margin).to(block.dtype).unsqueeze(1)
+        high = (real_threshold[start:stop] + margin).to(block.dtype).unsqueeze(1)
         inside, (rows, cols) = _split_comparison(block, low, high)
         exact = exact_sq_distances(real, generated, rows + start, cols).float().sqrt()
         exact_inside = exact < real_radius[rows + start]
@@ -80,8 +80,8 @@ def prdc(real, generated, k: int = 5, chunk_size: int | None = None) -> dict[str
         covered[rows[exact_inside] + start] = True
         # d(real_i, generated_j) < radius(generated_j): recall.
         margin = bound.max() + RELATIVE_MARGIN * generated_threshold
-        low = (generated_threshold - margin).float().unsqueeze(0)
-        high = (generated_threshold + margin).float().unsqueeze(0)
+        low = (generated_threshold - margin).to(block.dtype).unsqueeze(0)
+        high = (generated_threshold + margin).to(block.dtype).unsqueeze(0)
         inside, (rows, cols) = _split_comparison(block, low, high)
         exact = exact_sq_distances(real, generated, rows + start, cols).float().sqrt()
         exact_inside = exact < generated_radius[cols]
