@@ -87,6 +87,10 @@ def test_confidence_intervals_are_seeded_and_bracket_the_value():
     for group, (low, high) in first["ci"].items():
         assert low <= first["per_group"][group] <= high
         assert high - low > 0
+    few = ["a"] * 300 + ["b"] * 191 + ["few"] * 9  # 9 samples: enough for k=5, not their halves
+    with pytest.warns(UserWarning, match="Group 'few': no confidence interval"):
+        report = egt_report(real, few, generated, generated_groups[:-9] + ["few"] * 9, divergence="kl", n_bootstrap=2)
+    assert math.isfinite(report["per_group"]["few"]) and all(math.isnan(bound) for bound in report["ci"]["few"])
 
 
 def test_group_on_one_side_only_is_reported_not_dropped():

@@ -4,7 +4,8 @@ Squared Euclidean distances are computed block by block (``chunk_size`` query ro
 full N x N matrix) with float32 matrix products, the fast path on CPUs and GPUs. Each float32 value comes with a
 rigorous error bound; every decision that the bound cannot settle (which points are the k nearest, whether a distance
 is below a radius) is redone in float64 on the few pairs concerned. Results are therefore those of a float64
-computation, at nearly the cost of a float32 one.
+computation, at nearly the cost of a float32 one. Up to 16 dimensions, where products are cheap but the Gram
+expansion cancels badly, blocks are float64 distances computed from coordinate differences.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def _fast_operands(query: torch.Tensor, reference: torch.Tensor):
 
     Up to ``DIRECT_MAX_DIM`` dimensions, blocks are float64 distances from differences (``torch.cdist`` without
     matrix products; the Gram expansion would lose the small distances of dense low-dimensional data to
-    cancellation).
-    Above it, float32 copies centred on the reference mean (smaller norms, smaller errors) and their squared norms.
+    cancellation). Above it, float32 copies centred on the reference mean (smaller norms, smaller errors) and
+    their squared norms.
     """
     if query.shape[1] <= DIRECT_MAX_DIM:
         query64, reference64 = query.double(), reference.double()

@@ -193,15 +193,18 @@ def egt_report(
         group_real, group_generated = real[real_idx.to(real.device)], generated[generated_idx.to(generated.device)]
         try:
             per_group[group] = float(statistic(group_real, group_generated))
-            ci[group] = (
-                subsampling_interval(
-                    group_real, group_generated, statistic, per_group[group], n_bootstrap, generator, confidence
-                )
-                if n_bootstrap
-                else [math.nan, math.nan]
-            )
         except ValueError as error:
             raise ValueError(f"Group {group!r}: {error}") from error
+        ci[group] = [math.nan, math.nan]
+        if n_bootstrap:
+            try:
+                ci[group] = subsampling_interval(
+                    group_real, group_generated, statistic, per_group[group], n_bootstrap, generator, confidence
+                )
+            except ValueError as error:
+                warnings.warn(
+                    f"Group {group!r}: no confidence interval, half-samples are too small: {error}", stacklevel=2
+                )
         logger.info("%s of group %r: %.4f", divergence, group, per_group[group])
 
     summary = summarize_groups(per_group, higher_is_worse=higher_is_worse)
