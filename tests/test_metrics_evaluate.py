@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_egt.metrics import egt_report, embed_images, embed_texts
+from hf_egt.metrics import egt_report, embed_images, embed_texts, load_text_encoder
 
 evaluate = pytest.importorskip("evaluate")
 MODULE = str(Path(__file__).resolve().parents[1] / "metrics" / "egt")
@@ -73,8 +73,9 @@ def test_text_inputs_are_embedded_with_the_feature_model():
         feature_model=str(minilm_path()),
         n_bootstrap=0,
     )
-    real = embed_texts(real_texts, minilm_path(), show_progress=False)
-    generated = embed_texts(generated_texts, minilm_path(), show_progress=False)
+    encoder = load_text_encoder(minilm_path())
+    real = embed_texts(real_texts, encoder, show_progress=False)
+    generated = embed_texts(generated_texts, encoder, show_progress=False)
     assert real.shape == (24, 384)
     expected = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=0)
     assert result["per_group"] == pytest.approx(expected["per_group"])
@@ -90,11 +91,12 @@ def test_text_inputs_are_embedded_with_the_feature_model():
 def test_embed_texts_mean_pooling_ignores_padding():
     from hf_egt.offline import minilm_path
 
+    encoder = load_text_encoder(minilm_path())
     texts = ["short", "a much longer sentence that needs many more tokens than the first one"]
-    batched = embed_texts(texts, minilm_path(), batch_size=2, show_progress=False)
-    alone = torch.cat([embed_texts([text], minilm_path(), batch_size=1, show_progress=False) for text in texts])
+    batched = embed_texts(texts, encoder, batch_size=2, show_progress=False)
+    alone = torch.cat([embed_texts([text], encoder, batch_size=1, show_progress=False) for text in texts])
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
-    normalized = embed_texts(texts, minilm_path(), normalize=True, show_progress=False)
+    normalized = embed_texts(texts, encoder, normalize=True, show_progress=False)
     torch.testing.assert_close(normalized.norm(dim=1), torch.ones(2))
 
 

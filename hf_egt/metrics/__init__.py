@@ -13,7 +13,7 @@ from .divergences import (
     squared_hellinger_distance,
     total_variation_distance,
 )
-from .features import embed_images, embed_texts
+from .features import embed_images, embed_texts, load_text_encoder
 from .frechet import frechet_distance, frechet_distance_from_moments, gaussian_moments
 from .likelihood import likelihood_report
 from .plot import plot_report
@@ -34,6 +34,7 @@ __all__ = [
     "jensen_shannon_divergence",
     "kl_divergence",
     "likelihood_report",
+    "load_text_encoder",
     "plot_report",
     "pr_curve",
     "pr_divergence",

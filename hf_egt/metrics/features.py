@@ -19,6 +19,13 @@ def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torc
     return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def load_text_encoder(model_name_or_path) -> tuple:
+    """``(model, tokenizer)`` of a Hugging Face encoder (Hub id or folder), to embed several text sets with one load."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel.from_pretrained(str(model_name_or_path)), AutoTokenizer.from_pretrained(str(model_name_or_path))
+
+
 @torch.no_grad()
 def embed_texts(
     texts: Sequence[str],
@@ -41,16 +48,12 @@ def embed_texts(
         normalize: L2-normalise the embeddings (as sentence-transformers models with a Normalize module do).
         show_progress: show a tqdm progress bar.
     """
-    from transformers import AutoModel, AutoTokenizer
-
     if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
         raise TypeError("`texts` must be a sequence of strings.")
     device = torch.device(device) if device is not None else default_device()
-    if isinstance(model_name_or_path, tuple):
-        model, tokenizer = model_name_or_path
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_name_or_path))
-        model = AutoModel.from_pretrained(str(model_name_or_path))
+    model, tokenizer = (
+        model_name_or_path if isinstance(model_name_or_path, tuple) else load_text_encoder(model_name_or_path)
+    )
     model = model.to(device).eval()
     embeddings = []
     for start in tqdm(range(0, len(texts), batch_size), desc="Embedding texts", disable=not show_progress):

@@ -12,6 +12,7 @@ import numpy as np
 from hf_egt.metrics import DIVERGENCES
 from hf_egt.metrics import egt_report
 from hf_egt.metrics import embed_texts
+from hf_egt.metrics import load_text_encoder
 
 _CITATION = """\
 @article{verine2026egt,
@@ -110,8 +111,9 @@ class EGT(evaluate.Metric):
                 )
             if not all(isinstance(text, str) for text in references):
                 raise ValueError("`references` must be texts when `predictions` are texts.")
-            predictions = embed_texts(predictions, feature_model)
-            references = embed_texts(references, feature_model)
+            encoder = load_text_encoder(feature_model)
+            predictions = embed_texts(predictions, encoder)
+            references = embed_texts(references, encoder)
         else:
             predictions = np.asarray([np.asarray(vector, dtype=np.float32) for vector in predictions])
             references = np.asarray([np.asarray(vector, dtype=np.float32) for vector in references])
