@@ -6,10 +6,10 @@ Data: ``digits-imbalanced`` (scikit-learn digits, classes 2, 5 and 8 kept at 15 
 Features: the hidden layer of a small MLP classifier trained on the full, balanced digits
 (``hf_egt.diffusion.classifier.train_digit_classifier``). Real images of class a: all digits of class a (the data
 distribution P_a, ~180 each); generated: ``--samples_per_class`` images conditioned on class a. Per-class EGT:
-``hf_egt.metrics.egt_report`` (``--divergence``); without it (an older checkout), a per-class Frechet distance.
+``hf_egt.metrics.egt_report`` (``--divergences``, default KL and Frechet distance).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py          # ~8 min of CPU time, 1 thread
-    PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py --phase report            # metrics only
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py  # ~8 min CPU, 1 thread
+    PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py --phase report  # metrics only
 
 Everything goes to ``--output_dir`` (default ``outputs/diffusion-digits``): the pretrained pipeline, each run's
 adapter, ``samples.npz`` (features and labels of real and generated images) and ``report.json`` / ``report.md``.
@@ -30,6 +30,17 @@ from hf_egt.diffusion.data import digits_imbalanced_arrays
 from hf_egt.diffusion.losses import per_example_mse
 from hf_egt.diffusion.sampling import image_grid, sample_unet2d
 
+# Fine-tuning variants: name -> arguments of the training script on top of the common ones.
+VARIANTS = {
+    "erm": ["--objective", "erm"],
+    "reweight": ["--objective", "reweight"],
+    "minmax": ["--objective", "minmax", "--noise_buckets", "4"],  # worst class at each of 4 noise levels
+    "minmax-k1": ["--objective", "minmax", "--noise_buckets", "1"],  # one set of class weights for all noise levels
+    # with Sagawa et al.'s generalisation adjustment C / sqrt(n_g) (n_g: the class's examples in the batch)
+    "minmax-k1-adj": ["--objective", "minmax", "--noise_buckets", "1", "--dro_adjustment", "0.05"],
+    "ema": ["--objective", "ema", "--noise_buckets", "4", "--ema_temperature", "0.01"],
+}
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,13 +49,15 @@ def parse_args(argv=None):
     parser.add_argument("--pretrain_steps", type=int, default=800)
     parser.add_argument("--finetune_steps", type=int, default=120)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--objectives", nargs="+", default=["erm", "reweight", "minmax"])
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["erm", "reweight", "minmax", "minmax-k1"]
+    )
+    parser.add_argument("--reuse", action="store_true", help="Keep what samples.npz holds; run only what is missing.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dro_step_size", type=float, default=0.5)
-    parser.add_argument("--noise_buckets", type=int, default=4)
     parser.add_argument("--samples_per_class", type=int, default=60)
     parser.add_argument("--inference_steps", type=int, default=15)
-    parser.add_argument("--divergence", default="kl")
+    parser.add_argument("--divergences", nargs="+", default=["kl", "frechet"], help="of hf_egt.metrics.egt_report")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU).")
     return parser.parse_args(argv)
 
@@ -87,34 +100,48 @@ def generate(unet, scheduler_config, per_class: int, steps: int, seed: int) -> t
     return sample_unet2d(unet.eval(), scheduler_config, len(labels), labels, steps, generator), labels
 
 
-def finetune(base: str, output_dir: str, objective: str, seed: int, args):
+def finetune(base: str, output_dir: str, variant: str, seed: int, args):
     from hf_egt.diffusion.train import main, parse_args
 
     argv = [
         "--pretrained_model_name_or_path", base, "--dataset_name", "digits-imbalanced", "--resolution", "8",
         "--train_batch_size", str(args.batch_size), "--max_train_steps", str(args.finetune_steps),
-        "--learning_rate", "1e-3", "--rank", "8", "--lora_conv", "--objective", objective,
-        "--noise_buckets", str(args.noise_buckets), "--dro_step_size", str(args.dro_step_size),
-        "--checkpointing_steps", "0", "--seed", str(seed), "--output_dir", output_dir,
+        "--learning_rate", "1e-3", "--rank", "8", "--lora_conv", "--dro_step_size", str(args.dro_step_size),
+        "--checkpointing_steps", "0", "--seed", str(seed), "--output_dir", output_dir, *VARIANTS[variant],
     ]  # fmt: skip
     return main(parse_args(argv)).model
 
 
 def run(args) -> None:
+    """Pretrain, train the feature classifier, fine-tune every variant and seed, sample; save ``samples.npz``.
+
+    With ``--reuse``, what ``samples.npz`` already holds (and the pretrained model) is kept and only the missing
+    variants are run; the classifier is retrained with the same seed and checked to give the same real features.
+    """
     from diffusers import DDPMScheduler, UNet2DModel
     from sklearn.datasets import load_digits
 
     os.makedirs(args.output_dir, exist_ok=True)
-    timings, start = {}, time.time()
     base = os.path.join(args.output_dir, "pretrained")
-    unet, scheduler = pretrain(base, args.pretrain_steps, args.batch_size)
-    timings["pretrain_s"] = time.time() - start
+    samples_path, timings_path = (os.path.join(args.output_dir, name) for name in ("samples.npz", "timings.json"))
+    reuse = args.reuse and os.path.exists(samples_path)
+    arrays = dict(np.load(samples_path)) if reuse else {}
+    timings = json.load(open(timings_path)) if reuse else {}
+    if reuse:
+        scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    else:
+        start = time.time()
+        _, scheduler = pretrain(base, args.pretrain_steps, args.batch_size)
+        timings["pretrain_s"] = time.time() - start
 
     digits = load_digits()
     real_images = digits_tensor(np.round(digits.images * (255.0 / 16.0)).astype(np.uint8))
     real_labels = torch.from_numpy(digits.target)
     classifier = train_digit_classifier(real_images, real_labels, seed=0)
-    arrays = {"real_features": classifier.features(real_images).numpy(), "real_labels": real_labels.numpy()}
+    real_features = classifier.features(real_images).numpy()
+    if reuse and not np.allclose(arrays["real_features"], real_features, atol=1e-5):
+        raise RuntimeError("The retrained classifier differs from the one of samples.npz; rerun without --reuse.")
+    arrays.update(real_features=real_features, real_labels=real_labels.numpy())
 
     def record(name: str, model) -> None:
         images, labels = generate(model, scheduler.config, args.samples_per_class, args.inference_steps, seed=0)
@@ -124,69 +151,49 @@ def run(args) -> None:
         arrays[f"{name}/labels"] = labels.numpy()
         image_grid([images[labels == c][:10] for c in range(10)]).save(os.path.join(args.output_dir, f"{name}.png"))
 
-    record("pretrained", UNet2DModel.from_pretrained(base, subfolder="unet"))
-    for objective in args.objectives:
+    if "pretrained/features" not in arrays:
+        record("pretrained", UNet2DModel.from_pretrained(base, subfolder="unet"))
+    for variant in args.variants:
         for seed in args.seeds:
+            name = f"{variant}-seed{seed}"
+            if f"{name}/features" in arrays:
+                continue
             start = time.time()
-            model = finetune(base, os.path.join(args.output_dir, f"{objective}-seed{seed}"), objective, seed, args)
-            timings[f"{objective}-seed{seed}_s"] = time.time() - start
-            record(f"{objective}-seed{seed}", model)
-    assert DDPMScheduler.from_pretrained(base, subfolder="scheduler").config.num_train_timesteps == 1000
-    np.savez(os.path.join(args.output_dir, "samples.npz"), **arrays)
-    with open(os.path.join(args.output_dir, "timings.json"), "w") as handle:
-        json.dump(timings, handle, indent=1)
-
-
-def frechet_per_class(real, real_labels, generated, generated_labels) -> dict:
-    """Stand-in used only when ``hf_egt.metrics.egt_report`` is not available: per-class Frechet distance."""
-    from scipy import linalg
-
-    def frechet(a, b):
-        mu_a, mu_b = a.mean(0), b.mean(0)
-        cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-        covmean = linalg.sqrtm(cov_a @ cov_b).real
-        return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
-
-    per_group = {int(c): frechet(real[real_labels == c], generated[generated_labels == c]) for c in range(10)}
-    values = list(per_group.values())
-    return {
-        "divergence": "frechet (stand-in)",
-        "per_group": per_group,
-        "gap": max(values) - min(values),
-        "ratio": max(values) / min(values),
-        "worst_group": max(per_group, key=per_group.get),
-        "overall": frechet(real, generated),
-    }
+            model = finetune(base, os.path.join(args.output_dir, name), variant, seed, args)
+            timings[f"{name}_s"] = time.time() - start
+            record(name, model)
+            np.savez(samples_path, **arrays)
+            with open(timings_path, "w") as handle:
+                json.dump(timings, handle, indent=1)
 
 
 def report(args) -> dict:
+    from hf_egt.metrics import egt_report
+
     data = np.load(os.path.join(args.output_dir, "samples.npz"))
-    try:
-        from hf_egt.metrics import egt_report
 
-        def measure(features, labels):
-            return egt_report(
-                data["real_features"], data["real_labels"].tolist(), features, labels.tolist(),
-                divergence=args.divergence, n_bootstrap=10, seed=0,
-            )  # fmt: skip
-    except ImportError:
-
-        def measure(features, labels):
-            return frechet_per_class(data["real_features"], data["real_labels"], features, labels)
+    def measure(features, labels, divergence):
+        return egt_report(
+            data["real_features"], data["real_labels"].tolist(), features, labels.tolist(),
+            divergence=divergence, n_bootstrap=10, seed=0,
+        )  # fmt: skip
 
     names = sorted({key.split("/")[0] for key in data.files if "/" in key})
-    results = {}
-    for name in names:
-        result = measure(data[f"{name}/features"], data[f"{name}/labels"])
-        result["classifier_accuracy"] = float(data[f"{name}/accuracy"])
-        results[name] = result
+    reports, tables = {}, []
+    for divergence in args.divergences:
+        results = {}
+        for name in names:
+            result = measure(data[f"{name}/features"], data[f"{name}/labels"], divergence)
+            result["classifier_accuracy"] = float(data[f"{name}/accuracy"])
+            results[name] = result
+        reports[divergence] = results
+        tables.append(markdown_table(results))
     with open(os.path.join(args.output_dir, "report.json"), "w") as handle:
-        json.dump(results, handle, indent=1, default=float)
-    table = markdown_table(results)
+        json.dump(reports, handle, indent=1, default=float)
     with open(os.path.join(args.output_dir, "report.md"), "w") as handle:
-        handle.write(table)
-    print(table)
-    return results
+        handle.write("\n".join(tables))
+    print("\n".join(tables))
+    return reports
 
 
 def markdown_table(results: dict) -> str:

@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lora_conv", action="store_true", help="Also adapt the ResNet convolutions (conv1, conv2).")
     add("--objective", choices=OBJECTIVE_MODES, default="minmax")
     add("--dro_step_size", type=float, default=0.01, help="Exponentiated-gradient step size (minmax).")
+    add(
+        "--dro_adjustment",
+        type=float,
+        default=0.0,
+        help="Generalisation adjustment C: C / sqrt(n_g) is added to "
+        "each group's loss in the weight update (Sagawa et al.), favouring small groups.",
+    )
     add("--ema_decay", type=float, default=0.9, help="Decay of the group-loss EMA (ema).")
     add("--ema_temperature", type=float, default=1.0, help="Softmax temperature on the EMA (ema).")
     add(
@@ -338,7 +345,7 @@ def main(args: argparse.Namespace) -> TrainResult:
 
     objective = NoiseLevelGroupObjective(
         args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
-        ema_decay=args.ema_decay, temperature=args.ema_temperature,
+        adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
     )  # fmt: skip
     optimizer = torch.optim.AdamW(
         lora_parameters(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
