@@ -8,7 +8,7 @@ Features: the hidden layer of a small MLP classifier trained on the full, balanc
 distribution P_a, ~180 each); generated: ``--samples_per_class`` images conditioned on class a. Per-class EGT:
 ``hf_egt.metrics.egt_report`` (``--divergences``, default KL and Frechet distance).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py  # ~8 min CPU, 1 thread
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py  # ~17 min, 1 thread
     PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py --phase report  # metrics only
 
 Everything goes to ``--output_dir`` (default ``outputs/diffusion-digits``): the pretrained pipeline, each run's
@@ -49,9 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--pretrain_steps", type=int, default=800)
     parser.add_argument("--finetune_steps", type=int, default=120)
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=["erm", "reweight", "minmax", "minmax-k1"]
-    )
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--reuse", action="store_true", help="Keep what samples.npz holds; run only what is missing.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dro_step_size", type=float, default=0.5)
@@ -178,7 +176,11 @@ def report(args) -> dict:
             divergence=divergence, n_bootstrap=10, seed=0,
         )  # fmt: skip
 
-    names = sorted({key.split("/")[0] for key in data.files if "/" in key})
+    order = ["pretrained", *VARIANTS]
+    names = sorted(
+        {key.split("/")[0] for key in data.files if "/" in key},
+        key=lambda name: (order.index(name.split("-seed")[0]) if name.split("-seed")[0] in order else len(order), name),
+    )
     reports, tables = {}, []
     for divergence in args.divergences:
         results = {}

@@ -119,15 +119,15 @@ def test_noise_buckets_and_bad_bucket_ids():
 
 
 def test_digits_imbalanced_split_is_as_documented():
-    from hf_egt.diffusion.data import DIGITS_MINORITY_CLASSES, digits_imbalanced_arrays
+    from sklearn.datasets import load_digits
+
+    from hf_egt.diffusion.data import DIGITS_MINORITY_CLASSES, DIGITS_MINORITY_FRACTION, digits_imbalanced_arrays
 
     pixels, labels = digits_imbalanced_arrays()
-    counts = torch.bincount(torch.from_numpy(labels), minlength=10)
-    for label in range(10):
-        if label in DIGITS_MINORITY_CLASSES:
-            assert 25 <= counts[label] <= 28
-        else:
-            assert counts[label] >= 170
+    counts = torch.bincount(torch.from_numpy(labels), minlength=10).tolist()
+    full = torch.bincount(torch.from_numpy(load_digits().target), minlength=10).tolist()
+    expected = [round(DIGITS_MINORITY_FRACTION * n) if c in DIGITS_MINORITY_CLASSES else n for c, n in enumerate(full)]
+    assert counts == expected
     assert pixels.shape[1:] == (8, 8) and pixels.max() == 255 and pixels.min() == 0
     again, _ = digits_imbalanced_arrays()
     assert (again == pixels).all()  # seeded

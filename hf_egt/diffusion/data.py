@@ -1,10 +1,10 @@
 """Image datasets with a group column, and the offline ``digits-imbalanced`` set.
 
 ``digits-imbalanced`` is scikit-learn's ``load_digits()`` (1797 images of 8x8 pixels with 17 grey levels 0..16, ten
-classes of about 180 images) in which the classes :data:`DIGITS_MINORITY_CLASSES` (2, 5 and 8) are subsampled to
-:data:`DIGITS_MINORITY_FRACTION` (15 %, i.e. 27 or 28 images each) with ``numpy.random.default_rng(DIGITS_SEED=0)``;
-the other seven classes are kept whole (1304 + 82 = 1386 images in all). The group of an image is its class
-(column ``label``); the image is in column ``image`` (a greyscale ``PIL`` image). Pixels are scaled to [-1, 1] and
+classes of 174 to 183 images) in which the classes :data:`DIGITS_MINORITY_CLASSES` (2, 5 and 8) are subsampled to
+:data:`DIGITS_MINORITY_FRACTION` (15 %: 27, 27 and 26 images) with ``numpy.random.default_rng(DIGITS_SEED=0)``; the
+other seven classes are kept whole (1264 + 80 = 1344 images in all). The group of an image is its class (column
+``label``); the image is in column ``image`` (a greyscale ``PIL`` image). Pixels are scaled to [-1, 1] and
 resized to ``--resolution`` (8 keeps the native size).
 """
 
