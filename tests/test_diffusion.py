@@ -279,7 +279,6 @@ def assert_same_lora(a, b, **tolerance):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_resume_is_exact(class_conditional_unet, tmp_path):
     """4 steps straight == 2 steps, checkpoint, resume, 2 steps: LoRA weights and objective weights."""
     common = (*DIGITS, "--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--objective", "minmax")
@@ -301,7 +300,6 @@ def test_resume_is_exact(class_conditional_unet, tmp_path):
     assert not torch.allclose(straight.objective.weights, torch.full_like(straight.objective.weights, 0.1))
 
 
-@pytest.mark.slow
 def test_gradient_accumulation_is_exact(class_conditional_unet, tmp_path):
     """Batch 8 x 1 micro-batch == batch 4 x 2 micro-batches for the min-max objective."""
     common = (
@@ -351,7 +349,6 @@ def test_unconditional_unet_lora_loads_with_plain_peft(tmp_path):
     assert (tmp_path / "out" / "group_objective.safetensors").exists()
 
 
-@pytest.mark.slow
 def test_stable_diffusion_lora_loads_with_plain_diffusers(tmp_path):
     """SD: LoRA saved in the diffusers format loads with ``load_lora_weights``; per-group validation grid is a PNG."""
     from diffusers import StableDiffusionPipeline
