@@ -382,3 +382,17 @@ def test_clear_errors_on_bad_columns_and_unet_without_attention(class_conditiona
     no_attention = save_tiny_unet2d(tmp_path / "plain", class_conditional=False, attention=False)
     with pytest.raises(ValueError, match="no attention layers.*--lora_conv"):
         train(no_attention, tmp_path / "b", *DIGITS, "--max_train_steps", "1")
+
+
+def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_unet, tmp_path, monkeypatch):
+    from hf_egt.diffusion import train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "push_to_hub", lambda *args: calls.append(args))
+    extra = ("--max_train_steps", "1", "--objective", "reweight", "--push_to_hub", "--hub_model_id", "me/digits-lora")
+    train(class_conditional_unet, tmp_path / "out", *DIGITS, *extra)
+    [(folder, repo_id, card)] = calls
+    assert (folder, repo_id) == (str(tmp_path / "out"), "me/digits-lora")
+    assert f"base_model: {class_conditional_unet}" in card and "`reweight` group objective" in card
+    assert (tmp_path / "out" / "README.md").read_text() == card
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
