@@ -135,6 +135,7 @@ class SetEncoder(nn.Module):
         self.h2 = mlp(hidden, hidden, context_dim)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        if embeddings.dim() != 2 or embeddings.shape[0] == 0:
-            raise ValueError(f"The set encoder expects a non-empty (N, D) tensor, got shape {tuple(embeddings.shape)}.")
-        return self.h2(self.h1(self.input_norm(embeddings)).mean(dim=0))
+        """`(N, D)` -> `(context_dim,)`; a batch of sets `(..., N, D)` -> `(..., context_dim)`."""
+        if embeddings.dim() < 2 or embeddings.shape[-2] == 0:
+            raise ValueError(f"The set encoder expects a non-empty (N, D) set, got shape {tuple(embeddings.shape)}.")
+        return self.h2(self.h1(self.input_norm(embeddings)).mean(dim=-2))
