@@ -48,7 +48,6 @@ def arguments(tmp_path, **overrides) -> TrainingArguments:
         learning_rate=1e-2,
         report_to=[],
         save_strategy="no",
-        remove_unused_columns=False,
         use_cpu=True,
         logging_steps=5,
     )
@@ -58,12 +57,15 @@ def arguments(tmp_path, **overrides) -> TrainingArguments:
 
 def test_training_a_few_steps_in_transformers_trainer_lowers_the_loss(tmp_path):
     model = HyperLoRAModel(tiny_llama(), HyperLoRAConfig(r=4, target_modules=["q_proj", "v_proj"], hidden_size=32))
-    rows = pattern_dataset()
-    before = mean_loss(model, rows)
+    rows = [{**row, "unused": 0} for row in pattern_dataset()]  # Trainer must drop `unused` and keep `input_ids`
+    before = mean_loss(model, pattern_dataset())
     base_before = {k: v.clone() for k, v in model.get_base_model().state_dict().items()}
     trainer = Trainer(model=model, args=arguments(tmp_path), train_dataset=rows)
+    trainer._set_signature_columns_if_needed()
+    assert {"input_ids", "attention_mask", "labels", "set_inputs"} <= set(trainer._signature_columns)
+    assert "unused" not in trainer._signature_columns
     trainer.train()
-    after = mean_loss(model, rows)
+    after = mean_loss(model, pattern_dataset())
     assert after < before - 0.1
     for name, tensor in model.get_base_model().state_dict().items():
         if "lora_" not in name:

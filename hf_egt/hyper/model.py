@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -115,9 +117,31 @@ class HyperLoRAModel(nn.Module):
         parameter = next(base_model.parameters(), None)
         if parameter is not None:
             self.hypernetwork.to(parameter.device)
+        self._expose_base_signature(base_model)
         self._context: torch.Tensor | None = None
         self._ple_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ple_calls = 0
+
+    def _expose_base_signature(self, base_model: nn.Module) -> None:
+        """Give this instance's `forward` the base model's signature (plus `set_inputs`).
+
+        `transformers.Trainer` keeps only the batch columns named in `inspect.signature(model.forward)`; with the
+        generic `forward(*args, **kwargs)` it would drop `input_ids`. The instance gets a bound copy of `forward`
+        whose `__signature__` is the base model's, as `Trainer` does for a `PeftModel` by inspecting its base model.
+        """
+        base_signature = inspect.signature(base_model.forward)
+        parameters = [p for p in base_signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        parameters.append(inspect.Parameter("set_inputs", inspect.Parameter.KEYWORD_ONLY, default=None))
+        parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+        self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        function = HyperLoRAModel.forward
+        forward = types.FunctionType(
+            function.__code__, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+        )
+        forward.__kwdefaults__ = function.__kwdefaults__
+        forward.__doc__ = function.__doc__
+        forward.__signature__ = inspect.Signature([self_parameter, *parameters])
+        self.forward = types.MethodType(forward, self)
 
     # ----------------------------------------------------------------------------------------------------------------
     # names and counts
