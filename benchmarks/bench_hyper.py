@@ -105,10 +105,12 @@ def step_times(quick: bool) -> list[dict]:
     variants = {
         "input_embeddings": _hyper_config(),
         "last_hidden": _hyper_config(set_encoder_input="last_hidden"),
-        "PLE every 8 steps": _hyper_config(ple_weight=0.1, ple_every=8, ple_max_new_tokens=16),
+        "input_embeddings + PLE λ=0.1 resampled every 8 steps": _hyper_config(
+            ple_weight=0.1, ple_every=8, ple_max_new_tokens=16
+        ),
     }
     if quick:
-        variants.pop("PLE every 8 steps")
+        variants.pop("input_embeddings + PLE λ=0.1 resampled every 8 steps")
     steps = {"lora": _step_function(lora, batch)}
     for name, hyper in variants.items():
         torch.manual_seed(0)
@@ -118,7 +120,7 @@ def step_times(quick: bool) -> list[dict]:
     times = {name: [] for name in steps}
     for _ in range(rounds):  # interleaved
         for name, step in steps.items():
-            if name == "PLE every 8 steps":
+            if "PLE" in name:
                 times[name].append(_seconds(step, 8))  # one full resampling period
             else:
                 times[name].append(_seconds(step, repeats))

@@ -9,9 +9,11 @@ with the same LoRA targets and rank by:
   the same: inverse group frequency);
 * HyperLoRA, mixed sets — `HyperLoRAModel`, the i.i.d. training batch is the set;
 * HyperLoRA, group-pure sets — each training batch is drawn from one group (chosen with its training share, so the
-  data exposure matches ERM in expectation): the set now carries information about the group;
-* the latter + PLE — `ple_weight` λ ∈ {0.1, 10, 1000} (`ple_reduction="mean"`: the penalty is a mean squared
-  difference of LoRA factors, about 1e-6 here, so useful λ are large).
+  data exposure matches ERM in expectation): the set now carries information about the group; with the
+  `input_embeddings` set embedder (a bag of tokens, which cannot tell the two rules apart: they use the same tokens)
+  and with `last_hidden` (the frozen base's contextual states, which see token order);
+* HyperLoRA, group-pure sets, `last_hidden` + PLE — `ple_weight` λ ∈ {0.1, 10, 1000} (`ple_reduction="mean"`: the
+  penalty is a mean squared difference of LoRA factors, about 1e-6 here, so useful λ are large).
 
 Evaluated on held-out sequences per group (mean token NLL; lower is better): HyperLoRA with one context taken from
 a mixed training sample ("pooled", one adapter for everyone, what `export_peft` ships), and with a context taken
@@ -143,9 +145,11 @@ def run_seed(seed: int, steps: int, ple_weights: list[float]) -> dict:
         train(model, data, steps, seed, objective)
         results[name] = group_losses(model, data)
     mixed = torch.Generator().manual_seed(seed + 7)
-    variants = [(0.0, False)] + [(weight, True) for weight in [0.0, *ple_weights]]
-    for weight, group_sets in variants:
+    variants = [(0.0, False, "input_embeddings"), (0.0, True, "input_embeddings")]
+    variants += [(weight, True, "last_hidden") for weight in [0.0, *ple_weights]]
+    for weight, group_sets, embedder in variants:
         config = HyperLoRAConfig(
+            set_encoder_input=embedder,
             r=4,
             lora_alpha=8,
             target_modules=TARGETS,
@@ -158,7 +162,7 @@ def run_seed(seed: int, steps: int, ple_weights: list[float]) -> dict:
         )
         model = HyperLoRAModel(tiny_llama(seed), config)
         train(model, data, steps, seed, group_sets=group_sets)
-        name = "HyperLoRA" + (", group-pure sets" if group_sets else ", mixed sets")
+        name = "HyperLoRA" + (", group-pure sets" if group_sets else ", mixed sets") + f", {embedder}"
         name += f" + PLE λ={weight:g}" if weight else ""
         sample = data["train"][torch.randperm(data["train"].shape[0], generator=mixed)[:256]]
         model.set_context(input_ids=sample, attention_mask=torch.ones_like(sample))

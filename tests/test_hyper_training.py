@@ -74,7 +74,31 @@ def test_training_a_few_steps_in_transformers_trainer_lowers_the_loss(tmp_path):
 
 
 def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
-    trainer_module = pytest.importorskip("hf_egt.trainer")
-    if not hasattr(trainer_module, "EGTTrainer"):
-        pytest.skip("hf_egt.trainer has no EGTTrainer yet")
-    pytest.skip("EGTTrainer integration is written when hf_egt.trainer lands")
+    trainer_module = pytest.importorskip("hf_egt.trainer", reason="EGTTrainer has not landed in this branch")
+    EGTConfig, EGTTrainer = trainer_module.EGTConfig, trainer_module.EGTTrainer
+
+    rows = [{**row, "group": "even" if index % 4 else "odd"} for index, row in enumerate(pattern_dataset())]
+    config = HyperLoRAConfig(
+        r=4, target_modules=["q_proj", "v_proj"], hidden_size=32, ple_weight=0.1, ple_every=2, ple_max_new_tokens=4
+    )
+    args = EGTConfig(
+        objective="minmax",
+        **{
+            k: v
+            for k, v in vars(arguments(tmp_path)).items()
+            if k in {"output_dir", "per_device_train_batch_size", "max_steps", "learning_rate", "logging_steps"}
+        },
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
+    trainer = EGTTrainer(model=tiny_llama(), args=args, train_dataset=rows, peft_config=config)
+    model = trainer.model
+    assert isinstance(model, HyperLoRAModel)
+    before = mean_loss(model, pattern_dataset())
+    trainer.train()
+    after = mean_loss(model, pattern_dataset())
+    assert after < before - 0.1
+    logged = [entry["ple"] for entry in trainer.state.log_history if "ple" in entry]
+    assert logged and all(value >= 0 for value in logged)
+    assert any(value > 0 for value in logged)
