@@ -181,6 +181,13 @@ def test_save_and_load_roundtrip(tmp_path):
     assert set(model.state_dict()) == {f"hypernetwork.{k}" for k in model.hypernetwork.state_dict()}
 
 
+def test_lazy_top_level_exports():
+    import hf_egt
+
+    assert hf_egt.HyperLoRAModel is HyperLoRAModel
+    assert hf_egt.HyperLoRAConfig is HyperLoRAConfig
+
+
 def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="ple_reduction"):
         HyperLoRAConfig(ple_reduction="median")

@@ -118,7 +118,7 @@ class HyperLoRAModel(nn.Module):
         if parameter is not None:
             self.hypernetwork.to(parameter.device)
         self._expose_base_signature(base_model)
-        self._context: torch.Tensor | None = None
+        self.register_buffer("_context", None, persistent=False)  # follows .to(); saved by save_pretrained
         self._ple_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ple_calls = 0
 
