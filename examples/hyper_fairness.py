@@ -18,9 +18,11 @@ with the same LoRA targets and rank by:
 Evaluated on held-out sequences per group (mean token NLL; lower is better): HyperLoRA with one context taken from
 a mixed training sample ("pooled", one adapter for everyone, what `export_peft` ships), and with a context taken
 from held-out examples of the evaluated group ("group"). `context_sensitivity` over group-pure and mixed sets says
-whether H depends on its input. Writes a JSON and a PNG.
+whether H depends on its input. Writes a JSON and a PNG. `--diagnose-embedders` only measures whether the set
+embedders' outputs separate the two groups at all.
 
     python examples/hyper_fairness.py --out outputs/hyper
+    python examples/hyper_fairness.py --diagnose-embedders
 """
 
 from __future__ import annotations
@@ -203,18 +205,41 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(summary["results"])
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.38
-    for offset, group in [(-width / 2, "majority"), (width / 2, "minority")]:
+    fig, ax = plt.subplots(figsize=(9, 6.5))
+    height = 0.38
+    values = []
+    for offset, group in [(-height / 2, "majority"), (height / 2, "minority")]:
         means = [summary["results"][m][group]["mean"] for m in methods]
         stds = [summary["results"][m][group]["std"] for m in methods]
-        ax.bar([i + offset for i in range(len(methods))], means, width, yerr=stds, label=group, capsize=2)
-    ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("held-out token NLL (lower is better)")
-    ax.set_title("Imbalanced two-rule LM task (90% / 10%), mean ± std over seeds")
-    ax.legend()
+        values += means
+        ax.barh([i + offset for i in range(len(methods))], means, height, xerr=stds, label=group, capsize=2)
+    ax.set_yticks(range(len(methods)), [m.replace("HyperLoRA, ", "Hyper, ") for m in methods], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(min(values) - 0.1, max(values) + 0.05)
+    ax.set_xlabel("held-out token NLL (lower is better)")
+    ax.set_title("Imbalanced two-rule LM task (90% / 10%), mean ± std over seeds", fontsize=10)
+    ax.legend(loc="center right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+@torch.no_grad()
+def embedder_separability(seed: int = 0, sets: int = 20) -> dict[str, float]:
+    """Between-group distance of set-mean embeddings over their within-group spread (≥ 1: the set encoder's input
+    can tell the groups apart; ≪ 1: no hypernetwork on top of it can)."""
+    out = {}
+    for embedder in ("input_embeddings", "last_hidden"):
+        config = HyperLoRAConfig(r=4, target_modules=TARGETS, set_encoder_input=embedder)
+        model = HyperLoRAModel(tiny_llama(seed), config)
+        generator = torch.Generator().manual_seed(seed + 1)
+        means = {
+            name: torch.stack([model.embed(input_ids=make_sequences(rule, 32, generator)).mean(0) for _ in range(sets)])
+            for name, rule in RULES.items()
+        }
+        between = (means["majority"].mean(0) - means["minority"].mean(0)).norm()
+        within = torch.cat([(m - m.mean(0)).norm(dim=1) for m in means.values()]).mean()
+        out[embedder] = (between / within).item()
+    return out
 
 
 def main() -> None:
@@ -223,8 +248,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ple-weights", type=float, nargs="+", default=[0.1, 10.0, 1000.0])
     parser.add_argument("--out", default="outputs/hyper")
+    parser.add_argument("--diagnose-embedders", action="store_true", help="only print `embedder_separability`")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.diagnose_embedders:
+        print("between / within group distance of set-mean embeddings:", embedder_separability())
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
