@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from hf_egt.hyper import HyperLoRAConfig, HyperLoRAModel
@@ -70,7 +71,13 @@ def test_training_a_few_steps_in_transformers_trainer_lowers_the_loss(tmp_path):
     for name, tensor in model.get_base_model().state_dict().items():
         if "lora_" not in name:
             torch.testing.assert_close(tensor, base_before[name], msg=f"frozen base changed: {name}")
-    trainer.save_model(str(tmp_path / "final"))  # only the hypernetwork is in the state dict
+    # Trainer checkpoints hold only the hypernetwork; they load back into a fresh HyperLoRAModel.
+    trainer.save_model(str(tmp_path / "final"))
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert set(saved) == set(model.state_dict())
+    fresh = HyperLoRAModel(tiny_llama(), model.config)
+    fresh.load_state_dict(saved)
+    assert mean_loss(fresh, pattern_dataset()) == pytest.approx(after, abs=1e-5)
 
 
 def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
