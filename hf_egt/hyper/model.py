@@ -51,7 +51,7 @@ class HyperLoRAModel(nn.Module):
 
     Args:
         base_model: a transformers causal LM or a diffusers `UNet2DModel` (anything peft's LoRA can adapt, given an
-            `embed_fn`).
+            `embed_fn`). Like `peft.get_peft_model`, this injects LoRA layers into it in place.
         config: the [`HyperLoRAConfig`].
         embed_fn: optional custom set embedder `(peft_model, args, kwargs) -> (N, D)`; needs `embed_dim`.
         embed_dim: `D` of `embed_fn`.
