@@ -353,9 +353,11 @@ class EGTTrainerMixin:
         else:
             loss = self._eval_loss(losses, group_ids, counts)
         ple = output_field(outputs, "ple")
-        if ple is not None:
+        if ple is not None and model.training:  # a per-micro-batch mean: average it over the window
             self._ple_values.append(ple.detach().float().item())
-            loss = loss + (ple / getattr(self, "current_gradient_accumulation_steps", 1) if model.training else ple)
+            loss = loss + ple / getattr(self, "current_gradient_accumulation_steps", 1)
+        elif ple is not None:
+            loss = loss + ple
         return (loss, outputs) if return_outputs else loss
 
     def _training_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

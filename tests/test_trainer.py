@@ -289,3 +289,31 @@ def test_non_finite_loss_names_the_step_and_the_group(tmp_path):
     )
     with pytest.raises(FloatingPointError, match=r"group\(s\) \['b'\].*training step 1"):
         trainer.train()
+
+
+class WithPLE(torch.nn.Module):
+    """A causal LM whose output also carries a scalar `ple` penalty (as `hf_egt.hyper.HyperLoRAModel` does)."""
+
+    def __init__(self, lm, ple: float):
+        super().__init__()
+        self.lm, self.config, self.ple = lm, lm.config, ple
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None):
+        output = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        output["ple"] = torch.tensor(self.ple)
+        return output
+
+
+def test_ple_in_the_model_output_is_added_to_the_loss_and_logged(tmp_path):
+    train = group_dataset({"a": 8, "b": 8})
+    batch = DataCollatorForCausalLM()(train.to_list()[:6])
+    batch["group"] = torch.tensor([0, 1, 0, 1, 1, 0])
+    trainer = EGTTrainer(model=WithPLE(tiny_llama(), 0.75), args=config(tmp_path, max_steps=2), train_dataset=train)
+    with torch.no_grad():
+        with_ple = trainer.compute_loss(trainer.model.eval(), batch)
+        trainer.model.ple = 0.0
+        without = trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(with_ple - without, torch.tensor(0.75))
+    trainer.model.ple = 0.75
+    trainer.train()
+    assert trainer.state.log_history[0]["ple"] == 0.75
