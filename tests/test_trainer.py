@@ -317,3 +317,9 @@ def test_ple_in_the_model_output_is_added_to_the_loss_and_logged(tmp_path):
     trainer.model.ple = 0.75
     trainer.train()
     assert trainer.state.log_history[0]["ple"] == 0.75
+
+
+def test_evaluate_checks_the_labels_of_a_dataset_passed_to_it(tmp_path):
+    trainer = EGTTrainer(model=tiny_llama(), args=config(tmp_path), train_dataset=group_dataset({"a": 4, "b": 4}))
+    with pytest.raises(ValueError, match=r"test dataset has group label\(s\) \['c'\] unseen at train time"):
+        trainer.evaluate(eval_dataset=group_dataset({"a": 2}).map(lambda row: {"group": "c"}), metric_key_prefix="test")
