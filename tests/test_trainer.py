@@ -132,7 +132,7 @@ def train_run(tmp_path, arch="llama", objective="minmax", **overrides):
     return trainer
 
 
-@pytest.mark.parametrize("arch,objective", [("llama", "minmax"), ("gpt2", "minmax"), ("llama", "ema")])
+@pytest.mark.parametrize("arch,objective", [("llama", "minmax"), ("gpt2", "ema")])
 def test_gradient_accumulation_gives_the_same_parameters_and_weights(tmp_path, arch, objective):
     whole = train_run(tmp_path / "8x1", arch, objective, per_device_train_batch_size=8, gradient_accumulation_steps=1)
     split = train_run(tmp_path / "4x2", arch, objective, per_device_train_batch_size=4, gradient_accumulation_steps=2)
