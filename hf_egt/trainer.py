@@ -162,8 +162,8 @@ class GroupCollator:
 
 def dataset_group_labels(dataset, group_column: str, name: str) -> list | None:
     """All group labels of a map-style dataset (`None` for an iterable one); a clear error if the column is missing."""
-    if dataset is None:
-        return None
+    if dataset is None or not hasattr(dataset, "__len__"):
+        return None  # an iterable dataset: labels are checked batch by batch
     columns = getattr(dataset, "column_names", None)
     if isinstance(columns, list):
         if group_column not in columns:
@@ -172,8 +172,8 @@ def dataset_group_labels(dataset, group_column: str, name: str) -> list | None:
                 "`group_column` in the config to the column holding the group labels."
             )
         return list(dataset[group_column])
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        return None  # an iterable dataset: labels are checked batch by batch
+    if not hasattr(dataset, "__getitem__"):
+        return None
     labels = []
     for index in range(len(dataset)):
         row = dataset[index]
@@ -353,9 +353,11 @@ class EGTTrainerMixin:
         else:
             loss = self._eval_loss(losses, group_ids, counts)
         ple = output_field(outputs, "ple")
-        if ple is not None:
+        if ple is not None and model.training:  # a per-micro-batch mean: average it over the window
             self._ple_values.append(ple.detach().float().item())
-            loss = loss + (ple / getattr(self, "current_gradient_accumulation_steps", 1) if model.training else ple)
+            loss = loss + ple / getattr(self, "current_gradient_accumulation_steps", 1)
+        elif ple is not None:
+            loss = loss + ple
         return (loss, outputs) if return_outputs else loss
 
     def _training_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -517,6 +519,20 @@ class EGTTrainer(EGTTrainerMixin, Trainer):
             **kwargs,
         )
         self._finish_setup()
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """`Trainer.evaluate`, tokenizing raw text and checking the group labels of a dataset passed here first."""
+        if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
+            args = self.args
+            eval_dataset = tokenize_text_dataset(
+                eval_dataset, self.processing_class, args.text_column, args.max_length, metric_key_prefix
+            )
+            resolve_groups(
+                self.objective.groups,
+                None,
+                {metric_key_prefix: dataset_group_labels(eval_dataset, args.group_column, metric_key_prefix)},
+            )
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def _token_losses(self, model, inputs: dict[str, Any]):
         """Forward without labels (no loss inside the model), then one per-token cross-entropy on its logits."""

@@ -36,7 +36,8 @@ def config(tmp_path, **overrides) -> EGTConfig:
         objective="minmax",
         group_step_size=0.5,
         per_device_train_batch_size=8,
-        learning_rate=1e-2,
+        optim="sgd",  # unlike Adam, SGD is not invariant to the loss scale: a mis-scaled loss changes the parameters
+        learning_rate=0.5,
         lr_scheduler_type="constant",
         max_steps=3,
         logging_steps=1,
@@ -98,6 +99,7 @@ def test_minmax_lowers_the_worst_group_loss_compared_with_erm(tmp_path):
             objective=objective,
             group_step_size=0.2,
             per_device_train_batch_size=40,
+            optim="adamw_torch",
             learning_rate=5e-2,
             max_steps=30,
             logging_steps=10,
@@ -130,7 +132,7 @@ def train_run(tmp_path, arch="llama", objective="minmax", **overrides):
     return trainer
 
 
-@pytest.mark.parametrize("arch,objective", [("llama", "minmax"), ("gpt2", "minmax"), ("llama", "ema")])
+@pytest.mark.parametrize("arch,objective", [("llama", "minmax"), ("gpt2", "ema")])
 def test_gradient_accumulation_gives_the_same_parameters_and_weights(tmp_path, arch, objective):
     whole = train_run(tmp_path / "8x1", arch, objective, per_device_train_batch_size=8, gradient_accumulation_steps=1)
     split = train_run(tmp_path / "4x2", arch, objective, per_device_train_batch_size=4, gradient_accumulation_steps=2)
@@ -287,3 +289,37 @@ def test_non_finite_loss_names_the_step_and_the_group(tmp_path):
     )
     with pytest.raises(FloatingPointError, match=r"group\(s\) \['b'\].*training step 1"):
         trainer.train()
+
+
+class WithPLE(torch.nn.Module):
+    """A causal LM whose output also carries a scalar `ple` penalty (as `hf_egt.hyper.HyperLoRAModel` does)."""
+
+    def __init__(self, lm, ple: float):
+        super().__init__()
+        self.lm, self.config, self.ple = lm, lm.config, ple
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None):
+        output = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        output["ple"] = torch.tensor(self.ple)
+        return output
+
+
+def test_ple_in_the_model_output_is_added_to_the_loss_and_logged(tmp_path):
+    train = group_dataset({"a": 8, "b": 8})
+    batch = DataCollatorForCausalLM()(train.to_list()[:6])
+    batch["group"] = torch.tensor([0, 1, 0, 1, 1, 0])
+    trainer = EGTTrainer(model=WithPLE(tiny_llama(), 0.75), args=config(tmp_path, max_steps=2), train_dataset=train)
+    with torch.no_grad():
+        with_ple = trainer.compute_loss(trainer.model.eval(), batch)
+        trainer.model.ple = 0.0
+        without = trainer.compute_loss(trainer.model, batch)
+    torch.testing.assert_close(with_ple - without, torch.tensor(0.75))
+    trainer.model.ple = 0.75
+    trainer.train()
+    assert trainer.state.log_history[0]["ple"] == 0.75
+
+
+def test_evaluate_checks_the_labels_of_a_dataset_passed_to_it(tmp_path):
+    trainer = EGTTrainer(model=tiny_llama(), args=config(tmp_path), train_dataset=group_dataset({"a": 4, "b": 4}))
+    with pytest.raises(ValueError, match=r"test dataset has group label\(s\) \['c'\] unseen at train time"):
+        trainer.evaluate(eval_dataset=group_dataset({"a": 2}).map(lambda row: {"group": "c"}), metric_key_prefix="test")
