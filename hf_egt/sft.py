@@ -51,7 +51,7 @@ class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
             args = EGTSFTConfig(output_dir="egt-sft-output")
         peft_config = kwargs.pop("peft_config", None)
         if peft_config is not None and not isinstance(model, str) and _is_hyper_config(peft_config):
-            model, peft_config = wrap_model(model, peft_config), None
+            model, peft_config = wrap_model(model, peft_config, seed=args.seed), None
         self._setup_objective(args, train_dataset, eval_dataset)
         super().__init__(
             model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config, **kwargs

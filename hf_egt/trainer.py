@@ -241,11 +241,19 @@ def output_field(outputs, name: str):
     return getattr(outputs, name, None)
 
 
-def wrap_model(model, peft_config):
+def wrap_model(model, peft_config, seed: int | None = None):
     """Wrap `model` with `peft_config`: a `hf_egt.hyper.HyperLoRAConfig` gives a `HyperLoRAModel`, any other peft
-    config a `PeftModel`. Returns `model` unchanged without a config."""
+    config a `PeftModel`. Returns `model` unchanged without a config.
+
+    With `seed`, the random initialisation of the new adapter weights is seeded first (as `Trainer` seeds before
+    `model_init`), so a run does not depend on what consumed the global RNG before it.
+    """
     if peft_config is None:
         return model
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
     try:  # optional: the hypernetwork adapter lives in its own module
         from .hyper import HyperLoRAConfig, HyperLoRAModel
     except ImportError:
@@ -493,7 +501,7 @@ class EGTTrainer(EGTTrainerMixin, Trainer):
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(model)
-        model = wrap_model(model, peft_config)
+        model = wrap_model(model, peft_config, seed=args.seed)
         train_dataset = tokenize_text_dataset(
             train_dataset, processing_class, args.text_column, args.max_length, "train"
         )
