@@ -1,0 +1,231 @@
+"""Cost of EGTTrainer (min-max) next to a plain Trainer, and of EGTSFTTrainer next to TRL's SFTTrainer.
+
+Same LoRA model, data, batch and steps; the runs alternate (A B A B ...) in one process and the median is reported.
+
+- throughput: trained tokens (attention-mask sum) per second of `train()` after one warm-up step;
+- peak memory: on CUDA, `torch.cuda.max_memory_allocated` during `train()`; on CPU, the growth of the process's peak
+  RSS (`ru_maxrss`) during `train()`, measured in a fresh subprocess per run (the peak RSS of a process never goes
+  down, so it cannot be compared within one process).
+
+CPU: a tiny Llama. CUDA: a randomly initialised Llama with SmolLM2-135M's shape, in bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+VOCAB_WORDS = 256
+
+
+def model_config(cuda: bool):
+    from transformers import LlamaConfig
+
+    if cuda:  # SmolLM2-135M's shape
+        return LlamaConfig(
+            vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+            num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=0,
+        )  # fmt: skip
+    return LlamaConfig(
+        vocab_size=VOCAB_WORDS, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+
+
+def setting(cuda: bool, quick: bool) -> dict:
+    if cuda:
+        return {"batch": 8, "seq": 512, "steps": 6 if quick else 20, "rows": 512}
+    return {"batch": 8, "seq": 64, "steps": 4 if quick else 12, "rows": 256}
+
+
+def make_rows(cfg: dict, vocab: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(cfg["rows"]):
+        length = int(torch.randint(cfg["seq"] // 2, cfg["seq"] + 1, (1,), generator=generator))
+        ids = torch.randint(2, vocab, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "group": "minority" if i % 5 == 0 else "majority"})
+    return rows
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB_WORDS)}}
+    backend = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+
+
+class _Clock:
+    """A callback timing training from the end of the first (warm-up) optimizer step and counting its tokens."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            start = None
+            end = None
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 1:
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    self.start = time.perf_counter()
+                    self.tokens_at_start = state.num_input_tokens_seen
+
+            def on_train_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.end = time.perf_counter()
+                self.tokens = state.num_input_tokens_seen - self.tokens_at_start
+
+        return Clock()
+
+
+def build(kind: str, cfg: dict, output_dir: str):
+    """A trainer of `kind` (trainer | egt | sft | egt_sft) on the same model, LoRA, data and batch."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import LlamaForCausalLM, Trainer, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_config(cuda))
+    if cuda:
+        model = model.to(torch.bfloat16)
+    data = Dataset.from_list(make_rows(cfg, model.config.vocab_size))
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+    common = dict(
+        output_dir=output_dir, per_device_train_batch_size=cfg["batch"], max_steps=cfg["steps"], learning_rate=1e-4,
+        logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, seed=0, bf16=cuda,
+        use_cpu=not cuda, include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+    )  # fmt: skip
+    clock = _Clock()
+    if kind in ("trainer", "egt"):
+        from peft import get_peft_model
+
+        from hf_egt import EGTConfig, EGTTrainer
+        from hf_egt.trainer import DataCollatorForCausalLM
+
+        if kind == "trainer":
+            trainer = Trainer(
+                model=get_peft_model(model, lora), args=TrainingArguments(**common), train_dataset=data,
+                data_collator=DataCollatorForCausalLM(pad_token_id=0), callbacks=[clock],
+            )  # fmt: skip
+        else:
+            trainer = EGTTrainer(
+                model=model, args=EGTConfig(objective="minmax", **common), train_dataset=data, peft_config=lora,
+                callbacks=[clock],
+            )  # fmt: skip
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        from hf_egt import EGTSFTConfig, EGTSFTTrainer
+
+        sft = dict(common, max_length=None, bf16=cuda)
+        tokenizer = tiny_tokenizer() if not cuda else _cuda_tokenizer()
+        if kind == "sft":
+            trainer = SFTTrainer(
+                model=model, args=SFTConfig(**sft), train_dataset=data.remove_columns("group"),
+                processing_class=tokenizer, peft_config=lora, callbacks=[clock],
+            )  # fmt: skip
+        else:
+            trainer = EGTSFTTrainer(
+                model=model, args=EGTSFTConfig(objective="minmax", **sft), train_dataset=data,
+                processing_class=tokenizer, peft_config=lora, callbacks=[clock],
+            )  # fmt: skip
+    return trainer, clock
+
+
+def _cuda_tokenizer():
+    """A tokenizer with SmolLM2's vocabulary size (only its pad/eos ids matter: the data is pre-tokenized)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, 49152)}}
+    backend = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+
+
+def measure(kind: str, cfg: dict) -> dict:
+    """Train once; tokens/s after warm-up and peak memory growth (bytes) during `train()`."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer, clock = build(kind, cfg, output_dir)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = _rss_bytes()
+        trainer.train()
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_bytes()
+        return {"tokens_per_s": clock.tokens / (clock.end - clock.start), "peak_growth": peak - base}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _measure_in_subprocess(kind: str, quick: bool) -> dict:
+    code = (
+        "import json; from benchmarks.bench_trainer import measure, setting; "
+        f"print(json.dumps(measure({kind!r}, setting(False, {quick}))))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> list[dict]:
+    cuda = torch.cuda.is_available()
+    cfg = setting(cuda, quick)
+    repeats = 2 if quick else 3
+    pairs = {"Trainer": ("trainer", "egt"), "TRL SFTTrainer": ("sft", "egt_sft")}
+    rows = []
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores), tiny Llama"
+    for peer_name, (peer, ours) in pairs.items():
+        results = {peer: [], ours: []}
+        for repeat in range(repeats):
+            for kind in (peer, ours) if repeat % 2 == 0 else (ours, peer):
+                results[kind].append(measure(kind, cfg) if cuda else _measure_in_subprocess(kind, quick))
+        speed = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
+        memory = {k: statistics.median(r["peak_growth"] for r in v) for k, v in results.items()}
+        shape = f"batch {cfg['batch']}, seq <= {cfg['seq']}, {cfg['steps']} steps, median of {repeats} alternated runs"
+        ratio = speed[ours] / speed[peer]
+        name = f"{'EGTTrainer' if ours == 'egt' else 'EGTSFTTrainer'}(minmax) vs {peer_name}"
+        rows.append(
+            {
+                "benchmark": f"{name}: tokens/s",
+                "ours": speed[ours], "peer": speed[peer], "ratio": ratio, "unit": "tokens/s", "target": ">= 0.97",
+                "met": ratio >= 0.97, "notes": f"{device}; {shape}",
+            }
+        )  # fmt: skip
+        ratio = memory[ours] / memory[peer] if memory[peer] > 0 else float("nan")
+        what = "torch.cuda.max_memory_allocated" if cuda else "peak RSS growth during train(), one subprocess per run"
+        rows.append(
+            {
+                "benchmark": f"{name}: peak memory",
+                "ours": memory[ours] / 2**20, "peer": memory[peer] / 2**20, "ratio": ratio, "unit": "MiB",
+                "target": "<= 1.03", "met": ratio <= 1.03, "notes": f"{device}; {what}; {shape}",
+            }
+        )  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick="--quick" in sys.argv):
+        print(json.dumps(row))

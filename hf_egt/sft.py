@@ -1,0 +1,91 @@
+"""``EGTSFTTrainer``: TRL's ``SFTTrainer`` (conversational data, completion-only loss) with the group objective.
+
+It shares everything with [`hf_egt.EGTTrainer`] through [`hf_egt.trainer.EGTTrainerMixin`] and only supplies the
+per-token losses, from TRL's fused LM head (``model(..., fused_lm_head=True)``: per-token log-probabilities without
+materialising the full logits). TRL drops extra columns in three places; the group column is kept in each:
+
+- ``_set_signature_columns_if_needed``: the mixin appends ``group_column`` to TRL's signature columns;
+- TRL's collator only reads ``input_ids``/``labels``: ``GroupCollator`` takes the group labels out before it and puts
+  their ids back into the batch;
+- packing's ``select_columns(["input_ids", "labels"])`` (and padding-free batches) mix several groups in one row: they
+  are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from .trainer import EGTTrainerMixin, GroupArguments, wrap_model
+
+
+@dataclass
+class EGTSFTConfig(GroupArguments, SFTConfig):
+    """[`~trl.SFTConfig`] for [`EGTSFTTrainer`], with the group objective's options.
+
+    See [`hf_egt.trainer.GroupArguments`] for `group_column`, `groups`, `objective`, `group_step_size`,
+    `group_adjustment`, `group_ema_decay` and `group_temperature`. `packing` and `padding_free` are not supported
+    (a packed row mixes groups).
+    """
+
+    def __post_init__(self):
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "`packing` and `padding_free` put several examples (and groups) in one row, which the per-group "
+                "loss cannot split: set `packing=False` and `padding_free=False`."
+            )
+        super().__post_init__()
+
+
+class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
+    """[`~trl.SFTTrainer`] with a group objective (min-max by default) over `args.group_column`.
+
+    Takes the arguments of [`~trl.SFTTrainer`]; `args` must be an [`EGTSFTConfig`]. `peft_config` may also be a
+    `hf_egt.hyper.HyperLoRAConfig`.
+    """
+
+    def __init__(self, model, args: EGTSFTConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
+        if args is None:
+            args = EGTSFTConfig(output_dir="egt-sft-output")
+        peft_config = kwargs.pop("peft_config", None)
+        if peft_config is not None and not isinstance(model, str) and _is_hyper_config(peft_config):
+            model, peft_config = wrap_model(model, peft_config), None
+        self._setup_objective(args, train_dataset, eval_dataset)
+        super().__init__(
+            model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config, **kwargs
+        )
+        self._finish_setup()
+
+    def _token_losses(self, model, inputs):
+        """Per-token losses from TRL's fused LM head, and TRL's entropy / token-accuracy metrics."""
+        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+        mask = outputs.label_mask
+        mode = "train" if model.training else "eval"
+        num_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
+        if outputs.entropy is not None:
+            entropy = self.accelerator.gather_for_metrics(outputs.entropy.detach().sum()).sum()
+            self._metrics[mode]["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+        if outputs.is_top1 is not None:
+            correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+        return -outputs.log_probs, mask, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if not return_outputs:
+            return loss
+        # The fused head makes no logits; like TRL, recompute them for `compute_metrics` only when asked.
+        dropped = (self.args.group_column, "labels")
+        with torch.no_grad():
+            outputs = model(**{k: v for k, v in inputs.items() if k not in dropped})
+        return loss, outputs
+
+
+def _is_hyper_config(config) -> bool:
+    try:
+        from .hyper import HyperLoRAConfig
+    except ImportError:
+        return False
+    return isinstance(config, HyperLoRAConfig)

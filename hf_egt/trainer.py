@@ -1,0 +1,542 @@
+"""``EGTTrainer``: worst-group (min-max) LoRA fine-tuning of causal language models with ``transformers.Trainer``.
+
+Swap ``Trainer`` for ``EGTTrainer`` and ``TrainingArguments`` for ``EGTConfig``; give every training row a group label
+(``group_column``). The loss becomes ``sum_g q_g L_g`` where ``L_g`` is the token-mean loss of group ``g`` and the
+weights ``q`` come from ``hf_egt.objective.GroupObjective`` (``trainer.objective``).
+
+How the loss is computed, and why it is exact for any split of a batch:
+
+- The model is called *without* labels, so it does not compute its own loss; one ``cross_entropy(reduction="none")``
+  on its logits gives the per-token losses (``hf_egt.losses``), reduced to each sequence's token mean with the
+  sequence's token count as example weight. A group's loss is therefore a mean over the group's tokens.
+- ``get_batch_samples`` sees the whole accumulation window first: it counts each group's tokens over the window (and
+  over processes) with ``objective.begin_window``; each micro-batch then contributes ``objective.window_loss`` and the
+  window's last micro-batch calls ``objective.end_window`` (the weight update, used from the next step on). The loss
+  is normalised over the window here, so ``loss_is_scaled_for_ga = True``, and multiplied by the number of processes
+  because DDP/FSDP average gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .losses import causal_lm_token_losses, count_target_tokens, sequence_losses
+from .objective import OBJECTIVE_MODES, GroupObjective, group_sums
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_STATE_NAME = "egt_objective.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupArguments:
+    """Group-objective options shared by [`EGTConfig`] and [`hf_egt.EGTSFTConfig`].
+
+    Parameters:
+        group_column (`str`, *optional*, defaults to `"group"`):
+            Dataset column holding each row's group label (`str` or `int`).
+        groups (`list[str]` or `None`, *optional*, defaults to `None`):
+            Explicit group labels, in id order. Defaults to the sorted unique labels of the training set. Every label
+            listed must have at least one training row.
+        objective (`str`, *optional*, defaults to `"minmax"`):
+            One of `"erm"`, `"reweight"`, `"minmax"`, `"worst"`, `"ema"` (see `hf_egt.objective`).
+        group_step_size (`float`, *optional*, defaults to `0.01`):
+            Exponentiated-gradient step size of the `"minmax"` group weights.
+        group_adjustment (`float`, *optional*, defaults to `0.0`):
+            Generalisation adjustment `C`: `C / sqrt(n_g)` is added to each group's loss in the weight update.
+        group_ema_decay (`float`, *optional*, defaults to `0.9`):
+            Decay of the moving average of group losses (`"ema"`).
+        group_temperature (`float`, *optional*, defaults to `1.0`):
+            Softmax temperature on the moving average of group losses (`"ema"`).
+    """
+
+    group_column: str = field(default="group", metadata={"help": "Dataset column holding each row's group label."})
+    groups: list[str] | None = field(
+        default=None,
+        metadata={"help": "Group labels in id order; defaults to the sorted unique labels of the training set."},
+    )
+    objective: str = field(
+        default="minmax", metadata={"help": f"Group objective, one of {', '.join(OBJECTIVE_MODES)}."}
+    )
+    group_step_size: float = field(
+        default=0.01, metadata={"help": "Exponentiated-gradient step size of the min-max group weights."}
+    )
+    group_adjustment: float = field(
+        default=0.0, metadata={"help": "Generalisation adjustment C (C / sqrt(n_g) is added to group losses)."}
+    )
+    group_ema_decay: float = field(default=0.9, metadata={"help": "Decay of the group-loss moving average (ema)."})
+    group_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature on the group-loss moving average (ema)."}
+    )
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVE_MODES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVE_MODES}, got {self.objective!r}.")
+        super().__post_init__()
+
+
+@dataclass
+class EGTConfig(GroupArguments, TrainingArguments):
+    """[`~transformers.TrainingArguments`] for [`EGTTrainer`], with the group objective's options.
+
+    Parameters:
+        text_column (`str`, *optional*, defaults to `"text"`):
+            Column of raw text, tokenized for you with `processing_class` when the dataset has no `input_ids`.
+        max_length (`int` or `None`, *optional*, defaults to `512`):
+            Truncation length (tokens) when tokenizing `text_column`.
+
+    See [`GroupArguments`] for `group_column`, `groups`, `objective`, `group_step_size`, `group_adjustment`,
+    `group_ema_decay` and `group_temperature`; the rest are [`~transformers.TrainingArguments`].
+    """
+
+    text_column: str = field(
+        default="text", metadata={"help": "Raw-text column, tokenized when the dataset has no `input_ids`."}
+    )
+    max_length: int | None = field(default=512, metadata={"help": "Truncation length when tokenizing `text_column`."})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data helpers.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataCollatorForCausalLM:
+    """Right-pads `input_ids` (with `pad_token_id`), `attention_mask` (0) and `labels` (-100; default `input_ids`).
+
+    Unlike `DataCollatorForLanguageModeling(mlm=False)`, it keeps labels a dataset already has and never masks a real
+    token that happens to equal the pad token (e.g. EOS used as pad).
+    """
+
+    pad_token_id: int = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+
+        def padded(key: str, default: Callable[[dict], Sequence[int]], value: int) -> torch.Tensor:
+            rows = [list(f[key]) if key in f else list(default(f)) for f in features]
+            return torch.tensor([row + [value] * (length - len(row)) for row in rows], dtype=torch.long)
+
+        return {
+            "input_ids": padded("input_ids", lambda f: f["input_ids"], self.pad_token_id),
+            "attention_mask": padded("attention_mask", lambda f: [1] * len(f["input_ids"]), 0),
+            "labels": padded("labels", lambda f: f["input_ids"], -100),
+        }
+
+
+class GroupCollator:
+    """Wraps a collator: takes the group labels out of the features, encodes them to ids with the objective's
+    `GroupLabels` and adds them to the batch as a `LongTensor` under the same key (the inner collator never sees them).
+    """
+
+    def __init__(self, collator: Callable, group_column: str, objective: GroupObjective):
+        self.collator = collator
+        self.group_column = group_column
+        self.objective = objective
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        missing = [i for i, f in enumerate(features) if self.group_column not in f]
+        if missing:
+            raise ValueError(
+                f"Example {missing[0]} of the batch has no group column {self.group_column!r}; it has "
+                f"{sorted(features[missing[0]])}. Set `group_column` to the column holding the group labels."
+            )
+        labels = [f[self.group_column] for f in features]
+        batch = self.collator([{k: v for k, v in f.items() if k != self.group_column} for f in features])
+        batch[self.group_column] = self.objective.encode(labels)
+        return batch
+
+
+def dataset_group_labels(dataset, group_column: str, name: str) -> list | None:
+    """All group labels of a map-style dataset (`None` for an iterable one); a clear error if the column is missing."""
+    if dataset is None:
+        return None
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(columns, list):
+        if group_column not in columns:
+            raise ValueError(
+                f"The {name} dataset has no group column {group_column!r}; its columns are {columns}. Set "
+                "`group_column` in the config to the column holding the group labels."
+            )
+        return list(dataset[group_column])
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return None  # an iterable dataset: labels are checked batch by batch
+    labels = []
+    for index in range(len(dataset)):
+        row = dataset[index]
+        if group_column not in row:
+            raise ValueError(
+                f"Row {index} of the {name} dataset has no group column {group_column!r}; it has {sorted(row)}. "
+                "Set `group_column` in the config to the column holding the group labels."
+            )
+        labels.append(row[group_column])
+    return labels
+
+
+def resolve_groups(
+    groups: Sequence[str | int] | None, train_labels: list | None, eval_labels: dict[str, list | None]
+) -> list[str | int]:
+    """The group order (`groups` if given, else the sorted unique training labels), checked against the data."""
+    if train_labels is None and groups is None:
+        raise ValueError("The training dataset is iterable: pass the group labels explicitly with `groups`.")
+    seen = set(train_labels) if train_labels is not None else None
+    if groups is None:
+        groups = sorted(seen)
+    groups = list(groups)
+    if seen is not None:
+        unknown = sorted(seen - set(groups), key=str)
+        if unknown:
+            raise ValueError(f"The train dataset has group label(s) {unknown} not in `groups`={groups}.")
+        empty = [group for group in groups if group not in seen]
+        if empty:
+            raise ValueError(
+                f"Group(s) {empty} of `groups`={groups} have no row in the train dataset; an empty group has no "
+                "loss to weight. Remove them from `groups` or add rows for them."
+            )
+    for name, labels in eval_labels.items():
+        unseen = sorted(set(labels or ()) - set(groups), key=str)
+        if unseen:
+            raise ValueError(
+                f"The {name} dataset has group label(s) {unseen} unseen at train time; the train groups are {groups}."
+            )
+    return groups
+
+
+def tokenize_text_dataset(dataset, tokenizer, text_column: str, max_length: int | None, name: str):
+    """Tokenize `text_column` of a `datasets.Dataset` that has no `input_ids` (other columns are kept)."""
+    columns = getattr(dataset, "column_names", None)
+    if dataset is None or not isinstance(columns, list) or "input_ids" in columns:
+        return dataset
+    if text_column not in columns:
+        raise ValueError(
+            f"The {name} dataset has neither `input_ids` nor the text column {text_column!r}; its columns are "
+            f"{columns}. Set `text_column` or pass a tokenized dataset."
+        )
+    if tokenizer is None:
+        raise ValueError(f"The {name} dataset holds raw text: pass a tokenizer as `processing_class` to tokenize it.")
+
+    def tokenize(batch):
+        return tokenizer(batch[text_column], truncation=max_length is not None, max_length=max_length)
+
+    return dataset.map(tokenize, batched=True, remove_columns=[text_column], desc=f"Tokenizing {name} dataset")
+
+
+def output_field(outputs, name: str):
+    """`outputs.name` or `outputs[name]` when present, else `None`."""
+    if isinstance(outputs, dict):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def wrap_model(model, peft_config):
+    """Wrap `model` with `peft_config`: a `hf_egt.hyper.HyperLoRAConfig` gives a `HyperLoRAModel`, any other peft
+    config a `PeftModel`. Returns `model` unchanged without a config."""
+    if peft_config is None:
+        return model
+    try:  # optional: the hypernetwork adapter lives in its own module
+        from .hyper import HyperLoRAConfig, HyperLoRAModel
+    except ImportError:
+        HyperLoRAConfig = HyperLoRAModel = None
+    if HyperLoRAConfig is not None and isinstance(peft_config, HyperLoRAConfig):
+        return HyperLoRAModel(model, peft_config)
+    from peft import PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        raise ValueError("`model` is already a `PeftModel`: pass it without `peft_config`, or pass the base model.")
+    return get_peft_model(model, peft_config)
+
+
+def group_eval_metrics(
+    sums: torch.Tensor, counts: torch.Tensor, groups: Sequence[str | int], prefix: str
+) -> dict[str, Any]:
+    """Per-group token-mean loss and perplexity, with their gap and worst group (`hf_egt.metrics.summarize_groups`)."""
+    from .metrics import summarize_groups
+
+    losses = {g: (s / c).item() if c > 0 else math.nan for g, s, c in zip(groups, sums, counts)}
+    perplexities = {g: math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan for g, loss in losses.items()}
+    metrics = {f"{prefix}_group_loss/{g}": loss for g, loss in losses.items()}
+    metrics.update({f"{prefix}_group_perplexity/{g}": ppl for g, ppl in perplexities.items()})
+    if any(not math.isnan(loss) for loss in losses.values()):
+        loss_summary = summarize_groups(losses)
+        metrics[f"{prefix}_group_loss_gap"] = loss_summary["gap"]
+        metrics[f"{prefix}_group_perplexity_gap"] = summarize_groups(perplexities)["gap"]
+        metrics[f"{prefix}_worst_group_loss"] = losses[loss_summary["worst_group"]]
+        metrics[f"{prefix}_worst_group"] = loss_summary["worst_group"]
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared trainer logic.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class EGTTrainerMixin:
+    """Group-objective logic shared by [`EGTTrainer`] and [`hf_egt.EGTSFTTrainer`].
+
+    Subclasses implement `_token_losses(model, inputs) -> (token_losses, mask, outputs)` and call `_setup_objective`
+    before and `_finish_setup` after `super().__init__`.
+    """
+
+    # `compute_loss` normalises over the whole accumulation window itself.
+    loss_is_scaled_for_ga = True
+
+    def _setup_objective(self, args, train_dataset, eval_dataset) -> None:
+        if not isinstance(args, GroupArguments):
+            raise TypeError(f"`args` must be an `EGTConfig` (or `EGTSFTConfig`), got {type(args).__name__}.")
+        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        groups = resolve_groups(
+            args.groups,
+            dataset_group_labels(train_dataset, args.group_column, "train"),
+            {name: dataset_group_labels(data, args.group_column, name) for name, data in eval_sets.items()},
+        )
+        self.objective = GroupObjective(
+            mode=args.objective,
+            step_size=args.group_step_size,
+            groups=groups,
+            adjustment=args.group_adjustment,
+            ema_decay=args.group_ema_decay,
+            temperature=args.group_temperature,
+        )
+        self._window_remaining = 0
+        self._group_log: dict[str, float] = {}
+        self._ple_values: list[float] = []
+        self._eval_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _finish_setup(self) -> None:
+        self.data_collator = GroupCollator(self.data_collator, self.args.group_column, self.objective)
+
+    # -- columns ------------------------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.args.group_column not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, self.args.group_column]
+
+    # -- training -----------------------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batch_samples:
+            column = self.args.group_column
+            if any("labels" not in batch for batch in batch_samples):
+                raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
+            self.objective.begin_window(
+                [batch[column] for batch in batch_samples],
+                [count_target_tokens(batch["labels"]) for batch in batch_samples],
+            )
+            self._window_remaining = len(batch_samples)
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        column = self.args.group_column
+        if column not in inputs:
+            raise ValueError(f"The batch has no group column {column!r}; it has {sorted(inputs)}.")
+        group_ids = inputs[column]
+        token_losses, mask, outputs = self._token_losses(model, {k: v for k, v in inputs.items() if k != column})
+        losses, counts = sequence_losses(token_losses, mask)
+        group_ids = group_ids.to(losses.device)
+        if model.training:
+            loss = self._training_loss(losses, group_ids, counts)
+        else:
+            loss = self._eval_loss(losses, group_ids, counts)
+        ple = output_field(outputs, "ple")
+        if ple is not None:
+            self._ple_values.append(ple.detach().float().item())
+            loss = loss + (ple / getattr(self, "current_gradient_accumulation_steps", 1) if model.training else ple)
+        return (loss, outputs) if return_outputs else loss
+
+    def _training_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if self._window_remaining == 0:  # called outside the training loop: a window of one batch
+            self.objective.begin_window([group_ids], [counts])
+            self._window_remaining = 1
+        loss = self.objective.window_loss(losses, group_ids, counts).loss
+        self._window_remaining -= 1
+        if self._window_remaining == 0:
+            self._end_window()
+        # DDP and FSDP average gradients over processes; the window shares add up over processes.
+        return loss * self.accelerator.num_processes
+
+    def _end_window(self) -> None:
+        try:
+            window = self.objective.end_window()
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"{error} (training step {self.state.global_step + 1}). The loss diverged: lower the learning rate or "
+                "`group_step_size`, or check the data of that group."
+            ) from error
+        for group, loss, count, weight in zip(
+            self.objective.groups, window.group_losses, window.group_counts, window.weights
+        ):
+            if count > 0:
+                self._group_log[f"group_loss/{group}"] = loss.item()
+            self._group_log[f"group_weight/{group}"] = weight.item()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: merge the latest window's group statistics
+            logs.update(self._group_log)
+            if self._ple_values:
+                logs["ple"] = sum(self._ple_values) / len(self._ple_values)
+                self._ple_values.clear()
+        super().log(logs, start_time)
+
+    # -- evaluation ---------------------------------------------------------------------------------------------------
+
+    def _eval_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if self._eval_sums is not None:
+            sums, tokens = group_sums(losses.detach().double(), group_ids, self.objective.num_groups, counts.double())
+            self._eval_sums[0].add_(sums.cpu())
+            self._eval_sums[1].add_(tokens.cpu())
+        return (losses * counts).sum() / counts.sum().clamp_min(1)
+
+    def evaluation_loop(self, *args, **kwargs):
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        num_groups = self.objective.num_groups
+        self._eval_sums = (torch.zeros(num_groups, dtype=torch.float64), torch.zeros(num_groups, dtype=torch.float64))
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            sums, tokens = (self._reduce_sum(t) for t in self._eval_sums)
+        finally:
+            self._eval_sums = None
+        output.metrics.update(group_eval_metrics(sums, tokens, self.objective.groups, prefix))
+        return output
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        reduced = self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="sum")
+        return reduced.cpu()
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            self.objective.save(os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir}).")
+        if isinstance(resume_from_checkpoint, str):
+            path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"The checkpoint {resume_from_checkpoint} has no group objective state {path}.")
+            self.objective.load(path)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The trainer.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class EGTTrainer(EGTTrainerMixin, Trainer):
+    """[`~transformers.Trainer`] for causal LMs with a group objective (min-max by default) over `group_column`.
+
+    Args:
+        model: a causal LM (`AutoModelForCausalLM`), a `PeftModel`, or a Hub id / folder to load one from.
+        args: an [`EGTConfig`].
+        train_dataset, eval_dataset: datasets with `input_ids` (or raw text in `text_column`) and `group_column`;
+            `eval_dataset` may be a dict of them.
+        processing_class: the tokenizer (pads batches; tokenizes raw text).
+        peft_config: a `peft` config (e.g. `LoraConfig`) to wrap `model` with, or a `hf_egt.hyper.HyperLoRAConfig`.
+        data_collator: defaults to [`DataCollatorForCausalLM`] with the tokenizer's pad token.
+        **kwargs: passed to [`~transformers.Trainer`].
+
+    Example:
+        ```python
+        trainer = EGTTrainer(
+            model=model,
+            args=EGTConfig("out", objective="minmax", group_step_size=0.01),
+            train_dataset=train,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+        trainer.train()
+        ```
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: EGTConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = EGTConfig(output_dir="egt-output")
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(model)
+        model = wrap_model(model, peft_config)
+        train_dataset = tokenize_text_dataset(
+            train_dataset, processing_class, args.text_column, args.max_length, "train"
+        )
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: tokenize_text_dataset(data, processing_class, args.text_column, args.max_length, name)
+                for name, data in eval_dataset.items()
+            }
+        else:
+            eval_dataset = tokenize_text_dataset(
+                eval_dataset, processing_class, args.text_column, args.max_length, "eval"
+            )
+        self._setup_objective(args, train_dataset, eval_dataset)
+        if data_collator is None:
+            data_collator = DataCollatorForCausalLM(pad_token_id=_pad_token_id(processing_class))
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._finish_setup()
+
+    def _token_losses(self, model, inputs: dict[str, Any]):
+        """Forward without labels (no loss inside the model), then one per-token cross-entropy on its logits."""
+        if "labels" not in inputs:
+            raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = output_field(outputs, "logits")
+        if logits is None:
+            logits = outputs[0]
+        token_losses, mask = causal_lm_token_losses(logits, inputs["labels"])
+        return token_losses, mask, outputs
+
+
+def _pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad token id, else its EOS id, else 0 (padding positions are masked out anyway)."""
+    if tokenizer is None:
+        return 0
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            return value
+    return 0

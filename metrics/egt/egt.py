@@ -1,0 +1,129 @@
+# Copyright 2026 The hf-egt developers. Licensed under the Apache License, Version 2.0.
+"""EGT (Equalized Generative Treatment): per-group f-divergence between real and generated samples.
+
+A thin `evaluate` wrapper around `hf_egt.metrics.egt_report`; the package `hf-egt` must be installed
+(`pip install hf-egt`). See README.md for the formulas, inputs and outputs.
+"""
+
+# evaluate finds the dependencies with a regex over the lines: keep one import per line.
+import datasets  # noqa: I001
+import evaluate
+import numpy as np
+from hf_egt.metrics import DIVERGENCES
+from hf_egt.metrics import egt_report
+from hf_egt.metrics import embed_texts
+from hf_egt.metrics import load_text_encoder
+
+_CITATION = """\
+@article{verine2026egt,
+  title={Equalized Generative Treatment: Matching f-Divergences for Fairness in Generative Models},
+  author={V{\\'e}rine, Alexandre and Pinot, Rafael and Le Bronnec, Florian},
+  journal={arXiv preprint arXiv:2602.08660},
+  year={2026}
+}
+"""
+
+_DESCRIPTION = """\
+Equalized Generative Treatment asks that a generative model serve every group with the same quality: the
+f-divergence D_f(P_a || Q_a) between the data P_a of group a and the model's samples Q_a for that group should be
+the same for every group. The metric reports each group's divergence, the gap (max - min), the ratio (max / min),
+the worst group, the pooled divergence, subsampling confidence intervals, and the older proportion criteria (EGO:
+equal generation shares; MGO: shares matching the data) beside it. Real and generated sample counts may differ.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: generated samples, as feature vectors (lists of floats) or texts (then pass `feature_model`).
+    references: real samples, same kind as `predictions`; their number may differ from `predictions`.
+    prediction_groups: group label of each generated sample.
+    reference_groups: group label of each real sample.
+    divergence: "kl", "reverse_kl", "js", "tv", "hellinger", "chi2", "pr", "frechet", "precision", "recall",
+        "density" or "coverage"; defaults to the config name (`evaluate.load("metrics/egt", "hellinger")`), else "kl".
+    feature_model: Hugging Face encoder (Hub id or folder) that embeds texts (mean pooling).
+    n_bootstrap: subsampling replicates for the confidence intervals (default 20; 0 for none).
+    seed: seed of the subsampling.
+    Other keyword arguments (`k`, `n_neighbors`, `pr_lambda`, `confidence`, `device`) go to the estimator.
+Returns:
+    The report of `hf_egt.metrics.egt_report`: `divergence`, `per_group`, `gap`, `ratio`, `worst_group`,
+    `best_group`, `overall`, `counts`, `ci`, `missing`, `generated_share`, `data_share`, `ego_gap`, `mgo_gap`.
+    Group labels are strings.
+Examples:
+    >>> egt = evaluate.load("metrics/egt")
+    >>> egt.compute(predictions=[[0.0, 1.0], ...], prediction_groups=["a", ...],
+    ...             references=[[0.1, 0.9], ...], reference_groups=["a", ...], divergence="kl")
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class EGT(evaluate.Metric):
+    """Per-group divergence between real and generated samples (Equalized Generative Treatment)."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            # Only the generated side is a feature column: evaluate ties feature columns to one length, and the
+            # real side (its own length) reaches `_compute` as plain keyword arguments.
+            features=[
+                datasets.Features(
+                    {
+                        "predictions": datasets.Sequence(datasets.Value("float32")),
+                        "prediction_groups": datasets.Value("string"),
+                    }
+                ),
+                datasets.Features(
+                    {"predictions": datasets.Value("string"), "prediction_groups": datasets.Value("string")}
+                ),
+            ],
+            reference_urls=["https://arxiv.org/abs/2602.08660"],
+        )
+
+    def compute(self, *, predictions=None, references=None, **kwargs):
+        """Like `evaluate.Metric.compute`; `references` may have another length than `predictions`."""
+        if "prediction_groups" in kwargs and kwargs["prediction_groups"] is not None:
+            kwargs["prediction_groups"] = [str(group) for group in kwargs["prediction_groups"]]
+        return super().compute(predictions=predictions, reference_samples=references, **kwargs)
+
+    def _compute(
+        self,
+        predictions,
+        prediction_groups,
+        reference_samples=None,
+        reference_groups=None,
+        divergence=None,
+        feature_model=None,
+        n_bootstrap=20,
+        seed=0,
+        **estimator_kwargs,
+    ):
+        if reference_samples is None or reference_groups is None:
+            raise ValueError("`references` and `reference_groups` (the real samples and their groups) are required.")
+        if divergence is None:
+            divergence = self.config_name if self.config_name in DIVERGENCES else "kl"
+        predictions = list(predictions)
+        references = list(reference_samples)
+        if predictions and isinstance(predictions[0], str):
+            if feature_model is None:
+                raise ValueError(
+                    "Text `predictions` need `feature_model`: a Hugging Face encoder to embed them "
+                    "(e.g. 'sentence-transformers/all-MiniLM-L6-v2' or hf_egt.offline.minilm_path())."
+                )
+            if not all(isinstance(text, str) for text in references):
+                raise ValueError("`references` must be texts when `predictions` are texts.")
+            encoder = load_text_encoder(feature_model)
+            predictions = embed_texts(predictions, encoder)
+            references = embed_texts(references, encoder)
+        else:
+            predictions = np.asarray([np.asarray(vector, dtype=np.float32) for vector in predictions])
+            references = np.asarray([np.asarray(vector, dtype=np.float32) for vector in references])
+        return egt_report(
+            references,
+            [str(group) for group in reference_groups],
+            predictions,
+            list(prediction_groups),
+            divergence=divergence,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            **estimator_kwargs,
+        )

@@ -1,0 +1,154 @@
+"""The EGT report, the likelihood report and the plot."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from hf_egt.metrics import (
+    DIVERGENCES,
+    egt_report,
+    estimate,
+    kl_divergence,
+    likelihood_report,
+    plot_report,
+    prdc,
+    total_variation_distance,
+)
+
+
+def make_groups(seed=0, dim=3):
+    """Group "a" generated well (small shift), "b" shifted more (worse); different real/generated counts."""
+    generator = torch.Generator().manual_seed(seed)
+    real = torch.randn(300 + 200, dim, generator=generator, dtype=torch.float64)
+    real_groups = ["a"] * 300 + ["b"] * 200
+    generated = torch.cat(
+        [
+            0.4 + torch.randn(250, dim, generator=generator, dtype=torch.float64),
+            1.0 + torch.randn(150, dim, generator=generator, dtype=torch.float64),
+        ]
+    )
+    generated_groups = ["a"] * 250 + ["b"] * 150
+    return real, real_groups, generated, generated_groups
+
+
+def test_report_values_are_the_estimator_on_each_group_and_summaries_are_consistent():
+    real, real_groups, generated, generated_groups = make_groups()
+    report = egt_report(real, real_groups, generated, generated_groups, divergence="kl", n_bootstrap=0)
+    assert report["per_group"]["a"] == pytest.approx(float(kl_divergence(real[:300], generated[:250])))
+    assert report["per_group"]["b"] == pytest.approx(float(kl_divergence(real[300:], generated[250:])))
+    assert report["overall"] == pytest.approx(float(kl_divergence(real, generated)))
+    values = report["per_group"]
+    assert report["worst_group"] == "b" and report["best_group"] == "a"
+    assert report["gap"] == pytest.approx(values["b"] - values["a"])
+    assert report["ratio"] == pytest.approx(values["b"] / values["a"])
+    assert report["counts"] == {"a": {"real": 300, "generated": 250}, "b": {"real": 200, "generated": 150}}
+    assert report["missing"] == {}
+
+
+def test_proportion_criteria():
+    real, real_groups, generated, generated_groups = make_groups()
+    report = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=0)
+    assert report["generated_share"] == pytest.approx({"a": 250 / 400, "b": 150 / 400})
+    assert report["data_share"] == pytest.approx({"a": 0.6, "b": 0.4})
+    assert report["ego_gap"] == pytest.approx(250 / 400 - 0.5)
+    assert report["mgo_gap"] == pytest.approx(abs(250 / 400 - 0.6))
+
+
+def test_precision_like_metrics_are_higher_is_better():
+    real, real_groups, generated, generated_groups = make_groups()
+    report = egt_report(real, real_groups, generated, generated_groups, divergence="precision", n_bootstrap=0)
+    assert report["higher_is_worse"] is False
+    assert report["per_group"]["a"] == pytest.approx(float(prdc(real[:300], generated[:250])["precision"]))
+    assert report["worst_group"] == "b"  # the shifted group has the lower precision
+
+
+def test_every_divergence_name_runs_and_report_is_json_serialisable():
+    real, real_groups, generated, generated_groups = make_groups(dim=2)
+    for name in DIVERGENCES:
+        kwargs = {"pr_lambda": 0.5} if name == "pr" else {}
+        report = egt_report(real, real_groups, generated, generated_groups, divergence=name, n_bootstrap=0, **kwargs)
+        decoded = json.loads(json.dumps(report))
+        assert decoded["divergence"] == name and set(decoded["per_group"]) == {"a", "b"}
+        assert math.isfinite(report["overall"])
+    assert report["estimator_kwargs"] == {}
+    pr = egt_report(real, real_groups, generated, generated_groups, divergence="pr", n_bootstrap=0, pr_lambda=1.0)
+    assert pr["per_group"]["a"] == pytest.approx(float(total_variation_distance(real[:300], generated[:250])))
+    assert pr["estimator_kwargs"] == {"pr_lambda": 1.0}
+
+
+def test_confidence_intervals_are_seeded_and_bracket_the_value():
+    real, real_groups, generated, generated_groups = make_groups()
+    first = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=10, seed=3)
+    second = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=10, seed=3)
+    other = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=10, seed=4)
+    assert first["ci"] == second["ci"] and first["ci"] != other["ci"]
+    for group, (low, high) in first["ci"].items():
+        assert low <= first["per_group"][group] <= high
+        assert high - low > 0
+    few = ["a"] * 300 + ["b"] * 191 + ["few"] * 9  # 9 samples: enough for k=5, not their halves
+    with pytest.warns(UserWarning, match="Group 'few': no confidence interval"):
+        report = egt_report(real, few, generated, generated_groups[:-9] + ["few"] * 9, divergence="kl", n_bootstrap=2)
+    assert math.isfinite(report["per_group"]["few"]) and all(math.isnan(bound) for bound in report["ci"]["few"])
+
+
+def test_group_on_one_side_only_is_reported_not_dropped():
+    real, real_groups, generated, generated_groups = make_groups()
+    real_groups = real_groups[:-20] + ["only_real"] * 20
+    with pytest.warns(UserWarning, match="only_real"):
+        report = egt_report(real, real_groups, generated, generated_groups, divergence="kl", n_bootstrap=0)
+    assert math.isnan(report["per_group"]["only_real"])
+    assert report["missing"] == {"only_real": "generated"}
+    assert report["counts"]["only_real"] == {"real": 20, "generated": 0}
+    assert report["worst_group"] in {"a", "b"}
+    assert report["generated_share"]["only_real"] == 0.0
+    assert report["ego_gap"] == pytest.approx(max(abs(250 / 400 - 1 / 3), abs(150 / 400 - 1 / 3), 1 / 3))
+
+
+def test_bad_inputs_raise_errors_that_name_the_problem():
+    real, real_groups, generated, generated_groups = make_groups()
+    small_groups = ["a"] * 300 + ["b"] * 197 + ["tiny"] * 3
+    with pytest.raises(ValueError, match=r"Group 'tiny'.*`real` has 3 sample\(s\).*at least 6"):
+        egt_report(real, small_groups, generated, generated_groups[:-3] + ["tiny"] * 3, divergence="kl", n_bootstrap=0)
+    bad = generated.clone()
+    bad[7, 0] = math.nan
+    with pytest.raises(ValueError, match="`generated_features` has 1 row"):
+        egt_report(real, real_groups, bad, generated_groups)
+    with pytest.raises(ValueError, match="different dimensions: 3 vs 2"):
+        egt_report(real, real_groups, generated[:, :2], generated_groups)
+    with pytest.raises(ValueError, match="`real_groups` has 499 labels"):
+        egt_report(real, real_groups[:-1], generated, generated_groups)
+    with pytest.raises(ValueError, match="Unknown `divergence` 'wasserstein'"):
+        egt_report(real, real_groups, generated, generated_groups, divergence="wasserstein")
+    with pytest.raises(ValueError, match="Unknown `divergence`"):
+        estimate(real, generated, divergence="nope")
+
+
+def test_likelihood_report_matches_token_weighted_means():
+    nll_sums = torch.tensor([10.0, 20.0, 6.0, 30.0, 3.0])
+    token_counts = torch.tensor([5, 10, 2, 10, 1])
+    groups = ["x", "x", "y", "y", "y"]
+    report = likelihood_report(nll_sums, token_counts, groups, n_bootstrap=50)
+    assert report["nll"]["per_group"] == pytest.approx({"x": 30 / 15, "y": 39 / 13})
+    assert report["perplexity"]["per_group"]["y"] == pytest.approx(math.exp(3.0))
+    assert report["nll"]["overall"] == pytest.approx(69 / 28)
+    assert report["nll"]["worst_group"] == "y" and report["nll"]["gap"] == pytest.approx(1.0)
+    assert report["counts"] == {"x": {"examples": 2, "tokens": 15}, "y": {"examples": 3, "tokens": 13}}
+    low, high = report["nll"]["ci"]["x"]
+    assert low <= 2.0 <= high
+    json.dumps(report)
+    with pytest.raises(ValueError, match="one entry per example"):
+        likelihood_report(nll_sums, token_counts[:4], groups)
+    with pytest.raises(ValueError, match="`token_counts` must be positive"):
+        likelihood_report(nll_sums, torch.tensor([5, 0, 2, 10, 1]), groups)
+
+
+def test_plot_report_writes_a_png(tmp_path):
+    real, real_groups, generated, generated_groups = make_groups()
+    with pytest.warns(UserWarning):
+        report = egt_report(
+            real, real_groups, generated, generated_groups[:-5] + ["new"] * 5, divergence="frechet", n_bootstrap=3
+        )
+    path = plot_report(report, tmp_path / "egt.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
