@@ -113,7 +113,8 @@ def _write(text: str) -> None:
 # ------------------------------------------------------------------------------------------------------------- train
 @dataclass
 class TrainScriptArguments:
-    """Options of ``hf-egt train`` besides ``EGTConfig`` (TrainingArguments + group options)."""
+    """Options of ``hf-egt train`` besides ``EGTConfig`` (TrainingArguments + ``group_column``, ``groups``,
+    ``objective``, ``group_step_size``, ``text_column``, ``max_length``...)."""
 
     model_name_or_path: str = field(metadata={"help": "Hub id, local folder, or .gguf file of a causal LM."})
     dataset: str = field(
@@ -127,7 +128,6 @@ class TrainScriptArguments:
     eval_split: str | None = field(
         default=None, metadata={"help": "Eval split (default: test/validation if present, else held-out rows)."}
     )
-    groups: list[str] | None = field(default=None, metadata={"help": "Keep only these groups (default: all)."})
     max_per_group: int | None = field(default=None, metadata={"help": "At most this many training rows per group."})
     max_eval_per_group: int | None = field(default=None, metadata={"help": "At most this many eval rows per group."})
     eval_fraction: float = field(default=0.2, metadata={"help": "Held-out share per group without an eval split."})
@@ -200,7 +200,7 @@ def run_train(argv: Sequence[str]) -> dict:
         script_args.dataset,
         text_column=training_args.text_column,
         group_column=training_args.group_column,
-        groups=script_args.groups,
+        groups=training_args.groups,
         max_per_group=script_args.max_per_group,
         max_eval_per_group=script_args.max_eval_per_group,
         eval_fraction=script_args.eval_fraction,

@@ -133,6 +133,7 @@ def run_demo(
 
     from .evaluation import evaluate_causal_lm, write_report
     from .hub import build_model_card
+    from .metrics import load_text_encoder
     from .offline import minilm_path
     from .trainer import EGTConfig, EGTTrainer
 
@@ -143,12 +144,11 @@ def run_demo(
     train, test = demo_data(settings)
     model, tokenizer = (model_loader or load_cached_smollm2)()
     base_model_name = getattr(model.config, "_name_or_path", "") or "SmolLM2-135M-Instruct"
-    if settings.egt and feature_model is None:
-        feature_model = str(minilm_path())
+    encoder = load_text_encoder(feature_model or minilm_path()) if settings.egt else None  # loaded once, used 3 times
     eval_kwargs = {
         "batch_size": settings.eval_batch_size,
         "max_length": settings.max_length,
-        "feature_model": feature_model if settings.egt else None,
+        "feature_model": encoder,
         "num_prompt_words": settings.num_prompt_words,
         "max_new_tokens": settings.max_new_tokens,
         "max_prompts_per_group": settings.max_prompts_per_group,

@@ -134,18 +134,22 @@ def embedding_egt(
     real_groups: Sequence[str],
     generated_texts: Sequence[str],
     generated_groups: Sequence[str],
-    feature_model: str,
+    feature_model,
     *,
     divergence: str = "kl",
     n_bootstrap: int = 0,
     batch_size: int = 32,
     seed: int = 0,
 ) -> dict:
-    """EGT report (``hf_egt.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``."""
-    from .metrics import egt_report, embed_texts
+    """EGT report (``hf_egt.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``.
 
-    real = embed_texts(list(real_texts), feature_model, batch_size=batch_size)
-    generated = embed_texts(list(generated_texts), feature_model, batch_size=batch_size)
+    ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair.
+    """
+    from .metrics import egt_report, embed_texts, load_text_encoder
+
+    encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
+    real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
+    generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
     return egt_report(
         real,
         list(real_groups),
@@ -177,7 +181,7 @@ def evaluate_causal_lm(
     *,
     batch_size: int = 16,
     max_length: int = 128,
-    feature_model: str | None = None,
+    feature_model=None,
     num_prompt_words: int = 4,
     max_new_tokens: int = 24,
     max_prompts_per_group: int | None = None,
@@ -210,7 +214,7 @@ def evaluate_causal_lm(
             desc=f"{name}: generation",
         )
         report = embedding_egt(
-            real, chosen_groups, generated, chosen_groups, str(feature_model), divergence=divergence, seed=seed
+            real, chosen_groups, generated, chosen_groups, feature_model, divergence=divergence, seed=seed
         )
         result["egt"] = _jsonable(report)
         result["samples"] = {
