@@ -343,3 +343,25 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     assert report["runs"]["minmax"]["per_group"] == pytest.approx(again["per_group"], rel=1e-5)
     assert report["runs"]["minmax"]["per_group"] != pytest.approx(report["runs"]["erm"]["per_group"])
     assert "library_name: peft" in (out / "adapters" / "minmax" / "README.md").read_text()
+
+
+def test_evaluate_command_embedding_egt(tmp_path, tiny_lm, tiny_json):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    encoder = tmp_path / "encoder"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
+    argv += ["--split", "train", "--max_per_group", "8", "--feature_model", encoder, "--max_new_tokens", "4"]
+    _main([*argv, "--max_prompts_per_group", "7", "--output_dir", out])
+
+    egt = json.loads((out / "report.json").read_text())["runs"]["base"]["egt"]
+    assert egt["counts"] == {"a": {"real": 7, "generated": 7}, "b": {"real": 7, "generated": 7}}
+    assert egt["gap"] == pytest.approx(abs(egt["per_group"]["a"] - egt["per_group"]["b"]))
+    assert "EGT: divergence" in (out / "report.md").read_text()
