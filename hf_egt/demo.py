@@ -26,6 +26,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the card's base_model: the offline GGUF is its Q4_1 export
 DEMO_OBJECTIVES = ("erm", "minmax")
 
 
@@ -35,28 +36,28 @@ class DemoSettings:
 
     domain: str = "race"
     max_train_per_group: int = 300
-    max_eval_per_group: int = 32
+    max_eval_per_group: int = 24
     test_fraction: float = 0.25
-    max_steps: int = 120
+    max_steps: int = 60
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
-    max_length: int = 40
+    max_length: int = 32
     lora_r: int = 8
     lora_alpha: int = 16
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lora_last_layers: int | None = 8
-    group_step_size: float = 0.1
+    group_step_size: float = 0.3
     egt: bool = True
-    max_prompts_per_group: int = 24
+    max_prompts_per_group: int = 16
     num_prompt_words: int = 4
-    max_new_tokens: int = 16
+    max_new_tokens: int = 12
     eval_batch_size: int = 16
     seed: int = 0
 
 
 DEFAULT = DemoSettings()
-QUICK = replace(DEFAULT, max_train_per_group=150, max_eval_per_group=16, max_steps=30, egt=False)
+QUICK = replace(DEFAULT, max_train_per_group=150, max_eval_per_group=16, max_steps=20, egt=False)
 
 
 def cache_dir() -> Path:
@@ -144,7 +145,7 @@ def run_demo(
     started = time.perf_counter()
     train, test = demo_data(settings)
     model, tokenizer = (model_loader or load_cached_smollm2)()
-    base_model_name = getattr(model.config, "_name_or_path", "") or "SmolLM2-135M-Instruct"
+    base_model_name = SMOLLM2_HUB_ID if model_loader is None else model.config.name_or_path
     encoder = load_text_encoder(feature_model or minilm_path()) if settings.egt else None  # loaded once, used 3 times
     eval_kwargs = {
         "batch_size": settings.eval_batch_size,

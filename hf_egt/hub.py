@@ -171,7 +171,7 @@ def build_model_card(
         template_str=_CARD_TEMPLATE,
         model_name=model_name,
         description=description
-        or f"A LoRA adapter for [`{base_model}`] fine-tuned with the `{objective}` group objective of hf-egt, "
+        or f"A LoRA adapter for {_model_link(base_model)} fine-tuned with the `{objective}` group objective of hf-egt, "
         "which trains on the loss of the worst-served group so that every group gets the same generation quality.",
         metric_sentence=f"{metric.capitalize()} per group on held-out data (lower is better); each column is a model.",
         table=runs_table(runs),
@@ -185,6 +185,13 @@ def build_model_card(
         reproduce=reproduce,
         usage=usage or "",
     )
+
+
+def _model_link(model: str) -> str:
+    """A Markdown link to a Hub model id; a local path stays plain code."""
+    if Path(model).exists() or model.count("/") != 1:
+        return f"`{model}`"
+    return f"[`{model}`](https://huggingface.co/{model})"
 
 
 def push_folder_to_hub(
