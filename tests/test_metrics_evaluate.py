@@ -53,6 +53,17 @@ def test_config_name_selects_the_divergence(features):
     expected = egt_report(real, real_groups, generated, generated_groups, divergence="hellinger", n_bootstrap=0)
     assert result["per_group"]["b"] == pytest.approx(expected["per_group"]["b"], rel=1e-5)
     assert evaluate.load(MODULE).compute(**inputs)["divergence"] == "kl"
+    # Arrays and tensors of integer labels work on both sides (labels become strings).
+    tensor_inputs = {
+        **inputs,
+        "predictions": generated.numpy(),
+        "prediction_groups": torch.tensor([0] * 30 + [1] * 60),
+        "references": real,
+        "reference_groups": torch.tensor([0] * 70 + [1] * 50),
+    }
+    assert evaluate.load(MODULE, "hellinger").compute(**tensor_inputs)["per_group"]["1"] == pytest.approx(
+        expected["per_group"]["b"], rel=1e-5
+    )
     with pytest.raises(ValueError, match="reference_groups"):
         evaluate.load(MODULE).compute(predictions=generated.tolist(), prediction_groups=generated_groups)
 

@@ -123,6 +123,8 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
         egt_report(real, real_groups, generated, generated_groups, divergence="wasserstein")
     with pytest.raises(ValueError, match="Unknown `divergence`"):
         estimate(real, generated, divergence="nope")
+    with pytest.raises(ValueError, match="No group has both"), pytest.warns(UserWarning):
+        egt_report(real, real_groups, generated, ["c"] * len(generated_groups))
 
 
 def test_likelihood_report_matches_token_weighted_means():

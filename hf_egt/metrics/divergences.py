@@ -8,7 +8,8 @@ sizes grow) and as little biased as known at finite sizes:
   ``KL = d/n sum_i log(nu_k(i) / rho_k(i)) + log(m / (n - 1))`` with rho_k(i) the distance of real sample i to its
   k-th nearest other real sample and nu_k(i) to its k-th nearest generated sample. Consistent for fixed k (the
   digamma terms of both densities cancel); finite-sample bias comes from the density varying inside the k-NN balls
-  and grows with the dimension.
+  and grows with the dimension (measured: about -0.05 on a KL of 0.25 between 8-d Gaussians with n = m = 5000,
+  negligible in 2-d). In hundreds of dimensions k-NN estimates are mostly useful to rank groups measured alike.
 - Squared Hellinger and chi-squared: the k-NN estimator of ``E_P[(q/p)^beta]`` of Póczos and Schneider (2011), the
   plug-in ``mean_i(r_i^beta)`` of the k-NN ratio ``r_i = (n - 1) rho_k(i)^d / (m nu_k(i)^d)`` times
   ``Gamma(k)^2 / (Gamma(k + beta) Gamma(k - beta))``, which removes the bias of the k-NN density noise (the
@@ -19,7 +20,8 @@ sizes grow) and as little biased as known at finite sizes:
   ratios to the pooled mixture M, and ``D_f = E_M[b f(a / b)]`` is averaged over the pooled points. Consistent when K
   grows with N = n + m with K / N -> 0 (default K = round(sqrt(N))). Biases: binomial noise of eta (order 1/K,
   order 1/sqrt(K) where p = q for TV's kink, both upwards) and smoothing over the K-NN ball (grows with K / N and
-  the dimension). These divergences are bounded, so the estimate is too.
+  the dimension). ``a`` and ``b`` are divided by their means (both are 1 under M), so the estimates satisfy the
+  identities between divergences exactly (PR divergence at lambda = 1 = TV). Bounded divergences, bounded estimates.
 """
 
 from __future__ import annotations

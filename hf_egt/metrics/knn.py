@@ -62,9 +62,13 @@ def _fast_operands(query: torch.Tensor, reference: torch.Tensor):
         # cdist's root, squared again, is within a few float64 ulps of the sum of squared differences.
         scale = query64.square().sum(dim=1) + reference64.square().sum(dim=1).max()
         return query64, None, reference64, None, 16 * FLOAT64_ROUNDOFF * scale
-    center = reference.double().mean(dim=0)
-    query32 = (query.double() - center).float()
-    reference32 = (reference.double() - center).float()
+    center = reference.mean(dim=0, dtype=torch.float64)
+    if query.dtype == reference.dtype == torch.float32:
+        # Any common centre will do: from a float32 one, each coordinate is rounded once, as in the float64 route.
+        center = center.float()
+        query32, reference32 = query - center, reference - center
+    else:
+        query32, reference32 = (query.double() - center).float(), (reference.double() - center).float()
     query_sq = query32.square().sum(dim=1)
     reference_sq = reference32.square().sum(dim=1)
     return query32, query_sq, reference32, reference_sq, sq_distance_bound(query_sq, reference_sq, query.shape[1])

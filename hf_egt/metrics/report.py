@@ -207,6 +207,11 @@ def egt_report(
                 )
         logger.info("%s of group %r: %.4f", divergence, group, per_group[group])
 
+    if len(missing) == len(groups):
+        raise ValueError(
+            f"No group has both real and generated samples: `real_groups` has {sorted(map(str, real_by_group))}, "
+            f"`generated_groups` has {sorted(map(str, generated_by_group))}."
+        )
     summary = summarize_groups(per_group, higher_is_worse=higher_is_worse)
     return {
         "divergence": divergence,

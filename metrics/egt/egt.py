@@ -54,6 +54,11 @@ Examples:
 """
 
 
+def _labels(groups):
+    """Group labels as strings (lists, arrays and tensors alike)."""
+    return [str(group) for group in (groups.tolist() if hasattr(groups, "tolist") else groups)]
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class EGT(evaluate.Metric):
     """Per-group divergence between real and generated samples (Equalized Generative Treatment)."""
@@ -81,8 +86,8 @@ class EGT(evaluate.Metric):
 
     def compute(self, *, predictions=None, references=None, **kwargs):
         """Like `evaluate.Metric.compute`; `references` may have another length than `predictions`."""
-        if "prediction_groups" in kwargs and kwargs["prediction_groups"] is not None:
-            kwargs["prediction_groups"] = [str(group) for group in kwargs["prediction_groups"]]
+        if kwargs.get("prediction_groups") is not None:
+            kwargs["prediction_groups"] = _labels(kwargs["prediction_groups"])
         return super().compute(predictions=predictions, reference_samples=references, **kwargs)
 
     def _compute(
@@ -119,7 +124,7 @@ class EGT(evaluate.Metric):
             references = np.asarray([np.asarray(vector, dtype=np.float32) for vector in references])
         return egt_report(
             references,
-            [str(group) for group in reference_groups],
+            _labels(reference_groups),
             predictions,
             list(prediction_groups),
             divergence=divergence,
