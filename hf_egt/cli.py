@@ -358,6 +358,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     advanced.add_argument("--max_prompts_per_group", type=int, default=None)
     advanced.add_argument("--batch_size", type=int, default=None)
     advanced.add_argument("--group_step_size", type=float, default=None)
+    advanced.add_argument(
+        "--minmax_objective",
+        default=None,
+        choices=["minmax", "ema", "worst", "reweight"],
+        help="Group objective of the 'minmax' run (default: minmax, exponentiated-gradient group DRO).",
+    )
 
 
 def run_demo_command(args: argparse.Namespace) -> dict:
@@ -375,6 +381,7 @@ def run_demo_command(args: argparse.Namespace) -> dict:
             "max_prompts_per_group",
             "batch_size",
             "group_step_size",
+            "minmax_objective",
         )
         if getattr(args, name) is not None
     }

@@ -48,6 +48,7 @@ class DemoSettings:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lora_last_layers: int | None = 8
     group_step_size: float = 0.3
+    minmax_objective: str = "minmax"
     egt: bool = True
     max_prompts_per_group: int = 16
     num_prompt_words: int = 4
@@ -163,7 +164,7 @@ def run_demo(
         run_started = time.perf_counter()
         args = EGTConfig(
             output_dir=str(output_dir / "trainer" / objective),
-            objective=objective,
+            objective=settings.minmax_objective if objective == "minmax" else objective,
             group_column="group",
             text_column="text",
             group_step_size=settings.group_step_size,
@@ -219,7 +220,7 @@ def run_demo(
         card = build_model_card(
             base_model=base_model_name,
             runs={"base": runs["base"], objective: runs[objective]},
-            objective=objective,
+            objective=settings.minmax_objective if objective == "minmax" else objective,
             model_name=f"smollm2-135m-bold-race-{objective}",
             dataset=f"bold-{settings.domain}",
             group_column="group",
