@@ -388,3 +388,29 @@ def test_train_runs_under_accelerate_launch(tmp_path, tiny_lm, tiny_json):
     report = json.loads((out / "report.json").read_text())
     assert list(report["runs"]) == ["minmax"] and set(report["runs"]["minmax"]["per_group"]) == {"a", "b"}
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_finetune_and_push_example(tmp_path, tiny_lm, tiny_json, monkeypatch):
+    """The copy-me example: fine-tune, write report and card, push adapter + card + report in one commit."""
+    import importlib.util
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    path = Path(__file__).parents[1] / "examples" / "finetune_and_push.py"
+    spec = importlib.util.spec_from_file_location("finetune_and_push", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "example"
+    argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender", "--max_steps", "2"]
+    argv += ["--lora_r", "2", "--lora_target_modules", "q_proj", "--per_device_train_batch_size", "4"]
+    argv += ["--output_dir", out, "--hub_model_id", "me/example", "--hub_token", "hf_example_token"]
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        runs = example.main([str(arg) for arg in argv])
+    assert list(runs) == ["base", "minmax"]
+    assert {"adapter_model.safetensors", "README.md", "report.json", "report.png"} <= set(hub.files)
+    card = hub.files["README.md"].decode()
+    assert "hf_example_token" not in card and "<redacted>" in card and "- minmax" in card
