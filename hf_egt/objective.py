@@ -97,8 +97,11 @@ def weighted_group_loss(
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a detached statistic over all processes (no-op without an initialised process group)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        tensor = tensor.detach().clone()
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        reduced = tensor.detach().clone()
+        if torch.distributed.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            reduced = reduced.to(torch.device("cuda", torch.cuda.current_device()))
+        torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.SUM)
+        tensor = reduced.to(tensor.device)
     return tensor
 
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Min-max (group DRO) LoRA fine-tuning of a diffusers model, with accelerate.
+
+The loop lives in ``hf_egt/diffusion/train.py`` (read it there: argparse, an ``Accelerator``, a plain loop over
+prefetched accumulation windows) so that ``hf-egt train-diffusion`` and this script run the same code.
+
+Examples:
+
+    # offline: a class-conditional UNet2DModel on the imbalanced digits, worst class at each of 4 noise levels
+    python examples/train_egt_diffusion.py --pretrained_model_name_or_path ./my-ddpm-digits \\
+        --dataset_name digits-imbalanced --resolution 8 --objective minmax --noise_buckets 4 \\
+        --train_batch_size 64 --max_train_steps 300 --learning_rate 1e-3 --rank 8 --output_dir out/digits-minmax
+
+    # Stable Diffusion LoRA on a Hub dataset with a caption and a group column, 2 GPUs, bf16
+    accelerate launch --num_processes 2 examples/train_egt_diffusion.py \\
+        --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --dataset_name <user>/<dataset> --caption_column text --group_column gender --resolution 512 \\
+        --mixed_precision bf16 --objective minmax --noise_buckets 4 --validation_steps 500 --push_to_hub
+"""
+
+from hf_egt.diffusion.train import main, parse_args
+
+if __name__ == "__main__":
+    main(parse_args())

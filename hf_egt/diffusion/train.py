@@ -1,0 +1,424 @@
+"""Min-max (group DRO) LoRA fine-tuning of a diffusers model with accelerate: the loop of
+``examples/train_egt_diffusion.py`` and of ``hf-egt train-diffusion``.
+
+Modelled on diffusers' ``train_text_to_image_lora.py`` and ``train_unconditional.py``: argparse, an ``Accelerator``
+and a plain loop. What differs is the loss: each optimizer step ("window" of ``--gradient_accumulation_steps``
+micro-batches) is prefetched, its noise and timesteps are drawn from one generator seeded by (seed, step, process),
+and the per-example denoising losses are combined by the group objective (``--objective``), kept per noise-level
+bucket (``--noise_buckets``). Results then depend neither on how a window is split into micro-batches nor on a
+resume from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..objective import OBJECTIVE_MODES
+from .buckets import NoiseLevelGroupObjective
+from .data import DIGITS_DATASET_NAME, check_columns, collate, group_labels_of, load_image_dataset, make_transform
+from .lora import add_unet_lora, lora_parameters, save_unet_lora, unet_lora_config
+from .losses import denoising_target, min_snr_weights, noise_buckets, per_example_mse
+from .models import denoiser_prediction, latent_distribution, load_components, tokenize_captions
+from .sampling import image_grid, sample_stable_diffusion, sample_unet2d
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_FILE = "group_objective.safetensors"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Min-max (group DRO) LoRA fine-tuning of a diffusers model.")
+    add = parser.add_argument
+    add("--pretrained_model_name_or_path", required=True, help="Hub id or folder of a UNet2DModel or SD pipeline.")
+    add("--revision", default=None)
+    add("--dataset_name", required=True, help=f"Hub dataset id, an image folder, or {DIGITS_DATASET_NAME!r}.")
+    add("--dataset_split", default="train")
+    add("--cache_dir", default=None)
+    add("--image_column", default="image")
+    add("--group_column", default="label", help="Sensitive attribute; the class label of a class-conditional UNet.")
+    add("--caption_column", default=None, help="Captions (required for Stable Diffusion).")
+    add("--resolution", type=int, default=64)
+    add("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    add("--train_batch_size", type=int, default=16, help="Per device.")
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--max_train_steps", type=int, default=1000)
+    add("--learning_rate", type=float, default=1e-4)
+    add("--lr_scheduler", default="constant")
+    add("--lr_warmup_steps", type=int, default=0)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--rank", type=int, default=4, help="LoRA rank.")
+    add("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
+    add("--lora_conv", action="store_true", help="Also adapt the ResNet convolutions (conv1, conv2).")
+    add("--objective", choices=OBJECTIVE_MODES, default="minmax")
+    add("--dro_step_size", type=float, default=0.01, help="Exponentiated-gradient step size (minmax).")
+    add(
+        "--dro_adjustment",
+        type=float,
+        default=0.0,
+        help="Generalisation adjustment C: C / sqrt(n_g) is added to "
+        "each group's loss in the weight update (Sagawa et al.), favouring small groups.",
+    )
+    add("--ema_decay", type=float, default=0.9, help="Decay of the group-loss EMA (ema).")
+    add("--ema_temperature", type=float, default=1.0, help="Softmax temperature on the EMA (ema).")
+    add(
+        "--noise_buckets",
+        type=int,
+        default=1,
+        help="Keep the objective per bucket of timesteps (worst group at each noise level).",
+    )
+    add("--snr_gamma", type=float, default=None, help="Min-SNR weighting of the per-example losses.")
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    add("--dataloader_num_workers", type=int, default=0)
+    add("--checkpointing_steps", type=int, default=500)
+    add("--checkpoints_total_limit", type=int, default=None)
+    add("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' in --output_dir.")
+    add("--validation_steps", type=int, default=None, help="Save a per-group image grid every N steps (and at end).")
+    add("--num_validation_images", type=int, default=4, help="Images per group in the validation grid.")
+    add("--validation_inference_steps", type=int, default=25)
+    add("--report_to", default=None, help="accelerate tracker: tensorboard, wandb, ...")
+    add("--output_dir", default="egt-diffusion-lora")
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", default=None)
+    add("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.train_batch_size < 1 or args.gradient_accumulation_steps < 1 or args.max_train_steps < 1:
+        parser.error("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be >= 1.")
+    if args.noise_buckets < 1:
+        parser.error(f"--noise_buckets must be >= 1, got {args.noise_buckets}.")
+    return args
+
+
+@dataclass
+class TrainResult:
+    """What ``main`` returns: the trained (unwrapped) model, the objective and the number of optimizer steps."""
+
+    model: Any
+    objective: NoiseLevelGroupObjective
+    global_step: int
+    kind: str
+
+
+def window_generator(seed: int, step: int, process_index: int) -> torch.Generator:
+    """The generator of one optimizer step's noise: a function of (seed, step, process) only, so resumes and
+    different micro-batch splits draw the same noise."""
+    state = np.random.SeedSequence([seed, step, process_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def draw_window_inputs(components, window: list[dict], num_buckets: int, generator: torch.Generator, dtype):
+    """Noisy latents (in ``dtype``), timesteps, float targets and noise buckets of every micro-batch of a window,
+    drawn in one go from ``generator``."""
+    scheduler = components.noise_scheduler
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    distributions = [latent_distribution(components, batch["pixel_values"].to(dtype)) for batch in window]
+    mean = torch.cat([m.float() for m, _ in distributions])
+    latents = mean
+    if distributions[0][1] is not None:
+        std = torch.cat([s.float() for _, s in distributions])
+        latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+    timesteps = torch.randint(0, num_train_timesteps, (len(mean),), generator=generator).to(mean.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps).to(dtype)
+    target = denoising_target(scheduler, latents, noise, timesteps)
+    buckets = noise_buckets(timesteps, num_train_timesteps, num_buckets)
+    sizes = [len(batch["group_ids"]) for batch in window]
+    parts = [t.split(sizes) for t in (noisy, timesteps, target, buckets)]
+    return [dict(zip(("noisy", "timesteps", "target", "buckets"), values)) for values in zip(*parts)]
+
+
+def accumulate_window(accelerator, components, model, objective, window, inputs, snr_gamma=None) -> float:
+    """Forward and backward of one optimizer step's micro-batches under the group objective; returns its loss.
+
+    The objective's weights are fixed for the window (``begin_window``); each micro-batch adds its share, so the
+    accumulated gradient is that of ``sum_k (n_k / n) sum_g q_kg L_kg`` over the whole window and all processes.
+    Gradients are synchronised once, on the last micro-batch.
+    """
+    objective.begin_window([batch["group_ids"] for batch in window], [x["buckets"] for x in inputs])
+    total = 0.0
+    for index, (batch, x) in enumerate(zip(window, inputs)):
+        with accelerator.no_sync(model) if index < len(window) - 1 else nullcontext():
+            prediction = denoiser_prediction(components, model, x["noisy"], x["timesteps"], batch)
+            losses = per_example_mse(prediction, x["target"])
+            if snr_gamma is not None:
+                losses = losses * min_snr_weights(components.noise_scheduler, x["timesteps"], snr_gamma)
+            loss = objective.window_loss(losses, batch["group_ids"], x["buckets"])
+            # The shares add up to the window's loss; DDP averages gradients over processes.
+            accelerator.backward(loss * accelerator.num_processes)
+            total += loss.item()
+    return total
+
+
+def batches_from(accelerator, dataloader, consumed: int):
+    """Endless stream of batches, starting after ``consumed`` batches (epochs reshuffle with a seeded sampler)."""
+    epoch, skip = divmod(consumed, len(dataloader))
+    while True:
+        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        loader.set_epoch(epoch)
+        dataloader.set_epoch(epoch)
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> str | None:
+    if resume_from_checkpoint != "latest":
+        return resume_from_checkpoint
+    folders = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
+    return os.path.join(output_dir, max(folders, key=lambda d: int(d.split("-")[1]))) if folders else None
+
+
+def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
+    """``accelerator.save_state`` plus the objective's safetensors file; keep at most ``checkpoints_total_limit``."""
+    if args.checkpoints_total_limit is not None and accelerator.is_main_process:
+        folders = sorted(
+            (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
+        )
+        for folder in folders[: max(0, len(folders) - args.checkpoints_total_limit + 1)]:
+            shutil.rmtree(os.path.join(args.output_dir, folder))
+    path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
+    accelerator.save_state(path)
+    if accelerator.is_main_process:
+        objective.save(os.path.join(path, OBJECTIVE_FILE))
+
+
+def validation_rows(components, model, group_labels, prompts, args, device) -> list[torch.Tensor]:
+    """One row of ``num_validation_images`` samples per group (one row for an unconditional UNet)."""
+    generator = torch.Generator().manual_seed(args.seed)
+    n = args.num_validation_images
+    if components.kind == "stable-diffusion":
+        return [
+            sample_stable_diffusion(
+                components, model, [prompts[g]] * n, args.validation_inference_steps, generator, device
+            )
+            for g in range(len(group_labels))
+        ]
+    config = components.noise_scheduler.config
+    if not components.class_conditional:
+        return [sample_unet2d(model, config, n, None, args.validation_inference_steps, generator, device)]
+    return [
+        sample_unet2d(model, config, n, torch.full((n,), g), args.validation_inference_steps, generator, device)
+        for g in range(len(group_labels))
+    ]
+
+
+def log_validation(accelerator, components, model, group_labels, prompts, args, global_step: int) -> str:
+    """Save the per-group grid as PNG under ``output_dir/validation`` and log it to the configured trackers."""
+    was_training = model.training
+    model.eval()
+    grid = image_grid(validation_rows(components, model, group_labels, prompts, args, accelerator.device))
+    model.train(was_training)
+    path = os.path.join(args.output_dir, "validation", f"step-{global_step}.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    grid.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(
+                "validation", np.asarray(grid), global_step, dataformats="HW" if grid.mode == "L" else "HWC"
+            )
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": wandb.Image(grid, caption=f"rows: {group_labels}")}, step=global_step)
+    return path
+
+
+def model_card(args, kind: str, objective: NoiseLevelGroupObjective) -> str:
+    """A minimal model card: base model, data, objective and the final group weights."""
+    weights = objective.weights.mean(0).tolist()
+    rows = "\n".join(f"| {g} | {w:.4f} |" for g, w in zip(objective.groups, weights))
+    load = (
+        'pipeline.load_lora_weights("<this repo>")'
+        if kind == "stable-diffusion"
+        else 'PeftModel.from_pretrained(UNet2DModel.from_pretrained(base), "<this repo>")'
+    )
+    return (
+        f"---\nbase_model: {args.pretrained_model_name_or_path}\nlibrary_name: "
+        f"{'diffusers' if kind == 'stable-diffusion' else 'peft'}\ntags:\n- lora\n- hf-egt\n- group-dro\n---\n\n"
+        f"# LoRA fine-tuned with hf-egt ({args.objective})\n\n"
+        f"LoRA (rank {args.rank}) on `{args.pretrained_model_name_or_path}`, trained on `{args.dataset_name}` for "
+        f"{objective.step} steps with the `{args.objective}` group objective over `{args.group_column}` "
+        f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`.\n\n"
+        f"| group | final weight (mean over noise buckets) |\n|---|---|\n{rows}\n"
+    )
+
+
+def push_to_hub(folder: str, repo_id: str, card_text: str) -> None:
+    """Upload ``folder`` with its card through ``hf_egt.hub`` when present, else with ``huggingface_hub`` directly."""
+    try:
+        from ..hub import push_folder_to_hub
+    except ImportError:
+        from huggingface_hub import create_repo, upload_folder
+
+        with open(os.path.join(folder, "README.md"), "w") as handle:
+            handle.write(card_text)
+        repo_id = create_repo(repo_id, exist_ok=True).repo_id
+        upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message="hf-egt diffusion LoRA",
+            ignore_patterns=["checkpoint-*"],
+        )
+        return
+    push_folder_to_hub(folder, repo_id, card_text)
+
+
+def main(args: argparse.Namespace) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    # Model: frozen base in the training precision, LoRA parameters trained in float32.
+    components = load_components(args.pretrained_model_name_or_path, revision=args.revision)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for module in (components.unet, components.vae, components.text_encoder):
+        if module is not None:
+            module.requires_grad_(False).to(accelerator.device)
+            if weight_dtype != torch.float32:
+                module.to(dtype=weight_dtype)
+    model = add_unet_lora(components.unet, unet_lora_config(args.rank, args.lora_alpha, args.lora_conv))
+    if weight_dtype != torch.float32:
+        cast_training_params(model, dtype=torch.float32)  # LoRA weights and their Adam states stay in float32
+
+    # Data: images, group ids (the class label of a class-conditional UNet) and, for SD, captions.
+    dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.cache_dir)
+    if components.kind == "stable-diffusion" and args.caption_column is None:
+        raise ValueError("`--caption_column` is required to fine-tune a Stable Diffusion model.")
+    check_columns(
+        dataset.column_names, image_column=args.image_column, group_column=args.group_column,
+        caption_column=args.caption_column if components.kind == "stable-diffusion" else None,
+    )  # fmt: skip
+    group_labels = group_labels_of(dataset, args.group_column)
+    if components.class_conditional and components.unet.config.num_class_embeds < len(group_labels):
+        raise ValueError(
+            f"`--group_column`={args.group_column!r} has {len(group_labels)} groups but the UNet has only "
+            f"{components.unet.config.num_class_embeds} class embeddings (`num_class_embeds`)."
+        )
+    group_ids = {label: index for index, label in enumerate(group_labels)}
+    prompts = {}
+    if components.kind == "stable-diffusion":
+        for caption, group in zip(dataset[args.caption_column], dataset[args.group_column]):
+            prompts.setdefault(group_ids[group], caption)
+    tokenize = (lambda captions: tokenize_captions(components.tokenizer, captions)) if components.tokenizer else None
+    dataset = dataset.with_transform(
+        make_transform(
+            args.image_column,
+            args.group_column,
+            args.resolution,
+            components.image_channels,
+            group_ids,
+            tokenize,
+            args.caption_column,
+            args.center_crop,
+        )  # fmt: skip
+    )
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+    )  # fmt: skip
+
+    objective = NoiseLevelGroupObjective(
+        args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
+        adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        lora_parameters(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )  # fmt: skip
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )  # fmt: skip
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        if path is None:
+            logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
+        else:
+            accelerator.load_state(path)
+            objective.load(os.path.join(path, OBJECTIVE_FILE))
+            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+            logger.info("Resumed from %s at step %d.", path, global_step)
+    if accelerator.is_main_process and args.report_to:
+        accelerator.init_trackers("egt-diffusion", config={k: v for k, v in vars(args).items() if v is not None})
+
+    accumulation = args.gradient_accumulation_steps
+    batches = batches_from(accelerator, dataloader, global_step * accumulation)
+    trainable = lora_parameters(model)
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    model.train()
+    while global_step < args.max_train_steps:
+        window = [next(batches) for _ in range(accumulation)]
+        generator = window_generator(args.seed, global_step, accelerator.process_index)
+        inputs = draw_window_inputs(components, window, args.noise_buckets, generator, weight_dtype)
+        window_loss = accumulate_window(accelerator, components, model, objective, window, inputs, args.snr_gamma)
+        if args.max_grad_norm:
+            accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        stats = objective.end_window()
+        global_step += 1
+        progress.update(1)
+        worst = stats["weights"].mean(0).argmax().item()
+        progress.set_postfix(loss=window_loss, top_weight_group=objective.groups[worst])
+        if args.report_to:
+            logs = {"loss": window_loss, "lr": lr_scheduler.get_last_lr()[0]}
+            for g, label in enumerate(objective.groups):
+                logs[f"group_loss/{label}"] = stats["group_losses"][:, g].mean().item()
+                logs[f"group_weight/{label}"] = stats["weights"][:, g].mean().item()
+            accelerator.log(logs, step=global_step)
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, objective, args, global_step)
+        if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
+            log_validation(
+                accelerator, components, accelerator.unwrap_model(model), group_labels, prompts, args, global_step
+            )
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        if components.kind == "unet2d":
+            model.peft_config["default"].base_model_name_or_path = args.pretrained_model_name_or_path
+        save_unet_lora(model, components.kind, args.output_dir)
+        objective.save(os.path.join(args.output_dir, OBJECTIVE_FILE))
+        if args.validation_steps:
+            log_validation(accelerator, components, model, group_labels, prompts, args, global_step)
+        card = model_card(args, components.kind, objective)
+        with open(os.path.join(args.output_dir, "README.md"), "w") as handle:
+            handle.write(card)
+        if args.push_to_hub:
+            push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), card)
+    accelerator.end_training()
+    return TrainResult(model=model, objective=objective, global_step=global_step, kind=components.kind)
