@@ -1,0 +1,195 @@
+"""Resolve the ``--dataset`` argument into train / eval splits of grouped text, with clear errors on bad input.
+
+A dataset is one of:
+
+- an offline built-in, ``bold-<domain>`` (BOLD Wikipedia sentences, e.g. ``bold-race``, ``bold-gender``), split by
+  person so that no biography has sentences on both sides;
+- a local ``.json`` / ``.jsonl`` / ``.csv`` / ``.parquet`` file (or a folder that ``datasets`` can read);
+- a Hub dataset id.
+
+Every error names the argument at fault and lists what would be valid, and is raised before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from .offline import BOLD_DOMAINS, load_bold_records, split_by_person
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DATASETS = tuple(f"bold-{domain}" for domain in BOLD_DOMAINS)
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+EVAL_SPLIT_NAMES = ("test", "validation", "eval")
+
+
+def check_columns(dataset, columns: dict[str, str], dataset_name: str) -> None:
+    """Raise a ``ValueError`` naming the argument whose column is missing, and listing the dataset's columns.
+
+    Args:
+        dataset: a ``datasets.Dataset``.
+        columns: argument name -> column name (e.g. ``{"text_column": "text"}``).
+        dataset_name: shown in the message.
+    """
+    available = list(dataset.column_names)
+    for argument, column in columns.items():
+        if column not in available:
+            raise ValueError(
+                f"`--{argument}`: column {column!r} is not in dataset {dataset_name!r}; valid columns are {available}."
+            )
+
+
+def group_counts(dataset, group_column: str) -> dict[str, int]:
+    """Rows per group (labels as strings), in sorted order."""
+    counts = Counter(str(group) for group in dataset[group_column])
+    return dict(sorted(counts.items()))
+
+
+def check_groups(dataset, group_column: str, groups: Sequence[str], split: str) -> None:
+    """Raise a ``ValueError`` when a requested group has no row in ``split``, listing the groups that do."""
+    counts = group_counts(dataset, group_column)
+    empty = [group for group in groups if counts.get(group, 0) == 0]
+    if empty:
+        raise ValueError(
+            f"Group(s) {empty} have no rows in the {split} split (column {group_column!r}); groups with rows: {counts}."
+        )
+
+
+def subsample_per_group(dataset, group_column: str, max_per_group: int | None, seed: int = 0):
+    """Keep at most ``max_per_group`` rows of each group, drawn at random with ``seed`` (order preserved)."""
+    if max_per_group is None:
+        return dataset
+    rng = random.Random(seed)
+    by_group: dict[str, list[int]] = {}
+    for index, group in enumerate(dataset[group_column]):
+        by_group.setdefault(str(group), []).append(index)
+    keep = sorted(
+        index
+        for indices in by_group.values()
+        for index in (rng.sample(indices, max_per_group) if len(indices) > max_per_group else indices)
+    )
+    return dataset.select(keep)
+
+
+def split_per_group(dataset, group_column: str, eval_fraction: float, seed: int = 0):
+    """Split rows into (train, eval) with ``eval_fraction`` of every group (at least one row) on the eval side."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"`eval_fraction` must be in (0, 1), got {eval_fraction}.")
+    rng = random.Random(seed)
+    by_group: dict[str, list[int]] = {}
+    for index, group in enumerate(dataset[group_column]):
+        by_group.setdefault(str(group), []).append(index)
+    eval_indices: set[int] = set()
+    for indices in by_group.values():
+        shuffled = indices[:]
+        rng.shuffle(shuffled)
+        eval_indices.update(shuffled[: max(1, round(eval_fraction * len(indices)))])
+    train = [i for i in range(len(dataset)) if i not in eval_indices]
+    return dataset.select(train), dataset.select(sorted(eval_indices))
+
+
+def _load_builtin(name: str, seed: int, eval_fraction: float):
+    from datasets import Dataset
+
+    domain = name.removeprefix("bold-")
+    if domain not in BOLD_DOMAINS:
+        raise ValueError(f"Unknown built-in dataset {name!r}; valid built-ins are {list(BUILTIN_DATASETS)}.")
+    train, test = split_by_person(load_bold_records(domain), test_fraction=eval_fraction, seed=seed)
+    return {"train": Dataset.from_list(train), "test": Dataset.from_list(test)}
+
+
+def _load_external(name: str, config: str | None, token: str | None):
+    from datasets import load_dataset
+
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in LOCAL_FORMATS:
+            raise ValueError(
+                f"`--dataset`: unsupported file type {path.suffix!r} for {name!r}; "
+                f"valid local formats are {sorted(LOCAL_FORMATS)}."
+            )
+        return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path))
+    if path.is_dir():
+        return load_dataset(str(path), config)
+    try:
+        return load_dataset(name, config, token=token)
+    except Exception as err:  # noqa: BLE001 - re-raised with what would be valid
+        raise ValueError(
+            f"`--dataset`: unknown dataset {name!r}: not a built-in ({list(BUILTIN_DATASETS)}), not a local file "
+            f"({sorted(LOCAL_FORMATS)}) or folder, and loading it from the Hub failed: {err}"
+        ) from err
+
+
+def load_grouped_dataset(
+    name: str,
+    *,
+    text_column: str = "text",
+    group_column: str = "group",
+    groups: Sequence[str] | None = None,
+    max_per_group: int | None = None,
+    max_eval_per_group: int | None = None,
+    eval_fraction: float = 0.2,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    config: str | None = None,
+    token: str | None = None,
+    seed: int = 0,
+):
+    """Train and eval ``datasets.Dataset``s of grouped text, validated, as ``(train, eval, groups)``.
+
+    Args:
+        name: a built-in (``bold-race``...), a local file or folder, or a Hub dataset id.
+        text_column: the column of the text to model.
+        group_column: the column of the sensitive group of each row (labels are turned into strings).
+        groups: keep only these groups (all by default); each must have rows in both splits.
+        max_per_group: keep at most this many training rows per group (random, with ``seed``).
+        max_eval_per_group: same, for the eval split.
+        eval_fraction: share of each group held out for evaluation when the dataset has no eval split (built-ins
+            hold out whole people).
+        train_split: the training split's name.
+        eval_split: the eval split's name; by default the first of ``test``/``validation``/``eval`` present, or a
+            per-group split of the training rows.
+        config: the dataset's configuration (Hub datasets with several).
+        token: Hub token for private datasets.
+        seed: seed of the subsampling and of the split.
+    """
+    if name.startswith("bold-"):
+        splits = _load_builtin(name, seed, eval_fraction)
+    else:
+        splits = dict(_load_external(name, config, token))
+    if train_split not in splits:
+        raise ValueError(f"`--train_split`: split {train_split!r} is not in {name!r}; valid splits are {list(splits)}.")
+    if eval_split is not None and eval_split not in splits:
+        raise ValueError(f"`--eval_split`: split {eval_split!r} is not in {name!r}; valid splits are {list(splits)}.")
+    train = splits[train_split]
+    check_columns(train, {"text_column": text_column, "group_column": group_column}, name)
+    if eval_split is None:
+        eval_split = next((split for split in EVAL_SPLIT_NAMES if split in splits and split != train_split), None)
+    if eval_split is None:
+        logger.info("Dataset %r has no eval split: holding out %.0f%% of each group.", name, 100 * eval_fraction)
+        train, evaluation = split_per_group(train, group_column, eval_fraction, seed)
+    else:
+        evaluation = splits[eval_split]
+        check_columns(evaluation, {"text_column": text_column, "group_column": group_column}, f"{name}[{eval_split}]")
+
+    groups = list(group_counts(train, group_column)) if groups is None else [str(group) for group in groups]
+    check_groups(train, group_column, groups, "train")
+    check_groups(evaluation, group_column, groups, "eval")
+    keep = set(groups)
+    if keep != set(group_counts(train, group_column)):
+        train = train.filter(lambda row: str(row[group_column]) in keep)
+    if keep != set(group_counts(evaluation, group_column)):
+        evaluation = evaluation.filter(lambda row: str(row[group_column]) in keep)
+    train = subsample_per_group(train, group_column, max_per_group, seed)
+    evaluation = subsample_per_group(evaluation, group_column, max_eval_per_group, seed)
+    logger.info(
+        "Dataset %r: train %s, eval %s.",
+        name,
+        group_counts(train, group_column),
+        group_counts(evaluation, group_column),
+    )
+    return train, evaluation, list(groups)

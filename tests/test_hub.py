@@ -1,0 +1,194 @@
+"""Model card and push tests: the card's metadata and table, and a push received by a loopback Hub server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+RUNS = {
+    "base": {"per_group": {"A": 12.0, "B": 20.0}, "gap": 8.0, "worst_group": "B", "overall": 15.0},
+    "minmax": {"per_group": {"A": 11.0, "B": 13.5}, "gap": 2.5, "worst_group": "B", "overall": 12.1},
+}
+
+
+class FakeHub:
+    """A loopback HTTP server speaking the endpoints huggingface_hub uses for create_repo + upload_folder.
+
+    It records every request and decodes the NDJSON commit into ``files`` (path -> bytes).
+    """
+
+    def __init__(self):
+        self.requests: list[tuple[str, str]] = []
+        self.created: list[dict] = []
+        self.files: dict[str, bytes] = {}
+        self.commit_header: dict | None = None
+        self.authorizations: list[str | None] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _reply(self, status: int, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                hub.requests.append(("GET", self.path))
+                if self.path.startswith("/api/whoami"):
+                    return self._reply(200, {"name": "tester", "type": "user", "orgs": []})
+                return self._reply(404, {"error": f"unexpected GET {self.path}"})
+
+            def do_POST(self):  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                hub.requests.append(("POST", self.path))
+                hub.authorizations.append(self.headers.get("Authorization"))
+                path = self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    payload = json.loads(body)
+                    hub.created.append(payload)
+                    repo_id = f"{payload['organization']}/{payload['name']}"
+                    return self._reply(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id, "id": "1"})
+                if path == "/api/validate-yaml":
+                    return self._reply(200, {"errors": [], "warnings": []})
+                if "/preupload/" in path:
+                    files = json.loads(body)["files"]
+                    modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+                    return self._reply(200, {"files": modes})
+                if "/commit/" in path:
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "header":
+                            hub.commit_header = item["value"]
+                        elif item["key"] == "file":
+                            value = item["value"]
+                            assert value["encoding"] == "base64"
+                            hub.files[value["path"]] = base64.b64decode(value["content"])
+                    oid = "0123456789abcdef0123456789abcdef01234567"
+                    repo_id = path.removeprefix("/api/models/").split("/commit/")[0]
+                    return self._reply(200, {"commitUrl": f"{hub.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid})
+                return self._reply(404, {"error": f"unexpected POST {self.path}"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A FakeHub with huggingface_hub pointed at it (endpoint, online mode, a token in HF_TOKEN)."""
+    from huggingface_hub import constants
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        yield hub
+
+
+def _front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_model_card_metadata_table_and_model_index():
+    from hf_egt.hub import build_model_card
+
+    card = build_model_card(
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        runs=RUNS,
+        objective="minmax",
+        model_name="me/smol-egt",
+        dataset="me/bios",
+        group_column="gender",
+        command="hf-egt train --dataset me/bios",
+        tags=["bold"],
+    )
+    meta = _front_matter(str(card))
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["library_name"] == "peft"
+    assert {"hf-egt", "fairness", "lora", "minmax", "bold"} <= set(meta["tags"])
+    assert meta["datasets"] == ["me/bios"]
+    metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    # model-index holds the last run's numbers (the trained adapter), not the base model's
+    assert metrics == {
+        "perplexity (A)": 11.0,
+        "perplexity (B)": 13.5,
+        "perplexity gap (worst − best group)": 2.5,
+        "perplexity (overall)": 12.1,
+    }
+    text = card.text
+    assert "| A | 12.00 | 11.00 |" in text and "| B | 20.00 | 13.50 |" in text
+    assert "**8.00**" in text and "**2.50**" in text
+    assert "![per-group perplexity](report.png)" in text
+    assert "hf-egt train --dataset me/bios" in text and "min-max group DRO" in text
+
+
+def test_model_card_rejects_unknown_result_run():
+    from hf_egt.hub import build_model_card
+
+    with pytest.raises(ValueError, match="result_run"):
+        build_model_card(base_model="m", runs=RUNS, objective="erm", model_name="x", result_run="nope")
+
+
+def test_local_dataset_path_is_not_listed_as_hub_dataset(tmp_path):
+    from hf_egt.hub import build_model_card
+
+    path = tmp_path / "data" / "bios.json"
+    path.parent.mkdir()
+    path.write_text("[]")
+    card = build_model_card(base_model="m", runs=RUNS, objective="erm", model_name="x", dataset=str(path))
+    assert "datasets" not in _front_matter(str(card))
+
+
+def test_push_without_token_fails_clearly(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from hf_egt.hub import push_folder_to_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ValueError, match="--hub_token.*HF_TOKEN"):
+        push_folder_to_hub(tmp_path, "me/repo")
+
+
+def test_push_folder_sends_adapter_card_and_report(fake_hub, tmp_path):
+    from hf_egt.hub import build_model_card, push_folder_to_hub
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (folder / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (folder / "report.json").write_text(json.dumps({"runs": RUNS}))
+    (folder / "checkpoint-5").mkdir()
+    (folder / "checkpoint-5" / "optimizer.pt").write_bytes(b"state")
+    card = build_model_card(base_model="m/base", runs=RUNS, objective="minmax", model_name="me/egt-adapter")
+
+    commit = push_folder_to_hub(folder, "me/egt-adapter", card_text=str(card), private=True)
+
+    assert fake_hub.created == [{"name": "egt-adapter", "organization": "me", "visibility": "private"}]
+    assert set(fake_hub.files) == {"adapter_config.json", "adapter_model.safetensors", "report.json", "README.md"}
+    assert fake_hub.files["README.md"].decode() == str(card)
+    assert json.loads(fake_hub.files["report.json"]) == {"runs": RUNS}
+    assert fake_hub.files["adapter_model.safetensors"] == (folder / "adapter_model.safetensors").read_bytes()
+    assert all(auth == "Bearer hf_test_token" for auth in fake_hub.authorizations)
+    assert commit.oid == "0123456789abcdef0123456789abcdef01234567"
