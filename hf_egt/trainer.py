@@ -325,6 +325,10 @@ class EGTTrainerMixin:
 
     def _finish_setup(self) -> None:
         self.data_collator = GroupCollator(self.data_collator, self.args.group_column, self.objective)
+        if self.args.label_names is None and "labels" not in self.label_names:
+            # Trainer reads label names off the model class's `forward`; a wrapper such as `HyperLoRAModel` hides
+            # them, and `prediction_step` would then skip `compute_loss` (no per-group evaluation).
+            self.label_names = ["labels"]
 
     # -- columns ------------------------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -81,8 +83,7 @@ def test_training_a_few_steps_in_transformers_trainer_lowers_the_loss(tmp_path):
 
 
 def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
-    trainer_module = pytest.importorskip("hf_egt.trainer", reason="EGTTrainer has not landed in this branch")
-    EGTConfig, EGTTrainer = trainer_module.EGTConfig, trainer_module.EGTTrainer
+    from hf_egt import EGTConfig, EGTTrainer
 
     rows = [{**row, "group": "even" if index % 4 else "odd"} for index, row in enumerate(pattern_dataset())]
     config = HyperLoRAConfig(
@@ -109,3 +110,8 @@ def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
     logged = [entry["ple"] for entry in trainer.state.log_history if "ple" in entry]
     assert logged and all(value >= 0 for value in logged)
     assert any(value > 0 for value in logged)
+    # evaluation runs through compute_loss although HyperLoRAModel's class signature names no `labels`
+    metrics = trainer.evaluate(eval_dataset=rows)
+    for group in ("even", "odd"):
+        assert math.isfinite(metrics[f"eval_group_perplexity/{group}"])
+
