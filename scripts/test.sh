@@ -7,4 +7,5 @@ bash scripts/setup_venv.sh
 VENV="${HF_EGT_VENV:-.venv}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
 "$VENV/bin/python" -m pytest "$@"
