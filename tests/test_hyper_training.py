@@ -114,4 +114,3 @@ def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
     metrics = trainer.evaluate(eval_dataset=rows)
     for group in ("even", "odd"):
         assert math.isfinite(metrics[f"eval_group_perplexity/{group}"])
-
