@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .losses import IGNORE_INDEX, causal_lm_token_losses
 from .metrics import summarize_groups
+from .objective import GroupLabels, group_means, group_sums
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +57,12 @@ def sequence_nll(
                 truncation=True,
                 max_length=max_length,
             ).to(device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            targets = batch["input_ids"][:, 1:]
-            mask = batch["attention_mask"][:, 1:].float()
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
-            total_nll[start : start + len(targets)] = (nll * mask).sum(dim=1).double().cpu()
-            total_tokens[start : start + len(targets)] = mask.sum(dim=1).double().cpu()
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+            token_losses, mask = causal_lm_token_losses(logits, labels)
+            rows = slice(start, start + len(labels))
+            total_nll[rows] = token_losses.sum(dim=1).double().cpu()
+            total_tokens[rows] = mask.sum(dim=1).double().cpu()
     finally:
         tokenizer.padding_side = padding_side
     return total_nll, total_tokens
@@ -71,10 +73,11 @@ def group_perplexity(nll: torch.Tensor, tokens: torch.Tensor, groups: Sequence[s
 
     Returns ``{"loss_per_group", "per_group" (perplexity), "overall_loss", "overall" (perplexity)}``.
     """
-    loss_per_group = {}
-    for group in sorted(set(groups)):
-        rows = torch.tensor([g == group for g in groups])
-        loss_per_group[group] = float(nll[rows].sum() / tokens[rows].sum().clamp_min(1))
+    labels = sorted(set(groups))
+    ids = GroupLabels(labels).encode(list(groups))
+    nll_sums, _ = group_sums(nll.double(), ids, len(labels))
+    token_sums, _ = group_sums(tokens.double(), ids, len(labels))
+    loss_per_group = {group: float(value) for group, value in zip(labels, group_means(nll_sums, token_sums))}
     overall_loss = float(nll.sum() / tokens.sum().clamp_min(1))
     return {
         "loss_per_group": loss_per_group,
