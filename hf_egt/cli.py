@@ -459,5 +459,11 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     return result
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The ``hf-egt`` console script: runs ``main`` and exits 0 on success (``main``'s result is for Python callers;
+    returned to ``sys.exit`` it would be printed and turned into exit status 1)."""
     main()
+
+
+if __name__ == "__main__":
+    console_main()

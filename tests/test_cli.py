@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -343,6 +345,20 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     assert report["runs"]["minmax"]["per_group"] == pytest.approx(again["per_group"], rel=1e-5)
     assert report["runs"]["minmax"]["per_group"] != pytest.approx(report["runs"]["erm"]["per_group"])
     assert "library_name: peft" in (out / "adapters" / "minmax" / "README.md").read_text()
+
+
+def test_console_script_exits_zero_after_a_command(tmp_path, tiny_lm, tiny_json):
+    """Through the entry point pyproject.toml installs as `hf-egt` (what a shell runs): exit 0, report on disk."""
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    module, function = pyproject["project"]["scripts"]["hf-egt"].split(":")
+    script = f"import sys; from {module} import {function}; sys.argv[0] = 'hf-egt'; sys.exit({function}())"
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
+    argv += ["--feature_model", "none", "--output_dir", out, "--max_per_group", "4"]
+    result = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "report.json").is_file()
 
 
 def test_evaluate_command_embedding_egt(tmp_path, tiny_lm, tiny_json):
