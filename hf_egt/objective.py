@@ -295,7 +295,7 @@ class GroupObjective:
         for ids, weights in zip(group_ids, example_weights):
             ids = self.encode(ids, device=torch.device("cpu"))
             w = torch.ones(ids.shape, dtype=torch.float64) if weights is None else weights.detach().double().cpu()
-            counts += torch.zeros(self.num_groups, dtype=torch.float64).index_add(0, ids, w.reshape(ids.shape))
+            counts += group_sums(w.reshape(ids.shape), ids, self.num_groups)[0]
         counts = self._reduce(counts)
         self._window = {
             "counts": counts,

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from ..objective import group_means, group_sums
 from .summary import summarize_groups
 
 
@@ -21,9 +22,9 @@ def _as_vector(values, name: str) -> torch.Tensor:
 def group_token_nll(nll_sums: torch.Tensor, token_counts: torch.Tensor, group_ids: torch.Tensor, num_groups: int):
     """Per-group NLL per token: sum of the group's NLL sums over the sum of its token counts (a token-weighted mean,
     as a perplexity evaluation computes it)."""
-    nll = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group_ids, nll_sums)
-    tokens = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group_ids, token_counts)
-    return nll / tokens
+    nll, _ = group_sums(nll_sums, group_ids, num_groups)
+    tokens, _ = group_sums(token_counts, group_ids, num_groups)
+    return group_means(nll, tokens)
 
 
 def likelihood_report(
