@@ -13,8 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DISTRIBUTED_SCRIPTS = Path(__file__).parent / "distributed"
 
 
-def accelerate_launch(script: str, *args: str, num_processes: int = 2, timeout: int = 300) -> None:
-    """Run ``tests/distributed/<script>`` under ``accelerate launch`` on CPU processes (gloo); fail with its output.
+def run_accelerate_launch(target: list[str], num_processes: int = 2, timeout: int = 300):
+    """Run ``accelerate launch <target>`` on ``num_processes`` CPU processes (gloo) and return the completed process.
 
     ``--cpu`` would start a single process (accelerate's simple launcher); ``--multi_gpu`` on a machine without GPUs
     starts ``num_processes`` workers with torchrun, which accelerate runs as ``MULTI_CPU`` over gloo.
@@ -24,8 +24,11 @@ def accelerate_launch(script: str, *args: str, num_processes: int = 2, timeout: 
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    result = subprocess.run(
-        [*launch, str(DISTRIBUTED_SCRIPTS / script), *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([*launch, *map(str, target)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def accelerate_launch(script: str, *args: str, num_processes: int = 2, timeout: int = 300) -> None:
+    """Run ``tests/distributed/<script>`` under ``accelerate launch`` on CPU processes; fail with its output."""
+    result = run_accelerate_launch([DISTRIBUTED_SCRIPTS / script, *args], num_processes, timeout)
     if result.returncode != 0:
         pytest.fail(f"accelerate launch {script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import run_accelerate_launch
 from tests.test_hub import FakeHub
 
 GROUPS = {
@@ -386,20 +387,12 @@ def test_evaluate_command_embedding_egt(tmp_path, tiny_lm, tiny_json):
 @pytest.mark.slow
 def test_train_runs_under_accelerate_launch(tmp_path, tiny_lm, tiny_json):
     """`accelerate launch -m hf_egt.cli train` on 2 CPU processes: one adapter, one report, written by rank 0."""
-    import os
-    import subprocess
-    from pathlib import Path
-
     out = tmp_path / "ddp"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_egt.cli"]
     argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
     argv += ["--lora_r", "2", "--lora_target_modules", "q_proj", "--max_steps", "2"]
     argv += ["--per_device_train_batch_size", "2"]
     argv += ["--output_dir", out, "--report_to", "none", "--save_strategy", "no", "--eval_base", "false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    result = subprocess.run([*launch, *map(str, argv)], capture_output=True, text=True, timeout=300, env=env)
+    result = run_accelerate_launch(["-m", "hf_egt.cli", *argv])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert list(report["runs"]) == ["minmax"] and set(report["runs"]["minmax"]["per_group"]) == {"a", "b"}
