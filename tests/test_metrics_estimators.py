@@ -22,7 +22,7 @@ from hf_egt.metrics import (
     squared_hellinger_distance,
     total_variation_distance,
 )
-from hf_egt.metrics.knn import kth_neighbour_sq_distances, nearest_neighbour_indices
+from hf_egt.metrics.knn import kth_neighbour_sq_distances, nearest_neighbour_indices, smallest_per_column
 
 
 def gaussian_pair(dim: int, seed: int = 0):
@@ -196,7 +196,8 @@ def reference_prdc(real, generated, k):
 
 
 @pytest.mark.parametrize(
-    ("num_real", "num_generated", "dim", "integer"), [(800, 600, 16, False), (700, 700, 64, False), (500, 450, 3, True)]
+    ("num_real", "num_generated", "dim", "integer"),
+    [(800, 600, 16, False), (700, 700, 64, False), (500, 450, 3, True), (600, 520, 24, True)],
 )
 def test_prdc_equals_reference_package(num_real, num_generated, dim, integer):
     rng = np.random.default_rng(dim)
@@ -263,3 +264,30 @@ def test_knn_estimators_reject_duplicates_and_too_few_samples():
         kl_divergence(real[:5], torch.randn(40, 2))
     with pytest.raises(ValueError, match="k.*must exceed"):
         chi2_divergence(real, torch.randn(40, 2), k=1)
+
+
+@pytest.mark.parametrize(("height", "width", "num"), [(1448, 300, 9), (517, 64, 3), (40, 40, 9)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_smallest_per_column_equals_topk(height, width, num, ties):
+    generator = torch.Generator().manual_seed(height + num)
+    block = torch.randn(height, width, generator=generator)
+    if ties:
+        block = torch.round(2 * block)
+    values, rows = smallest_per_column(block, num)
+    expected = torch.topk(block.T, num, dim=1, largest=False).values
+    torch.testing.assert_close(values, expected, rtol=0, atol=0)
+    torch.testing.assert_close(block.T.gather(1, rows), values, rtol=0, atol=0)
+    assert all(len(set(column)) == num for column in rows.tolist())  # distinct rows, no double counting
+
+
+@pytest.mark.parametrize("dim", [3, 24])
+def test_prdc_points_exactly_on_ball_boundaries_match_reference(dim):
+    """Real points at exactly a ball's radius (strictly outside, as in `prdc`): decided exactly, both routes."""
+    generated = np.zeros((12, dim), dtype=np.float32)
+    generated[:, 0] = 2 * np.arange(12)  # k=1 radius of every generated ball: 2
+    real = generated + np.float32(2) * np.eye(dim, dtype=np.float32)[1]  # each at distance exactly 2 from one
+    real[::3, 1] = 1  # and every third one strictly inside
+    expected = reference_prdc(real, generated, 1)
+    ours = prdc(torch.from_numpy(real), torch.from_numpy(generated), k=1, chunk_size=5)
+    for key, value in expected.items():
+        assert float(ours[key]) == pytest.approx(float(value), abs=1e-6), key

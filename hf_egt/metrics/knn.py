@@ -18,9 +18,10 @@ import torch
 FLOAT32_ROUNDOFF = 2.0**-24
 FLOAT64_ROUNDOFF = 2.0**-53
 EXTRA_CANDIDATES = 4
-MAX_PAIR_ELEMENTS = 2**22
+MAX_PAIR_ELEMENTS = 2**17
 DIRECT_MAX_DIM = 16
 SYMMETRIC_MAX_CANDIDATES = 16
+ROW_SETS = 16
 
 
 def default_chunk_size(num_reference: int, device: torch.device | str = "cpu") -> int:
@@ -31,12 +32,17 @@ def default_chunk_size(num_reference: int, device: torch.device | str = "cpu") -
 
 
 def exact_sq_distances(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Float64 squared distances ``||x[rows[i]] - y[cols[i]]||^2`` of the listed pairs (chunked over pairs)."""
+    """Float64 squared distances ``||x[rows[i]] - y[cols[i]]||^2`` of the listed pairs.
+
+    Chunks of ``MAX_PAIR_ELEMENTS`` coordinates, worked on in place: small buffers the allocator reuses, rather
+    than fresh pages to fault in for every call.
+    """
     step = max(1, MAX_PAIR_ELEMENTS // max(1, x.shape[1]))
     out = torch.empty(rows.shape[0], dtype=torch.float64, device=x.device)
     for start in range(0, rows.shape[0], step):
         stop = start + step
-        out[start:stop] = (x[rows[start:stop]].double() - y[cols[start:stop]].double()).square().sum(dim=1)
+        differences = x[rows[start:stop]].double().sub_(y[cols[start:stop]])
+        out[start:stop] = differences.square_().sum(dim=1)
     return out
 
 
@@ -63,14 +69,22 @@ def _fast_operands(query: torch.Tensor, reference: torch.Tensor):
         scale = query64.square().sum(dim=1) + reference64.square().sum(dim=1).max()
         return query64, None, reference64, None, 16 * FLOAT64_ROUNDOFF * scale
     center = reference.mean(dim=0, dtype=torch.float64)
-    if query.dtype == reference.dtype == torch.float32:
+    if reference.dtype == torch.float32:
         # Any common centre will do: from a float32 one, each coordinate is rounded once, as in the float64 route.
         center = center.float()
-        query32, reference32 = query - center, reference - center
+
+    def centred(features: torch.Tensor) -> torch.Tensor:
+        if features.dtype == center.dtype == torch.float32:
+            return features - center
+        return (features.double() - center).float()
+
+    reference32 = centred(reference)
+    reference_sq = torch.linalg.vecdot(reference32, reference32)
+    if query is reference:
+        query32, query_sq = reference32, reference_sq
     else:
-        query32, reference32 = (query.double() - center).float(), (reference.double() - center).float()
-    query_sq = query32.square().sum(dim=1)
-    reference_sq = reference32.square().sum(dim=1)
+        query32 = centred(query)
+        query_sq = torch.linalg.vecdot(query32, query32)
     return query32, query_sq, reference32, reference_sq, sq_distance_bound(query_sq, reference_sq, query.shape[1])
 
 
@@ -78,29 +92,40 @@ def _rows(values: torch.Tensor | None, start: int, size: int) -> torch.Tensor | 
     return None if values is None else values[start : start + size]
 
 
-def _block_sq_distances(x: torch.Tensor, x_sq, y: torch.Tensor, y_sq) -> torch.Tensor:
+def _block_sq_distances(x: torch.Tensor, x_sq, y: torch.Tensor, y_sq, scratch: torch.Tensor | None = None):
     """Squared distances of a block: direct float64 differences (``x_sq is None``), else the float32 Gram
-    expansion clamped at 0."""
+    expansion clamped at 0, written into ``scratch`` (a flat buffer reused across blocks: a fresh multi-megabyte
+    block per call would spend a good part of the product's time faulting in new pages)."""
     if x_sq is None:
         return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").square_()
-    block = torch.addmm(y_sq.unsqueeze(0), x, y.T, alpha=-2.0)
+    out = None if scratch is None else scratch[: x.shape[0] * y.shape[0]].view(x.shape[0], y.shape[0])
+    block = torch.addmm(y_sq.unsqueeze(0), x, y.T, alpha=-2.0, out=out)
     return block.add_(x_sq.unsqueeze(1)).clamp_(min=0)
+
+
+def _scratch(num_elements: int, like: torch.Tensor, squared_norms) -> torch.Tensor | None:
+    """The flat block buffer of the Gram-expansion route (``None`` on the direct route, which does not use one)."""
+    return None if squared_norms is None else torch.empty(num_elements, dtype=like.dtype, device=like.device)
 
 
 def iter_sq_distance_blocks(
     query: torch.Tensor, reference: torch.Tensor, chunk_size: int | None = None
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield ``(start, block, bound)``: squared distances (see ``_fast_operands``) of ``query[start:start + c]`` to
-    all of ``reference`` (shape ``(c, len(reference))``) and the per-row error bound of that block."""
+    all of ``reference`` (shape ``(c, len(reference))``) and the per-row error bound of that block.
+
+    The blocks share one buffer: a block may be modified in place, and is overwritten by the next one.
+    """
     query32, query_sq, reference32, reference_sq, bound = _fast_operands(query, reference)
     chunk_size = chunk_size or default_chunk_size(reference.shape[0], reference.device)
+    scratch = _scratch(min(chunk_size, query.shape[0]) * reference.shape[0], reference32, reference_sq)
     for start in range(0, query.shape[0], chunk_size):
         stop = min(start + chunk_size, query.shape[0])
-        yield (
-            start,
-            _block_sq_distances(query32[start:stop], _rows(query_sq, start, stop - start), reference32, reference_sq),
-            bound[start:stop],
+        query_rows = query32[start:stop]
+        block = _block_sq_distances(
+            query_rows, _rows(query_sq, start, stop - start), reference32, reference_sq, scratch
         )
+        yield start, block, bound[start:stop]
 
 
 def _merge_topk(values: torch.Tensor, indices: torch.Tensor, start: int, new_values, new_indices) -> None:
@@ -111,6 +136,32 @@ def _merge_topk(values: torch.Tensor, indices: torch.Tensor, start: int, new_val
     top = torch.topk(all_values, values.shape[1], dim=1, largest=False)
     values[rows] = top.values
     indices[rows] = all_indices.gather(1, top.indices)
+
+
+def smallest_per_column(block: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(block.T, num, largest=False)``: the ``num`` smallest values of each column (ascending) and their
+    row indices, without a top-k over the strided columns.
+
+    Rows are split into ``ROW_SETS`` interleaved sets ``{s, s + m, s + 2m, ...}`` (m = rows // ROW_SETS); one
+    contiguous pass takes each set's minimum per column. A column's ``num`` smallest values lie in the ``num`` sets
+    with the smallest minima (each of those sets has a minimum at most as large as any value outside them), so only
+    those sets' rows, and the few rows left over, are gathered and ranked. Among exactly equal values the returned
+    rows may differ from ``topk``'s.
+    """
+    height, width = block.shape
+    stride = height // ROW_SETS
+    if stride <= 2 * num:
+        top = torch.topk(block.T, num, dim=1, largest=False)
+        return top.values, top.indices
+    full = stride * ROW_SETS
+    minima = block[:full].view(ROW_SETS, stride, width).amin(dim=0)
+    sets = torch.topk(minima.T, num, dim=1, largest=False).indices
+    offsets = stride * torch.arange(ROW_SETS, device=block.device)
+    rows = (sets.unsqueeze(2) + offsets).flatten(1)
+    if full < height:
+        rows = torch.cat([rows, torch.arange(full, height, device=block.device).expand(width, -1)], dim=1)
+    top = torch.topk(block.T.gather(1, rows), num, dim=1, largest=False)
+    return top.values, rows.gather(1, top.indices)
 
 
 def _self_candidates(features: torch.Tensor, num: int, chunk_size: int | None):
@@ -124,18 +175,18 @@ def _self_candidates(features: torch.Tensor, num: int, chunk_size: int | None):
     chunk_size = chunk_size or max(1, math.isqrt(default_chunk_size(1, features.device)))
     values = torch.full((n, num), torch.inf, device=features.device)
     indices = torch.zeros((n, num), dtype=torch.long, device=features.device)
+    scratch = _scratch(min(chunk_size, n) ** 2, x32, x_sq)
     for i in range(0, n, chunk_size):
         for j in range(i, n, chunk_size):
-            block = _block_sq_distances(
-                x32[i : i + chunk_size], _rows(x_sq, i, chunk_size), x32[j : j + chunk_size], _rows(x_sq, j, chunk_size)
-            )
+            rows_i, rows_j = x32[i : i + chunk_size], x32[j : j + chunk_size]
+            block = _block_sq_distances(rows_i, _rows(x_sq, i, chunk_size), rows_j, _rows(x_sq, j, chunk_size), scratch)
             if i == j:
                 block.fill_diagonal_(torch.inf)
             top = torch.topk(block, min(num, block.shape[1]), dim=1, largest=False)
             _merge_topk(values, indices, i, top.values, top.indices + j)
             if i != j:
-                top = torch.topk(block.T, min(num, block.shape[0]), dim=1, largest=False)
-                _merge_topk(values, indices, j, top.values, top.indices + i)
+                top_values, top_rows = smallest_per_column(block, min(num, block.shape[0]))
+                _merge_topk(values, indices, j, top_values, top_rows + i)
     return values, indices, bound
 
 

@@ -29,14 +29,37 @@ def knn_radii(features: torch.Tensor, k: int, chunk_size: int | None = None) -> 
     return sq_dists.float().sqrt()
 
 
-def _split_comparison(block: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
-    """Entries surely below ``low`` and the (few) entries between ``low`` and ``high`` that need an exact check."""
-    surely_below = block < low
-    unsure = (block < high) ^ surely_below
-    if not unsure.any():
-        empty = torch.empty(0, dtype=torch.long, device=block.device)
-        return surely_below, (empty, empty)
-    return surely_below, unsure.nonzero(as_tuple=True)
+ROW_GROUP = 16
+
+
+def _candidate_entries(excess: torch.Tensor, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the entries of ``excess`` that are at most ``limit``, expected to be few.
+
+    Rows are split into ``ROW_GROUP`` interleaved sets ``{g, g + s, g + 2s, ...}`` (s = rows // ROW_GROUP, plus the
+    leftover rows one by one); a column-wise minimum over each set reads the block once, contiguously, and only the
+    (set, column) pairs whose minimum is at most ``limit`` are looked at again. A comparison and ``nonzero`` over the
+    whole block would cost several times more.
+    """
+    height = excess.shape[0]
+    stride = height // ROW_GROUP
+    if stride == 0:
+        return (excess <= limit).nonzero(as_tuple=True)
+    full = stride * ROW_GROUP
+    minima = excess[:full].view(ROW_GROUP, stride, -1).amin(dim=0)
+    sets, cols = (minima <= limit).nonzero(as_tuple=True)
+    rows = (sets.unsqueeze(1) + stride * torch.arange(ROW_GROUP, device=excess.device)).flatten()
+    cols = cols.repeat_interleave(ROW_GROUP)
+    keep = excess[rows, cols] <= limit
+    rows, cols = rows[keep], cols[keep]
+    if full < height:
+        leftover_rows, leftover_cols = (excess[full:] <= limit).nonzero(as_tuple=True)
+        rows, cols = torch.cat([rows, leftover_rows + full]), torch.cat([cols, leftover_cols])
+    return rows, cols
+
+
+def _exactly_inside(real, generated, rows, cols, radius: torch.Tensor) -> torch.Tensor:
+    """``d(real[rows], generated[cols]) < radius`` with float64 distances rounded to float32, as ``prdc`` does."""
+    return exact_sq_distances(real, generated, rows, cols).float().sqrt() < radius
 
 
 def prdc(real, generated, k: int = 5, chunk_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -66,27 +89,31 @@ def prdc(real, generated, k: int = 5, chunk_size: int | None = None) -> dict[str
     covered = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
     recalled = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
     for start, block, bound in iter_sq_distance_blocks(real, generated, chunk_size):
-        stop = start + block.shape[0]
-        # d(real_i, generated_j) < radius(real_i): precision, density and coverage.
-        margin = bound + RELATIVE_MARGIN * real_threshold[start:stop]
-        low = (real_threshold[start:stop] - margin).to(block.dtype).unsqueeze(1)
-        high = (real_threshold[start:stop] + margin).to(block.dtype).unsqueeze(1)
-        inside, (rows, cols) = _split_comparison(block, low, high)
-        exact = exact_sq_distances(real, generated, rows + start, cols).float().sqrt()
-        exact_inside = exact < real_radius[rows + start]
-        balls_containing += inside.float().sum(dim=0).long()
-        balls_containing.index_add_(0, cols, exact_inside.long())
-        covered[start:stop] |= inside.any(dim=1)
-        covered[rows[exact_inside] + start] = True
-        # d(real_i, generated_j) < radius(generated_j): recall.
-        margin = bound.max() + RELATIVE_MARGIN * generated_threshold
-        low = (generated_threshold - margin).to(block.dtype).unsqueeze(0)
-        high = (generated_threshold + margin).to(block.dtype).unsqueeze(0)
-        inside, (rows, cols) = _split_comparison(block, low, high)
-        exact = exact_sq_distances(real, generated, rows + start, cols).float().sqrt()
-        exact_inside = exact < generated_radius[cols]
-        recalled[start:stop] |= inside.any(dim=1)
-        recalled[rows[exact_inside] + start] = True
+        rows = slice(start, start + block.shape[0])
+        # Precision, density, coverage: pairs with d(real_i, generated_j) < radius(real_i); few, found sparsely.
+        # Entries within ``margin`` of the threshold are settled exactly (float32 error bound plus radius rounding).
+        margin = bound + RELATIVE_MARGIN * real_threshold[rows]
+        excess = block - real_threshold[rows].to(block.dtype).unsqueeze(1)
+        pair_rows, pair_cols = _candidate_entries(excess, float(margin.max()))
+        pair_excess = excess[pair_rows, pair_cols].double()
+        inside = pair_excess < -margin[pair_rows]
+        unsure = ~inside & (pair_excess <= margin[pair_rows])
+        inside[unsure] = _exactly_inside(
+            real, generated, pair_rows[unsure] + start, pair_cols[unsure], real_radius[pair_rows[unsure] + start]
+        )
+        balls_containing += torch.bincount(pair_cols[inside], minlength=generated.shape[0])
+        covered[pair_rows[inside] + start] = True
+        # Recall: real_i lies in some generated ball, i.e. min_j (d_ij - radius(generated_j)^2) < 0.
+        margin = float(bound.max() + RELATIVE_MARGIN * generated_threshold.max())
+        excess = block.sub_(generated_threshold.to(block.dtype).unsqueeze(0))
+        nearest_excess = excess.amin(dim=1).double()
+        recalled[rows] |= nearest_excess < -margin
+        for row in ((nearest_excess >= -margin) & (nearest_excess <= margin)).nonzero().flatten().tolist():
+            cols = (excess[row] <= margin).nonzero().flatten()
+            rows_of_pairs = torch.full_like(cols, start + row)
+            recalled[start + row] |= bool(
+                _exactly_inside(real, generated, rows_of_pairs, cols, generated_radius[cols]).any()
+            )
 
     return {
         "precision": (balls_containing > 0).double().mean(),
