@@ -1,4 +1,4 @@
-"""Cost of EGTTrainer (min-max) next to a plain Trainer, and of EGTSFTTrainer next to TRL's SFTTrainer.
+"""Cost of EGTTrainer (min-max, reweight) next to a plain Trainer, and of EGTSFTTrainer next to TRL's SFTTrainer.
 
 Same LoRA model, data, batch and steps; the runs alternate (A B A B ...) in one process and the median is reported.
 
@@ -7,7 +7,9 @@ Same LoRA model, data, batch and steps; the runs alternate (A B A B ...) in one 
   RSS (`ru_maxrss`) during `train()`, measured in a fresh subprocess per run (the peak RSS of a process never goes
   down, so it cannot be compared within one process).
 
-CPU: a tiny Llama. CUDA: a randomly initialised Llama with SmolLM2-135M's shape, in bf16.
+CPU: a small Llama (4 layers, hidden 256; a step takes tens of milliseconds, so timer noise stays small). CUDA: a
+randomly initialised Llama with SmolLM2-135M's shape, in bf16. ``bench_scaling`` reuses ``build`` and ``measure`` to
+vary the number of groups and the sequence length.
 """
 
 from __future__ import annotations
@@ -35,24 +37,32 @@ def model_config(cuda: bool):
             num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=0,
         )  # fmt: skip
     return LlamaConfig(
-        vocab_size=VOCAB_WORDS, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+        vocab_size=VOCAB_WORDS, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
     )  # fmt: skip
 
 
-def setting(cuda: bool, quick: bool) -> dict:
+def setting(cuda: bool, quick: bool, **overrides) -> dict:
+    """Batch, longest sequence, optimizer steps, rows and groups of a run (``overrides`` replace any of them)."""
     if cuda:
-        return {"batch": 8, "seq": 512, "steps": 6 if quick else 20, "rows": 512}
-    return {"batch": 8, "seq": 64, "steps": 4 if quick else 12, "rows": 256}
+        cfg = {"batch": 8, "seq": 512, "steps": 6 if quick else 20, "rows": 512, "groups": 2}
+    else:
+        cfg = {"batch": 8, "seq": 64 if quick else 128, "steps": 4 if quick else 12, "rows": 256, "groups": 2}
+    return {**cfg, **overrides}
 
 
 def make_rows(cfg: dict, vocab: int) -> list[dict]:
+    """Random token rows; with 2 groups one row in five is the minority, with more each group gets an equal share."""
     generator = torch.Generator().manual_seed(0)
     rows = []
     for i in range(cfg["rows"]):
         length = int(torch.randint(cfg["seq"] // 2, cfg["seq"] + 1, (1,), generator=generator))
         ids = torch.randint(2, vocab, (length,), generator=generator).tolist()
-        rows.append({"input_ids": ids, "group": "minority" if i % 5 == 0 else "majority"})
+        if cfg["groups"] == 2:
+            group = "minority" if i % 5 == 0 else "majority"
+        else:
+            group = f"group_{i % cfg['groups']}"
+        rows.append({"input_ids": ids, "group": group})
     return rows
 
 
@@ -91,8 +101,11 @@ class _Clock:
         return Clock()
 
 
+OBJECTIVE_OF_KIND = {"egt": "minmax", "egt_reweight": "reweight", "egt_sft": "minmax"}
+
+
 def build(kind: str, cfg: dict, output_dir: str):
-    """A trainer of `kind` (trainer | egt | sft | egt_sft) on the same model, LoRA, data and batch."""
+    """A trainer of `kind` (trainer | egt | egt_reweight | sft | egt_sft) on the same model, LoRA, data and batch."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments
@@ -110,7 +123,7 @@ def build(kind: str, cfg: dict, output_dir: str):
         use_cpu=not cuda, include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
     )  # fmt: skip
     clock = _Clock()
-    if kind in ("trainer", "egt"):
+    if kind in ("trainer", "egt", "egt_reweight"):
         from peft import get_peft_model
 
         from hf_egt import EGTConfig, EGTTrainer
@@ -123,7 +136,8 @@ def build(kind: str, cfg: dict, output_dir: str):
             )  # fmt: skip
         else:
             trainer = EGTTrainer(
-                model=model, args=EGTConfig(objective="minmax", **common), train_dataset=data, peft_config=lora,
+                model=model, args=EGTConfig(objective=OBJECTIVE_OF_KIND[kind], **common), train_dataset=data,
+                peft_config=lora,
                 callbacks=[clock],
             )  # fmt: skip
     else:
@@ -180,11 +194,9 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _measure_in_subprocess(kind: str, quick: bool) -> dict:
-    code = (
-        "import json; from benchmarks.bench_trainer import measure, setting; "
-        f"print(json.dumps(measure({kind!r}, setting(False, {quick}))))"
-    )
+def measure_in_subprocess(kind: str, cfg: dict) -> dict:
+    """``measure`` in a fresh interpreter, so that its peak RSS belongs to this run alone."""
+    code = f"import json; from benchmarks.bench_trainer import measure; print(json.dumps(measure({kind!r}, {cfg!r})))"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -194,19 +206,23 @@ def run(quick: bool = False) -> list[dict]:
     cuda = torch.cuda.is_available()
     cfg = setting(cuda, quick)
     repeats = 2 if quick else 3
-    pairs = {"Trainer": ("trainer", "egt"), "TRL SFTTrainer": ("sft", "egt_sft")}
+    pairs = [
+        ("Trainer", "trainer", "egt"),
+        ("Trainer", "trainer", "egt_reweight"),
+        ("TRL SFTTrainer", "sft", "egt_sft"),
+    ]
     rows = []
-    device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores), tiny Llama"
-    for peer_name, (peer, ours) in pairs.items():
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores), small Llama"
+    for peer_name, peer, ours in pairs:
         results = {peer: [], ours: []}
         for repeat in range(repeats):
             for kind in (peer, ours) if repeat % 2 == 0 else (ours, peer):
-                results[kind].append(measure(kind, cfg) if cuda else _measure_in_subprocess(kind, quick))
+                results[kind].append(measure(kind, cfg) if cuda else measure_in_subprocess(kind, cfg))
         speed = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
         memory = {k: statistics.median(r["peak_growth"] for r in v) for k, v in results.items()}
         shape = f"batch {cfg['batch']}, seq <= {cfg['seq']}, {cfg['steps']} steps, median of {repeats} alternated runs"
         ratio = speed[ours] / speed[peer]
-        name = f"{'EGTTrainer' if ours == 'egt' else 'EGTSFTTrainer'}(minmax) vs {peer_name}"
+        name = f"{'EGTSFTTrainer' if ours == 'egt_sft' else 'EGTTrainer'}({OBJECTIVE_OF_KIND[ours]}) vs {peer_name}"
         rows.append(
             {
                 "benchmark": f"{name}: tokens/s",
