@@ -21,8 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .losses import IGNORE_INDEX, causal_lm_token_losses
-from .metrics import summarize_groups
-from .objective import GroupLabels, group_means, group_sums
+from .metrics import likelihood_report, summarize_groups
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +68,26 @@ def sequence_nll(
 
 
 def group_perplexity(nll: torch.Tensor, tokens: torch.Tensor, groups: Sequence[str]) -> dict:
-    """Per-group token-weighted mean NLL and perplexity from per-text sums, with the overall values.
+    """Per-group token-weighted mean NLL and perplexity from per-text sums (``hf_egt.metrics.likelihood_report``),
+    groups in sorted order, with the overall values.
+
+    A text of a single token has no predicted token and carries no likelihood: it is left out.
 
     Returns ``{"loss_per_group", "per_group" (perplexity), "overall_loss", "overall" (perplexity)}``.
     """
-    labels = sorted(set(groups))
-    ids = GroupLabels(labels).encode(list(groups))
-    nll_sums, _ = group_sums(nll.double(), ids, len(labels))
-    token_sums, _ = group_sums(tokens.double(), ids, len(labels))
-    loss_per_group = {group: float(value) for group, value in zip(labels, group_means(nll_sums, token_sums))}
-    overall_loss = float(nll.sum() / tokens.sum().clamp_min(1))
+    scored = (tokens > 0).tolist()
+    kept = [group for group, keep in zip(groups, scored) if keep]
+    unscored = sorted(set(groups) - set(kept))
+    if unscored:
+        raise ValueError(f"Groups {unscored} have no text with a predicted token (texts of at least 2 tokens needed).")
+    rows = torch.tensor(scored)
+    report = likelihood_report(nll[rows], tokens[rows], kept, n_bootstrap=0)
+    order = sorted(report["nll"]["per_group"])
     return {
-        "loss_per_group": loss_per_group,
-        "per_group": {group: math.exp(loss) for group, loss in loss_per_group.items()},
-        "overall_loss": overall_loss,
-        "overall": math.exp(overall_loss),
+        "loss_per_group": {group: report["nll"]["per_group"][group] for group in order},
+        "per_group": {group: report["perplexity"]["per_group"][group] for group in order},
+        "overall_loss": report["nll"]["overall"],
+        "overall": report["perplexity"]["overall"],
     }
 
 

@@ -423,3 +423,16 @@ def test_finetune_and_push_example(tmp_path, tiny_lm, tiny_json, monkeypatch):
     assert {"adapter_model.safetensors", "README.md", "report.json", "report.png"} <= set(hub.files)
     card = hub.files["README.md"].decode()
     assert "hf_example_token" not in card and "<redacted>" in card and "- minmax" in card
+
+
+def test_group_perplexity_leaves_out_unscored_texts_and_names_empty_groups():
+    from hf_egt.evaluation import group_perplexity
+
+    nll = torch.tensor([6.0, 0.0, 3.0, 2.0])
+    tokens = torch.tensor([3.0, 0.0, 1.0, 1.0])  # the second text is a single token: nothing predicted
+    result = group_perplexity(nll, tokens, ["b", "a", "a", "b"])
+    assert list(result["per_group"]) == ["a", "b"]
+    assert result["loss_per_group"] == {"a": pytest.approx(3.0), "b": pytest.approx(2.0)}
+    assert result["overall"] == pytest.approx(math.exp(11.0 / 5.0))
+    with pytest.raises(ValueError, match=r"\['c'\] have no text"):
+        group_perplexity(nll, tokens, ["b", "c", "a", "b"])
