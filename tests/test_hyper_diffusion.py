@@ -186,3 +186,26 @@ def test_hyper_on_a_unet_without_attention_names_lora_conv(tmp_path):
     no_attention = save_tiny_unet2d(tmp_path / "plain", class_conditional=False, attention=False)
     with pytest.raises(ValueError, match="no attention layers.*--lora_conv"):
         train(no_attention, tmp_path / "out", *DIGITS, "--hyper", "--max_train_steps", "1")
+
+
+def test_diffusion_sampler_conditions_on_the_real_batch_and_passes_it_on():
+    """Y is sampled with the real batch's class labels (each UNet call gets them) and returned with them."""
+    from diffusers import DDIMScheduler
+
+    from hf_egt.hyper.sampling import DiffusionSampler
+
+    calls = []
+
+    class RecordingUNet(torch.nn.Module):
+        def forward(self, sample, timestep, class_labels=None):
+            calls.append(class_labels)
+            return type("Output", (), {"sample": torch.zeros_like(sample)})()
+
+    labels = torch.tensor([3, 1, 4])
+    sampler = DiffusionSampler(DDIMScheduler(num_train_timesteps=10), num_inference_steps=3)
+    args, kwargs = sampler(RecordingUNet(), (), {"sample": torch.randn(3, 1, 4, 4), "class_labels": labels})
+    assert args == () and kwargs["sample"].shape == (3, 1, 4, 4)
+    assert kwargs["class_labels"] is labels
+    assert len(calls) == 3 and all(call is labels for call in calls)
+    _, unconditional = sampler(RecordingUNet(), (), {"sample": torch.randn(2, 1, 4, 4), "class_labels": None})
+    assert set(unconditional) == {"sample"} and calls[-1] is None
