@@ -10,7 +10,10 @@ the common starting point of every fit. Each generation fits an adapter on the c
   generated for the current data set);
 * ``hyper-ple`` — ``--hyper --ple_weight`` (PLE with images sampled from the model; λ = 0.1, the paper's);
 * ``hyper-ple-strong`` — the same with ``--ple_weight_strong`` (λ = 1e6: with i.i.d. batches as sets the weighted
-  penalty at λ = 0.1 is ~1e-9, negligible next to a denoising loss of ~0.1).
+  penalty at λ = 0.1 is ~1e-9, negligible next to a denoising loss of ~0.1);
+* ``hyper-amortised`` (opt-in: ``--methods hyper-amortised --append``) — the hypernetwork fitted once, at
+  generation 0; each later "refit" only encodes the new data set as the context (the amortised loop of
+  ``examples/hyper_autophagy.py``).
 
 Generation 0 is fitted on the real data. Generation g + 1 is fitted on images sampled from fit g, class-conditioned
 with the real data's class counts (1344 images, classes 2, 5 and 8 at 15 %), labelled with their condition; with
@@ -46,7 +49,7 @@ from diffusion_digits_experiment import digits_tensor, pretrain  # noqa: E402
 
 from hf_egt.diffusion.data import DIGITS_MINORITY_CLASSES, digits_imbalanced_arrays  # noqa: E402
 
-METHODS = ("lora", "hyper", "hyper-ple", "hyper-ple-strong")
+METHODS = ("lora", "hyper", "hyper-ple", "hyper-ple-strong", "hyper-amortised")
 
 
 def label(method: str, settings: dict) -> str:
@@ -54,6 +57,8 @@ def label(method: str, settings: dict) -> str:
         return "plain LoRA"
     if method == "hyper":
         return "hypernetwork"
+    if method == "hyper-amortised":
+        return "hypernetwork, amortised refit"
     weight = settings["ple_weight_strong"] if method == "hyper-ple-strong" else settings["ple_weight"]
     return f"hypernetwork + PLE λ={weight:g}"
 
@@ -64,7 +69,8 @@ def parse_args(argv=None):
     add("--output_dir", default="outputs/hyper-diffusion-autophagy")
     add("--plot", default="docs/images/hyper_autophagy_digits_diffusion.png")
     add("--phase", choices=["all", "report"], default="all")
-    add("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    add("--methods", nargs="+", choices=METHODS, default=list(METHODS[:4]))
+    add("--append", action="store_true", help="Add these methods' chains to an existing results.json.")
     add("--generations", type=int, default=5, help="Fits per chain (generation 0 is fitted on real data).")
     add("--fresh_fraction", type=float, default=0.2, help="Share of each class replaced by real data (fresh chain).")
     add("--pretrain_steps", type=int, default=300)
@@ -122,9 +128,16 @@ def fit(base: str, data: str, output_dir: str, method: str, args, probe_sets: li
     ple = [logs["ple"] for logs in result.log_history if "ple" in logs]
     stats = {"final_loss": result.log_history[-1]["loss"], "mean_ple": float(np.mean(ple)) if ple else None}
     if method == "lora":
-        return result.model.eval(), stats
+        return result.model.eval(), stats, None
     stats["context_sensitivity"] = float(result.model.context_sensitivity([{"sample": s} for s in probe_sets]))
-    return result.model.peft_model.eval(), stats
+    return result.model.peft_model.eval(), stats, result.model
+
+
+@torch.no_grad()
+def refit_context(hyper_model, images: torch.Tensor):
+    """Amortised refit: the context of a fitted hypernetwork becomes the encoding of the new data set (one set)."""
+    hyper_model.set_context(context=hyper_model.hypernetwork.set_encoder(hyper_model.embed(sample=images)))
+    return hyper_model.peft_model.eval()
 
 
 def sample(model, scheduler_config, labels: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
@@ -161,6 +174,8 @@ def run_chain(fresh: float, method: str, base, scheduler_config, classifier, rea
 
     Generation 0 (real data, same seed) is the same fit for every fresh fraction: ``gen0[method]`` caches it.
     """
+    amortised = method == "hyper-amortised"
+    hyper_model = None
     chain = f"{method}/fresh={fresh:g}"
     rng = np.random.default_rng(args.seed + 1)
     images, labels = real["imbalanced_images"], real["imbalanced_labels"]
@@ -169,21 +184,27 @@ def run_chain(fresh: float, method: str, base, scheduler_config, classifier, rea
         key = f"{chain}/gen{generation}"
         start = time.time()
         if generation == 0 and method in gen0:
-            record, next_images = gen0[method]
+            record, next_images, hyper_model = gen0[method]
             next_images = next_images.clone()
         else:
-            folder = os.path.join(args.output_dir, "work", chain.replace("/", "_").replace("=", ""), f"gen{generation}")
-            data = save_dataset(images, labels, os.path.join(folder, "data"))
-            probe_sets = [real["imbalanced_images"][real["imbalanced_labels"] == c] for c in range(10)]
-            model, fit_stats = fit(base, data, os.path.join(folder, "fit"), method, args, probe_sets)
+            if amortised and generation > 0:
+                model = refit_context(hyper_model, images)
+                fit_stats = {"final_loss": None, "mean_ple": None}
+                fit_stats["context_sensitivity"] = gen0[method][0]["context_sensitivity"]
+            else:
+                folder = os.path.join(args.output_dir, "work", chain.replace("/", "_").replace("=", ""))
+                folder = os.path.join(folder, f"gen{generation}")
+                data = save_dataset(images, labels, os.path.join(folder, "data"))
+                probe_sets = [real["imbalanced_images"][real["imbalanced_labels"] == c] for c in range(10)]
+                model, fit_stats, hyper_model = fit(base, data, os.path.join(folder, "fit"), method, args, probe_sets)
+                shutil.rmtree(folder)
             fit_seconds = time.time() - start
             eval_images = sample(model, scheduler_config, eval_labels, args.inference_steps, seed=1000 + generation)
             next_images = sample(model, scheduler_config, labels, args.inference_steps, seed=2000 + generation)
             metrics = evaluate(classifier, real, eval_images, eval_labels, next_images)
             record = {**metrics, **fit_stats, "fit_s": fit_seconds, "total_s": time.time() - start}
-            shutil.rmtree(folder)
             if generation == 0:
-                gen0[method] = (record, next_images.clone())
+                gen0[method] = (record, next_images.clone(), hyper_model)
         if fresh > 0:  # replace a share of each class by real images of that class, drawn anew
             for c in range(10):
                 members = np.flatnonzero(labels.numpy() == c)
@@ -218,7 +239,14 @@ def run(args) -> None:
     from hf_egt.diffusion.classifier import train_digit_classifier
 
     os.makedirs(args.output_dir, exist_ok=True)
-    results, gen0 = {"settings": vars(args)}, {}
+    path = os.path.join(args.output_dir, "results.json")
+    if args.append and os.path.exists(path):
+        with open(path) as handle:
+            results = json.load(handle)
+        results.setdefault("appended_runs", []).append({"settings": vars(args)})
+    else:
+        results = {"settings": vars(args)}
+    gen0 = {}
     base = os.path.join(args.output_dir, "pretrained")
     start = time.time()
     if os.path.exists(os.path.join(base, "model_index.json")):
@@ -241,7 +269,9 @@ def run(args) -> None:
     for fresh in (0.0, args.fresh_fraction):
         for method in args.methods:
             run_chain(fresh, method, base, scheduler.config, classifier, real, results, gen0, args)
-    results["total_s"] = time.time() - start
+    (results["appended_runs"][-1] if args.append and "appended_runs" in results else results)["total_s"] = (
+        time.time() - start
+    )
     save_results(results, args)
 
 
