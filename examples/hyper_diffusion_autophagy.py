@@ -341,15 +341,16 @@ def plot(results: dict, args) -> None:
             x = range(len(generations))
             worst = [max(m["kl"]["per_group"].values()) for m in generations]
             gap = [m["kl"]["gap"] for m in generations]
-            (line,) = axes[0, column].plot(x, worst, marker="o", label=f"{name}: worst class")
-            axes[0, column].plot(x, gap, marker="x", ls="--", color=line.get_color(), label=f"{name}: gap")
+            (line,) = axes[0, column].plot(x, worst, marker="o", label=name)
+            axes[0, column].plot(x, gap, marker="x", ls="--", color=line.get_color())
             axes[1, column].plot(x, [100 * minority_share(m) for m in generations], marker="o", label=name)
         axes[0, column].set_title(f"{'no fresh data' if fresh == 0 else f'{fresh:.0%} fresh real data'}")
-        axes[0, column].set_ylabel("per-class k-NN KL (classifier features)")
+        axes[0, column].set_ylabel("KL: worst class (o), gap (x, dashed)")
         axes[1, column].axhline(2.0, color="grey", ls=":", label="real data")
-        axes[1, column].set_ylabel("minority classes 2,5,8: generated share (%)")
+        axes[1, column].set_ylabel("share of 2, 5, 8 in samples (%)")
         axes[1, column].set_xlabel("generation")
         for ax in axes[:, column]:
+            ax.set_xticks(range(max(len(g) for g in data.values())))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle("Self-consuming loop, class-conditional digits diffusion (fit -> sample -> refit)")
