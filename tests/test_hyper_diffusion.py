@@ -156,6 +156,7 @@ def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
     extra += ("--ple_inference_steps", "2")
     result = train(model, tmp_path / "out", *extra)
     assert all(logs["ple"] >= 0 for logs in result.log_history)
+    assert "from a set of 8 training images" in (tmp_path / "out" / "README.md").read_text()  # the whole dataset
     pipeline = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
     sample, timesteps, hidden = torch.randn(2, 4, 8, 8), torch.tensor([3, 70]), torch.randn(2, 16, 32)
     with torch.no_grad():
