@@ -281,8 +281,6 @@ def build_hyper_model(components, lora_config, args):
 def fix_hyper_context(components, model, dataset, args, device, dtype) -> torch.Tensor:
     """Fix the context of a ``HyperLoRAModel`` to the encoding of ``--hyper_context_size`` training images (a random
     subset seeded by ``--seed``, taken as one set; latents without noise for SD). Returns the context."""
-    from .data import collate
-
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     indices = order[: args.hyper_context_size].tolist()
     embeddings = []
