@@ -4,6 +4,9 @@ Step time is forward + backward + optimizer step, the two models measured altern
 counts are analytic (models built on the meta device): the hypernetwork, the LoRA parameters it emits, and a
 torchhyper-style hypernetwork with one dense `Linear(hidden, numel)` head per emitted tensor — for the LoRA factors,
 and for every weight of the model (what torchhyper itself emits).
+
+Diffusion rows: one optimizer step of `hf_egt.diffusion.train` (`draw_window_inputs` + `accumulate_window` + AdamW)
+with `--hyper` vs the plain LoRA on the digits UNet of `examples/hyper_diffusion_autophagy.py`, and its counts.
 """
 
 from __future__ import annotations
@@ -181,8 +184,99 @@ def count_rows() -> list[dict]:
     return rows
 
 
+def diffusion_rows(quick: bool) -> list[dict]:
+    """`--hyper` vs plain LoRA (r=8, attention + convolutions) training steps on the class-conditional digits UNet
+    (channels 16/32 at 8×8, 177 k parameters), batch 64, minmax over 10 classes and 4 noise buckets."""
+    import argparse
+    import statistics
+
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
+    from hf_egt.diffusion.lora import add_unet_lora, lora_parameters, unet_lora_config
+    from hf_egt.diffusion.models import DiffusionComponents
+    from hf_egt.diffusion.train import accumulate_window, build_hyper_model, draw_window_inputs, window_generator
+
+    def unet():
+        torch.manual_seed(0)
+        return UNet2DModel(
+            sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8, attention_head_dim=16, num_class_embeds=10,
+        ).requires_grad_(False)  # fmt: skip
+
+    accelerator = Accelerator(cpu=True)
+    generator = torch.Generator().manual_seed(0)
+    window = [
+        {
+            "pixel_values": torch.rand(64, 1, 8, 8, generator=generator).mul(2).sub(1),
+            "group_ids": torch.randint(0, 10, (64,), generator=generator),
+        }
+    ]
+    hyper_args = argparse.Namespace(
+        hyper_pool_size=4, hyper_hidden_size=128, hyper_context_dim=64, hyper_head_rank=32, ple_weight=0.0,
+        ple_every=1, ple_inference_steps=10, pretrained_model_name_or_path=None,
+    )  # fmt: skip
+    models, steps = {}, {}
+    for name in ("lora", "hyper"):
+        components = DiffusionComponents("unet2d", unet(), DDPMScheduler(num_train_timesteps=1000))
+        config = unet_lora_config(8, lora_conv=True)
+        if name == "hyper":
+            model = build_hyper_model(components, config, hyper_args)
+        else:
+            model = add_unet_lora(components.unet, config)
+        optimizer = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
+        objective = NoiseLevelGroupObjective(4, num_groups=10, mode="minmax", step_size=0.5)
+        models[name] = model
+
+        def step(index, components=components, model=model, optimizer=optimizer, objective=objective, name=name):
+            inputs = draw_window_inputs(components, window, 4, window_generator(0, index, 0), torch.float32)
+            accumulate_window(accelerator, components, model, objective, window, inputs, hyper=name == "hyper")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            objective.end_window()
+
+        steps[name] = step
+    rounds, warmup = (10, 2) if quick else (30, 5)
+    times = {name: [] for name in steps}
+    for index in range(warmup + rounds):
+        for name in list(steps)[index % 2 :] + list(steps)[: index % 2]:  # alternate who goes first
+            start = time.perf_counter()
+            steps[name](index)
+            if index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    ours_s, lora_s = statistics.median(times["hyper"]), statistics.median(times["lora"])
+    hyper = models["hyper"]
+    lora_count = sum(p.numel() for p in lora_parameters(models["lora"]))
+    base_count = sum(p.numel() for n, p in hyper.get_base_model().named_parameters() if "lora_" not in n)
+    return [
+        {
+            "benchmark": "diffusion train step, digits UNet 16/32 at 8×8, batch 64, --hyper vs LoRA",
+            "ours": ours_s * 1e3,
+            "peer": lora_s * 1e3,
+            "ratio": ours_s / lora_s,
+            "unit": "ms (peer: peft LoRA r=8 attn+conv)",
+            "target": "informational",
+            "met": None,
+            "notes": f"minmax, 4 noise buckets, no PLE; median of {rounds} interleaved steps",
+        },
+        {
+            "benchmark": "hypernetwork params vs emitted LoRA, digits UNet 16/32",
+            "ours": hyper.num_hypernetwork_parameters(),
+            "peer": lora_count,
+            "ratio": hyper.num_hypernetwork_parameters() / lora_count,
+            "unit": "parameters (peer: LoRA r=8 it emits)",
+            "target": "informational",
+            "met": None,
+            "notes": f"UNet {base_count:,} parameters; {len(hyper.hypernetwork.generator.groups)} module-type heads "
+            f"for {len(hyper.slots)} layers",
+        },
+    ]
+
+
 def run(quick: bool = False) -> list[dict]:
-    return count_rows() + step_times(quick)
+    return count_rows() + step_times(quick) + diffusion_rows(quick)
 
 
 if __name__ == "__main__":

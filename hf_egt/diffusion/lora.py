@@ -22,6 +22,17 @@ def unet_lora_config(rank: int, alpha: float | None = None, lora_conv: bool = Fa
     )
 
 
+def check_lora_targets(unet, config) -> None:
+    """Raise a ``ValueError`` naming ``--lora_conv`` when the UNet has none of the config's target modules."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in unet.named_modules()}
+    dotted = {".".join(name.split(".")[-2:]) for name, _ in unet.named_modules()}
+    if not any(target in names or target in dotted for target in config.target_modules):
+        raise ValueError(
+            f"The UNet ({type(unet).__name__}) has no module named {sorted(config.target_modules)}: it has no "
+            "attention layers. Use `--lora_conv` to adapt its convolutions, or a UNet with attention blocks."
+        )
+
+
 def add_unet_lora(unet, config):
     """Add LoRA to a UNet; return the module to train.
 
@@ -30,13 +41,7 @@ def add_unet_lora(unet, config):
     """
     from peft import get_peft_model
 
-    names = {name.rsplit(".", 1)[-1] for name, _ in unet.named_modules()}
-    dotted = {".".join(name.split(".")[-2:]) for name, _ in unet.named_modules()}
-    if not any(target in names or target in dotted for target in config.target_modules):
-        raise ValueError(
-            f"The UNet ({type(unet).__name__}) has no module named {sorted(config.target_modules)}: it has no "
-            "attention layers. Use `--lora_conv` to adapt its convolutions, or a UNet with attention blocks."
-        )
+    check_lora_targets(unet, config)
     if hasattr(unet, "add_adapter"):
         unet.add_adapter(config)
         return unet
@@ -64,13 +69,31 @@ def save_unet_lora(model, kind: str, output_dir: str | os.PathLike) -> None:
     """
     os.makedirs(output_dir, exist_ok=True)
     if kind == "stable-diffusion":
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-
-        StableDiffusionPipeline.save_lora_weights(
-            save_directory=str(output_dir),
-            unet_lora_layers=convert_state_dict_to_diffusers(lora_state_dict(model)),
-            safe_serialization=True,
-        )
+        save_diffusers_unet_lora(lora_state_dict(model), output_dir)
     else:
         model.save_pretrained(str(output_dir), save_embedding_layers=False)
+
+
+def save_diffusers_unet_lora(state_dict: dict[str, torch.Tensor], output_dir: str | os.PathLike) -> None:
+    """Write a UNet LoRA state dict in peft naming (``<module>.lora_A.weight``, relative to the UNet) as
+    ``pytorch_lora_weights.safetensors`` in the diffusers format, for ``StableDiffusionPipeline.load_lora_weights``."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    StableDiffusionPipeline.save_lora_weights(
+        save_directory=str(output_dir),
+        unet_lora_layers=convert_state_dict_to_diffusers(state_dict),
+        safe_serialization=True,
+    )
+
+
+def save_hyper_unet_lora(model, kind: str, output_dir: str | os.PathLike) -> None:
+    """Export the LoRA weights a ``HyperLoRAModel`` generates for its fixed context like :func:`save_unet_lora`:
+    a diffusers LoRA file (``stable-diffusion``) or a peft adapter folder (``unet2d``), loadable without hf_egt."""
+    os.makedirs(output_dir, exist_ok=True)
+    if kind == "stable-diffusion":
+        prefix = "base_model.model."
+        weights = {name.removeprefix(prefix): tensor.detach() for name, tensor in model.generate_lora_weights().items()}
+        save_diffusers_unet_lora(weights, output_dir)
+    else:
+        model.export_peft(str(output_dir), save_embedding_layers=False)

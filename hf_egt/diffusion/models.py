@@ -88,13 +88,18 @@ def latent_distribution(components: DiffusionComponents, pixel_values: torch.Ten
     return posterior.mean * scale, posterior.std * scale
 
 
+def denoiser_conditioning(components: DiffusionComponents, batch: dict) -> dict[str, Any]:
+    """The UNet's conditioning keyword arguments for a batch: caption embeddings (SD, computed without gradient),
+    class labels (class-conditional UNet2DModel) or ``class_labels=None`` (unconditional)."""
+    if components.kind == "stable-diffusion":
+        with torch.no_grad():
+            return {"encoder_hidden_states": components.text_encoder(batch["input_ids"], return_dict=False)[0]}
+    return {"class_labels": batch["group_ids"] if components.class_conditional else None}
+
+
 def denoiser_prediction(
     components: DiffusionComponents, unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, batch: dict
 ) -> torch.Tensor:
     """The (trainable) UNet's prediction for a batch: with class labels, caption embeddings, or unconditional."""
-    if components.kind == "stable-diffusion":
-        with torch.no_grad():
-            hidden_states = components.text_encoder(batch["input_ids"], return_dict=False)[0]
-        return unet(noisy_latents, timesteps, encoder_hidden_states=hidden_states, return_dict=False)[0]
-    class_labels = batch["group_ids"] if components.class_conditional else None
-    return unet(noisy_latents, timesteps, class_labels=class_labels, return_dict=False)[0]
+    conditioning = denoiser_conditioning(components, batch)
+    return unet(noisy_latents, timesteps, **conditioning, return_dict=False)[0]

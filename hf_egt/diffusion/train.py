@@ -7,6 +7,12 @@ micro-batches) is prefetched, its noise and timesteps are drawn from one generat
 and the per-example denoising losses are combined by the group objective (``--objective``), kept per noise-level
 bucket (``--noise_buckets``). Results then depend neither on how a window is split into micro-batches nor on a
 resume from a checkpoint.
+
+With ``--hyper`` the trained module is a :class:`~hf_egt.hyper.HyperLoRAModel` over the frozen UNet: a hypernetwork
+that generates the LoRA factors from a set of images (each micro-batch's clean images while training), with the
+optional PLE self-consumption penalty (``--ple_weight``, images sampled from the model). The output folder then holds
+the plain LoRA of one fixed context (``--hyper_context_size`` training images), loadable without hf_egt, and the
+hypernetwork itself under ``hypernetwork/``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import os
 import shutil
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,14 +31,39 @@ import torch
 from ..objective import OBJECTIVE_MODES
 from .buckets import NoiseLevelGroupObjective
 from .data import DIGITS_DATASET_NAME, check_columns, collate, group_labels_of, load_image_dataset, make_transform
-from .lora import add_unet_lora, lora_parameters, save_unet_lora, unet_lora_config
+from .lora import (
+    add_unet_lora,
+    check_lora_targets,
+    lora_parameters,
+    save_hyper_unet_lora,
+    save_unet_lora,
+    unet_lora_config,
+)
 from .losses import denoising_target, min_snr_weights, noise_buckets, per_example_mse
-from .models import denoiser_prediction, latent_distribution, load_components, tokenize_captions
+from .models import (
+    denoiser_conditioning,
+    denoiser_prediction,
+    latent_distribution,
+    load_components,
+    tokenize_captions,
+)
 from .sampling import image_grid, sample_stable_diffusion, sample_unet2d
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVE_FILE = "group_objective.safetensors"
+HYPERNETWORK_FOLDER = "hypernetwork"
+# Options that only mean something with --hyper: refused without it rather than silently ignored.
+HYPER_OPTIONS = (
+    "ple_weight",
+    "ple_every",
+    "ple_inference_steps",
+    "hyper_context_dim",
+    "hyper_hidden_size",
+    "hyper_head_rank",
+    "hyper_pool_size",
+    "hyper_context_size",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,11 +124,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--push_to_hub", action="store_true")
     add("--hub_model_id", default=None)
     add("--seed", type=int, default=0)
+    hyper = parser.add_argument_group("hypernetwork (--hyper)")
+    hyper.add_argument(
+        "--hyper",
+        action="store_true",
+        help="Train a HyperLoRAModel over the frozen UNet: a hypernetwork generating the LoRA factors (of --rank, on "
+        "the same layers) from a set of images, the micro-batch's clean images while training.",
+    )
+    hyper.add_argument(
+        "--ple_weight",
+        type=float,
+        default=0.0,
+        help="λ of the PLE self-consumption penalty λ·||H(Y) - H(X)||² (mean over entries), Y sampled from the "
+        "model with weights H(X) (paper: 0.1); logged as `ple`. 0 disables it.",
+    )
+    hyper.add_argument("--ple_every", type=int, default=1, help="Sample a fresh PLE batch Y every N micro-batches.")
+    hyper.add_argument("--ple_inference_steps", type=int, default=10, help="DDIM steps to sample the PLE batch Y.")
+    hyper.add_argument("--hyper_context_dim", type=int, default=64, help="Size of the set encoding (context).")
+    hyper.add_argument("--hyper_hidden_size", type=int, default=128, help="Width of the set encoder and trunk.")
+    hyper.add_argument("--hyper_head_rank", type=int, default=32, help="Bottleneck of each module-type head.")
+    hyper.add_argument("--hyper_pool_size", type=int, default=4, help="Images are pooled to N x N for the set.")
+    hyper.add_argument(
+        "--hyper_context_size",
+        type=int,
+        default=1024,
+        help="Training images (a seeded random subset) whose encoding is the context of the exported LoRA.",
+    )
     args = parser.parse_args(argv)
     if args.train_batch_size < 1 or args.gradient_accumulation_steps < 1 or args.max_train_steps < 1:
         parser.error("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be >= 1.")
     if args.noise_buckets < 1:
         parser.error(f"--noise_buckets must be >= 1, got {args.noise_buckets}.")
+    if not args.hyper:
+        changed = [name for name in HYPER_OPTIONS if getattr(args, name) != parser.get_default(name)]
+        if changed:
+            parser.error(f"--{changed[0]} only applies to a hypernetwork: add --hyper (or drop --{changed[0]}).")
+    if args.ple_weight < 0:
+        parser.error(f"--ple_weight must be >= 0, got {args.ple_weight}.")
+    for name in HYPER_OPTIONS[1:]:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     return args
 
 
@@ -109,6 +175,7 @@ class TrainResult:
     objective: NoiseLevelGroupObjective
     global_step: int
     kind: str
+    log_history: list[dict] = field(default_factory=list)
 
 
 def window_generator(seed: int, step: int, process_index: int) -> torch.Generator:
@@ -119,8 +186,8 @@ def window_generator(seed: int, step: int, process_index: int) -> torch.Generato
 
 
 def draw_window_inputs(components, window: list[dict], num_buckets: int, generator: torch.Generator, dtype):
-    """Noisy latents (in ``dtype``), timesteps, float targets and noise buckets of every micro-batch of a window,
-    drawn in one go from ``generator``."""
+    """Clean and noisy latents (in ``dtype``), timesteps, float targets and noise buckets of every micro-batch of a
+    window, drawn in one go from ``generator``."""
     scheduler = components.noise_scheduler
     num_train_timesteps = scheduler.config.num_train_timesteps
     distributions = [latent_distribution(components, batch["pixel_values"].to(dtype)) for batch in window]
@@ -135,30 +202,93 @@ def draw_window_inputs(components, window: list[dict], num_buckets: int, generat
     target = denoising_target(scheduler, latents, noise, timesteps)
     buckets = noise_buckets(timesteps, num_train_timesteps, num_buckets)
     sizes = [len(batch["group_ids"]) for batch in window]
-    parts = [t.split(sizes) for t in (noisy, timesteps, target, buckets)]
-    return [dict(zip(("noisy", "timesteps", "target", "buckets"), values)) for values in zip(*parts)]
+    parts = [t.split(sizes) for t in (latents.to(dtype), noisy, timesteps, target, buckets)]
+    return [dict(zip(("latents", "noisy", "timesteps", "target", "buckets"), values)) for values in zip(*parts)]
 
 
-def accumulate_window(accelerator, components, model, objective, window, inputs, snr_gamma=None) -> float:
-    """Forward and backward of one optimizer step's micro-batches under the group objective; returns its loss.
+def hyper_prediction(components, model, x: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A ``HyperLoRAModel``'s prediction whose LoRA factors are generated from the micro-batch's clean latents, and
+    its PLE term (``None`` without PLE). The conditioning also conditions the PLE sampler."""
+    conditioning = denoiser_conditioning(components, batch)
+    output = model(x["noisy"], x["timesteps"], **conditioning, set_inputs={"sample": x["latents"], **conditioning})
+    return output.sample, output.get("ple")
+
+
+def accumulate_window(
+    accelerator, components, model, objective, window, inputs, snr_gamma=None, hyper: bool = False
+) -> dict[str, float]:
+    """Forward and backward of one optimizer step's micro-batches under the group objective; returns its ``loss``
+    (and, for a hypernetwork trained with PLE, the window's mean ``ple`` term, already weighted and in ``loss``).
 
     The objective's weights are fixed for the window (``begin_window``); each micro-batch adds its share, so the
     accumulated gradient is that of ``sum_k (n_k / n) sum_g q_kg L_kg`` over the whole window and all processes.
-    Gradients are synchronised once, on the last micro-batch.
+    The PLE term is a per-micro-batch value: it is averaged over the window. Gradients are synchronised once, on the
+    last micro-batch.
     """
     objective.begin_window([batch["group_ids"] for batch in window], [x["buckets"] for x in inputs])
-    total = 0.0
+    total, ple_total = 0.0, None
     for index, (batch, x) in enumerate(zip(window, inputs)):
         with accelerator.no_sync(model) if index < len(window) - 1 else nullcontext():
-            prediction = denoiser_prediction(components, model, x["noisy"], x["timesteps"], batch)
+            if hyper:
+                prediction, ple = hyper_prediction(components, model, x, batch)
+            else:
+                prediction, ple = denoiser_prediction(components, model, x["noisy"], x["timesteps"], batch), None
             losses = per_example_mse(prediction, x["target"])
             if snr_gamma is not None:
                 losses = losses * min_snr_weights(components.noise_scheduler, x["timesteps"], snr_gamma)
             loss = objective.window_loss(losses, batch["group_ids"], x["buckets"])
+            if ple is not None:
+                ple = ple / len(window)
+                ple_total = (ple_total or 0.0) + ple.item()
+                loss = loss + ple
             # The shares add up to the window's loss; DDP averages gradients over processes.
             accelerator.backward(loss * accelerator.num_processes)
             total += loss.item()
-    return total
+    return {"loss": total} if ple_total is None else {"loss": total, "ple": ple_total}
+
+
+def build_hyper_model(components, lora_config, args):
+    """A ``HyperLoRAModel`` generating the LoRA of ``lora_config`` on the frozen UNet, with a DDIM sampler for PLE."""
+    from diffusers import DDIMScheduler
+
+    from ..hyper import HyperLoRAConfig, HyperLoRAModel
+    from ..hyper.sampling import DiffusionSampler
+
+    check_lora_targets(components.unet, lora_config)
+    config = HyperLoRAConfig(
+        r=lora_config.r,
+        lora_alpha=lora_config.lora_alpha,
+        target_modules=sorted(lora_config.target_modules),
+        set_encoder_input="unet_pooled",
+        unet_pool_size=args.hyper_pool_size,
+        set_encoder_hidden=args.hyper_hidden_size,
+        context_dim=args.hyper_context_dim,
+        hidden_size=args.hyper_hidden_size,
+        head_rank=args.hyper_head_rank,
+        ple_weight=args.ple_weight,
+        ple_every=args.ple_every,
+        base_model_name_or_path=args.pretrained_model_name_or_path,
+    )
+    sampler = None
+    if args.ple_weight > 0:
+        sampler = DiffusionSampler(
+            DDIMScheduler.from_config(components.noise_scheduler.config), args.ple_inference_steps
+        )
+    return HyperLoRAModel(components.unet, config, ple_sampler=sampler)
+
+
+@torch.no_grad()
+def fix_hyper_context(components, model, dataset, args, device, dtype) -> torch.Tensor:
+    """Fix the context of a ``HyperLoRAModel`` to the encoding of ``--hyper_context_size`` training images (a random
+    subset seeded by ``--seed``, taken as one set; latents without noise for SD). Returns the context."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
+    indices = order[: args.hyper_context_size].tolist()
+    embeddings = []
+    for start in range(0, len(indices), args.train_batch_size):
+        batch = collate([dataset[i] for i in indices[start : start + args.train_batch_size]])
+        latents, _ = latent_distribution(components, batch["pixel_values"].to(device, dtype))
+        embeddings.append(model.embed(sample=latents.to(dtype)))
+    return model.set_context(context=model.hypernetwork.set_encoder(torch.cat(embeddings)))
 
 
 def batches_from(accelerator, dataloader, consumed: int):
@@ -188,7 +318,7 @@ def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
         for folder in folders[: max(0, len(folders) - args.checkpoints_total_limit + 1)]:
             shutil.rmtree(os.path.join(args.output_dir, folder))
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
-    accelerator.save_state(path)
+    accelerator.save_state(path)  # a HyperLoRAModel's state dict is its hypernetwork only
     if accelerator.is_main_process:
         objective.save(os.path.join(path, OBJECTIVE_FILE))
 
@@ -234,8 +364,9 @@ def log_validation(accelerator, components, model, group_labels, prompts, args, 
     return path
 
 
-def model_card(args, kind: str, objective: NoiseLevelGroupObjective) -> str:
-    """A minimal model card: base model, data, objective and the final group weights."""
+def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_size: int | None = None) -> str:
+    """A minimal model card: base model, data, objective and the final group weights (``context_size``: the number
+    of training images a hypernetwork's exported LoRA was generated from)."""
     weights = objective.weights.mean(0).tolist()
     rows = "\n".join(f"| {g} | {w:.4f} |" for g, w in zip(objective.groups, weights))
     load = (
@@ -250,7 +381,17 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective) -> str:
         f"LoRA (rank {args.rank}) on `{args.pretrained_model_name_or_path}`, trained on `{args.dataset_name}` for "
         f"{objective.step} steps with the `{args.objective}` group objective over `{args.group_column}` "
         f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`.\n\n"
+        f"{hyper_card_text(args, context_size) if args.hyper else ''}"
         f"| group | final weight (mean over noise buckets) |\n|---|---|\n{rows}\n"
+    )
+
+
+def hyper_card_text(args, context_size: int | None) -> str:
+    ple = f" with the PLE self-consumption penalty (λ = {args.ple_weight})" if args.ple_weight > 0 else ""
+    return (
+        f"The LoRA weights were generated by a hypernetwork (hf-egt `HyperLoRAModel`){ple} from a set of "
+        f"{context_size or args.hyper_context_size} training images. The hypernetwork is in `{HYPERNETWORK_FOLDER}/` "
+        "(`HyperLoRAModel.from_pretrained(unet, folder)`, needs hf-egt); the adapter above does not.\n\n"
     )
 
 
@@ -302,7 +443,11 @@ def main(args: argparse.Namespace) -> TrainResult:
             module.requires_grad_(False).to(accelerator.device)
             if weight_dtype != torch.float32:
                 module.to(dtype=weight_dtype)
-    model = add_unet_lora(components.unet, unet_lora_config(args.rank, args.lora_alpha, args.lora_conv))
+    lora_config = unet_lora_config(args.rank, args.lora_alpha, args.lora_conv)
+    if args.hyper:
+        model = build_hyper_model(components, lora_config, args)
+    else:
+        model = add_unet_lora(components.unet, lora_config)
     if weight_dtype != torch.float32:
         cast_training_params(model, dtype=torch.float32)  # LoRA weights and their Adam states stay in float32
 
@@ -376,12 +521,24 @@ def main(args: argparse.Namespace) -> TrainResult:
     progress = tqdm(
         range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
+    log_history = []
+
+    def sampling_model():
+        """What validation samples from: the model, or a hypernetwork's peft model with its context fixed."""
+        unwrapped = accelerator.unwrap_model(model)
+        if not args.hyper:
+            return unwrapped
+        fix_hyper_context(components, unwrapped, dataset, args, accelerator.device, weight_dtype)
+        return unwrapped.peft_model
+
     model.train()
     while global_step < args.max_train_steps:
         window = [next(batches) for _ in range(accumulation)]
         generator = window_generator(args.seed, global_step, accelerator.process_index)
         inputs = draw_window_inputs(components, window, args.noise_buckets, generator, weight_dtype)
-        window_loss = accumulate_window(accelerator, components, model, objective, window, inputs, args.snr_gamma)
+        window_stats = accumulate_window(
+            accelerator, components, model, objective, window, inputs, args.snr_gamma, hyper=args.hyper
+        )
         if args.max_grad_norm:
             accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
         optimizer.step()
@@ -391,34 +548,45 @@ def main(args: argparse.Namespace) -> TrainResult:
         global_step += 1
         progress.update(1)
         worst = stats["weights"].mean(0).argmax().item()
-        progress.set_postfix(loss=window_loss, top_weight_group=objective.groups[worst])
+        progress.set_postfix(**window_stats, top_weight_group=objective.groups[worst])
+        logs = {**window_stats, "lr": lr_scheduler.get_last_lr()[0]}
+        for g, label in enumerate(objective.groups):
+            logs[f"group_loss/{label}"] = stats["group_losses"][:, g].mean().item()
+            logs[f"group_weight/{label}"] = stats["weights"][:, g].mean().item()
+        log_history.append({"step": global_step, **logs})
         if args.report_to:
-            logs = {"loss": window_loss, "lr": lr_scheduler.get_last_lr()[0]}
-            for g, label in enumerate(objective.groups):
-                logs[f"group_loss/{label}"] = stats["group_losses"][:, g].mean().item()
-                logs[f"group_weight/{label}"] = stats["weights"][:, g].mean().item()
             accelerator.log(logs, step=global_step)
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
             save_checkpoint(accelerator, objective, args, global_step)
         if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
-            log_validation(
-                accelerator, components, accelerator.unwrap_model(model), group_labels, prompts, args, global_step
-            )
+            log_validation(accelerator, components, sampling_model(), group_labels, prompts, args, global_step)
     progress.close()
 
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(model)
+    if args.hyper:
+        # The exported LoRA is the one generated for a fixed set of training images (every process fixes it).
+        model.eval()
+        fix_hyper_context(components, model, dataset, args, accelerator.device, weight_dtype)
     if accelerator.is_main_process:
-        if components.kind == "unet2d":
-            model.peft_config["default"].base_model_name_or_path = args.pretrained_model_name_or_path
-        save_unet_lora(model, components.kind, args.output_dir)
+        if args.hyper:
+            save_hyper_unet_lora(model, components.kind, args.output_dir)
+            model.save_pretrained(os.path.join(args.output_dir, HYPERNETWORK_FOLDER))
+        else:
+            if components.kind == "unet2d":
+                model.peft_config["default"].base_model_name_or_path = args.pretrained_model_name_or_path
+            save_unet_lora(model, components.kind, args.output_dir)
         objective.save(os.path.join(args.output_dir, OBJECTIVE_FILE))
         if args.validation_steps:
-            log_validation(accelerator, components, model, group_labels, prompts, args, global_step)
-        card = model_card(args, components.kind, objective)
+            validation_model = model.peft_model if args.hyper else model
+            log_validation(accelerator, components, validation_model, group_labels, prompts, args, global_step)
+        context_size = min(args.hyper_context_size, len(dataset)) if args.hyper else None
+        card = model_card(args, components.kind, objective, context_size)
         with open(os.path.join(args.output_dir, "README.md"), "w") as handle:
             handle.write(card)
         if args.push_to_hub:
             push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), card)
     accelerator.end_training()
-    return TrainResult(model=model, objective=objective, global_step=global_step, kind=components.kind)
+    return TrainResult(
+        model=model, objective=objective, global_step=global_step, kind=components.kind, log_history=log_history
+    )

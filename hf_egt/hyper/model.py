@@ -86,6 +86,9 @@ class HyperLoRAModel(nn.Module):
         )
         self.peft_model = get_peft_model(base_model, lora_config, adapter_name=adapter_name)
         self.peft_model.requires_grad_(False)
+        if config.base_model_name_or_path is not None:
+            # peft replaces it by the model's `name_or_path`, which diffusers models do not have.
+            self.peft_model.peft_config[adapter_name].base_model_name_or_path = config.base_model_name_or_path
 
         shapes = []
         for name, module in self.peft_model.named_modules():
@@ -339,15 +342,18 @@ class HyperLoRAModel(nn.Module):
             model.set_context(context=context.to(device))
         return model
 
-    def export_peft(self, save_directory: str | os.PathLike, context: torch.Tensor | None = None) -> None:
+    def export_peft(
+        self, save_directory: str | os.PathLike, context: torch.Tensor | None = None, **save_kwargs
+    ) -> None:
         """Write a plain peft LoRA adapter holding the weights of the current (or given) context.
 
-        `peft.PeftModel.from_pretrained(base_model, save_directory)` loads it without hf_egt.
+        `peft.PeftModel.from_pretrained(base_model, save_directory)` loads it without hf_egt. `save_kwargs` go to
+        `PeftModel.save_pretrained` (e.g. `save_embedding_layers=False`).
         """
         with torch.no_grad():
             context = self._current_context() if context is None else context
             self._load_into_peft(self.generate_factors(context))
-        self.peft_model.save_pretrained(save_directory)
+        self.peft_model.save_pretrained(save_directory, **save_kwargs)
 
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.get_base_model().gradient_checkpointing_enable(**kwargs)

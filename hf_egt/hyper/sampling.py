@@ -53,7 +53,12 @@ class CausalLMSampler:
 
 
 class DiffusionSampler:
-    """Sample a batch of images the size of the real batch with a diffusers scheduler (a private copy of it)."""
+    """Sample a batch of images the size of the real batch with a diffusers scheduler (a private copy of it).
+
+    The real batch's other keyword arguments (e.g. `class_labels` of a class-conditional UNet, `encoder_hidden_states`
+    of a text-conditional one) condition the sampling and are passed on with the synthetic batch, so that Y has the
+    real batch's class composition / prompts.
+    """
 
     def __init__(self, scheduler, num_inference_steps: int = 20, generator: torch.Generator | None = None):
         self.scheduler = copy.deepcopy(scheduler)
@@ -64,9 +69,10 @@ class DiffusionSampler:
         real = kwargs.get("sample", args[0] if args else None)
         if real is None:
             raise ValueError("PLE sampling for a UNet needs the batch of images as `sample`.")
+        conditioning = {key: value for key, value in kwargs.items() if key != "sample" and value is not None}
         image = torch.randn(real.shape, generator=self.generator, dtype=real.dtype).to(real.device)
         self.scheduler.set_timesteps(self.num_inference_steps)
         for timestep in self.scheduler.timesteps:
-            noise = peft_model(image, timestep.to(real.device)).sample
+            noise = peft_model(image, timestep.to(real.device), **conditioning).sample
             image = self.scheduler.step(noise, timestep, image).prev_sample
-        return (), {"sample": image}
+        return (), {"sample": image, **conditioning}
