@@ -230,7 +230,12 @@ def run_train(argv: Sequence[str]) -> dict:
     if not trainer.is_world_process_zero():
         return result
     command = redacted_command("hf-egt train", argv)
-    config = {"model_name_or_path": script_args.model_name_or_path, "dataset": script_args.dataset, "groups": groups}
+    config = {
+        "model_name_or_path": script_args.model_name_or_path,
+        "dataset": script_args.dataset,
+        "groups": groups,
+        "num_processes": trainer.accelerator.num_processes,
+    }
     paths = write_report(
         runs,
         output_dir,

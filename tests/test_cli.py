@@ -396,6 +396,7 @@ def test_train_runs_under_accelerate_launch(tmp_path, tiny_lm, tiny_json):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert list(report["runs"]) == ["minmax"] and set(report["runs"]["minmax"]["per_group"]) == {"a", "b"}
+    assert report["config"]["num_processes"] == 2  # one distributed run, not two independent ones
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
 from hf_egt.diffusion.losses import noise_buckets, per_example_mse
 from hf_egt.objective import GroupObjective
+from tests.conftest import accelerate_launch
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -139,11 +140,20 @@ def test_digits_imbalanced_split_is_as_documented():
 
 
 def save_tiny_unet2d(folder, class_conditional: bool, attention: bool = True) -> str:
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    unet = tiny_unet2d(class_conditional, attention)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(folder)
+    return str(folder)
+
+
+def tiny_unet2d(class_conditional: bool, attention: bool = True):
+    """An 8x8 one-channel UNet2DModel with random (seeded) weights."""
+    from diffusers import UNet2DModel
 
     torch.manual_seed(0)
     blocks = ("DownBlock2D", "AttnDownBlock2D") if attention else ("DownBlock2D", "DownBlock2D")
-    unet = UNet2DModel(
+    return UNet2DModel(
         sample_size=8,
         in_channels=1,
         out_channels=1,
@@ -156,8 +166,6 @@ def save_tiny_unet2d(folder, class_conditional: bool, attention: bool = True) ->
         num_class_embeds=10 if class_conditional else None,
         add_attention=attention,
     )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(folder)
-    return str(folder)
 
 
 def write_tiny_clip_tokenizer(folder) -> None:
@@ -396,3 +404,76 @@ def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_u
     assert f"base_model: {class_conditional_unet}" in card and "`reweight` group objective" in card
     assert (tmp_path / "out" / "README.md").read_text() == card
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processes: a window split over 2 processes gives the gradients and group weights of one process.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def diffusion_window_case(num_windows: int = 2, micro_batches: int = 2, rows: int = 8):
+    """A LoRA UNet, a 4-group objective over 2 noise buckets, and fixed windows with their drawn inputs."""
+    from diffusers import DDPMScheduler
+
+    from hf_egt.diffusion.lora import add_unet_lora, unet_lora_config
+    from hf_egt.diffusion.models import DiffusionComponents
+    from hf_egt.diffusion.train import draw_window_inputs
+
+    components = DiffusionComponents("unet2d", tiny_unet2d(True), DDPMScheduler(num_train_timesteps=100))
+    model = add_unet_lora(components.unet, unet_lora_config(rank=2))
+    objective = NoiseLevelGroupObjective(num_buckets=2, num_groups=4, mode="minmax", step_size=0.5)
+    generator = torch.Generator().manual_seed(1)
+    windows = []
+    for _ in range(num_windows):
+        window = [
+            {"pixel_values": torch.randn(rows, 1, 8, 8, generator=generator), "group_ids": torch.arange(rows) % 4}
+            for _ in range(micro_batches)
+        ]
+        windows.append((window, draw_window_inputs(components, window, 2, generator, torch.float32)))
+    return components, model, objective, windows
+
+
+def shard(values: dict, rank: int, world: int) -> dict:
+    """This process's contiguous slice of every tensor of a micro-batch."""
+    return {key: value.tensor_split(world)[rank] for key, value in values.items()}
+
+
+def window_gradients(accelerator, case) -> tuple[list[dict], list[list[float]]]:
+    """The LoRA gradients of each window and the objective's weights after it (this process's share of the rows)."""
+    from hf_egt.diffusion.train import accumulate_window
+
+    components, model, objective, windows = case
+    rank, world = accelerator.process_index, accelerator.num_processes
+    gradients, weights = [], []
+    for window, inputs in windows:
+        model.zero_grad()
+        window = [shard(batch, rank, world) for batch in window]
+        inputs = [shard(x, rank, world) for x in inputs]
+        accumulate_window(accelerator, components, model, objective, window, inputs)
+        objective.end_window()
+        named = accelerator.unwrap_model(model).named_parameters()
+        gradients.append({name: p.grad.clone() for name, p in named if p.requires_grad})
+        weights.append(objective.weights.flatten().tolist())
+    return gradients, weights
+
+
+@pytest.mark.slow
+def test_diffusion_window_two_processes_match_one(tmp_path):
+    """The diffusion loop's window (accumulate_window + end_window) on 2 gloo processes, each with half of every
+    micro-batch, gives one process's gradients and group weights (the test fails without the all-reduce)."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    case = diffusion_window_case()
+    accelerator = Accelerator(cpu=True)
+    case = (case[0], accelerator.prepare(case[1]), *case[2:])
+    gradients, weights = window_gradients(accelerator, case)
+    accelerate_launch("diffusion_halves.py", str(tmp_path))
+    for index, expected in enumerate(gradients):
+        two = load_file(str(tmp_path / f"gradients_{index}.safetensors"))
+        assert two.keys() == expected.keys()
+        for name, gradient in expected.items():
+            torch.testing.assert_close(two[name], gradient, rtol=1e-4, atol=1e-6)
+    two_weights = torch.tensor(json.loads((tmp_path / "weights.json").read_text()))
+    torch.testing.assert_close(two_weights, torch.tensor(weights), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(two_weights[0], two_weights[1])  # the weights moved: the comparison is not vacuous
