@@ -117,7 +117,7 @@ def test_summary_averages_per_seed_gaps_and_worst_groups():
     lines = table.splitlines()
     assert lines[0] == "| group | base | erm (3 seeds) |"  # minmax has no finished cell: no column
     assert "| x | 20.00 | 13.00 ± 3.00 |" in lines
-    assert "| worst group | y | y, x, y |" in lines
+    assert "| worst group | y | y (2/3), x (1/3) |" in lines
     assert "| **worst-group perplexity** | **30.00** | **15.00 ± 1.00** |" in lines
     assert "| overall | 25.00 | 13.00 ± 1.00 |" in lines
 
