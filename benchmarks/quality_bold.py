@@ -11,7 +11,8 @@ Outputs in ``--output_dir``: ``cells/<domain>/<method>/seed<k>.json`` (one per c
 file exists), ``cells/<domain>/base.json``, ``results.json`` (all cells plus the mean ± std summary), ``results.md``
 (the tables) and ``quality_bold.png`` (per-group perplexity per method with error bars, one panel per domain).
 
-Not named ``bench_*.py``: the one-command aggregator runs those, and this run takes about an hour on 2 CPU cores.
+Not named ``bench_*.py``: the one-command aggregator runs those, and this run takes about 45 minutes on one CPU
+thread (36 cells of about 70 s).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD \\
         python benchmarks/quality_bold.py --output_dir outputs/quality_bold --resume
