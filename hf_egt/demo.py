@@ -111,6 +111,81 @@ def demo_data(settings: DemoSettings):
     return train, test
 
 
+def lora_config(model, settings: DemoSettings, hyper: bool = False):
+    """The demo's adapter: a ``peft.LoraConfig`` on ``settings.lora_target_modules`` of the top
+    ``settings.lora_last_layers`` decoder layers, or (``hyper=True``) a ``HyperLoRAConfig`` whose generated LoRA factors
+    sit on exactly the same layers (selected with a regex, since ``HyperLoRAConfig`` has no ``layers_to_transform``)."""
+    layers = _last_layers(model, settings.lora_last_layers)
+    if hyper:
+        from .hyper import HyperLoRAConfig
+
+        modules = "|".join(settings.lora_target_modules)
+        depth = r"\d+" if layers is None else "|".join(str(layer) for layer in layers)
+        return HyperLoRAConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            target_modules=rf".*\.layers\.({depth})\.[^.]+\.({modules})",
+            lora_dropout=0.0,
+            base_model_name_or_path=model.config.name_or_path or None,
+        )
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        target_modules=list(settings.lora_target_modules),
+        layers_to_transform=layers,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_adapter(
+    model,
+    tokenizer,
+    train,
+    settings: DemoSettings,
+    objective: str,
+    output_dir: str | Path,
+    peft_config=None,
+):
+    """Train an adapter on a copy of ``model`` (left untouched) with ``EGTTrainer`` and the group ``objective``.
+
+    ``settings.seed`` seeds the adapter's initialisation and the data order. ``peft_config`` defaults to
+    ``lora_config(model, settings)``. Returns the trainer; ``trainer.model`` is the adapted model.
+    """
+    from .trainer import EGTConfig, EGTTrainer
+
+    args = EGTConfig(
+        output_dir=str(output_dir),
+        objective=objective,
+        group_column="group",
+        text_column="text",
+        group_step_size=settings.group_step_size,
+        max_length=settings.max_length,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=max(1, settings.max_steps // 8),
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=settings.seed,
+    )
+    trainer = EGTTrainer(
+        model=copy.deepcopy(model),
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=peft_config or lora_config(model, settings),
+    )
+    trainer.train()
+    return trainer
+
+
 def demo_command(output_dir: str | Path, quick: bool) -> str:
     return f"HF_HUB_OFFLINE=1 hf-egt demo{' --quick' if quick else ''} --output_dir {output_dir}"
 
@@ -132,13 +207,10 @@ def run_demo(
         model_loader: returns ``(model, tokenizer)``; default the cached SmolLM2-135M-Instruct.
         feature_model: sentence encoder for the EGT divergence; default the offline MiniLM.
     """
-    from peft import LoraConfig
-
     from .evaluation import evaluate_causal_lm, write_report
     from .hub import build_model_card
     from .metrics import load_text_encoder
     from .offline import minilm_path
-    from .trainer import EGTConfig, EGTTrainer
 
     settings = settings or (QUICK if quick else DEFAULT)
     output_dir = Path(output_dir)
@@ -162,41 +234,14 @@ def run_demo(
     timings = {"base_eval_s": time.perf_counter() - started}
     for objective in DEMO_OBJECTIVES:
         run_started = time.perf_counter()
-        args = EGTConfig(
-            output_dir=str(output_dir / "trainer" / objective),
+        trainer = train_adapter(
+            model,
+            tokenizer,
+            train,
+            settings,
             objective=settings.minmax_objective if objective == "minmax" else objective,
-            group_column="group",
-            text_column="text",
-            group_step_size=settings.group_step_size,
-            max_length=settings.max_length,
-            max_steps=settings.max_steps,
-            per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps,
-            learning_rate=settings.learning_rate,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            logging_steps=max(1, settings.max_steps // 8),
-            save_strategy="no",
-            eval_strategy="no",
-            report_to=[],
-            seed=settings.seed,
+            output_dir=output_dir / "trainer" / objective,
         )
-        peft_config = LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=settings.lora_alpha,
-            target_modules=list(settings.lora_target_modules),
-            layers_to_transform=_last_layers(model, settings.lora_last_layers),
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        )
-        trainer = EGTTrainer(
-            model=copy.deepcopy(model),
-            args=args,
-            train_dataset=train,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
-        trainer.train()
         runs[objective] = evaluate_causal_lm(trainer.model, tokenizer, texts, groups, name=objective, **eval_kwargs)
         adapter_dir = output_dir / "adapters" / objective
         trainer.model.save_pretrained(adapter_dir)

@@ -90,6 +90,13 @@ class HyperLoRAConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def get_text_config(self, *args, **kwargs) -> HyperLoRAConfig:
+        """`transformers.Trainer.train` aligns the tokenizer's special-token ids into
+        `model.config.get_text_config()`, and a `HyperLoRAModel`'s `config` is this config. The hypernetwork uses no
+        token ids, so the ids land here harmlessly (as plain attributes: `to_dict` and `save_pretrained` keep only the
+        fields) instead of failing with an `AttributeError`."""
+        return self
+
     @classmethod
     def from_dict(cls, values: dict) -> HyperLoRAConfig:
         known = {f.name for f in fields(cls) if f.init}
