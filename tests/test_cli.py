@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import run_accelerate_launch
 from tests.test_hub import FakeHub
+from tests.trainer_utils import tiny_bpe_llama
 
 GROUPS = {
     "a": "the small cat sat on the warm mat and looked at the garden number {}",
@@ -24,35 +25,9 @@ GROUPS = {
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """Folder with a tiny random LlamaForCausalLM and a byte-level BPE tokenizer trained on the tiny corpus."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     folder = tmp_path_factory.mktemp("tiny_llama")
-    corpus = [template.format(i) for template in GROUPS.values() for i in range(20)]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model, tokenizer = tiny_bpe_llama([template.format(i) for template in GROUPS.values() for i in range(20)], 300)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -7,7 +7,6 @@ import math
 from dataclasses import replace
 
 import pytest
-import torch
 
 from benchmarks.quality_bold import (
     cell_path,
@@ -18,6 +17,7 @@ from benchmarks.quality_bold import (
     summarize_domain,
 )
 from hf_egt.demo import DEFAULT, lora_config
+from tests.trainer_utils import tiny_bpe_llama
 
 GROUPS = ("a", "b", "c")
 TEMPLATES = {
@@ -43,32 +43,7 @@ SETTINGS = replace(
 
 @pytest.fixture(scope="module")
 def tiny_model_and_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    corpus = [template.format(i) for template in TEMPLATES.values() for i in range(10)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=200, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    return LlamaForCausalLM(config), tokenizer
+    return tiny_bpe_llama([template.format(i) for template in TEMPLATES.values() for i in range(10)], 200, 64)
 
 
 def synthetic_records(domain: str) -> list[dict]:

@@ -59,3 +59,31 @@ def group_rows(counts: dict[str, int], seed: int = 0, min_len: int = 6, max_len:
 
 def group_dataset(counts: dict[str, int], seed: int = 0, **kwargs) -> Dataset:
     return Dataset.from_list(group_rows(counts, seed=seed, **kwargs))
+
+
+def tiny_bpe_llama(corpus: list[str], vocab_size: int, max_position_embeddings: int = 128):
+    """A tiny random LlamaForCausalLM and a byte-level BPE tokenizer trained offline on ``corpus``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    bpe = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    backend.train_from_iterator(corpus, bpe)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_position_embeddings,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config), tokenizer
