@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .knn import exact_sq_distances, iter_sq_distance_blocks, kth_neighbour_sq_distances
+from .knn import ROW_SETS, exact_sq_distances, iter_sq_distance_blocks, kth_neighbour_sq_distances
 from .validation import as_features, check_min_samples, check_pair
 
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
@@ -29,26 +29,23 @@ def knn_radii(features: torch.Tensor, k: int, chunk_size: int | None = None) -> 
     return sq_dists.float().sqrt()
 
 
-ROW_GROUP = 16
-
-
 def _candidate_entries(excess: torch.Tensor, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices of the entries of ``excess`` that are at most ``limit``, expected to be few.
 
-    Rows are split into ``ROW_GROUP`` interleaved sets ``{g, g + s, g + 2s, ...}`` (s = rows // ROW_GROUP, plus the
+    Rows are split into ``ROW_SETS`` interleaved sets ``{g, g + s, g + 2s, ...}`` (s = rows // ROW_SETS, plus the
     leftover rows one by one); a column-wise minimum over each set reads the block once, contiguously, and only the
     (set, column) pairs whose minimum is at most ``limit`` are looked at again. A comparison and ``nonzero`` over the
     whole block would cost several times more.
     """
     height = excess.shape[0]
-    stride = height // ROW_GROUP
+    stride = height // ROW_SETS
     if stride == 0:
         return (excess <= limit).nonzero(as_tuple=True)
-    full = stride * ROW_GROUP
-    minima = excess[:full].view(ROW_GROUP, stride, -1).amin(dim=0)
+    full = stride * ROW_SETS
+    minima = excess[:full].view(ROW_SETS, stride, -1).amin(dim=0)
     sets, cols = (minima <= limit).nonzero(as_tuple=True)
-    rows = (sets.unsqueeze(1) + stride * torch.arange(ROW_GROUP, device=excess.device)).flatten()
-    cols = cols.repeat_interleave(ROW_GROUP)
+    rows = (sets.unsqueeze(1) + stride * torch.arange(ROW_SETS, device=excess.device)).flatten()
+    cols = cols.repeat_interleave(ROW_SETS)
     keep = excess[rows, cols] <= limit
     rows, cols = rows[keep], cols[keep]
     if full < height:
