@@ -12,9 +12,10 @@ VOCAB = 32
 GROUP_TOKENS = {"a": list(range(2, 10)), "b": list(range(10, 18))}
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, **config_overrides) -> LlamaForCausalLM:
+    """A 2-layer, 32-wide random Llama (seeded); ``config_overrides`` replace any ``LlamaConfig`` field."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = dict(
         vocab_size=VOCAB,
         hidden_size=32,
         intermediate_size=64,
@@ -24,7 +25,7 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
         max_position_embeddings=64,
         pad_token_id=0,
     )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(LlamaConfig(**{**config, **config_overrides}))
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
@@ -73,17 +74,11 @@ def tiny_bpe_llama(corpus: list[str], vocab_size: int, max_position_embeddings: 
     bpe = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
     backend.train_from_iterator(corpus, bpe)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
+    model = tiny_llama(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=max_position_embeddings,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    return LlamaForCausalLM(config), tokenizer
+    return model, tokenizer
