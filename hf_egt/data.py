@@ -12,10 +12,13 @@ Every error names the argument at fault and lists what would be valid, and is ra
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .offline import BOLD_DOMAINS, load_bold_records, split_by_person
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_DATASETS = tuple(f"bold-{domain}" for domain in BOLD_DOMAINS)
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 EVAL_SPLIT_NAMES = ("test", "validation", "eval")
+SPLIT_RECORD_NAME = "split.json"
 
 
 def check_columns(dataset, columns: dict[str, str], dataset_name: str) -> None:
@@ -124,7 +128,42 @@ def _load_external(name: str, config: str | None, token: str | None):
         ) from err
 
 
-def load_grouped_dataset(
+def check_rows(dataset, text_column: str, group_column: str, split: str) -> list[int]:
+    """Indices of rows that cannot be used: a missing (``None``) group label, or an empty or missing text.
+
+    A text that is neither a string nor ``None`` (numbers, lists) is a ``ValueError`` naming the column and the type:
+    it points at a wrong ``--text_column`` rather than at a few bad rows.
+    """
+    bad = []
+    for index, (text, group) in enumerate(zip(dataset[text_column], dataset[group_column])):
+        if text is not None and not isinstance(text, str):
+            raise ValueError(
+                f"`--text_column`: column {text_column!r} of the {split} split holds {type(text).__name__} values "
+                f"(row {index}: {text!r}); it must hold text (strings)."
+            )
+        if group is None or (isinstance(group, str) and not group.strip()) or text is None or not text.strip():
+            bad.append(index)
+    return bad
+
+
+def row_hashes(texts: Sequence[str], groups: Sequence) -> list[str]:
+    """A short content id of each (group, text) row: what ``split.json`` records of the eval rows."""
+    return [hashlib.sha256(f"{group}\x00{text}".encode()).hexdigest()[:16] for text, group in zip(texts, groups)]
+
+
+@dataclass
+class GroupedSplits:
+    """What ``load_grouped_splits`` returns: the two splits, the groups kept, what was left out and why, and the
+    record of the split (``split``, written to ``split.json`` beside a trained adapter)."""
+
+    train: object
+    evaluation: object
+    groups: list[str]
+    dropped: list[str] = field(default_factory=list)
+    split: dict = field(default_factory=dict)
+
+
+def load_grouped_splits(
     name: str,
     *,
     text_column: str = "text",
@@ -138,7 +177,118 @@ def load_grouped_dataset(
     config: str | None = None,
     token: str | None = None,
     seed: int = 0,
-):
+    skip_unusable_groups: bool = False,
+) -> GroupedSplits:
+    """Train and eval ``datasets.Dataset``s of grouped text, validated (see ``load_grouped_dataset`` for the
+    arguments).
+
+    A row without a group label or without text, a group with too few rows to be split into train and eval, a group
+    present in only one of the two splits: each is a ``ValueError`` naming the rows or groups, or, with
+    ``skip_unusable_groups``, left out with a warning and listed in ``dropped`` (for the report and the card).
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"`--eval_fraction` must be in (0, 1), got {eval_fraction}.")
+    if name.startswith("bold-"):
+        splits = _load_builtin(name, seed, eval_fraction)
+    else:
+        splits = dict(_load_external(name, config, token))
+    if train_split not in splits:
+        raise ValueError(f"`--train_split`: split {train_split!r} is not in {name!r}; valid splits are {list(splits)}.")
+    if eval_split is not None and eval_split not in splits:
+        raise ValueError(f"`--eval_split`: split {eval_split!r} is not in {name!r}; valid splits are {list(splits)}.")
+    if eval_split is None:
+        eval_split = next((split for split in EVAL_SPLIT_NAMES if split in splits and split != train_split), None)
+    dropped: list[str] = []
+    hint = "pass `--skip_unusable_groups` to leave them out with a warning"
+
+    def drop_or_fail(message: str) -> None:
+        if not skip_unusable_groups:
+            raise ValueError(f"{message}; fix the data, or {hint}.")
+        logger.warning("Left out: %s.", message)
+        dropped.append(message)
+
+    def usable_rows(dataset, split: str):
+        check_columns(dataset, {"text_column": text_column, "group_column": group_column}, f"{name}[{split}]")
+        bad = check_rows(dataset, text_column, group_column, split)
+        if bad:
+            drop_or_fail(
+                f"{len(bad)} row(s) of the {split} split have no group label (column {group_column!r}) or an empty "
+                f"text (column {text_column!r}): rows {bad[:10]}{' ...' if len(bad) > 10 else ''}"
+            )
+            keep = sorted(set(range(len(dataset))) - set(bad))
+            dataset = dataset.select(keep)
+        return dataset
+
+    train = usable_rows(splits[train_split], train_split)
+    if eval_split is None:
+        counts = group_counts(train, group_column)
+        too_small = [group for group, count in counts.items() if count < 2]
+        if too_small:
+            drop_or_fail(
+                f"group(s) {too_small} of column {group_column!r} have a single row, which cannot be split into "
+                f"train and eval (the dataset has no eval split); rows per group: {counts}"
+            )
+            train = train.filter(lambda row: str(row[group_column]) not in set(too_small))
+        logger.info("Dataset %r has no eval split: holding out %.0f%% of each group.", name, 100 * eval_fraction)
+        train, evaluation = split_per_group(train, group_column, eval_fraction, seed)
+    else:
+        evaluation = usable_rows(splits[eval_split], eval_split)
+
+    requested = groups is not None
+    groups = list(group_counts(train, group_column)) if groups is None else [str(group) for group in groups]
+    if requested:
+        check_groups(train, group_column, groups, "train")
+        check_groups(evaluation, group_column, groups, "eval")
+    else:
+        eval_counts = group_counts(evaluation, group_column)
+        only_eval = sorted(set(eval_counts) - set(groups))
+        if only_eval:
+            drop_or_fail(
+                f"group(s) {only_eval} of column {group_column!r} have rows only in the eval split "
+                f"{eval_split!r} (none in {train_split!r}), so they cannot be trained on"
+            )
+        no_eval = [group for group in groups if group not in eval_counts]
+        if no_eval:
+            drop_or_fail(
+                f"group(s) {no_eval} of column {group_column!r} have no row in the eval split, so they cannot be "
+                "evaluated"
+            )
+            groups = [group for group in groups if group in eval_counts]
+        if not groups:
+            raise ValueError(f"No group of column {group_column!r} is left to train and evaluate on.")
+    keep = set(groups)
+    if keep != set(group_counts(train, group_column)):
+        train = train.filter(lambda row: str(row[group_column]) in keep)
+    if keep != set(group_counts(evaluation, group_column)):
+        evaluation = evaluation.filter(lambda row: str(row[group_column]) in keep)
+    train = subsample_per_group(train, group_column, max_per_group, seed)
+    evaluation = subsample_per_group(evaluation, group_column, max_eval_per_group, seed)
+    train_counts, eval_counts = group_counts(train, group_column), group_counts(evaluation, group_column)
+    logger.info("Dataset %r: train %s, eval %s.", name, train_counts, eval_counts)
+    hashes = row_hashes(evaluation[text_column], [str(group) for group in evaluation[group_column]])
+    record = {
+        "dataset": name,
+        "dataset_config": config,
+        "train_split": train_split,
+        "eval_split": eval_split,
+        "held_out": "by person" if name.startswith("bold-") else ("split" if eval_split else "rows of each group"),
+        "seed": seed,
+        "eval_fraction": eval_fraction,
+        "text_column": text_column,
+        "group_column": group_column,
+        "groups": list(groups),
+        "max_per_group": max_per_group,
+        "max_eval_per_group": max_eval_per_group,
+        "train_counts": train_counts,
+        "eval_counts": eval_counts,
+        "dropped": list(dropped),
+        "eval_sha256": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
+        "eval_row_ids": hashes,
+    }
+    return GroupedSplits(train, evaluation, list(groups), dropped, record)
+
+
+def load_grouped_dataset(name: str, **kwargs):
     """Train and eval ``datasets.Dataset``s of grouped text, validated, as ``(train, eval, groups)``.
 
     Args:
@@ -156,40 +306,27 @@ def load_grouped_dataset(
         config: the dataset's configuration (Hub datasets with several).
         token: Hub token for private datasets.
         seed: seed of the subsampling and of the split.
+        skip_unusable_groups: leave out (with a warning) rows without a group or text and groups that cannot be
+            split or evaluated, instead of raising; ``load_grouped_splits`` also returns what was left out.
     """
-    if name.startswith("bold-"):
-        splits = _load_builtin(name, seed, eval_fraction)
-    else:
-        splits = dict(_load_external(name, config, token))
-    if train_split not in splits:
-        raise ValueError(f"`--train_split`: split {train_split!r} is not in {name!r}; valid splits are {list(splits)}.")
-    if eval_split is not None and eval_split not in splits:
-        raise ValueError(f"`--eval_split`: split {eval_split!r} is not in {name!r}; valid splits are {list(splits)}.")
-    train = splits[train_split]
-    check_columns(train, {"text_column": text_column, "group_column": group_column}, name)
-    if eval_split is None:
-        eval_split = next((split for split in EVAL_SPLIT_NAMES if split in splits and split != train_split), None)
-    if eval_split is None:
-        logger.info("Dataset %r has no eval split: holding out %.0f%% of each group.", name, 100 * eval_fraction)
-        train, evaluation = split_per_group(train, group_column, eval_fraction, seed)
-    else:
-        evaluation = splits[eval_split]
-        check_columns(evaluation, {"text_column": text_column, "group_column": group_column}, f"{name}[{eval_split}]")
+    splits = load_grouped_splits(name, **kwargs)
+    return splits.train, splits.evaluation, splits.groups
 
-    groups = list(group_counts(train, group_column)) if groups is None else [str(group) for group in groups]
-    check_groups(train, group_column, groups, "train")
-    check_groups(evaluation, group_column, groups, "eval")
-    keep = set(groups)
-    if keep != set(group_counts(train, group_column)):
-        train = train.filter(lambda row: str(row[group_column]) in keep)
-    if keep != set(group_counts(evaluation, group_column)):
-        evaluation = evaluation.filter(lambda row: str(row[group_column]) in keep)
-    train = subsample_per_group(train, group_column, max_per_group, seed)
-    evaluation = subsample_per_group(evaluation, group_column, max_eval_per_group, seed)
-    logger.info(
-        "Dataset %r: train %s, eval %s.",
-        name,
-        group_counts(train, group_column),
-        group_counts(evaluation, group_column),
-    )
-    return train, evaluation, list(groups)
+
+def write_split_record(record: dict, output_dir: str | Path) -> Path:
+    """Write ``split.json`` (how the eval rows were held out, and their content ids) into ``output_dir``."""
+    path = Path(output_dir) / SPLIT_RECORD_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return path
+
+
+def read_split_record(folder: str | Path) -> dict | None:
+    """The ``split.json`` of a training output folder, or ``None`` when it has none."""
+    path = Path(folder) / SPLIT_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`--adapter`: the split record {path} is not valid JSON ({error}).") from error

@@ -31,7 +31,8 @@ _CARD_TEMPLATE = """---
 
 {{ plot }}
 
-Gap = worst group − best group; a fairer model has a smaller gap without a worse overall value.
+Gap = worst group − best group; a fairer model has a smaller gap without a worse overall value. These numbers are
+the only claim this card makes: they come from one run on the rows counted above{{ held_out_sentence }}.
 
 ## Training
 
@@ -39,6 +40,7 @@ Gap = worst group − best group; a fairer model has a smaller gap without a wor
 - Dataset: {{ dataset }}{{ group_sentence }}
 - Objective: `{{ objective }}` ({{ objective_description }})
 - Adapter: {{ adapter_description }}
+{{ settings }}{{ dropped }}
 
 {{ reproduce }}
 
@@ -122,6 +124,10 @@ def build_model_card(
     description: str | None = None,
     usage: str | None = None,
     license: str | None = None,
+    eval_counts: Mapping[str, int] | None = None,
+    settings: Mapping[str, object] | None = None,
+    dropped: Sequence[str] = (),
+    held_out: str | None = None,
 ):
     """A ``huggingface_hub.ModelCard`` with the EGT report of one or several runs.
 
@@ -140,6 +146,10 @@ def build_model_card(
         library_name: ``peft`` for LoRA adapters, ``diffusers`` for diffusion LoRA weights.
         pipeline_tag / task_type: Hub pipeline tag and model-index task type.
         tags: extra tags, added to ``hf-egt``, ``fairness``, ``lora``, ``group-dro``.
+        eval_counts: evaluated rows per group, a column of the table (the size behind each number).
+        settings: the training settings that produced the numbers (learning rate, steps, seed...), listed as is.
+        dropped: what was left out of training or evaluation (groups, rows), repeated from the report.
+        held_out: how the evaluated rows were held out (e.g. "20% of each group, seed 42; see split.json").
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -171,10 +181,17 @@ def build_model_card(
         template_str=_CARD_TEMPLATE,
         model_name=model_name,
         description=description
-        or f"A LoRA adapter for {_model_link(base_model)} fine-tuned with the `{objective}` group objective of hf-egt, "
-        "which trains on the loss of the worst-served group so that every group gets the same generation quality.",
-        metric_sentence=f"{metric.capitalize()} per group on held-out data (lower is better); each column is a model.",
-        table=runs_table(runs),
+        or f"A LoRA adapter for {_model_link(base_model)} fine-tuned with the `{objective}` group objective of hf-egt. "
+        "The table below is what was measured for each group; whether the objective narrowed the gap is read there "
+        "(hf-egt's own experiments have not found min-max to beat plain ERM on the worst group yet).",
+        metric_sentence=f"{metric.capitalize()} per group on held-out data (lower is better); each column is a model"
+        + (", `eval rows` the number of evaluated rows of each group." if eval_counts else "."),
+        table=_table_with_counts(runs_table(runs), eval_counts),
+        held_out_sentence=f" ({held_out})" if held_out else "",
+        settings="".join(f"- {key}: `{value}`\n" for key, value in (settings or {}).items()),
+        dropped=("- Left out (not trained or not evaluated):\n" + "".join(f"  - {item}\n" for item in dropped))
+        if dropped
+        else "",
         plot=f"![per-group {metric}]({plot})" if plot else "",
         base_model=base_model,
         dataset=f"`{dataset}`" if dataset else "not recorded",
@@ -187,11 +204,60 @@ def build_model_card(
     )
 
 
+def _table_with_counts(table: str, counts: Mapping[str, int] | None) -> str:
+    """``runs_table``'s markdown with an ``eval rows`` column after the group column."""
+    if not counts:
+        return table
+    lines = []
+    for index, line in enumerate(table.splitlines()):
+        first, rest = line[2:].split(" |", 1)
+        cell = {0: "eval rows", 1: "---:"}.get(index, str(counts.get(first, "")))
+        lines.append(f"| {first} | {cell} |{rest}")
+    return "\n".join(lines)
+
+
 def _model_link(model: str) -> str:
     """A Markdown link to a Hub model id; a local path stays plain code."""
     if Path(model).exists() or model.count("/") != 1:
         return f"`{model}`"
     return f"[`{model}`](https://huggingface.co/{model})"
+
+
+# What a pushed repo needs: the card and its plot, the reports, the split record, the adapter (peft, diffusers LoRA,
+# hypernetwork) and the tokenizer. Anything else in the folder (checkpoints, optimizer states, pickled training
+# arguments, logs) stays local.
+UPLOAD_PATTERNS = (
+    "README.md",
+    "report.json",
+    "report.md",
+    "report.png",
+    "split.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "pytorch_lora_weights.safetensors",
+    "egt_objective.safetensors",
+    "group_objective.safetensors",
+    "hyper_config.json",
+    "hyper_model.safetensors",
+    "hypernetwork/hyper_config.json",
+    "hypernetwork/hyper_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def files_to_upload(folder: str | Path, allow_patterns: Sequence[str] = UPLOAD_PATTERNS) -> list[str]:
+    """The paths (relative to ``folder``, ``/``-separated) of the files an upload of ``folder`` would send."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    folder = Path(folder)
+    paths = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    return list(filter_repo_objects(paths, allow_patterns=list(allow_patterns)))
 
 
 def push_folder_to_hub(
@@ -201,11 +267,13 @@ def push_folder_to_hub(
     token: str | None = None,
     private: bool = False,
     commit_message: str = "Upload hf-egt adapter, model card and EGT report",
-    ignore_patterns: Sequence[str] = ("checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth"),
+    allow_patterns: Sequence[str] = UPLOAD_PATTERNS,
 ):
-    """Create ``repo_id`` if needed and upload ``folder`` in one commit (writing ``card_text`` as its README.md first).
+    """Create ``repo_id`` if needed and upload the files of ``folder`` that match ``allow_patterns`` (the card, the
+    reports and what loading needs) in one commit, writing ``card_text`` as its README.md first.
 
-    Returns the ``huggingface_hub.CommitInfo`` of the upload.
+    Every file to upload is read first: one holding the token is refused (a ``ValueError`` naming it) before the repo
+    is created. Returns the ``huggingface_hub.CommitInfo`` of the upload.
     """
     from huggingface_hub import HfApi
 
@@ -215,12 +283,19 @@ def push_folder_to_hub(
     token = resolve_hub_token(token)
     if card_text is not None:
         (folder / "README.md").write_text(card_text, encoding="utf-8")
+    paths = files_to_upload(folder, allow_patterns)
+    if not paths:
+        raise ValueError(f"`folder`: {folder} holds no file to upload (allowed: {list(allow_patterns)}).")
+    secret = token.encode()
+    leaking = [path for path in paths if secret in (folder / path).read_bytes()]
+    if leaking:
+        raise ValueError(f"Refusing to push {folder}: {leaking} contain the Hub token.")
     api = HfApi(token=token)
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-    logger.info("Uploading %s to %s", folder, repo_url)
+    logger.info("Uploading %s (%d files) to %s", folder, len(paths), repo_url)
     return api.upload_folder(
         repo_id=repo_url.repo_id,
         folder_path=folder,
         commit_message=commit_message,
-        ignore_patterns=list(ignore_patterns),
+        allow_patterns=paths,
     )

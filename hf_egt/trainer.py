@@ -87,6 +87,15 @@ class GroupArguments:
             raise ValueError(f"`objective` must be one of {OBJECTIVE_MODES}, got {self.objective!r}.")
         super().__post_init__()
 
+    def __getstate__(self) -> dict:
+        """Pickled state without secrets: `Trainer` writes the arguments to `training_args.bin` (a pickle) in every
+        checkpoint and output folder, and a `hub_token` there would be uploaded with them."""
+        state = dict(self.__dict__)
+        for name in state:
+            if name.endswith("_token") and state[name] is not None:
+                state[name] = None
+        return state
+
 
 @dataclass
 class EGTConfig(GroupArguments, TrainingArguments):
@@ -192,6 +201,13 @@ def resolve_groups(
     """The group order (`groups` if given, else the sorted unique training labels), checked against the data."""
     if train_labels is None and groups is None:
         raise ValueError("The training dataset is iterable: pass the group labels explicitly with `groups`.")
+    for name, labels in {"train": train_labels, **eval_labels}.items():
+        missing = [index for index, label in enumerate(labels or ()) if label is None]
+        if missing:
+            raise ValueError(
+                f"The {name} dataset has {len(missing)} row(s) without a group label (None), e.g. rows {missing[:10]}; "
+                "give every row a group or leave those rows out."
+            )
     seen = set(train_labels) if train_labels is not None else None
     if groups is None:
         groups = sorted(seen)
@@ -267,6 +283,74 @@ def wrap_model(model, peft_config, seed: int | None = None):
     return get_peft_model(model, peft_config)
 
 
+def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None, objective: str | None = None) -> None:
+    """Raise a clear error unless `checkpoint` is a complete, readable `EGTTrainer` checkpoint for these groups.
+
+    Checked without loading a model: the folder, its `trainer_state.json`, the headers of its safetensors files and
+    the group objective's state (groups and mode). A `FileNotFoundError` or `ValueError` names the file at fault.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    from .serialization import METADATA_KEY
+
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(f"`resume_from_checkpoint`: {checkpoint} is not a folder.")
+    state_path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(state_path):
+        raise FileNotFoundError(f"`resume_from_checkpoint`: {checkpoint} has no {state_path}; it is not a checkpoint.")
+    try:
+        with open(state_path, encoding="utf-8") as handle:
+            json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`resume_from_checkpoint`: {state_path} is not valid JSON ({error}).") from error
+    objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_NAME)
+    if not os.path.isfile(objective_path):
+        raise FileNotFoundError(
+            f"`resume_from_checkpoint`: {checkpoint} has no group objective state {objective_path}."
+        )
+    weights = sorted(name for name in os.listdir(checkpoint) if name.endswith(".safetensors"))
+    for name in weights:
+        path = os.path.join(checkpoint, name)
+        try:
+            with safe_open(path, framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+                metadata = handle.metadata() or {}
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"`resume_from_checkpoint`: {path} is unreadable or truncated ({error}).") from error
+        if name == OBJECTIVE_STATE_NAME:
+            try:
+                settings = json.loads(metadata[METADATA_KEY])
+            except (KeyError, json.JSONDecodeError) as error:
+                raise ValueError(f"`resume_from_checkpoint`: {path} was not written by hf_egt ({error}).") from error
+            saved = settings.get("groups")
+            if groups is not None and saved != list(groups):
+                raise ValueError(
+                    f"`resume_from_checkpoint`: {path} was saved for groups {saved}, but this run has groups "
+                    f"{list(groups)}; resume with the same data and `groups`."
+                )
+            saved_mode = settings.get("mode")
+            if objective is not None and saved_mode != objective:
+                raise ValueError(
+                    f"`resume_from_checkpoint`: {path} was saved with objective {saved_mode!r}, but this run has "
+                    f"objective {objective!r}."
+                )
+
+
+def last_checkpoint(output_dir: str) -> str:
+    """The newest `checkpoint-<step>` folder of `output_dir`, or a `FileNotFoundError` naming the folder."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if found is None:
+        raise FileNotFoundError(
+            f"`resume_from_checkpoint`: no `checkpoint-<step>` folder in the output directory {output_dir}."
+        )
+    return found
+
+
 def group_eval_metrics(
     sums: torch.Tensor, counts: torch.Tensor, groups: Sequence[str | int], prefix: str
 ) -> dict[str, Any]:
@@ -325,6 +409,7 @@ class EGTTrainerMixin:
 
     def _finish_setup(self) -> None:
         self.data_collator = GroupCollator(self.data_collator, self.args.group_column, self.objective)
+        self._log_under_output_dir()
         if self.args.label_names is None and "labels" not in self.label_names:
             # Trainer reads label names off the model class's `forward`; a wrapper such as `HyperLoRAModel` hides
             # them, and `prediction_step` would then skip `compute_loss` (no per-group evaluation).
@@ -443,18 +528,25 @@ class EGTTrainerMixin:
             self.objective.save(os.path.join(output_dir, OBJECTIVE_STATE_NAME))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; a checkpoint (or `True`: the last one in `output_dir`) is checked, including its group
+        objective state, before anything is loaded from it, then restored exactly (weights, optimizer, scheduler,
+        RNG, data position and group weights)."""
         if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir}).")
+            resume_from_checkpoint = last_checkpoint(self.args.output_dir)
         if isinstance(resume_from_checkpoint, str):
-            path = os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"The checkpoint {resume_from_checkpoint} has no group objective state {path}.")
-            self.objective.load(path)
+            check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.mode)
+            self.objective.load(os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _log_under_output_dir(self) -> None:
+        """TensorBoard logs go to `output_dir/runs/...`: `TensorBoardCallback` picks that folder only at
+        `on_train_begin`, and an `evaluate()` before `train()` would create its writer in `./runs`."""
+        from transformers.integrations import TensorBoardCallback
+        from transformers.integrations.integration_utils import default_logdir
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -40,3 +40,19 @@ def check_min_samples(features: torch.Tensor, minimum: int, name: str, why: str,
     if features.shape[0] < minimum:
         where = f"`{name}`" + (f" of group {group!r}" if group is not None else "")
         raise ValueError(f"{where} has {features.shape[0]} sample(s) but {why} needs at least {minimum}.")
+
+
+def minimum_samples(divergence: str, **estimator_kwargs) -> int:
+    """The fewest samples a group needs on each side (real and generated) for ``divergence``'s estimator.
+
+    Lets a caller (``hf-egt evaluate``) reject too-small groups before any generation. ``estimator_kwargs`` are
+    those the estimator would receive (``k`` of the k-NN estimators and PRDC); unknown names raise a ``ValueError``.
+    """
+    from .report import DIVERGENCES
+
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
+    k = int(estimator_kwargs.get("k", 5))
+    if divergence in ("kl", "reverse_kl", "hellinger", "chi2", "precision", "recall", "density", "coverage"):
+        return k + 1  # k neighbours besides the point itself
+    return 2  # pooled k-NN classifier (js, tv, pr) and the Fréchet distance (a covariance)

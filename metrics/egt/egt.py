@@ -64,6 +64,11 @@ class EGT(evaluate.Metric):
     """Per-group divergence between real and generated samples (Equalized Generative Treatment)."""
 
     def _info(self):
+        if self.config_name not in DIVERGENCES and self.config_name != "default":
+            raise ValueError(
+                f"Unknown EGT configuration {self.config_name!r}: pass a divergence name, one of {sorted(DIVERGENCES)} "
+                '(e.g. `evaluate.load("metrics/egt", "kl")`), or no configuration for "kl".'
+            )
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -105,7 +110,7 @@ class EGT(evaluate.Metric):
         if reference_samples is None or reference_groups is None:
             raise ValueError("`references` and `reference_groups` (the real samples and their groups) are required.")
         if divergence is None:
-            divergence = self.config_name if self.config_name in DIVERGENCES else "kl"
+            divergence = "kl" if self.config_name == "default" else self.config_name
         predictions = list(predictions)
         references = list(reference_samples)
         if predictions and isinstance(predictions[0], str):
