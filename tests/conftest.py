@@ -1,5 +1,6 @@
 """Shared test helpers. Everything runs offline on CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DISTRIBUTED_SCRIPTS = Path(__file__).parent / "distributed"
+
+GROUPS = {
+    "a": "the small cat sat on the warm mat and looked at the garden number {}",
+    "b": "a big dog ran across the green park to find a stick number {}",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """Folder with a tiny random LlamaForCausalLM and a byte-level BPE tokenizer trained on the tiny corpus."""
+    from tests.trainer_utils import tiny_bpe_llama
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    model, tokenizer = tiny_bpe_llama([template.format(i) for template in GROUPS.values() for i in range(20)], 300)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_json(tmp_path_factory):
+    """A local json-lines dataset: 24 rows of group ``a`` and 12 of group ``b`` (columns text, gender, id)."""
+    path = tmp_path_factory.mktemp("data") / "bios.jsonl"
+    rows = [{"text": GROUPS["a"].format(i), "gender": "a", "id": i} for i in range(24)]
+    rows += [{"text": GROUPS["b"].format(i), "gender": "b", "id": 100 + i} for i in range(12)]
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
 
 
 def run_accelerate_launch(target: list[str], num_processes: int = 2, timeout: int = 300):

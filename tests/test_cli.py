@@ -12,34 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_accelerate_launch
+from tests.conftest import GROUPS, run_accelerate_launch
 from tests.test_hub import FakeHub
-from tests.trainer_utils import tiny_bpe_llama
-
-GROUPS = {
-    "a": "the small cat sat on the warm mat and looked at the garden number {}",
-    "b": "a big dog ran across the green park to find a stick number {}",
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    """Folder with a tiny random LlamaForCausalLM and a byte-level BPE tokenizer trained on the tiny corpus."""
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    model, tokenizer = tiny_bpe_llama([template.format(i) for template in GROUPS.values() for i in range(20)], 300)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_json(tmp_path_factory):
-    """A local json-lines dataset: 24 rows of group ``a`` and 12 of group ``b`` (columns text, gender, id)."""
-    path = tmp_path_factory.mktemp("data") / "bios.jsonl"
-    rows = [{"text": GROUPS["a"].format(i), "gender": "a", "id": i} for i in range(24)]
-    rows += [{"text": GROUPS["b"].format(i), "gender": "b", "id": 100 + i} for i in range(12)]
-    path.write_text("\n".join(json.dumps(row) for row in rows))
-    return path
 
 
 def _main(argv):

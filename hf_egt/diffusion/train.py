@@ -67,7 +67,9 @@ HYPER_OPTIONS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Min-max (group DRO) LoRA fine-tuning of a diffusers model.")
+    parser = argparse.ArgumentParser(
+        description="Min-max (group DRO) LoRA fine-tuning of a diffusers model.", allow_abbrev=False
+    )
     add = parser.add_argument
     add("--pretrained_model_name_or_path", required=True, help="Hub id or folder of a UNet2DModel or SD pipeline.")
     add("--revision", default=None)
@@ -116,6 +118,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpointing_steps", type=int, default=500)
     add("--checkpoints_total_limit", type=int, default=None)
     add("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' in --output_dir.")
+    add(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start a new run in an --output_dir that holds checkpoints (refused otherwise).",
+    )
     add("--validation_steps", type=int, default=None, help="Save a per-group image grid every N steps (and at end).")
     add("--num_validation_images", type=int, default=4, help="Images per group in the validation grid.")
     add("--validation_inference_steps", type=int, default=25)
@@ -303,10 +310,33 @@ def batches_from(accelerator, dataloader, consumed: int):
 
 
 def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> str | None:
-    if resume_from_checkpoint != "latest":
+    """The checkpoint to resume from: ``latest`` (or ``true``) is the newest in ``output_dir`` (``None`` when there is
+    none: a new run); a path must be a checkpoint folder holding the objective state (a ``FileNotFoundError``
+    naming it otherwise, raised before anything is loaded)."""
+    if resume_from_checkpoint.lower() not in ("latest", "true"):
+        objective_path = os.path.join(resume_from_checkpoint, OBJECTIVE_FILE)
+        if not os.path.isfile(objective_path):
+            raise FileNotFoundError(
+                f"`--resume_from_checkpoint`: {objective_path} does not exist; pass a `checkpoint-<step>` folder of "
+                f"this script, or `latest` for the newest one in `--output_dir`."
+            )
         return resume_from_checkpoint
     folders = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
     return os.path.join(output_dir, max(folders, key=lambda d: int(d.split("-")[1]))) if folders else None
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """A new run (no ``--resume_from_checkpoint``) refuses an ``--output_dir`` holding checkpoints unless
+    ``--overwrite_output_dir``: they belong to another run and would be mixed with this one's."""
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not os.path.isdir(args.output_dir):
+        return
+    existing = sorted(d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-"))
+    if existing:
+        raise ValueError(
+            f"`--output_dir`: {args.output_dir!r} already holds checkpoints of a run ({', '.join(existing[:5])}); "
+            "pass `--resume_from_checkpoint latest` to continue it, `--overwrite_output_dir` to replace it, or "
+            "another `--output_dir`."
+        )
 
 
 def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
@@ -422,6 +452,10 @@ def main(args: argparse.Namespace) -> TrainResult:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
+    check_output_dir(args)
+    resume_path = (
+        resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
+    )
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
@@ -504,7 +538,7 @@ def main(args: argparse.Namespace) -> TrainResult:
 
     global_step = 0
     if args.resume_from_checkpoint:
-        path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        path = resume_path
         if path is None:
             logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
         else:

@@ -1,0 +1,435 @@
+"""Bad input to ``hf-egt``: one line ``hf-egt: error: ...`` naming the argument or file, exit status 2, before any
+model is loaded and without touching existing files; plus exact resume, refusal to overwrite, no token in any file,
+and held-out rows that ``evaluate`` reuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import GROUPS
+from tests.test_hub import FakeHub
+
+BASE_TRAIN = ["--group_column", "gender", "--report_to", "none", "--max_steps", "2", "--use_cpu"]
+BASE_TRAIN += ["--lora_r", "2", "--lora_target_modules", "q_proj", "v_proj", "--per_device_train_batch_size", "4"]
+
+
+def _rows(extra: list[dict] | None = None, drop: str | None = None) -> list[dict]:
+    rows = [{"text": GROUPS["a"].format(i), "gender": "a", "id": i} for i in range(24)]
+    rows += [{"text": GROUPS["b"].format(i), "gender": "b", "id": 100 + i} for i in range(12)]
+    return [row for row in rows if row["gender"] != drop] + (extra or [])
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
+
+
+def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objective: bool = True) -> Path:
+    """A hand-made checkpoint folder: trainer state, a LoRA weights file and the group objective's state."""
+    from safetensors.torch import save_file
+
+    from hf_egt.objective import GroupObjective
+
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    weights = folder / "adapter_model.safetensors"
+    save_file({"lora_A": torch.zeros(64, 64)}, str(weights))
+    if truncate:
+        weights.write_bytes(weights.read_bytes()[:200])
+    if objective:
+        GroupObjective(groups=list(groups), mode="minmax").save(str(folder / "egt_objective.safetensors"))
+    return folder
+
+
+def _split_folder(tmp: Path) -> Path:
+    """A dataset folder with train and test files; test holds a group ``c`` absent from train."""
+    folder = tmp / "splits"
+    _jsonl(folder / "train.jsonl", _rows())
+    _jsonl(folder / "test.jsonl", _rows([{"text": "a new kind of row", "gender": "c", "id": 999}]))
+    return folder
+
+
+def _split_folder_without_b(tmp: Path) -> Path:
+    folder = tmp / "splits_no_b"
+    _jsonl(folder / "train.jsonl", _rows())
+    _jsonl(folder / "test.jsonl", _rows(drop="b"))
+    return folder
+
+
+def _adapter_with_foreign_split(tmp: Path, data: Path) -> Path:
+    """An adapter folder whose split.json was recorded on other data (one row changed)."""
+    from hf_egt.data import load_grouped_splits
+
+    other = _jsonl(tmp / "other.jsonl", _rows()[1:] + [{"text": "changed row", "gender": "a", "id": -1}])
+    record = load_grouped_splits(str(other), group_column="gender").split
+    folder = tmp / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "split.json").write_text(json.dumps(record))
+    return folder
+
+
+def _encoder(tmp: Path) -> Path:
+    from transformers import DistilBertConfig
+
+    folder = tmp / "encoder"
+    DistilBertConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, hidden_dim=16).save_pretrained(folder)
+    return folder
+
+
+# Each row: (id, command, extra argv built from (tmp, out, data), message fragment (regex)).
+# `out` is an output folder holding a file of an earlier run (notes.txt) that must stay untouched.
+MATRIX = [
+    # resume and output folder
+    ("resume-missing", "train", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-99"],
+     r"`--resume_from_checkpoint`: no such checkpoint folder .*checkpoint-99"),
+    ("resume-true-none", "train", lambda t, o, d: ["--resume_from_checkpoint", "true"],
+     r"`resume_from_checkpoint`: no `checkpoint-<step>` folder in the output directory"),
+    ("resume-truncated", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
+     truncate=True)], r"checkpoint-2/adapter_model\.safetensors is unreadable or truncated"),
+    ("resume-other-groups", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
+     groups=("a", "c"))], r"egt_objective\.safetensors was saved for groups \['a', 'c'\].*\['a', 'b'\]"),
+    ("resume-no-objective", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
+     objective=False)], r"has no group objective state .*egt_objective\.safetensors"),
+    ("output-dir-has-checkpoints", "train", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
+     r"`--output_dir`: .* already holds the outputs of a run \(checkpoint-4.*--overwrite_output_dir"),
+    ("output-dir-has-adapter", "train", lambda t, o, d: [(o / "report.json").write_text("{}") and "--seed", "1"],
+     r"`--output_dir`: .* already holds the outputs of a run \(report\.json\)"),
+    # options
+    ("max-steps-0", "train", lambda t, o, d: ["--max_steps", "0"], r"`--max_steps` 0 .* trains nothing"),
+    ("ple-without-hyper", "train", lambda t, o, d: ["--ple_weight", "0.1"], r"`--ple_weight` 0\.1 .* needs `--hyper`"),
+    ("abbreviated-secret", "train", lambda t, o, d: ["--hub_tok", "hf_abbrev_secret"],
+     r"unrecognized arguments: --hub_tok \(run"),
+    ("unknown-objective", "train", lambda t, o, d: ["--objective", "fair"], r"`objective` must be one of .*minmax"),
+    ("eval-fraction", "train", lambda t, o, d: ["--eval_fraction", "1.5"], r"`--eval_fraction` must be in \(0, 1\)"),
+    ("push-without-repo", "train", lambda t, o, d: ["--push_to_hub"], r"`--push_to_hub` needs `--hub_model_id`"),
+    # model
+    ("model-missing", "train", lambda t, o, d: ["--model_name_or_path", t / "no" / "model"],
+     r"`--model_name_or_path`: no such file or folder .*no/model"),
+    ("model-not-causal", "train", lambda t, o, d: ["--model_name_or_path", _encoder(t)],
+     r"'distilbert' model, which has no causal-LM head"),
+    # data
+    ("unknown-dataset", "train", lambda t, o, d: ["--dataset", "nobody/nothing"],
+     r"`--dataset`: unknown dataset 'nobody/nothing'"),
+    ("group-column", "train", lambda t, o, d: ["--group_column", "sex"], r"`--group_column`: column 'sex' is not in"),
+    ("text-column-type", "train", lambda t, o, d: ["--text_column", "id"],
+     r"`--text_column`: column 'id' of the train split holds int values"),
+    ("unknown-group", "train", lambda t, o, d: ["--groups", "a", "c"], r"Group\(s\) \['c'\] have no rows"),
+    ("none-label", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": "x y", "gender": None,
+     "id": 7}]))], r"1 row\(s\) of the train split have no group label .*rows \[36\].*--skip_unusable_groups"),
+    ("empty-text", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": " ", "gender": "a",
+     "id": 7}]))], r"empty text \(column 'text'\): rows \[36\]"),
+    ("one-row-group", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": "lonely row",
+     "gender": "c", "id": 7}]))], r"group\(s\) \['c'\] .* have a single row, which cannot be split"),
+    ("group-only-in-eval", "train", lambda t, o, d: ["--dataset", _split_folder(t)],
+     r"group\(s\) \['c'\] .* have rows only in the eval split 'test'"),
+    ("group-without-eval", "train", lambda t, o, d: ["--dataset", _split_folder_without_b(t)],
+     r"group\(s\) \['b'\] .* have no row in the eval split, so they cannot be evaluated"),
+    # evaluate
+    ("evaluate-divergence", "evaluate", lambda t, o, d: ["--divergence", "kld"],
+     r"Unknown `divergence` 'kld'; valid names are \[.*'kl'"),
+    ("evaluate-too-few", "evaluate", lambda t, o, d: ["--max_per_group", "3"],
+     r"group\(s\) \['a', 'b'\] have \[3, 2\] eval row\(s\) .* 'kl' estimator needs at least 6"),
+    ("evaluate-knn-k", "evaluate", lambda t, o, d: ["--max_prompts_per_group", "5"],
+     r"'kl' estimator needs at least 6 .*--feature_model none"),
+    ("evaluate-adapter-missing", "evaluate", lambda t, o, d: ["--adapter", t / "no" / "adapter"],
+     r"`--adapter`: no such folder"),
+    ("evaluate-adapter-not-peft", "evaluate", lambda t, o, d: ["--adapter", o], r"`--adapter`: .* no adapter_config"),
+    ("evaluate-split-changed", "evaluate", lambda t, o, d: ["--adapter", _adapter_with_foreign_split(t, d)],
+     r"`--dataset`: the held-out rows of .* do not match those recorded in .*split\.json"),
+    ("evaluate-feature-model", "evaluate", lambda t, o, d: ["--feature_model", t / "no-encoder"],
+     r"`--feature_model`: no such folder"),
+    # diffusion
+    ("diffusion-resume-missing", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-9"],
+     r"`--resume_from_checkpoint`: .*checkpoint-9/group_objective\.safetensors does not exist"),
+    ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
+     r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
+]  # fmt: skip
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _run_console(argv) -> int:
+    from hf_egt.cli import console_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        console_main([str(arg) for arg in argv])
+    return exit_info.value.code
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), [row[1:] for row in MATRIX], ids=[row[0] for row in MATRIX])
+def test_bad_input_is_one_error_line_before_any_work(
+    monkeypatch, capsys, tmp_path, tiny_lm, tiny_json, command, extra, message
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded before the input is validated")
+
+    monkeypatch.setattr("hf_egt.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.diffusion.train.load_components", no_model)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("an earlier run's notes")
+    extra = [str(arg) for arg in extra(tmp_path, out, tiny_json)]
+    before = _snapshot(tmp_path)
+    if command == "train":
+        argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--output_dir", out, *BASE_TRAIN]
+    elif command == "evaluate":
+        argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
+        argv += ["--output_dir", out]
+    else:
+        argv = ["train-diffusion", "--pretrained_model_name_or_path", tmp_path, "--dataset_name", "digits"]
+        argv += ["--output_dir", out]
+    argv += extra  # later options win
+    capsys.readouterr()
+    code = _run_console(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("hf-egt: error:")]
+    assert len(lines) == 1, err
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert "Traceback" not in err and "hf_abbrev_secret" not in err
+    assert _snapshot(tmp_path) == before  # nothing written, nothing changed
+
+
+def test_debug_shows_the_traceback(monkeypatch, tiny_lm, tiny_json, tmp_path):
+    from hf_egt.cli import console_main
+
+    argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--output_dir", tmp_path, *BASE_TRAIN]
+    argv = [str(arg) for arg in [*argv, "--max_steps", "0"]]
+    with pytest.raises(ValueError, match="`--max_steps` 0"):
+        console_main(["--debug", *argv])
+    monkeypatch.setenv("HF_EGT_DEBUG", "1")
+    with pytest.raises(ValueError, match="`--max_steps` 0"):
+        console_main(argv)
+
+
+def test_version_and_python_dash_m():
+    from hf_egt import __version__
+
+    result = subprocess.run([sys.executable, "-m", "hf_egt", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"hf-egt {__version__}"
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_egt", "evaluate", "--model_name_or_path", "x", "--dataset", "bold-race"]
+        + ["--divergence", "kld"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("hf-egt: error: Unknown")
+
+
+def test_redaction_covers_every_spelling():
+    from hf_egt.cli import redacted_command
+
+    argv = ["--hub_token", "s1", "--hub-token=s2", "--hub_token=s3", "--hub-token", "s4", "--token", "s5", "--x", "1"]
+    command = redacted_command("hf-egt train", argv)
+    assert not any(f"s{i}" in command for i in range(1, 6)) and "--x 1" in command
+
+
+def test_evaluate_load_rejects_an_unknown_divergence_config():
+    import evaluate
+
+    with pytest.raises(ValueError, match=r"Unknown EGT configuration 'kld'.*'kl'"):
+        evaluate.load(str(Path(__file__).parents[1] / "metrics" / "egt"), "kld")
+    assert evaluate.load(str(Path(__file__).parents[1] / "metrics" / "egt"), "hellinger").config_name == "hellinger"
+
+
+def test_skip_unusable_groups_warns_and_reports_what_was_left_out(tmp_path):
+    from hf_egt.data import load_grouped_splits
+
+    data = _jsonl(tmp_path / "d.jsonl", _rows([{"text": "lonely row", "gender": "c", "id": 7}, {"text": "", "gender":
+                  "a", "id": 8}, {"text": "no label", "gender": None, "id": 9}]))  # fmt: skip
+    splits = load_grouped_splits(str(data), group_column="gender", skip_unusable_groups=True)
+    assert splits.groups == ["a", "b"] and set(splits.evaluation["gender"]) == {"a", "b"}
+    assert len(splits.dropped) == 2 and "rows [37, 38]" in splits.dropped[0] and "['c']" in splits.dropped[1]
+    assert splits.split["dropped"] == splits.dropped
+    # the same data through the API without the option: the error the CLI prints
+    with pytest.raises(ValueError, match=r"rows \[37, 38\]"):
+        load_grouped_splits(str(data), group_column="gender")
+
+
+def test_trainer_api_names_rows_without_group():
+    from hf_egt.trainer import resolve_groups
+
+    with pytest.raises(ValueError, match=r"train dataset has 1 row\(s\) without a group label .*rows \[1\]"):
+        resolve_groups(None, ["a", None, "b"], {})
+
+
+# ------------------------------------------------------------------------------------------------ train for real
+def _train(argv) -> dict:
+    from hf_egt.cli import main
+
+    return main([str(arg) for arg in ["train", *argv]])
+
+
+def _adapter_and_weights(folder: Path) -> tuple[dict, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from hf_egt.objective import GroupObjective
+
+    objective = GroupObjective.from_file(str(folder / "egt_objective.safetensors"))
+    return load_file(folder / "adapter_model.safetensors"), objective.weights
+
+
+def test_resume_two_plus_two_steps_equals_four(tmp_path, tiny_lm, tiny_json):
+    """4 steps straight == the same run resumed from its step-2 checkpoint: LoRA weights, group weights, step."""
+    import shutil
+
+    common = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--max_steps", "4"]
+    common += ["--objective", "minmax", "--group_step_size", "1.0", "--learning_rate", "0.05", "--eval_base", "false"]
+    common += ["--save_steps", "2", "--lr_scheduler_type", "linear", "--warmup_steps", "1", "--seed", "3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train([*common, "--output_dir", straight])
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    # the fresh-run check refuses the folder; `true` picks its last checkpoint
+    with pytest.raises(ValueError, match="already holds the outputs of a run"):
+        _train([*common, "--output_dir", resumed])
+    result = _train([*common, "--output_dir", resumed, "--resume_from_checkpoint", "true"])
+    assert result["split"]["eval_sha256"] == json.loads((straight / "split.json").read_text())["eval_sha256"]
+    weights_straight, groups_straight = _adapter_and_weights(straight)
+    weights_resumed, groups_resumed = _adapter_and_weights(resumed)
+    assert weights_straight.keys() == weights_resumed.keys()
+    for name in weights_straight:
+        torch.testing.assert_close(weights_resumed[name], weights_straight[name], rtol=0, atol=1e-6)
+    torch.testing.assert_close(groups_resumed, groups_straight, rtol=0, atol=1e-12)
+    assert not torch.allclose(groups_straight, torch.full_like(groups_straight, 0.5))  # the weights did move
+    state = json.loads((resumed / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert json.loads((resumed / "report.json").read_text())["config"]["resumed_from"].endswith("checkpoint-2")
+
+
+def test_overwrite_output_dir_replaces_an_earlier_run(tmp_path, tiny_lm, tiny_json):
+    out = tmp_path / "out"
+    common = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--eval_base", "false"]
+    _train([*common, "--output_dir", out, "--save_steps", "1"])
+    assert (out / "checkpoint-2").is_dir()
+    report = (out / "report.json").read_bytes()
+    with pytest.raises(ValueError, match=r"already holds the outputs of a run \(checkpoint-1, checkpoint-2"):
+        _train([*common, "--output_dir", out, "--seed", "7"])
+    assert (out / "report.json").read_bytes() == report
+    _train([*common, "--output_dir", out, "--seed", "7", "--overwrite_output_dir", "--save_strategy", "no"])
+    assert not list(out.glob("checkpoint-*"))  # the earlier run's checkpoints cannot be resumed by mistake
+    assert json.loads((out / "split.json").read_text())["seed"] == 7
+
+
+def test_token_is_in_no_output_file_and_no_upload(tmp_path, tiny_lm, tiny_json, monkeypatch):
+    """Train (with checkpoints) + push: the token string is absent from every file written and every file
+    uploaded; only the allow-listed files are uploaded."""
+    from huggingface_hub import constants
+
+    token = "hf_SECRETtoken1234567890"
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--save_steps", "1"]
+    argv += ["--output_dir", out, "--push_to_hub", "--hub_model_id", "me/tiny", f"--hub_token={token}"]
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        _train(argv)
+    written = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert out / "training_args.bin" in written and out / "checkpoint-1" / "training_args.bin" in written
+    assert [path for path, content in written.items() if token.encode() in content] == []
+    assert [name for name, content in hub.files.items() if token.encode() in content] == []
+    assert all(auth == f"Bearer {token}" for auth in hub.authorizations)
+    assert set(hub.files) >= {"README.md", "adapter_model.safetensors", "adapter_config.json", "split.json"}
+    assert not any(name.startswith(("checkpoint-", "runs/")) or name.endswith(".bin") for name in hub.files)
+    card = hub.files["README.md"].decode()
+    assert "learning rate: `5e-05`" in card and "| a | 5 |" in card and "same quality" not in card
+
+
+def test_evaluate_reuses_the_held_out_rows_of_training(tmp_path, tiny_lm, tiny_json, monkeypatch):
+    """`train` splits with seed 42, `evaluate --adapter` (default seed 0) evaluates exactly the recorded held-out
+    rows: no overlap with the training rows (a fresh split with seed 0 would overlap)."""
+    import hf_egt.data
+    import hf_egt.evaluation
+    from hf_egt.cli import main
+
+    captured = {}
+    real_splits, real_evaluate = hf_egt.data.load_grouped_splits, hf_egt.evaluation.evaluate_causal_lm
+
+    def capture_splits(*args, **kwargs):
+        splits = real_splits(*args, **kwargs)
+        captured.setdefault("train", list(splits.train["text"]))
+        return splits
+
+    def capture_evaluate(model, tokenizer, texts, groups, **kwargs):
+        captured.setdefault("evaluated", list(texts))
+        return real_evaluate(model, tokenizer, texts, groups, **kwargs)
+
+    monkeypatch.setattr(hf_egt.data, "load_grouped_splits", capture_splits)
+    monkeypatch.setattr(hf_egt.evaluation, "evaluate_causal_lm", capture_evaluate)
+    out = tmp_path / "adapter"
+    _train(["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--seed", "42"])
+    argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out]
+    result = main([str(a) for a in [*argv, "--feature_model", "none", "--output_dir", tmp_path / "eval"]])
+    assert set(captured["evaluated"]).isdisjoint(captured["train"])
+    assert len(captured["evaluated"]) == sum(json.loads((out / "split.json").read_text())["eval_counts"].values())
+    assert result["held_out"].startswith(f"reused from {out / 'split.json'}")
+    assert "reused from" in (tmp_path / "eval" / "report.md").read_text()
+    fresh = real_splits(str(tiny_json), group_column="gender", seed=0)
+    assert not set(fresh.evaluation["text"]).isdisjoint(captured["train"])  # what the old default did
+
+
+@pytest.mark.slow
+def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_json):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from hf_egt.hyper import HyperLoRAModel
+
+    out = tmp_path / "hyper"
+    argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--hyper"]
+    _train([*argv, "--eval_base", "false", "--hyper_context_rows", "8"])
+    card = (out / "README.md").read_text()
+    assert "AutoPeftModelForCausalLM.from_pretrained" in card and "HyperLoRAModel.from_pretrained" in card
+    plain = AutoPeftModelForCausalLM.from_pretrained(out)
+    hyper = HyperLoRAModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), out / "hypernetwork")
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        hyper.eval()
+        torch.testing.assert_close(hyper(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_tensorboard_logs_of_an_evaluation_before_training_go_under_output_dir(tmp_path, monkeypatch):
+    """`evaluate()` before `train()` logs first: TensorBoardCallback would open its writer in ./runs."""
+    from transformers.integrations import TensorBoardCallback
+
+    from hf_egt.trainer import EGTConfig, EGTTrainer
+    from tests.trainer_utils import group_dataset, tiny_llama
+
+    opened = []
+
+    class RecordingWriter:
+        def __init__(self, log_dir=None):
+            opened.append(log_dir)
+
+        def add_scalar(self, *args, **kwargs):
+            pass
+
+        add_text = add_scalar
+        flush = close = add_scalar
+
+    class TensorBoardWithoutTensorBoard(TensorBoardCallback):  # tensorboard is not installed here
+        def __init__(self):
+            self._SummaryWriter, self.tb_writer, self.logging_dir = RecordingWriter, None, None
+
+    monkeypatch.chdir(tmp_path)
+    args = EGTConfig(str(tmp_path / "out"), report_to="none", use_cpu=True, per_device_eval_batch_size=4)
+    trainer = EGTTrainer(
+        model=tiny_llama(),
+        args=args,
+        eval_dataset=group_dataset({"a": 4, "b": 4}),
+        train_dataset=group_dataset({"a": 4, "b": 4}, seed=1),
+        callbacks=[TensorBoardWithoutTensorBoard()],
+    )
+    trainer.evaluate()
+    assert len(opened) == 1 and Path(opened[0]).parent == tmp_path / "out" / "runs"
+    assert not (tmp_path / "runs").exists()
