@@ -96,6 +96,20 @@ class GroupArguments:
                 state[name] = None
         return state
 
+    def __copy__(self):
+        """A copy in memory keeps the token (only pickles drop it)."""
+        copied = type(self).__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
+
+    def __deepcopy__(self, memo: dict):
+        import copy
+
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copied
+
 
 @dataclass
 class EGTConfig(GroupArguments, TrainingArguments):

@@ -433,3 +433,15 @@ def test_tensorboard_logs_of_an_evaluation_before_training_go_under_output_dir(t
     trainer.evaluate()
     assert len(opened) == 1 and Path(opened[0]).parent == tmp_path / "out" / "runs"
     assert not (tmp_path / "runs").exists()
+
+
+def test_config_pickles_drop_the_token_and_copies_keep_it():
+    import copy
+    import pickle
+
+    from hf_egt.trainer import EGTConfig
+
+    args = EGTConfig("out", hub_token="hf_pickled_secret", report_to="none")
+    assert b"hf_pickled_secret" not in pickle.dumps(args)
+    assert pickle.loads(pickle.dumps(args)).hub_token is None and pickle.loads(pickle.dumps(args)).output_dir == "out"
+    assert copy.deepcopy(args).hub_token == copy.copy(args).hub_token == "hf_pickled_secret"
