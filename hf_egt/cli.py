@@ -99,6 +99,27 @@ def check_model_path(model_name_or_path: str, argument: str = "--model_name_or_p
         raise ValueError(f"`{argument}`: {model_name_or_path!r} is not a valid folder or Hub id ({error}).") from error
 
 
+def check_target_modules(model_name_or_path: str, target_modules: Sequence[str]) -> None:
+    """Every ``--lora_target_modules`` entry must name layers of the model (peft matches a name or a dotted suffix),
+    checked on an empty (meta-device) model built from the config: no weights are read."""
+    if list(target_modules) == ["all-linear"] or Path(model_name_or_path).suffix == ".gguf":
+        return
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_name_or_path))
+    names = [name for name, _ in model.named_modules()]
+    missing = [key for key in target_modules if not any(n == key or n.endswith(f".{key}") for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(
+            f"`--lora_target_modules`: {missing} match no layer of {model_name_or_path!r}; its linear layers are "
+            f"{linear} (or pass `all-linear`)."
+        )
+
+
 def load_checked_causal_lm(model_name_or_path: str):
     """``hf_egt.offline.load_causal_lm`` (Hub id, folder or ``.gguf`` file) after ``check_causal_lm``."""
     from .offline import load_causal_lm
@@ -318,6 +339,16 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
         )
     if script_args.ple_weight < 0:
         raise ValueError(f"`--ple_weight` must be >= 0, got {script_args.ple_weight}.")
+    if script_args.lora_r < 1:
+        raise ValueError(f"`--lora_r` must be a positive integer (the LoRA rank), got {script_args.lora_r}.")
+    if script_args.lora_alpha <= 0:
+        raise ValueError(f"`--lora_alpha` must be > 0, got {script_args.lora_alpha}.")
+    if not 0.0 <= script_args.lora_dropout < 1.0:
+        raise ValueError(f"`--lora_dropout` must be in [0, 1), got {script_args.lora_dropout}.")
+    for name in ("max_per_group", "max_eval_per_group"):
+        value = getattr(script_args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"`--{name}` must be >= 1 (or left out for all rows), got {value}.")
     if script_args.hyper and script_args.hyper_context_rows < 1:
         raise ValueError(f"`--hyper_context_rows` must be >= 1, got {script_args.hyper_context_rows}.")
 
@@ -438,6 +469,8 @@ def run_train(argv: Sequence[str]) -> dict:
         trainer_groups = resolve_groups(training_args.groups, list(train[training_args.group_column]), {})
         check_checkpoint(resume, trainer_groups, training_args.objective)
     check_model_path(script_args.model_name_or_path)
+    check_target_modules(script_args.model_name_or_path, script_args.lora_target_modules)
+    peft_config = build_peft_config(script_args, script_args.model_name_or_path)
     model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
     trainer = EGTTrainer(
         model=model,
@@ -445,7 +478,7 @@ def run_train(argv: Sequence[str]) -> dict:
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
-        peft_config=build_peft_config(script_args, script_args.model_name_or_path),
+        peft_config=peft_config,
     )
     if trainer.is_world_process_zero():
         if replaced:
@@ -641,6 +674,9 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         if not Path(feature_model).exists() and feature_model.startswith((".", "/", "~")):
             raise FileNotFoundError(f"`--feature_model`: no such folder {feature_model!r}.")
     check_adapter_path(args.adapter)
+    for name in ("max_per_group", "max_prompts_per_group", "max_new_tokens", "batch_size", "max_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
     record = recorded_split(args)
     options = {
         "text_column": args.text_column,

@@ -110,6 +110,15 @@ MATRIX = [
     ("unknown-objective", "train", lambda t, o, d: ["--objective", "fair"], r"`objective` must be one of .*minmax"),
     ("eval-fraction", "train", lambda t, o, d: ["--eval_fraction", "1.5"], r"`--eval_fraction` must be in \(0, 1\)"),
     ("push-without-repo", "train", lambda t, o, d: ["--push_to_hub"], r"`--push_to_hub` needs `--hub_model_id`"),
+    ("push-without-token", "train", lambda t, o, d: ["--push_to_hub", "--hub_model_id", "me/x"],
+     r"Pushing to the Hub needs a token: pass `--hub_token`"),
+    ("lora-rank-0", "train", lambda t, o, d: ["--lora_r", "0"], r"`--lora_r` must be a positive integer"),
+    ("lora-dropout", "train", lambda t, o, d: ["--lora_dropout", "1.5"], r"`--lora_dropout` must be in \[0, 1\)"),
+    ("lora-target-modules", "train", lambda t, o, d: ["--lora_target_modules", "q_proj", "qkv"],
+     r"`--lora_target_modules`: \['qkv'\] match no layer .*'q_proj'"),
+    ("max-per-group-0", "train", lambda t, o, d: ["--max_per_group", "0"], r"`--max_per_group` must be >= 1"),
+    ("hyper-context-rows", "train", lambda t, o, d: ["--hyper", "--hyper_context_rows", "0"],
+     r"`--hyper_context_rows` must be >= 1"),
     # model
     ("model-missing", "train", lambda t, o, d: ["--model_name_or_path", t / "no" / "model"],
      r"`--model_name_or_path`: no such file or folder .*no/model"),
@@ -118,6 +127,11 @@ MATRIX = [
     # data
     ("unknown-dataset", "train", lambda t, o, d: ["--dataset", "nobody/nothing"],
      r"`--dataset`: unknown dataset 'nobody/nothing'"),
+    ("dataset-file-type", "train", lambda t, o, d: ["--dataset", (t / "d.txt").write_text("x") and t / "d.txt"],
+     r"`--dataset`: unsupported file type '\.txt'"),
+    ("train-split", "train", lambda t, o, d: ["--train_split", "training"],
+     r"`--train_split`: split 'training' is not in .* valid splits are \['train'\]"),
+    ("eval-split", "train", lambda t, o, d: ["--eval_split", "dev"], r"`--eval_split`: split 'dev' is not in"),
     ("group-column", "train", lambda t, o, d: ["--group_column", "sex"], r"`--group_column`: column 'sex' is not in"),
     ("text-column-type", "train", lambda t, o, d: ["--text_column", "id"],
      r"`--text_column`: column 'id' of the train split holds int values"),
@@ -139,6 +153,9 @@ MATRIX = [
      r"group\(s\) \['a', 'b'\] have \[3, 2\] eval row\(s\) .* 'kl' estimator needs at least 6"),
     ("evaluate-knn-k", "evaluate", lambda t, o, d: ["--max_prompts_per_group", "5"],
      r"'kl' estimator needs at least 6 .*--feature_model none"),
+    ("evaluate-max-per-group", "evaluate", lambda t, o, d: ["--max_per_group", "0"], r"`--max_per_group` must be >= 1"),
+    ("evaluate-split-json", "evaluate", lambda t, o, d: ["--adapter", (o / "adapter_config.json").write_text("{}")
+     and (o / "split.json").write_text("{oops") and o], r"`--adapter`: the split record .*split\.json is not valid"),
     ("evaluate-adapter-missing", "evaluate", lambda t, o, d: ["--adapter", t / "no" / "adapter"],
      r"`--adapter`: no such folder"),
     ("evaluate-adapter-not-peft", "evaluate", lambda t, o, d: ["--adapter", o], r"`--adapter`: .* no adapter_config"),
@@ -173,7 +190,11 @@ def test_bad_input_is_one_error_line_before_any_work(
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the input is validated")
 
+    import huggingface_hub
+
     monkeypatch.setattr("hf_egt.cli.load_checked_causal_lm", no_model)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.setattr("hf_egt.diffusion.train.load_components", no_model)
     out = tmp_path / "out"
     out.mkdir()
