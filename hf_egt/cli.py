@@ -356,7 +356,6 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
 def training_settings(training_args, script_args: TrainScriptArguments, num_processes: int) -> dict:
     """The settings behind a run's numbers, for its card and report."""
     settings = {
-        "objective": training_args.objective,
         "learning rate": training_args.learning_rate,
         "max steps": training_args.max_steps,
         "epochs": training_args.num_train_epochs if training_args.max_steps < 0 else None,
@@ -387,25 +386,33 @@ def held_out_sentence(record: Mapping) -> str:
         how = f"{100 * record['eval_fraction']:.0f}% of the people of each group, seed {record['seed']}"
     else:
         how = f"{100 * record['eval_fraction']:.0f}% of the rows of each group, seed {record['seed']}"
-    return f"held out: {how}; {sum(record['eval_counts'].values())} rows, recorded in split.json"
+    return f"{how} ({sum(record['eval_counts'].values())} rows)"
 
 
-def export_hyper_artifacts(trainer, train_dataset, text_column: str, output_dir: Path, context_rows: int) -> dict:
-    """With ``--hyper``: the hypernetwork in ``output_dir/hypernetwork`` (``HyperLoRAModel.from_pretrained``) and,
-    in ``output_dir`` itself, a plain peft adapter with the LoRA weights generated for a set of training rows."""
+def fix_hyper_context(trainer, train_dataset, text_column: str, context_rows: int) -> int:
+    """With ``--hyper``: fix the hypernetwork's context to the set of the first ``context_rows`` training rows (on
+    every process), so that the final evaluation measures exactly the adapter ``save_hyper_artifacts`` exports.
+    Returns the number of rows in the set."""
     import torch
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     texts = list(train_dataset[text_column][:context_rows])
-    tokenizer = trainer.processing_class
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=trainer.args.max_length)
+    batch = trainer.processing_class(
+        texts, return_tensors="pt", padding=True, truncation=True, max_length=trainer.args.max_length
+    )
     device = next(model.hypernetwork.parameters()).device
     model.eval()
     with torch.no_grad():
         model.set_context(**{key: value.to(device) for key, value in batch.items()})
+    return len(texts)
+
+
+def save_hyper_artifacts(trainer, output_dir: Path) -> None:
+    """The hypernetwork in ``output_dir/hypernetwork`` (``HyperLoRAModel.from_pretrained``) and, in ``output_dir``,
+    a plain peft adapter holding the LoRA weights generated for the context ``fix_hyper_context`` fixed."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
     model.export_peft(output_dir)
-    return {"context_rows": len(texts)}
 
 
 HYPERNETWORK_FOLDER = "hypernetwork"
@@ -415,7 +422,7 @@ def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
     """The card's loading snippet for ``--hyper`` artifacts: the exported adapter, then the hypernetwork."""
     return (
         f"The adapter in this folder holds the LoRA weights the hypernetwork generated for a set of {context_rows} "
-        "training rows; it loads with plain peft:\n\n"
+        "training rows (the weights the table's last column measured); it loads with plain peft:\n\n"
         "```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{model_name}")\n```\n\n'
         "The hypernetwork itself (to generate LoRA weights for another set of examples) loads with hf-egt:\n\n"
@@ -488,19 +495,19 @@ def run_train(argv: Sequence[str]) -> dict:
     if script_args.eval_base:
         runs["base"] = run_from_eval_metrics(trainer.evaluate())
     trainer.train(resume_from_checkpoint=resume)
+    context_rows = None
+    if script_args.hyper:
+        context_rows = fix_hyper_context(trainer, train, training_args.text_column, script_args.hyper_context_rows)
     runs[training_args.objective] = run_from_eval_metrics(trainer.evaluate())
     trainer.save_model(str(output_dir))
     result = {"runs": runs, "output_dir": str(output_dir), "dropped": data.dropped, "split": data.split}
     if not trainer.is_world_process_zero():
         return result
-    hyper = None
     if script_args.hyper:
-        hyper = export_hyper_artifacts(
-            trainer, train, training_args.text_column, output_dir, script_args.hyper_context_rows
-        )
+        save_hyper_artifacts(trainer, output_dir)
     command = redacted_command("hf-egt train", argv)
     settings = training_settings(training_args, script_args, trainer.accelerator.num_processes)
-    held_out = held_out_sentence(data.split)
+    held_out = f"held out: {held_out_sentence(data.split)}; recorded in split.json"
     config = {
         "model_name_or_path": script_args.model_name_or_path,
         "dataset": script_args.dataset,
@@ -531,9 +538,9 @@ def run_train(argv: Sequence[str]) -> dict:
         group_column=training_args.group_column,
         command=command,
         adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
-        if hyper
+        if script_args.hyper
         else None,
-        usage=hyper_usage(script_args.model_name_or_path, model_name, hyper["context_rows"]) if hyper else None,
+        usage=hyper_usage(script_args.model_name_or_path, model_name, context_rows) if script_args.hyper else None,
         eval_counts=data.split["eval_counts"],
         settings=settings,
         dropped=data.dropped,
@@ -541,6 +548,7 @@ def run_train(argv: Sequence[str]) -> dict:
     )
     card.save(output_dir / "README.md")
     result["paths"] = {key: str(path) for key, path in paths.items()}
+    result["held_out"] = held_out
     if push:
         commit = push_folder_to_hub(output_dir, repo_id, token=token, private=bool(training_args.hub_private_repo))
         result["commit_url"] = str(commit.commit_url)
@@ -700,6 +708,8 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
             eval_fraction=record["eval_fraction"],
             max_per_group=record["max_per_group"],
             max_eval_per_group=record["max_eval_per_group"],
+            # what training left out (and recorded) is left out again, and the report repeats it
+            skip_unusable_groups=args.skip_unusable_groups or bool(record["dropped"]),
         )
     data = load_grouped_splits(args.dataset, **options)
     evaluation, dropped = data.evaluation, list(data.dropped)
@@ -712,9 +722,9 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
                 f"{record['dataset']!r}): the data changed. Evaluate on the training data, or pass "
                 "`--ignore_recorded_split` to split this dataset anew (its rows may then overlap the training rows)."
             )
-        held_out = f"reused from {source}: " + held_out_sentence(record).removeprefix("held out: ")
+        held_out = f"reused from {source}: {held_out_sentence(record)}"
     else:
-        held_out = held_out_sentence(data.split)
+        held_out = f"held out: {held_out_sentence(data.split)}"
     logger.info("Evaluation rows %s.", held_out)
     evaluation = subsample_per_group(evaluation, group_column, args.max_per_group, args.seed)
     groups = [str(group) for group in evaluation[group_column]]

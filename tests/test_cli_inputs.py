@@ -399,8 +399,9 @@ def test_evaluate_reuses_the_held_out_rows_of_training(tmp_path, tiny_lm, tiny_j
     assert not set(fresh.evaluation["text"]).isdisjoint(captured["train"])  # what the old default did
 
 
-@pytest.mark.slow
 def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_json):
+    """`--hyper`: the exported plain-peft adapter and the hypernetwork load with the card's snippets, give the same
+    logits, and are what the report's last column measured."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
@@ -417,6 +418,17 @@ def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_jso
     with torch.no_grad():
         hyper.eval()
         torch.testing.assert_close(hyper(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    from transformers import AutoTokenizer
+
+    from hf_egt.data import load_grouped_splits
+    from hf_egt.evaluation import evaluate_causal_lm
+
+    evaluation = load_grouped_splits(str(tiny_json), group_column="gender", seed=42).evaluation
+    measured = evaluate_causal_lm(
+        plain, AutoTokenizer.from_pretrained(tiny_lm), evaluation["text"], evaluation["gender"]
+    )
+    reported = json.loads((out / "report.json").read_text())["runs"]["minmax"]["per_group"]
+    assert reported == pytest.approx(measured["per_group"], rel=1e-4)
 
 
 def test_tensorboard_logs_of_an_evaluation_before_training_go_under_output_dir(tmp_path, monkeypatch):
