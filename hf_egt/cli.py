@@ -598,6 +598,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "group or text (default: an error naming them).",
     )
     parser.add_argument("--eval_fraction", type=float, default=0.2, help="Held-out share without an eval split.")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace the report of an earlier evaluation in --output_dir (refused otherwise).",
+    )
     parser.add_argument("--max_prompts_per_group", type=int, default=32, help="Prompts (sentence prefixes) per group.")
     parser.add_argument("--num_prompt_words", type=int, default=4, help="Words of each sentence kept as the prompt.")
     parser.add_argument("--max_new_tokens", type=int, default=24)
@@ -682,6 +687,11 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         if not Path(feature_model).exists() and feature_model.startswith((".", "/", "~")):
             raise FileNotFoundError(f"`--feature_model`: no such folder {feature_model!r}.")
     check_adapter_path(args.adapter)
+    if (Path(args.output_dir) / "report.json").exists() and not args.overwrite_output_dir:
+        raise ValueError(
+            f"`--output_dir`: {args.output_dir!r} already holds a report (report.json); pass `--overwrite_output_dir` "
+            "to replace it, or another `--output_dir`."
+        )
     for name in ("max_per_group", "max_prompts_per_group", "max_new_tokens", "batch_size", "max_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}.")

@@ -25,3 +25,17 @@ def load_tensors_with_metadata(path: str | os.PathLike) -> tuple[dict[str, torch
     if METADATA_KEY not in header:
         raise ValueError(f"{path} was not written by hf_egt (no {METADATA_KEY!r} metadata).")
     return load_file(str(path)), json.loads(header[METADATA_KEY])
+
+
+def check_safetensors_files(folder: str | os.PathLike, argument: str = "resume_from_checkpoint") -> None:
+    """Open the header of every ``.safetensors`` file in ``folder``: a truncated or corrupt one is a ``ValueError``
+    naming ``argument`` and the file (checked before anything is loaded from the folder)."""
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with safe_open(path, framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"`{argument}`: {path} is unreadable or truncated ({error}).") from error

@@ -307,7 +307,7 @@ def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None,
 
     from safetensors import safe_open
 
-    from .serialization import METADATA_KEY
+    from .serialization import METADATA_KEY, check_safetensors_files
 
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"`resume_from_checkpoint`: {checkpoint} is not a folder.")
@@ -324,33 +324,25 @@ def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None,
         raise FileNotFoundError(
             f"`resume_from_checkpoint`: {checkpoint} has no group objective state {objective_path}."
         )
-    weights = sorted(name for name in os.listdir(checkpoint) if name.endswith(".safetensors"))
-    for name in weights:
-        path = os.path.join(checkpoint, name)
-        try:
-            with safe_open(path, framework="pt") as handle:
-                for key in handle.keys():
-                    handle.get_slice(key)
-                metadata = handle.metadata() or {}
-        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"`resume_from_checkpoint`: {path} is unreadable or truncated ({error}).") from error
-        if name == OBJECTIVE_STATE_NAME:
-            try:
-                settings = json.loads(metadata[METADATA_KEY])
-            except (KeyError, json.JSONDecodeError) as error:
-                raise ValueError(f"`resume_from_checkpoint`: {path} was not written by hf_egt ({error}).") from error
-            saved = settings.get("groups")
-            if groups is not None and saved != list(groups):
-                raise ValueError(
-                    f"`resume_from_checkpoint`: {path} was saved for groups {saved}, but this run has groups "
-                    f"{list(groups)}; resume with the same data and `groups`."
-                )
-            saved_mode = settings.get("mode")
-            if objective is not None and saved_mode != objective:
-                raise ValueError(
-                    f"`resume_from_checkpoint`: {path} was saved with objective {saved_mode!r}, but this run has "
-                    f"objective {objective!r}."
-                )
+    check_safetensors_files(checkpoint)
+    with safe_open(objective_path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    try:
+        settings = json.loads(metadata[METADATA_KEY])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"`resume_from_checkpoint`: {objective_path} was not written by hf_egt ({error}).") from error
+    saved = settings.get("groups")
+    if groups is not None and saved != list(groups):
+        raise ValueError(
+            f"`resume_from_checkpoint`: {objective_path} was saved for groups {saved}, but this run has groups "
+            f"{list(groups)}; resume with the same data and `groups`."
+        )
+    saved_mode = settings.get("mode")
+    if objective is not None and saved_mode != objective:
+        raise ValueError(
+            f"`resume_from_checkpoint`: {objective_path} was saved with objective {saved_mode!r}, but this run has "
+            f"objective {objective!r}."
+        )
 
 
 def last_checkpoint(output_dir: str) -> str:

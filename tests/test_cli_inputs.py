@@ -48,6 +48,19 @@ def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objecti
     return folder
 
 
+def _diffusion_checkpoint(folder: Path) -> Path:
+    """A diffusion-script checkpoint with its objective state and a truncated ``model.safetensors``."""
+    from safetensors.torch import save_file
+
+    from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
+
+    folder.mkdir(parents=True)
+    NoiseLevelGroupObjective(1, groups=[0, 1], mode="minmax").save(str(folder / "group_objective.safetensors"))
+    save_file({"weight": torch.zeros(64, 64)}, str(folder / "model.safetensors"))
+    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
+    return folder
+
+
 def _split_folder(tmp: Path) -> Path:
     """A dataset folder with train and test files; test holds a group ``c`` absent from train."""
     folder = tmp / "splits"
@@ -156,6 +169,8 @@ MATRIX = [
     ("evaluate-max-per-group", "evaluate", lambda t, o, d: ["--max_per_group", "0"], r"`--max_per_group` must be >= 1"),
     ("evaluate-split-json", "evaluate", lambda t, o, d: ["--adapter", (o / "adapter_config.json").write_text("{}")
      and (o / "split.json").write_text("{oops") and o], r"`--adapter`: the split record .*split\.json is not valid"),
+    ("evaluate-output-dir", "evaluate", lambda t, o, d: [(o / "report.json").write_text("{}") and "--seed", "1"],
+     r"`--output_dir`: .* already holds a report \(report\.json\); pass `--overwrite_output_dir`"),
     ("evaluate-adapter-missing", "evaluate", lambda t, o, d: ["--adapter", t / "no" / "adapter"],
      r"`--adapter`: no such folder"),
     ("evaluate-adapter-not-peft", "evaluate", lambda t, o, d: ["--adapter", o], r"`--adapter`: .* no adapter_config"),
@@ -166,6 +181,9 @@ MATRIX = [
     # diffusion
     ("diffusion-resume-missing", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-9"],
      r"`--resume_from_checkpoint`: .*checkpoint-9/group_objective\.safetensors does not exist"),
+    ("diffusion-resume-truncated", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     _diffusion_checkpoint(o / "checkpoint-2")],
+     r"`--resume_from_checkpoint`: .*checkpoint-2/model\.safetensors is unreadable or truncated"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
      r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
 ]  # fmt: skip

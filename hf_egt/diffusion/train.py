@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..objective import OBJECTIVE_MODES
+from ..serialization import check_safetensors_files
 from .buckets import NoiseLevelGroupObjective
 from .data import DIGITS_DATASET_NAME, check_columns, collate, group_labels_of, load_image_dataset, make_transform
 from .lora import (
@@ -320,6 +321,7 @@ def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> str | No
                 f"`--resume_from_checkpoint`: {objective_path} does not exist; pass a `checkpoint-<step>` folder of "
                 f"this script, or `latest` for the newest one in `--output_dir`."
             )
+        check_safetensors_files(resume_from_checkpoint, "--resume_from_checkpoint")
         return resume_from_checkpoint
     folders = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
     return os.path.join(output_dir, max(folders, key=lambda d: int(d.split("-")[1]))) if folders else None
@@ -526,6 +528,13 @@ def main(args: argparse.Namespace) -> TrainResult:
         args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
         adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
     )  # fmt: skip
+    if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored
+        try:
+            objective.load(os.path.join(resume_path, OBJECTIVE_FILE))
+        except ValueError as error:
+            raise ValueError(
+                f"`--resume_from_checkpoint`: {os.path.join(resume_path, OBJECTIVE_FILE)}: {error}"
+            ) from error
     optimizer = torch.optim.AdamW(
         lora_parameters(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
@@ -542,8 +551,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         if path is None:
             logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
         else:
-            accelerator.load_state(path)
-            objective.load(os.path.join(path, OBJECTIVE_FILE))
+            accelerator.load_state(path)  # the objective's state was restored above
             global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
             logger.info("Resumed from %s at step %d.", path, global_step)
     if accelerator.is_main_process and args.report_to:
