@@ -646,28 +646,27 @@ def check_adapter_path(adapter: str | None) -> None:
         raise FileNotFoundError(f"`--adapter`: no such folder {adapter!r}.")
 
 
-def check_egt_sample_sizes(counts: Mapping[str, int], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+def check_egt_sample_sizes(groups: Sequence[str], args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Groups with too few prompts for ``--divergence``'s estimator: ``(too_small, messages)``; an error unless
-    ``--skip_unusable_groups``. Runs before generation (``hf_egt.metrics.validation.minimum_samples``)."""
-    from .metrics.validation import minimum_samples
+    ``--skip_unusable_groups``. Runs before the model is loaded."""
+    from .evaluation import groups_too_small_for_egt
 
-    minimum = minimum_samples(args.divergence)
-    prompts = {group: min(count, args.max_prompts_per_group) for group, count in counts.items()}
-    too_small = [group for group, count in prompts.items() if count < minimum]
-    if not too_small:
+    minimum, small = groups_too_small_for_egt(groups, args.divergence, args.max_prompts_per_group)
+    if not small:
         return [], []
+    counts = {group: list(groups).count(group) for group in sorted(set(groups))}
     message = (
-        f"group(s) {too_small} have {[prompts[g] for g in too_small]} eval row(s) to prompt with, but the "
+        f"group(s) {list(small)} have {list(small.values())} eval row(s) to prompt with, but the "
         f"{args.divergence!r} estimator needs at least {minimum} per group (`--max_prompts_per_group` "
-        f"{args.max_prompts_per_group}, eval rows per group {dict(counts)})"
+        f"{args.max_prompts_per_group}, eval rows per group {counts})"
     )
     if not args.skip_unusable_groups:
         raise ValueError(
             f"{message}; add eval rows (`--max_per_group`, a larger `--eval_fraction`), use `--feature_model none` "
             "for perplexity only, or pass `--skip_unusable_groups` to leave them out with a warning."
         )
-    logger.warning("Left out of the EGT divergence: %s.", message)
-    return too_small, [f"{message}: left out of the EGT divergence"]
+    logger.warning("Left out of the evaluation: %s.", message)
+    return list(small), [f"{message}: left out of the evaluation (perplexity and EGT)"]
 
 
 def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
@@ -739,8 +738,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     evaluation = subsample_per_group(evaluation, group_column, args.max_per_group, args.seed)
     groups = [str(group) for group in evaluation[group_column]]
     if feature_model is not None:
-        counts = {group: groups.count(group) for group in sorted(set(groups))}
-        too_small, messages = check_egt_sample_sizes(counts, args)
+        too_small, messages = check_egt_sample_sizes(groups, args)
         if too_small:
             keep = [i for i, group in enumerate(groups) if group not in set(too_small)]
             evaluation, groups = evaluation.select(keep), [groups[i] for i in keep]

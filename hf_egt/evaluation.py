@@ -180,6 +180,19 @@ def _jsonable(value):
     return value
 
 
+def groups_too_small_for_egt(
+    groups: Sequence[str], divergence: str, max_prompts_per_group: int | None
+) -> tuple[int, dict[str, int]]:
+    """``(minimum, {group: prompts})``: the groups whose number of prompts (rows, capped at ``max_prompts_per_group``)
+    is below what ``divergence``'s estimator needs (``hf_egt.metrics.validation.minimum_samples``)."""
+    from .metrics.validation import minimum_samples
+
+    minimum = minimum_samples(divergence)
+    cap = max_prompts_per_group or len(groups)
+    prompts = {group: min(list(groups).count(group), cap) for group in sorted(set(groups))}
+    return minimum, {group: count for group, count in prompts.items() if count < minimum}
+
+
 def evaluate_causal_lm(
     model,
     tokenizer,
@@ -202,6 +215,13 @@ def evaluate_causal_lm(
     "overall_loss", "metric": "perplexity"}`` plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     """
     groups = [str(group) for group in groups]
+    if feature_model is not None:  # before any work: the estimator's minimum sample size per group
+        minimum, small = groups_too_small_for_egt(groups, divergence, max_prompts_per_group)
+        if small:
+            raise ValueError(
+                f"Group(s) {small} have fewer prompts than the {divergence!r} estimator needs ({minimum} per group); "
+                "pass more texts per group, a larger `max_prompts_per_group`, or `feature_model=None`."
+            )
     nll, tokens = sequence_nll(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
     )

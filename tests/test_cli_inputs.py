@@ -496,3 +496,18 @@ def test_config_pickles_drop_the_token_and_copies_keep_it():
     assert b"hf_pickled_secret" not in pickle.dumps(args)
     assert pickle.loads(pickle.dumps(args)).hub_token is None and pickle.loads(pickle.dumps(args)).output_dir == "out"
     assert copy.deepcopy(args).hub_token == copy.copy(args).hub_token == "hf_pickled_secret"
+
+
+def test_library_evaluation_checks_sample_sizes_before_any_work():
+    """`evaluate_causal_lm` (the API under `hf-egt evaluate`) rejects too-small groups before running the model."""
+    from hf_egt.evaluation import evaluate_causal_lm
+
+    class NoModel:
+        def parameters(self):
+            raise AssertionError("the model must not run before the sample sizes are checked")
+
+    texts, groups = ["some text here"] * 9, ["a"] * 6 + ["b"] * 3
+    with pytest.raises(ValueError, match=r"\{'b': 3\} have fewer prompts than the 'kl' estimator needs \(6"):
+        evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused")
+    with pytest.raises(ValueError, match=r"Unknown `divergence` 'kld'"):
+        evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused", divergence="kld")
