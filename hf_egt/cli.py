@@ -743,6 +743,8 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
             keep = [i for i, group in enumerate(groups) if group not in set(too_small)]
             evaluation, groups = evaluation.select(keep), [groups[i] for i in keep]
             dropped += messages
+        if not groups:
+            raise ValueError(f"No group is left to evaluate: {messages[0]}.")
     check_model_path(args.model_name_or_path)
     model, tokenizer = load_checked_causal_lm(args.model_name_or_path)
     texts = list(evaluation[text_column])

@@ -171,6 +171,8 @@ MATRIX = [
      and (o / "split.json").write_text("{oops") and o], r"`--adapter`: the split record .*split\.json is not valid"),
     ("evaluate-output-dir", "evaluate", lambda t, o, d: [(o / "report.json").write_text("{}") and "--seed", "1"],
      r"`--output_dir`: .* already holds a report \(report\.json\); pass `--overwrite_output_dir`"),
+    ("evaluate-nothing-left", "evaluate", lambda t, o, d: ["--max_per_group", "3", "--skip_unusable_groups"],
+     r"No group is left to evaluate: group\(s\) \['a', 'b'\]"),
     ("evaluate-adapter-missing", "evaluate", lambda t, o, d: ["--adapter", t / "no" / "adapter"],
      r"`--adapter`: no such folder"),
     ("evaluate-adapter-not-peft", "evaluate", lambda t, o, d: ["--adapter", o], r"`--adapter`: .* no adapter_config"),
