@@ -513,3 +513,33 @@ def test_library_evaluation_checks_sample_sizes_before_any_work():
         evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused")
     with pytest.raises(ValueError, match=r"Unknown `divergence` 'kld'"):
         evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused", divergence="kld")
+
+
+def test_what_training_left_out_is_repeated_in_report_card_and_evaluate(tmp_path, tiny_lm):
+    from hf_egt.cli import main
+
+    data = _jsonl(tmp_path / "d.jsonl", _rows([{"text": "lonely row", "gender": "c", "id": 7}]))
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path",
+        tiny_lm,
+        "--dataset",
+        data,
+        *BASE_TRAIN,
+        "--output_dir",
+        out,
+        "--eval_base",
+        "false",
+    ]
+    result = _train([*argv, "--skip_unusable_groups"])
+    assert len(result["dropped"]) == 1 and "['c']" in result["dropped"][0]
+    for name in ("README.md", "report.md"):
+        assert result["dropped"][0] in (out / name).read_text(), name
+    assert json.loads((out / "report.json").read_text())["config"]["dropped"] == result["dropped"]
+    assert set(json.loads((out / "report.json").read_text())["runs"]["minmax"]["per_group"]) == {"a", "b"}
+    argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", data, "--adapter", out, "--feature_model", "none"]
+    evaluated = main([str(arg) for arg in [*argv, "--output_dir", tmp_path / "eval"]])
+    assert (
+        evaluated["dropped"] == result["dropped"]
+        and result["dropped"][0] in (tmp_path / "eval" / "report.md").read_text()
+    )
