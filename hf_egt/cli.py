@@ -73,30 +73,32 @@ def check_causal_lm(model_name_or_path: str) -> None:
         )
 
 
-def check_model_path(model_name_or_path: str, argument: str = "--model_name_or_path") -> None:
-    """Raise a ``FileNotFoundError`` naming ``argument`` when ``model_name_or_path`` is neither an existing file or
-    folder nor something the Hub (or its cache, offline) can resolve; then ``check_causal_lm`` (config only)."""
+def check_model_path(model_name_or_path: str) -> None:
+    """Raise a ``FileNotFoundError`` naming ``--model_name_or_path`` when it is neither an existing file or folder nor
+    something the Hub (or its cache, offline) can resolve; then ``check_causal_lm`` (config only, no weights)."""
     path = Path(model_name_or_path).expanduser()
     looks_local = (
         path.suffix == ".gguf" or model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
     )
     if not path.exists() and looks_local:
         raise FileNotFoundError(
-            f"`{argument}`: no such file or folder {model_name_or_path!r}; pass a folder with a config.json, a .gguf "
-            "file, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+            f"`--model_name_or_path`: no such file or folder {model_name_or_path!r}; pass a folder with a "
+            "config.json, a .gguf file, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
         )
     try:
         check_causal_lm(str(path) if path.exists() else model_name_or_path)
     except OSError as error:  # includes huggingface_hub's errors for unknown or unreachable repos
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise FileNotFoundError(
-            f"`{argument}`: cannot load {model_name_or_path!r}: not a local folder with a config.json, and the Hub "
-            f"(or its offline cache) does not have it ({first_line})."
+            f"`--model_name_or_path`: cannot load {model_name_or_path!r}: not a local folder with a config.json, "
+            f"and the Hub (or its offline cache) does not have it ({first_line})."
         ) from error
     except ValueError as error:
         if str(error).startswith("`--model_name_or_path`"):
             raise
-        raise ValueError(f"`{argument}`: {model_name_or_path!r} is not a valid folder or Hub id ({error}).") from error
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} is not a valid folder or Hub id ({error})."
+        ) from error
 
 
 def check_target_modules(model_name_or_path: str, target_modules: Sequence[str]) -> None:
@@ -831,7 +833,7 @@ def run_demo_command(args: argparse.Namespace) -> dict:
     settings = replace(settings, **overrides)
     loader = None
     if args.model_name_or_path is not None:
-        check_causal_lm(args.model_name_or_path)
+        check_model_path(args.model_name_or_path)
         from .offline import load_causal_lm
 
         def loader():

@@ -135,6 +135,10 @@ MATRIX = [
     # model
     ("model-missing", "train", lambda t, o, d: ["--model_name_or_path", t / "no" / "model"],
      r"`--model_name_or_path`: no such file or folder .*no/model"),
+    ("model-unknown-hub-id", "train", lambda t, o, d: ["--model_name_or_path", "nobody/no-model"],
+     r"`--model_name_or_path`: cannot load 'nobody/no-model': not a local folder with a config\.json"),
+    ("model-invalid-name", "train", lambda t, o, d: ["--model_name_or_path", "my model!"],
+     r"`--model_name_or_path`: cannot load 'my model!'.*alphanumeric"),
     ("model-not-causal", "train", lambda t, o, d: ["--model_name_or_path", _encoder(t)],
      r"'distilbert' model, which has no causal-LM head"),
     # data
