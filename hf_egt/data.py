@@ -80,7 +80,7 @@ def subsample_per_group(dataset, group_column: str, max_per_group: int | None, s
 
 
 def split_per_group(dataset, group_column: str, eval_fraction: float, seed: int = 0):
-    """Split rows into (train, eval) with ``eval_fraction`` of every group (at least one row) on the eval side."""
+    """Split rows into (train, eval) with ``eval_fraction`` of every group on the eval side, at least one row each."""
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"`eval_fraction` must be in (0, 1), got {eval_fraction}.")
     rng = random.Random(seed)
@@ -91,7 +91,8 @@ def split_per_group(dataset, group_column: str, eval_fraction: float, seed: int 
     for indices in by_group.values():
         shuffled = indices[:]
         rng.shuffle(shuffled)
-        eval_indices.update(shuffled[: max(1, round(eval_fraction * len(indices)))])
+        # at least one row on each side (a group of one row cannot be split: ``load_grouped_splits`` says so first)
+        eval_indices.update(shuffled[: min(max(1, round(eval_fraction * len(indices))), max(1, len(indices) - 1))])
     train = [i for i in range(len(dataset)) if i not in eval_indices]
     return dataset.select(train), dataset.select(sorted(eval_indices))
 
@@ -179,12 +180,29 @@ def load_grouped_splits(
     seed: int = 0,
     skip_unusable_groups: bool = False,
 ) -> GroupedSplits:
-    """Train and eval ``datasets.Dataset``s of grouped text, validated (see ``load_grouped_dataset`` for the
-    arguments).
+    """Train and eval ``datasets.Dataset``s of grouped text, validated, with what was left out and the split's record.
 
     A row without a group label or without text, a group with too few rows to be split into train and eval, a group
     present in only one of the two splits: each is a ``ValueError`` naming the rows or groups, or, with
     ``skip_unusable_groups``, left out with a warning and listed in ``dropped`` (for the report and the card).
+
+    Args:
+        name: a built-in (``bold-race``...), a local file or folder, or a Hub dataset id.
+        text_column: the column of the text to model.
+        group_column: the column of the sensitive group of each row (labels are turned into strings).
+        groups: keep only these groups (all by default); each must have rows in both splits.
+        max_per_group: keep at most this many training rows per group (random, with ``seed``).
+        max_eval_per_group: same, for the eval split.
+        eval_fraction: share of each group held out for evaluation when the dataset has no eval split (built-ins
+            hold out whole people).
+        train_split: the training split's name.
+        eval_split: the eval split's name; by default the first of ``test``/``validation``/``eval`` present, or a
+            per-group split of the training rows.
+        config: the dataset's configuration (Hub datasets with several).
+        token: Hub token for private datasets.
+        seed: seed of the subsampling and of the split.
+        skip_unusable_groups: leave out (with a warning) rows without a group or text and groups that cannot be
+            split or evaluated, instead of raising; ``dropped`` lists what was left out.
     """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"`--eval_fraction` must be in (0, 1), got {eval_fraction}.")
@@ -289,26 +307,8 @@ def load_grouped_splits(
 
 
 def load_grouped_dataset(name: str, **kwargs):
-    """Train and eval ``datasets.Dataset``s of grouped text, validated, as ``(train, eval, groups)``.
-
-    Args:
-        name: a built-in (``bold-race``...), a local file or folder, or a Hub dataset id.
-        text_column: the column of the text to model.
-        group_column: the column of the sensitive group of each row (labels are turned into strings).
-        groups: keep only these groups (all by default); each must have rows in both splits.
-        max_per_group: keep at most this many training rows per group (random, with ``seed``).
-        max_eval_per_group: same, for the eval split.
-        eval_fraction: share of each group held out for evaluation when the dataset has no eval split (built-ins
-            hold out whole people).
-        train_split: the training split's name.
-        eval_split: the eval split's name; by default the first of ``test``/``validation``/``eval`` present, or a
-            per-group split of the training rows.
-        config: the dataset's configuration (Hub datasets with several).
-        token: Hub token for private datasets.
-        seed: seed of the subsampling and of the split.
-        skip_unusable_groups: leave out (with a warning) rows without a group or text and groups that cannot be
-            split or evaluated, instead of raising; ``load_grouped_splits`` also returns what was left out.
-    """
+    """Train and eval ``datasets.Dataset``s of grouped text, validated, as ``(train, eval, groups)``: the first three
+    fields of ``load_grouped_splits(name, **kwargs)`` (see it for the arguments)."""
     splits = load_grouped_splits(name, **kwargs)
     return splits.train, splits.evaluation, splits.groups
 
