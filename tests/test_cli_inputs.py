@@ -547,3 +547,17 @@ def test_what_training_left_out_is_repeated_in_report_card_and_evaluate(tmp_path
         evaluated["dropped"] == result["dropped"]
         and result["dropped"][0] in (tmp_path / "eval" / "report.md").read_text()
     )
+
+
+def test_trainer_api_checks_the_checkpoint_before_resuming(tmp_path):
+    from hf_egt.trainer import EGTConfig, EGTTrainer
+    from tests.trainer_utils import group_dataset, tiny_llama
+
+    args = EGTConfig(str(tmp_path / "out"), report_to="none", use_cpu=True, max_steps=1)
+    trainer = EGTTrainer(model=tiny_llama(), args=args, train_dataset=group_dataset({"a": 4, "b": 4}))
+    foreign = _checkpoint(tmp_path / "out" / "checkpoint-2", groups=("a", "c"))
+    with pytest.raises(ValueError, match=r"checkpoint-2/egt_objective\.safetensors was saved for groups \['a', 'c'\]"):
+        trainer.train(resume_from_checkpoint=str(foreign))
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors is unreadable or truncated"):
+        trainer.train(resume_from_checkpoint=str(_checkpoint(tmp_path / "truncated", truncate=True)))
+    assert trainer.state.global_step == 0

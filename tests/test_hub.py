@@ -192,3 +192,21 @@ def test_push_folder_sends_adapter_card_and_report(fake_hub, tmp_path):
     assert fake_hub.files["adapter_model.safetensors"] == (folder / "adapter_model.safetensors").read_bytes()
     assert all(auth == "Bearer hf_test_token" for auth in fake_hub.authorizations)
     assert commit.oid == "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_push_uploads_only_the_allow_list_and_refuses_a_file_with_the_token(fake_hub, tmp_path):
+    from hf_egt.hub import push_folder_to_hub
+
+    folder = tmp_path / "adapter"
+    (folder / "runs" / "x").mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "training_args.bin").write_bytes(b"pickle")
+    (folder / "runs" / "x" / "events").write_bytes(b"log")
+    (folder / "notes.env").write_text("HF_TOKEN=whatever")
+    push_folder_to_hub(folder, "me/allow")
+    assert set(fake_hub.files) == {"adapter_config.json"}
+    (folder / "report.json").write_text(json.dumps({"token": "hf_test_token"}))
+    requests = len(fake_hub.requests)
+    with pytest.raises(ValueError, match=r"\['report.json'\] contain the Hub token"):
+        push_folder_to_hub(folder, "me/allow")
+    assert len(fake_hub.requests) == requests  # refused before the repo is created
