@@ -32,7 +32,7 @@ _CARD_TEMPLATE = """---
 {{ plot }}
 
 Gap = worst group − best group; a fairer model has a smaller gap without a worse overall value. These numbers are
-the only claim this card makes: they come from one run on the rows counted above{{ held_out_sentence }}.
+the only claim this card makes: one run, measured on held-out rows{{ held_out_sentence }}.
 
 ## Training
 
