@@ -118,7 +118,7 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size, logit_scale, softcap):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, logit_scale, softcap, with_stats):
         device_type = hidden.device.type
         ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         ctx.options = (chunk_size, logit_scale, softcap)
@@ -126,6 +126,9 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         recompute = need_weight or need_bias
         losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
         log_normalizers = torch.empty_like(losses)
+        # Detached per-token statistics (TRL's SFT metrics): entropy of the predicted distribution, top-1 == target.
+        entropy = torch.empty_like(losses) if with_stats else None
+        is_top1 = torch.empty(len(targets), dtype=torch.bool, device=hidden.device) if with_stats else None
         hidden_grad = None
         if need_hidden and not recompute:
             hidden_grad = torch.empty_like(hidden)
@@ -135,6 +138,11 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
             log_normalizer = torch.logsumexp(logits, dim=-1)
             losses[rows] = log_normalizer - logits.gather(1, targets[rows, None]).squeeze(1)
             log_normalizers[rows] = log_normalizer
+            if with_stats:
+                is_top1[rows] = logits.argmax(dim=-1) == targets[rows]
+                probabilities = (logits - log_normalizer[:, None]).exp_()
+                entropy[rows] = log_normalizer - (probabilities * logits).sum(dim=-1)
+                del probabilities
             if hidden_grad is not None:
                 grad = _logit_gradient(logits, log_normalizer, targets[rows], logit_scale, softcap)
                 del logits
@@ -144,14 +152,17 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         else:
             ctx.save_for_backward(hidden, weight, bias, targets, log_normalizers)
         ctx.recompute = recompute
-        return losses
+        if not with_stats:
+            return losses
+        ctx.mark_non_differentiable(entropy, is_top1)
+        return losses, entropy, is_top1
 
     @staticmethod
-    def backward(ctx, grad_losses):
+    def backward(ctx, grad_losses, *unused_stat_grads):
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         if not ctx.recompute:
             (hidden_grad,) = ctx.saved_tensors
-            return hidden_grad * grad_losses[:, None].to(hidden_grad.dtype), None, None, None, None, None, None
+            return hidden_grad * grad_losses[:, None].to(hidden_grad.dtype), None, None, None, None, None, None, None
         hidden, weight, bias, targets, log_normalizers = ctx.saved_tensors
         chunk_size, logit_scale, softcap = ctx.options
         device_type, autocast_enabled, autocast_dtype = ctx.autocast
@@ -176,7 +187,7 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def chunked_head_token_losses(
@@ -189,7 +200,8 @@ def chunked_head_token_losses(
     logit_scale: float = 1.0,
     softcap: float | None = None,
     ignore_index: int = IGNORE_INDEX,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_stats: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Per-token next-token NLL from the final hidden states, through the output embedding, in chunks of tokens.
 
     The same values and gradients as ``causal_lm_token_losses(head(hidden_states), labels)`` (label shift, ignored
@@ -204,15 +216,24 @@ def chunked_head_token_losses(
         chunk_size: tokens per chunk (peak extra memory is a few ``(chunk_size, vocab)`` float32 blocks).
         logit_scale, softcap: the model's logit multiplier and final soft-capping (``None``: none).
 
+        with_stats: also return the (detached) entropy of each token's predicted distribution and whether its top-1
+            token is the target (0 / False where ignored).
+
     Returns:
-        ``(token_losses, mask)`` as ``causal_lm_token_losses`` returns them.
+        ``(token_losses, mask)`` as ``causal_lm_token_losses`` returns them; ``(token_losses, mask, entropy,
+        is_top1)`` with ``with_stats``.
     """
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive number of tokens, got {chunk_size}.")
     targets = shift_labels(labels, ignore_index).to(hidden_states.device)
     mask = targets != ignore_index
     counted = hidden_states[mask]  # (tokens, hidden): only counted targets go through the head
-    losses = _ChunkedHeadCrossEntropy.apply(counted, weight, bias, targets[mask], chunk_size, logit_scale, softcap)
+    outputs = _ChunkedHeadCrossEntropy.apply(
+        counted, weight, bias, targets[mask], chunk_size, logit_scale, softcap, with_stats
+    )
     # `masked_scatter` keeps the result attached to the graph even when no token counts.
-    token_losses = losses.new_zeros(mask.shape).masked_scatter(mask, losses)
-    return token_losses, mask
+    per_token = [x.new_zeros(mask.shape).masked_scatter(mask, x) for x in (outputs if with_stats else (outputs,))]
+    if not with_stats:
+        return per_token[0], mask
+    token_losses, entropy, is_top1 = per_token
+    return token_losses, mask, entropy, is_top1

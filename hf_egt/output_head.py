@@ -3,7 +3,8 @@
 ``add_token_loss_forward(model)`` gives the causal LM inside ``model`` (a transformers ``*ForCausalLM``, possibly
 wrapped by peft or ``hf_egt.hyper.HyperLoRAModel``) a second mode of its ``forward``:
 ``model(**batch, token_loss_labels=labels)`` runs the decoder, then ``hf_egt.losses.chunked_head_token_losses``
-through the output embedding, and returns a [`TokenLossOutput`] (per-token losses and their mask) instead of logits.
+through the output embedding, and returns a [`TokenLossOutput`] (per-token losses and their mask; with
+``token_loss_stats=True`` also entropy and top-1 hits) instead of logits.
 Without ``token_loss_labels`` the forward is the original one (generation is unchanged).
 
 Why a mode of ``forward`` rather than calling ``model.get_decoder()`` and the head from the trainer: the call goes
@@ -49,6 +50,8 @@ class TokenLossOutput(ModelOutput):
 
     token_losses: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    is_top1: torch.Tensor | None = None
 
 
 @dataclass
@@ -174,26 +177,31 @@ def add_token_loss_forward(model: nn.Module, chunk_size: int = 256) -> str | Non
     if getattr(causal_lm, _PATCHED, None) is not None:
         setattr(causal_lm, _PATCHED, chunk_size)
         return None
-    original_forward = causal_lm.forward
+    # The function, not a bound method: a deep copy of the model (its `forward` re-bound to the copy) must not call
+    # the original model. An instance-level forward already there (TRL's fused head) is kept underneath.
+    instance_forward = causal_lm.__dict__.get("forward")
+    if instance_forward is not None and getattr(instance_forward, "__self__", None) is not causal_lm:
+        return f"the forward of {type(causal_lm).__name__} was replaced by {instance_forward!r}, not a method of it"
+    original_function = instance_forward.__func__ if instance_forward is not None else type(causal_lm).forward
     warned: set[str] = set()
 
-    def forward(self, *args, token_loss_labels: torch.Tensor | None = None, **kwargs):
+    def forward(self, *args, token_loss_labels: torch.Tensor | None = None, token_loss_stats: bool = False, **kwargs):
         if token_loss_labels is None:
-            return original_forward(*args, **kwargs)
+            return original_function(self, *args, **kwargs)
         try:
             head = output_head(self)
         except UnsupportedHeadError as error:
             if str(error) not in warned:
                 warned.add(str(error))
                 logger.warning("Per-token losses from the full logits: %s.", error)
-            outputs = original_forward(*args, **{k: v for k, v in kwargs.items() if k != "labels"})
+            outputs = original_function(self, *args, **{k: v for k, v in kwargs.items() if k != "labels"})
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             return TokenLossOutput(*causal_lm_token_losses(logits, token_loss_labels))
         decoder_kwargs = {k: v for k, v in kwargs.items() if k not in _HEAD_ONLY_ARGUMENTS}
         decoder_kwargs["use_cache"] = False
         decoded = _decoder(self)(*args, **decoder_kwargs)
         hidden = decoded["last_hidden_state"] if isinstance(decoded, dict) else decoded[0]
-        token_losses, mask = chunked_head_token_losses(
+        per_token = chunked_head_token_losses(
             hidden.to(head.weight.device),
             head.weight,
             token_loss_labels.to(head.weight.device),
@@ -201,23 +209,25 @@ def add_token_loss_forward(model: nn.Module, chunk_size: int = 256) -> str | Non
             chunk_size=getattr(self, _PATCHED),
             logit_scale=head.logit_scale,
             softcap=head.softcap,
+            with_stats=token_loss_stats,
         )
-        return TokenLossOutput(token_losses=token_losses, label_mask=mask)
+        return TokenLossOutput(*per_token)
 
-    forward.__signature__ = _method_signature_with_keyword(original_forward, TOKEN_LOSS_LABELS)
+    keywords = (TOKEN_LOSS_LABELS, "token_loss_stats")
+    forward.__signature__ = _method_signature_with_keywords(causal_lm.forward, keywords)
     causal_lm.forward = types.MethodType(forward, causal_lm)
     setattr(causal_lm, _PATCHED, chunk_size)
     return None
 
 
-def _method_signature_with_keyword(bound_method, name: str) -> inspect.Signature:
-    """The signature of a method taking ``self``, the parameters of ``bound_method`` and a keyword-only ``name``
+def _method_signature_with_keywords(bound_method, names: tuple[str, ...]) -> inspect.Signature:
+    """The signature of a method taking ``self``, the parameters of ``bound_method`` and keyword-only ``names``
     (``generate`` and ``Trainer`` read the forward's signature)."""
     parameters = list(inspect.signature(bound_method).parameters.values())
-    extra = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
     position = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
     self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return inspect.Signature([self_parameter, *parameters[:position], extra, *parameters[position:]])
+    return inspect.Signature([self_parameter, *parameters[:position], *extra, *parameters[position:]])
 
 
 def has_token_loss_forward(model: nn.Module) -> bool:
