@@ -20,6 +20,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype losses are computed in: float32, or float64 for a float64 model (``ForCausalLMLoss``'s upcast)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Next-token targets aligned with the logits: ``labels[..., 1:]`` padded on the right with ``ignore_index``.
 
@@ -34,7 +39,8 @@ def causal_lm_token_losses(
     """Per-token next-token negative log-likelihood of a causal LM.
 
     Args:
-        logits: ``(batch, seq_len, vocab)`` logits (any float dtype; upcast to float32 like ``ForCausalLMLoss``).
+        logits: ``(batch, seq_len, vocab)`` logits (any float dtype; half precision upcast to float32 like
+            ``ForCausalLMLoss``).
         labels: ``(batch, seq_len)`` unshifted labels, ``ignore_index`` where a token must not count.
 
     Returns:
@@ -43,7 +49,10 @@ def causal_lm_token_losses(
     """
     targets = shift_labels(labels, ignore_index).to(logits.device)
     losses = F.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index, reduction="none"
+        logits.to(loss_dtype(logits.dtype)).reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="none",
     )
     return losses.view(targets.shape), targets != ignore_index
 
@@ -87,7 +96,8 @@ def _chunk_logits(
 ) -> torch.Tensor:
     """The float32 (transformed) logits of a chunk of tokens, as the full path makes them: head in the model's dtype,
     then upcast (``ForCausalLMLoss``)."""
-    return transform_logits(F.linear(hidden, weight, bias).float(), logit_scale, softcap)
+    logits = F.linear(hidden, weight, bias)
+    return transform_logits(logits.to(loss_dtype(logits.dtype)), logit_scale, softcap)
 
 
 def _logit_gradient(
@@ -124,7 +134,7 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         ctx.options = (chunk_size, logit_scale, softcap)
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         recompute = need_weight or need_bias
-        losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+        losses = torch.empty(len(targets), dtype=loss_dtype(hidden.dtype), device=hidden.device)
         log_normalizers = torch.empty_like(losses)
         # Detached per-token statistics (TRL's SFT metrics): entropy of the predicted distribution, top-1 == target.
         entropy = torch.empty_like(losses) if with_stats else None
@@ -167,8 +177,9 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         chunk_size, logit_scale, softcap = ctx.options
         device_type, autocast_enabled, autocast_dtype = ctx.autocast
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_bias else None
+        accumulate = loss_dtype(weight.dtype)
+        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if need_bias else None
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled):
             for start in range(0, len(targets), chunk_size):
                 rows = slice(start, start + chunk_size)
@@ -182,7 +193,7 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[rows] = grad @ weight
                 if grad_weight is not None:
-                    grad_weight += grad.T.float() @ hidden[rows].float()
+                    grad_weight += grad.T.to(accumulate) @ hidden[rows].to(accumulate)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:

@@ -170,8 +170,8 @@ def add_token_loss_forward(model: nn.Module, chunk_size: int = 256) -> str | Non
         raise ValueError(f"`token_loss_chunk_size` must be a positive number of tokens, got {chunk_size}.")
     causal_lm = find_causal_lm(model)
     try:
-        _decoder(causal_lm)
         output_head(causal_lm)
+        _decoder(causal_lm)
     except UnsupportedHeadError as error:
         return str(error)
     if getattr(causal_lm, _PATCHED, None) is not None:
