@@ -6,8 +6,12 @@ gradient checkpointing, ``seq`` in 512 / 1024 / 2048; then the vocabulary at 128
 ``Trainer`` computes the model's own loss from its full logits; ``EGTTrainer`` (ERM objective, the same loss)
 computes per-token losses in chunks through the output embedding (``hf_egt.output_head``).
 
-- peak memory: on CPU, the growth of peak RSS (``ru_maxrss``) during ``train()`` in a fresh subprocess per cell
-  (a process's peak RSS never goes down); on CUDA, ``torch.cuda.max_memory_allocated`` growth during ``train()``;
+- peak memory of a training step: the peak during the steps after the first, minus the memory held at the end of
+  the first (optimizer state, gradients and allocator pools, the same for both trainers). On CPU, in a fresh
+  subprocess per run, the peak RSS is reset at that point (``/proc/self/clear_refs``, Linux >= 4.0) and read from
+  ``VmHWM``, with glibc returning freed blocks above 1 MiB at once (``MALLOC_MMAP_THRESHOLD_``), so that RSS
+  follows the live tensors; the lifetime peak (``ru_maxrss``) would add the same one-off costs (building the model,
+  the first step) to both figures and pull their ratio towards 1. On CUDA, ``torch.cuda.max_memory_allocated``;
 - throughput: tokens per second after one warm-up step. The two trainers of a cell run back to back, in alternating
   order from cell to cell, so that the ratio compares runs under the same machine load.
 
@@ -27,7 +31,7 @@ import tempfile
 
 import torch
 
-from benchmarks.bench_trainer import _Clock, _peak_rss_bytes, _rss_bytes
+from benchmarks.bench_trainer import _Clock, _rss_bytes
 
 SMOLLM2_VOCAB = 49152
 LLAMA3_VOCAB = 128256
@@ -102,24 +106,68 @@ def build(kind: str, cell: dict, output_dir: str):
 
 
 def measure(kind: str, cell: dict) -> dict:
-    """Train once; tokens/s after the warm-up step and peak memory growth (bytes) during ``train()``."""
+    """Train; tokens/s and peak memory growth (bytes) of the steps after the warm-up step."""
     with tempfile.TemporaryDirectory() as output_dir:
         trainer, clock = build(kind, cell, output_dir)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_bytes()
+        memory = _StepMemory()
+        trainer.add_callback(memory)
         trainer.train()
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_bytes()
-        return {"tokens_per_s": clock.tokens / (clock.end - clock.start), "peak_growth": peak - base}
+        return {"tokens_per_s": clock.tokens / (clock.end - clock.start), "peak_growth": memory.peak_growth}
+
+
+class _StepMemory:
+    """A callback: peak memory of the training steps after the first, minus the memory held after the first.
+
+    The first step allocates what stays for the whole run (optimizer state, gradients, allocator pools) and is the
+    same for both trainers; what differs is the transient memory of a step (activations, logits and their gradients).
+    """
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class StepMemory(TrainerCallback):
+            base = None
+            peak_growth = None
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step != 1:
+                    return
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    self.base = torch.cuda.memory_allocated()
+                else:
+                    _reset_peak_rss()
+                    self.base = _rss_bytes()
+
+            def on_train_end(self, args, state, control, **kwargs):
+                peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_since_reset()
+                self.peak_growth = peak - self.base
+
+        return StepMemory()
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's peak RSS (``VmHWM``) to its current RSS."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def _peak_rss_since_reset() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line: the peak RSS cannot be read on this system.")
 
 
 def measure_in_subprocess(kind: str, cell: dict) -> dict:
     """``measure`` in a fresh interpreter, so that its peak RSS belongs to this run alone."""
     code = f"import json; from benchmarks.bench_memory import measure; print(json.dumps(measure({kind!r}, {cell!r})))"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    # glibc gives freed blocks above 1 MiB back to the system at once, so that RSS follows the live tensors (with its
+    # default, growing mmap threshold, freed activations stay resident and later peaks hide in them).
+    env.update(MALLOC_MMAP_THRESHOLD_="1048576", MALLOC_TRIM_THRESHOLD_="1048576")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{kind} {cell} failed:\n{result.stderr[-3000:]}")

@@ -239,13 +239,16 @@ def check_token_loss_forward(
     model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, max_tokens: int = 32
 ) -> str | None:
     """Compare the chunked per-token losses with the full-logits ones on the first row of a batch (at most
-    ``max_tokens`` tokens, eval mode, no gradient). ``None`` when they agree, else why not.
+    ``max_tokens`` tokens, each predicting the next input token; eval mode, no gradient). ``None`` when they agree,
+    else why not.
 
     A model whose forward does more than decoder -> head -> logit transform (an extra multiplier, a different
     sequence length, ...) is caught here; the check costs one short forward of each kind.
     """
     row = {k: v[:1, :max_tokens] if torch.is_tensor(v) and v.dim() >= 2 else v for k, v in inputs.items()}
-    row_labels = labels[:1, :max_tokens]
+    # Every position counts in the check (the row's own tokens as targets), so that a row whose first tokens are all
+    # ignored (a long prompt) still compares the two paths; the masking itself is the same code in both.
+    row_labels = row["input_ids"] if torch.is_tensor(row.get("input_ids")) else labels[:1, :max_tokens]
     was_training = model.training
     model.eval()
     try:
