@@ -205,7 +205,7 @@ def run(quick: bool = False) -> list[dict]:
             memory_ratio = result["peak_growth"] / peer["peak_growth"] if peer["peak_growth"] > 0 else float("nan")
             speed_ratio = result["tokens_per_s"] / peer["tokens_per_s"]
             long = cell["seq"] >= 1024 and cell["checkpointing"]
-            what = "max_memory_allocated" if cuda else "peak RSS growth in a fresh subprocess"
+            what = "max_memory_allocated" if cuda else "peak RSS of the steps after the warm-up one, fresh subprocess"
             rows.append(
                 {
                     "benchmark": f"{NAMES[kind]} vs Trainer: peak memory ({shape})",
