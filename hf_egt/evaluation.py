@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .losses import IGNORE_INDEX, causal_lm_token_losses
 from .metrics import likelihood_report, summarize_groups
+from .output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,21 @@ def sequence_nll(
     batch_size: int = 16,
     max_length: int = 128,
     desc: str = "perplexity",
+    chunk_size: int | None = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL and number of predicted tokens of each text, as two float tensors of shape ``(N,)``."""
+    """Summed next-token NLL and number of predicted tokens of each text, as two float tensors of shape ``(N,)``.
+
+    With ``chunk_size`` (tokens), the losses come from the hidden states through the output embedding in chunks
+    (``hf_egt.output_head``; no ``(batch, seq_len, vocab)`` logits) when the model allows it and the two paths agree on
+    the first batch; otherwise, or with ``chunk_size=None``, from the full logits (the reason is logged).
+    """
     model.eval()
+    chunked = chunk_size is not None
+    if chunked:
+        reason = add_token_loss_forward(model, chunk_size)
+        if reason is not None:
+            logger.info("Per-token losses from the full logits: %s.", reason)
+            chunked = False
     device = _model_device(model)
     total_nll = torch.zeros(len(texts), dtype=torch.float64)
     total_tokens = torch.zeros(len(texts), dtype=torch.float64)
@@ -56,9 +69,18 @@ def sequence_nll(
                 truncation=True,
                 max_length=max_length,
             ).to(device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-            token_losses, mask = causal_lm_token_losses(logits, labels)
+            if chunked and start == 0:
+                reason = check_token_loss_forward(model, inputs, labels)
+                if reason is not None:
+                    logger.warning("Per-token losses from the full logits: %s.", reason)
+                    chunked = False
+            if chunked:
+                outputs = model(**inputs, **{TOKEN_LOSS_LABELS: labels})
+                token_losses, mask = outputs["token_losses"], outputs["label_mask"]
+            else:
+                token_losses, mask = causal_lm_token_losses(model(**inputs).logits, labels)
             rows = slice(start, start + len(labels))
             total_nll[rows] = token_losses.sum(dim=1).double().cpu()
             total_tokens[rows] = mask.sum(dim=1).double().cpu()

@@ -1,8 +1,9 @@
 """``EGTSFTTrainer``: TRL's ``SFTTrainer`` (conversational data, completion-only loss) with the group objective.
 
 It shares everything with [`hf_egt.EGTTrainer`] through [`hf_egt.trainer.EGTTrainerMixin`] and only supplies the
-per-token losses, from TRL's fused LM head (``model(..., fused_lm_head=True)``: per-token log-probabilities without
-materialising the full logits). TRL drops extra columns in three places; the group column is kept in each:
+per-token losses: from the same chunked path as ``EGTTrainer`` (``hf_egt.output_head``, which also applies a LoRA'd
+LM head's adapter), else from TRL's fused LM head (``model(..., fused_lm_head=True)``); neither materialises the full
+logits. TRL drops extra columns in three places; the group column is kept in each:
 
 - ``_set_signature_columns_if_needed``: the mixin appends ``group_column`` to TRL's signature columns;
 - TRL's collator only reads ``input_ids``/``labels``: ``GroupCollator`` takes the group labels out before it and puts
@@ -18,15 +19,16 @@ from dataclasses import dataclass
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from .trainer import EGTTrainerMixin, GroupArguments, wrap_model
+from .trainer import EGTTrainerMixin, GroupArguments, TokenLossArguments, wrap_model
 
 
 @dataclass
-class EGTSFTConfig(GroupArguments, SFTConfig):
+class EGTSFTConfig(GroupArguments, TokenLossArguments, SFTConfig):
     """[`~trl.SFTConfig`] for [`EGTSFTTrainer`], with the group objective's options.
 
     See [`hf_egt.trainer.GroupArguments`] for `group_column`, `groups`, `objective`, `group_step_size`,
-    `group_adjustment`, `group_ema_decay` and `group_temperature`. `packing` and `padding_free` are not supported
+    `group_adjustment`, `group_ema_decay` and `group_temperature`, [`hf_egt.trainer.TokenLossArguments`] for
+    `chunked_token_losses` and `token_loss_chunk_size`. `packing` and `padding_free` are not supported
     (a packed row mixes groups).
     """
 
@@ -59,9 +61,17 @@ class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
         self._finish_setup()
 
     def _token_losses(self, model, inputs):
-        """Per-token losses from TRL's fused LM head, and TRL's entropy / token-accuracy metrics."""
-        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
-        mask = outputs.label_mask
+        """Per-token losses from the chunked path (else TRL's fused LM head), and TRL's entropy / token-accuracy
+        metrics."""
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        chunked = self._chunked_token_losses_of(
+            model, model_inputs, inputs["labels"], use_cache=False, token_loss_stats=True
+        )
+        if chunked is not None:
+            token_losses, mask, outputs = chunked
+        else:
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+            token_losses, mask = -outputs.log_probs, outputs.label_mask
         mode = "train" if model.training else "eval"
         num_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
         if outputs.entropy is not None:
@@ -70,7 +80,7 @@ class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
         if outputs.is_top1 is not None:
             correct = self.accelerator.gather_for_metrics(outputs.is_top1.sum()).sum()
             self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
-        return -outputs.log_probs, mask, outputs
+        return token_losses, mask, outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)

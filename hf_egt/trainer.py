@@ -6,9 +6,11 @@ weights ``q`` come from ``hf_egt.objective.GroupObjective`` (``trainer.objective
 
 How the loss is computed, and why it is exact for any split of a batch:
 
-- The model is called *without* labels, so it does not compute its own loss; one ``cross_entropy(reduction="none")``
-  on its logits gives the per-token losses (``hf_egt.losses``), reduced to each sequence's token mean with the
-  sequence's token count as example weight. A group's loss is therefore a mean over the group's tokens.
+- The model is called *without* labels, so it does not compute its own loss. By default its forward returns the
+  per-token losses computed from the decoder's hidden states through the output embedding in chunks
+  (``hf_egt.output_head``: no ``(batch, seq_len, vocab)`` logits); otherwise one ``cross_entropy(reduction="none")``
+  on its logits gives them (``hf_egt.losses``). They are reduced to each sequence's token mean with the sequence's
+  token count as example weight. A group's loss is therefore a mean over the group's tokens.
 - ``get_batch_samples`` sees the whole accumulation window first: it counts each group's tokens over the window (and
   over processes) with ``objective.begin_window``; each micro-batch then contributes ``objective.window_loss`` and the
   window's last micro-batch calls ``objective.end_window`` (the weight update, used from the next step on). The loss
@@ -30,6 +32,7 @@ from transformers import Trainer, TrainingArguments
 
 from .losses import causal_lm_token_losses, count_target_tokens, sequence_losses
 from .objective import OBJECTIVE_MODES, GroupObjective, group_sums
+from .output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,37 @@ class GroupArguments:
 
 
 @dataclass
-class EGTConfig(GroupArguments, TrainingArguments):
+class TokenLossArguments:
+    """How [`EGTTrainer`] and [`hf_egt.EGTSFTTrainer`] compute per-token losses.
+
+    Parameters:
+        chunked_token_losses (`bool`, *optional*, defaults to `True`):
+            Compute the per-token losses from the decoder's final hidden states through the output embedding, in
+            chunks of tokens (`hf_egt.losses.chunked_head_token_losses`), so that no `(batch, seq_len, vocab)` logits
+            exist in training or evaluation. Used when the model has a separable decoder and output embedding and
+            the two paths agree on the first batch; otherwise (or with `False`) the losses come from the full logits,
+            and the reason is logged. Evaluation with `compute_metrics` uses the full logits (the metrics need them).
+        token_loss_chunk_size (`int`, *optional*, defaults to `256`):
+            Tokens per chunk of the chunked losses: the extra peak memory is about three `(chunk, vocab)` float32
+            blocks (150 MB at a vocabulary of 49,152).
+    """
+
+    chunked_token_losses: bool = field(
+        default=True,
+        metadata={"help": "Per-token losses from the hidden states through the output embedding in chunks."},
+    )
+    token_loss_chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk of the chunked losses."})
+
+    def __post_init__(self):
+        if self.token_loss_chunk_size < 1:
+            raise ValueError(
+                f"`token_loss_chunk_size` must be a positive number of tokens, got {self.token_loss_chunk_size}."
+            )
+        super().__post_init__()
+
+
+@dataclass
+class EGTConfig(GroupArguments, TokenLossArguments, TrainingArguments):
     """[`~transformers.TrainingArguments`] for [`EGTTrainer`], with the group objective's options.
 
     Parameters:
@@ -122,7 +155,8 @@ class EGTConfig(GroupArguments, TrainingArguments):
             Truncation length (tokens) when tokenizing `text_column`.
 
     See [`GroupArguments`] for `group_column`, `groups`, `objective`, `group_step_size`, `group_adjustment`,
-    `group_ema_decay` and `group_temperature`; the rest are [`~transformers.TrainingArguments`].
+    `group_ema_decay` and `group_temperature`, [`TokenLossArguments`] for `chunked_token_losses` and
+    `token_loss_chunk_size`; the rest are [`~transformers.TrainingArguments`].
     """
 
     text_column: str = field(
@@ -416,6 +450,13 @@ class EGTTrainerMixin:
     def _finish_setup(self) -> None:
         self.data_collator = GroupCollator(self.data_collator, self.args.group_column, self.objective)
         self._log_under_output_dir()
+        reason = "`chunked_token_losses=False`"
+        if self.args.chunked_token_losses:
+            reason = add_token_loss_forward(self.model, self.args.token_loss_chunk_size)
+        self._chunked_token_losses = reason is None
+        self._chunked_token_losses_checked = False
+        if reason is not None:
+            logger.info("Per-token losses from the full logits: %s.", reason)
         if self.args.label_names is None and "labels" not in self.label_names:
             # Trainer reads label names off the model class's `forward`; a wrapper such as `HyperLoRAModel` hides
             # them, and `prediction_step` would then skip `compute_loss` (no per-group evaluation).
@@ -427,6 +468,24 @@ class EGTTrainerMixin:
         super()._set_signature_columns_if_needed()
         if self.args.group_column not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, self.args.group_column]
+
+    # -- per-token losses ---------------------------------------------------------------------------------------------
+
+    def _chunked_token_losses_of(self, model, inputs: dict[str, Any], labels: torch.Tensor, **forward_kwargs):
+        """``(token_losses, mask, outputs)`` from the chunked path (`TokenLossArguments`), or `None` when the full
+        logits are to be used: the path is off, it disagreed with the full one on the first batch, or evaluation
+        runs `compute_metrics` (which needs the logits)."""
+        if not self._chunked_token_losses or (not model.training and self.compute_metrics is not None):
+            return None
+        if not self._chunked_token_losses_checked:
+            self._chunked_token_losses_checked = True
+            reason = check_token_loss_forward(model, {**inputs, **forward_kwargs}, labels)
+            if reason is not None:
+                logger.warning("Per-token losses from the full logits: %s.", reason)
+                self._chunked_token_losses = False
+                return None
+        outputs = model(**inputs, **forward_kwargs, **{TOKEN_LOSS_LABELS: labels})
+        return outputs["token_losses"], outputs["label_mask"], outputs
 
     # -- training -----------------------------------------------------------------------------------------------------
 
@@ -645,10 +704,15 @@ class EGTTrainer(EGTTrainerMixin, Trainer):
         return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def _token_losses(self, model, inputs: dict[str, Any]):
-        """Forward without labels (no loss inside the model), then one per-token cross-entropy on its logits."""
+        """Per-token losses from the chunked path, or a forward without labels (no loss inside the model) and one
+        per-token cross-entropy on its logits."""
         if "labels" not in inputs:
             raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        chunked = self._chunked_token_losses_of(model, model_inputs, inputs["labels"])
+        if chunked is not None:
+            return chunked
+        outputs = model(**model_inputs)
         logits = output_field(outputs, "logits")
         if logits is None:
             logits = outputs[0]
