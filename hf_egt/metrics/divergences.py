@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .knn import kth_neighbour_sq_distances, nearest_neighbour_indices
+from .knn import kth_neighbour_sq_distances, nearest_neighbour_indices, radius_counts
 from .validation import as_features, check_min_samples, check_pair
 
 
@@ -61,6 +61,25 @@ def knn_log_ratio(real: torch.Tensor, generated: torch.Tensor, k: int = 5, chunk
     return math.log((n - 1) / m) + 0.5 * dim * (rho_sq.log() - nu_sq.log())
 
 
+def adaptive_knn_log_ratio(real: torch.Tensor, generated: torch.Tensor, k: int = 5, chunk_size: int | None = None):
+    """Bias-reduced ``log(q_hat / p_hat)`` at each real sample: Wang, Kulkarni and Verdú's (2009) adaptive choice of
+    neighbour counts (see ``kl_divergence``)."""
+    n, m, dim = real.shape[0], generated.shape[0], real.shape[1]
+    rho_sq = kth_neighbour_sq_distances(real, real, k, exclude_self=True, chunk_size=chunk_size)
+    nu_sq = kth_neighbour_sq_distances(real, generated, k, chunk_size=chunk_size)
+    radius_sq = torch.maximum(rho_sq, nu_sq)
+    num_real, real_sq = radius_counts(real, real, radius_sq, exclude_self=True, chunk_size=chunk_size)
+    num_generated, generated_sq = radius_counts(real, generated, radius_sq, chunk_size=chunk_size)
+    if (real_sq == 0).any() or (generated_sq == 0).any():
+        raise ValueError(
+            "`real` or `generated` has exact duplicates of `real` samples; k-NN estimators need distinct points: "
+            "deduplicate the features."
+        )
+    log_ratio = 0.5 * dim * (real_sq.log() - generated_sq.log())
+    digamma = torch.special.digamma(num_generated.double()) - torch.special.digamma(num_real.double())
+    return math.log((n - 1) / m) + log_ratio + digamma
+
+
 def knn_ratio_moment(log_ratio: torch.Tensor, beta: float, k: int) -> torch.Tensor:
     """Bias-corrected estimate of ``E_P[(q/p)^beta]`` from k-NN log ratios (Póczos and Schneider 2011)."""
     if k <= abs(beta):
@@ -70,17 +89,28 @@ def knn_ratio_moment(log_ratio: torch.Tensor, beta: float, k: int) -> torch.Tens
     return torch.exp(log_mean + log_correction)
 
 
-def kl_divergence(real, generated, k: int = 5, chunk_size: int | None = None) -> torch.Tensor:
+def kl_divergence(real, generated, k: int = 5, chunk_size: int | None = None, adaptive: bool = True) -> torch.Tensor:
     """KL(P || Q) = E_P[log p/q] (mass-covering: penalises data the model misses), k-NN estimate of Wang, Kulkarni
-    and Verdú (2009). Needs n > k, m >= k."""
+    and Verdú (2009). Needs n > k, m >= k.
+
+    ``adaptive=True`` (default) uses their bias-reduced variant: at each real sample the radius is
+    ``eps = max(rho_k, nu_k)``, ``l`` and ``k'`` count the real (other) and generated samples within ``eps``, and
+    ``d log(nu_k' / rho_l) + psi(l) - psi(k')`` replaces ``d log(nu_k / rho_k)``: both densities are then estimated
+    on (nearly) the same ball, so the error from the density ratio varying across balls of different sizes largely
+    cancels. ``adaptive=False`` is the fixed-k estimator of the module docstring.
+    """
     real, generated = _prepare(real, generated, k + 1, k, f"the k-NN KL estimator with k={k}")
-    return -knn_log_ratio(real, generated, k, chunk_size).mean()
+    log_ratio = adaptive_knn_log_ratio if adaptive else knn_log_ratio
+    return -log_ratio(real, generated, k, chunk_size).mean()
 
 
-def reverse_kl_divergence(real, generated, k: int = 5, chunk_size: int | None = None) -> torch.Tensor:
+def reverse_kl_divergence(
+    real, generated, k: int = 5, chunk_size: int | None = None, adaptive: bool = True
+) -> torch.Tensor:
     """KL(Q || P) = E_Q[log q/p] (mode-seeking: penalises generated samples off the data), same estimator."""
     real, generated = _prepare(real, generated, k, k + 1, f"the k-NN reverse KL estimator with k={k}")
-    return -knn_log_ratio(generated, real, k, chunk_size).mean()
+    log_ratio = adaptive_knn_log_ratio if adaptive else knn_log_ratio
+    return -log_ratio(generated, real, k, chunk_size).mean()
 
 
 def squared_hellinger_distance(real, generated, k: int = 5, chunk_size: int | None = None) -> torch.Tensor:

@@ -40,3 +40,30 @@ def check_min_samples(features: torch.Tensor, minimum: int, name: str, why: str,
     if features.shape[0] < minimum:
         where = f"`{name}`" + (f" of group {group!r}" if group is not None else "")
         raise ValueError(f"{where} has {features.shape[0]} sample(s) but {why} needs at least {minimum}.")
+
+
+KNN_DIVERGENCES = ("kl", "reverse_kl", "hellinger", "chi2", "precision", "recall", "density", "coverage")
+POOLED_DIVERGENCES = ("js", "tv", "pr", "frechet")
+
+
+def minimum_samples(divergence: str, **estimator_kwargs) -> int:
+    """The fewest samples per group and per side (real, generated) that ``divergence`` accepts.
+
+    - k-NN estimators (KL, reverse KL, Hellinger, chi^2, PRDC): ``k + 1`` (a sample's k-th nearest *other* sample);
+    - pooled k-NN classifier estimators (JS, TV, PR) and the Fréchet distance: 2;
+    - quantised estimators (``quantized_*``, ``mauve``): ten samples per cluster, ``10 * num_clusters`` (20 with
+      the default cluster rule, which uses at least 2 clusters).
+
+    These are the sizes at which an estimator is *defined*; whether its value is distinguishable from noise at that
+    size is what the report's ``null_floor`` and ``gap_p_value`` say.
+    """
+    from .quantized import SAMPLES_PER_CLUSTER
+
+    if divergence.startswith("quantized_") or divergence == "mauve":
+        num_clusters = estimator_kwargs.get("num_clusters") or 2
+        return SAMPLES_PER_CLUSTER * num_clusters
+    if divergence in KNN_DIVERGENCES:
+        return estimator_kwargs.get("k", 5) + 1
+    if divergence in POOLED_DIVERGENCES:
+        return 2
+    raise ValueError(f"Unknown `divergence` {divergence!r}; see hf_egt.metrics.DIVERGENCES for the valid names.")
