@@ -206,18 +206,18 @@ def mauve_divergence_curve(
     return torch.exp(-scaling * torch.cat([ends, inner, ends.flip(1)]))
 
 
-def _trapezoid_sorted(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(x, stable=True)
-    return torch.trapezoid(y[order], x[order])
-
-
 def histogram_mauve(
     p: torch.Tensor, q: torch.Tensor, scaling: float = MAUVE_SCALING, num_weights: int = MAUVE_NUM_WEIGHTS
 ) -> torch.Tensor:
     """MAUVE: area under the divergence frontier, averaged over both axes as mauve-text does; in (0, 1], 1 when
-    P = Q (higher is better)."""
+    P = Q (higher is better).
+
+    Along the frontier (mixture weight rising) x falls and y rises, so the trapezoids follow the curve's own order:
+    the same as mauve-text's sort by x and by y wherever coordinates are distinct; where they tie (P = Q: all inner
+    points at (1, 1)) the curve order gives the frontier's true area, 1, whatever order a sort leaves ties in.
+    """
     x, y = mauve_divergence_curve(p, q, scaling, num_weights).T
-    return 0.5 * (_trapezoid_sorted(x, y) + _trapezoid_sorted(y, x))
+    return 0.5 * (torch.trapezoid(y.flip(0), x.flip(0)) + torch.trapezoid(x, y))
 
 
 # name -> (function of two probability vectors, needs smoothing)
