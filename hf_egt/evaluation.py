@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .losses import IGNORE_INDEX, causal_lm_token_losses
-from .metrics import likelihood_report, summarize_groups
+from .metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, summarize_groups
 
 logger = logging.getLogger(__name__)
 
@@ -143,16 +143,21 @@ def embedding_egt(
     generated_groups: Sequence[str],
     feature_model,
     *,
-    divergence: str = "kl",
-    n_bootstrap: int = 0,
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
+    n_bootstrap: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    **estimator_kwargs,
 ) -> dict:
     """EGT report (``hf_egt.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``.
 
     ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair.
+    The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
+    the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
     from .metrics import egt_report, embed_texts, load_text_encoder
+
+    check_egt_sizes(real_groups, generated_groups, divergence, **estimator_kwargs)
 
     encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
     real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
@@ -165,7 +170,26 @@ def embedding_egt(
         divergence=divergence,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        **estimator_kwargs,
     )
+
+
+def check_egt_sizes(real_groups: Sequence[str], generated_groups: Sequence[str], divergence: str, **estimator_kwargs):
+    """Raise before generation or embedding when a group has fewer samples than ``divergence`` needs."""
+    from .metrics import minimum_samples
+
+    minimum = minimum_samples(divergence, **estimator_kwargs)
+    short = {
+        str(group): (list(real_groups).count(group), list(generated_groups).count(group))
+        for group in dict.fromkeys([*real_groups, *generated_groups])
+        if min(list(real_groups).count(group), list(generated_groups).count(group)) < minimum
+    }
+    if short:
+        raise ValueError(
+            f"EGT with {divergence!r} needs at least {minimum} real and generated samples per group "
+            f"(hf_egt.metrics.validation.minimum_samples); (real, generated) counts of the groups below that: "
+            f"{short}. Give each group at least {minimum} evaluation texts (prompts), or merge small groups."
+        )
 
 
 def _jsonable(value):
@@ -192,7 +216,7 @@ def evaluate_causal_lm(
     num_prompt_words: int = 4,
     max_new_tokens: int = 24,
     max_prompts_per_group: int | None = None,
-    divergence: str = "kl",
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
     seed: int = 0,
     name: str = "model",
 ) -> dict:
@@ -202,15 +226,17 @@ def evaluate_causal_lm(
     "overall_loss", "metric": "perplexity"}`` plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     """
     groups = [str(group) for group in groups]
+    if feature_model is not None:
+        chosen = _prompt_rows(groups, max_prompts_per_group, seed)
+        chosen_groups = [groups[i] for i in chosen]
+        check_egt_sizes(chosen_groups, chosen_groups, divergence)
     nll, tokens = sequence_nll(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
     )
     perplexity = group_perplexity(nll, tokens, groups)
     result = {**summarize_groups(perplexity["per_group"]), **perplexity, "metric": "perplexity"}
     if feature_model is not None:
-        chosen = _prompt_rows(groups, max_prompts_per_group, seed)
         real = [texts[i] for i in chosen]
-        chosen_groups = [groups[i] for i in chosen]
         generated = generate_continuations(
             model,
             tokenizer,
@@ -324,13 +350,22 @@ def report_markdown(
     parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
     with_egt = {name: run["egt"] for name, run in runs.items() if "egt" in run}
     if with_egt:
+        from .metrics import report_table
+
         parts += [
             "EGT: divergence between each group's real sentences and the model's continuations of their first words "
-            "(sentence embeddings; lower is better):",
-            "",
-            runs_table(with_egt, value_format="{:.3f}"),
+            "(sentence embeddings). The null floor is the same estimator between two halves of the group's own real "
+            "sentences: a value within it is indistinguishable from sampling noise; the gap's p-value comes from "
+            "permuting the group labels (docs/metric.md).",
             "",
         ]
+        for name, report in with_egt.items():
+            parts += [f"**{name}**", "", report_table(report), ""]
+    parts += [
+        "Per-group perplexity on held-out text is exp(KL(P_a || Q_a) + H(P_a)) per token: a perplexity gap mixes "
+        "how well the model fits each group with each group's own entropy.",
+        "",
+    ]
     parts += ["![per-group results](report.png)", ""]
     if command:
         parts += ["Reproduce with:", "", "```bash", command, "```", ""]

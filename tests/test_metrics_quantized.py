@@ -209,3 +209,15 @@ def test_codebook_is_shared_by_all_groups():
         p = torch.bincount(labels_real[rows], minlength=codebook.num_clusters)
         q = torch.bincount(labels_generated[rows], minlength=codebook.num_clusters)
         assert report["per_group"][group] == pytest.approx(float(histogram_divergence("tv", p, q)), abs=1e-12)
+
+
+def test_markdown_table_and_plot_mark_floors_and_a_non_significant_gap(tmp_path):
+    from hf_egt.metrics import plot_report, report_table
+
+    real, real_groups, generated, generated_groups = two_groups(shift_b=0.0)
+    report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_js", n_permutations=50)
+    table = report_table(report)
+    assert "| a | 240 | 240 |" in table and "| b | 240 | 240 |" in table
+    assert table.count("**yes** (noise)") == 2 and "**not significant**" in table
+    assert f"{report['null_floor']['a']:.3f}" in table
+    assert plot_report(report, tmp_path / "egt.png").stat().st_size > 0

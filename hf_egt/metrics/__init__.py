@@ -19,13 +19,22 @@ from .likelihood import likelihood_report
 from .plot import plot_report
 from .prdc import prdc
 from .quantized import fit_codebook, histogram_divergence, histogram_mauve, quantized_pr_curve
-from .report import DIVERGENCES, QUANTIZED, egt_report, estimate, proportion_criteria
+from .report import (
+    DIVERGENCES,
+    QUANTIZED,
+    RECOMMENDED_TEXT_DIVERGENCE,
+    egt_report,
+    estimate,
+    proportion_criteria,
+    report_table,
+)
 from .summary import summarize_groups
 from .validation import minimum_samples
 
 __all__ = [
     "DIVERGENCES",
     "QUANTIZED",
+    "RECOMMENDED_TEXT_DIVERGENCE",
     "chi2_divergence",
     "egt_report",
     "embed_images",
@@ -48,6 +57,7 @@ __all__ = [
     "prdc",
     "proportion_criteria",
     "quantized_pr_curve",
+    "report_table",
     "reverse_kl_divergence",
     "squared_hellinger_distance",
     "summarize_groups",

@@ -58,6 +58,9 @@ DIVERGENCES: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
     **{name: (quantized_estimator(histogram_name), name != "mauve") for name, histogram_name in QUANTIZED.items()},
 }
 PREPROCESSING_KWARGS = ("pca", "normalize")
+# The estimator docs/metric.md supports for sentence embeddings at ~100 samples per group (384-d MiniLM): bounded,
+# symmetric, exact on a shared codebook, with a floor and a p-value that are cheap to compute.
+RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
 
 
 def _check_divergence(divergence: str) -> None:
@@ -421,3 +424,42 @@ def egt_report(
         "minimum_samples": minimum,
         "estimator_kwargs": {key: value for key, value in estimator_kwargs.items() if key != "chunk_size"},
     }
+
+
+def _format(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def report_table(report: dict, digits: int = 3) -> str:
+    """Markdown table of an ``egt_report``: per group the counts, the value with its interval, the noise floor and
+    whether the value is within it; then the gap with its permutation p-value, and the pooled value."""
+    level = round(100 * report.get("confidence", 0.95))
+    lines = [
+        f"| group | real | generated | {report['divergence']} | {level} % interval | null floor | within floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for group, value in report["per_group"].items():
+        counts = report["counts"][group]
+        low, high = report.get("ci", {}).get(group, [math.nan, math.nan])
+        interval = "n/a" if math.isnan(low) else f"[{_format(low, digits)}, {_format(high, digits)}]"
+        within = report.get("within_floor", {}).get(group)
+        flag = "n/a" if within is None else ("**yes** (noise)" if within else "no")
+        if group in report.get("missing", {}):
+            flag = f"missing {report['missing'][group]} samples"
+        floor = _format(report.get("null_floor", {}).get(group, math.nan), digits)
+        lines.append(
+            f"| {group} | {counts['real']} | {counts['generated']} | {_format(value, digits)} | {interval} | "
+            f"{floor} | {flag} |"
+        )
+    p_value = report.get("gap_p_value", math.nan)
+    verdict = {True: "significant", False: "**not significant**", None: "not tested"}[report.get("gap_significant")]
+    lines.append(
+        f"| **gap** (worst: {report['worst_group']}) | | | **{_format(report['gap'], digits)}** | "
+        f"p = {_format(p_value, 3)}, {verdict} | | |"
+    )
+    lines.append(
+        f"| overall | {sum(c['real'] for c in report['counts'].values())} | "
+        f"{sum(c['generated'] for c in report['counts'].values())} | {_format(report['overall'], digits)} "
+        "| | | |"
+    )
+    return "\n".join(lines)
