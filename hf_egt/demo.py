@@ -50,7 +50,8 @@ class DemoSettings:
     group_step_size: float = 0.3
     minmax_objective: str = "minmax"
     egt: bool = True
-    max_prompts_per_group: int = 16
+    egt_divergence: str = "quantized_js"  # hf_egt.metrics.RECOMMENDED_TEXT_DIVERGENCE (docs/metric.md)
+    max_prompts_per_group: int = 100
     num_prompt_words: int = 4
     max_new_tokens: int = 12
     eval_batch_size: int = 16
@@ -227,6 +228,7 @@ def run_demo(
         "num_prompt_words": settings.num_prompt_words,
         "max_new_tokens": settings.max_new_tokens,
         "max_prompts_per_group": settings.max_prompts_per_group,
+        "divergence": settings.egt_divergence,
         "seed": settings.seed,
     }
     texts, groups = list(test["text"]), list(test["group"])
