@@ -282,7 +282,8 @@ def null_section(cells: Cells) -> str:
         "3 groups of Gaussians (d = 8); generated = real distribution (null) or, for group c only, shifted by "
         "||mu|| = 0.5 (shift). 10 seeds; 20 half-splits for the floor (95 % quantile), 200 permutations. Cells: "
         "share of unshifted groups within their floor / share of seeds with gap p < 0.05 (null: should be ~5 % or "
-        "less) / share of seeds where the shifted group is outside its floor (shift). k-NN estimators at n = 100 only (cost).",
+        "less) / share of seeds where the shifted group is outside its floor (shift). k-NN estimators at n = 100 "
+        "only (cost).",
         "",
         "| estimator | n per group | null: within floor | null: p < 0.05 | shift: p < 0.05 | shift: c outside floor |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

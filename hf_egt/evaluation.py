@@ -192,6 +192,17 @@ def check_egt_sizes(real_groups: Sequence[str], generated_groups: Sequence[str],
         )
 
 
+def check_egt_prompts(
+    groups: Sequence[str], max_prompts_per_group: int | None, divergence: str, seed: int = 0
+) -> list[int]:
+    """The rows whose prefixes ``evaluate_causal_lm`` will continue, after checking (before any model work) that
+    every group gets enough of them for ``divergence``."""
+    chosen = _prompt_rows([str(group) for group in groups], max_prompts_per_group, seed)
+    chosen_groups = [str(groups[i]) for i in chosen]
+    check_egt_sizes(chosen_groups, chosen_groups, divergence)
+    return chosen
+
+
 def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
@@ -227,9 +238,8 @@ def evaluate_causal_lm(
     """
     groups = [str(group) for group in groups]
     if feature_model is not None:
-        chosen = _prompt_rows(groups, max_prompts_per_group, seed)
+        chosen = check_egt_prompts(groups, max_prompts_per_group, divergence, seed)
         chosen_groups = [groups[i] for i in chosen]
-        check_egt_sizes(chosen_groups, chosen_groups, divergence)
     nll, tokens = sequence_nll(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
     )
