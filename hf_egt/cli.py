@@ -327,13 +327,9 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         seed=args.seed,
     )
     feature_model = resolve_feature_model(args.feature_model)
+    model, tokenizer = load_checked_causal_lm(args.model_name_or_path)
     texts = list(evaluation[args.text_column])
     groups = [str(group) for group in evaluation[args.group_column]]
-    if feature_model is not None:  # enough prompts per group for the EGT estimator, before loading any model
-        from .evaluation import check_egt_prompts
-
-        check_egt_prompts(groups, args.max_prompts_per_group, args.divergence, args.seed)
-    model, tokenizer = load_checked_causal_lm(args.model_name_or_path)
     kwargs = {
         "batch_size": args.batch_size,
         "max_length": args.max_length,

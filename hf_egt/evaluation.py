@@ -155,9 +155,19 @@ def embedding_egt(
     The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
-    from .metrics import egt_report, embed_texts, load_text_encoder
+    from .metrics import egt_report, embed_texts, load_text_encoder, minimum_samples
 
-    check_egt_sizes(real_groups, generated_groups, divergence, **estimator_kwargs)
+    minimum = minimum_samples(divergence, **estimator_kwargs)
+    counts = {
+        str(group): (list(real_groups).count(group), list(generated_groups).count(group))
+        for group in dict.fromkeys([*real_groups, *generated_groups])
+    }
+    small = {group: count for group, count in counts.items() if 0 < min(count) < minimum}
+    if small:  # before embedding anything
+        raise ValueError(
+            f"Group(s) {small} ((real, generated) texts) have fewer texts than the {divergence!r} estimator needs "
+            f"({minimum} per group and side, hf_egt.metrics.minimum_samples); pass more texts per group."
+        )
 
     encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
     real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
@@ -174,35 +184,6 @@ def embedding_egt(
     )
 
 
-def check_egt_sizes(real_groups: Sequence[str], generated_groups: Sequence[str], divergence: str, **estimator_kwargs):
-    """Raise before generation or embedding when a group has fewer samples than ``divergence`` needs."""
-    from .metrics import minimum_samples
-
-    minimum = minimum_samples(divergence, **estimator_kwargs)
-    short = {
-        str(group): (list(real_groups).count(group), list(generated_groups).count(group))
-        for group in dict.fromkeys([*real_groups, *generated_groups])
-        if min(list(real_groups).count(group), list(generated_groups).count(group)) < minimum
-    }
-    if short:
-        raise ValueError(
-            f"EGT with {divergence!r} needs at least {minimum} real and generated samples per group "
-            f"(hf_egt.metrics.validation.minimum_samples); (real, generated) counts of the groups below that: "
-            f"{short}. Give each group at least {minimum} evaluation texts (prompts), or merge small groups."
-        )
-
-
-def check_egt_prompts(
-    groups: Sequence[str], max_prompts_per_group: int | None, divergence: str, seed: int = 0
-) -> list[int]:
-    """The rows whose prefixes ``evaluate_causal_lm`` will continue, after checking (before any model work) that
-    every group gets enough of them for ``divergence``."""
-    chosen = _prompt_rows([str(group) for group in groups], max_prompts_per_group, seed)
-    chosen_groups = [str(groups[i]) for i in chosen]
-    check_egt_sizes(chosen_groups, chosen_groups, divergence)
-    return chosen
-
-
 def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
@@ -213,6 +194,19 @@ def _jsonable(value):
     if hasattr(value, "item") and callable(value.item):
         return value.item()
     return value
+
+
+def groups_too_small_for_egt(
+    groups: Sequence[str], divergence: str, max_prompts_per_group: int | None
+) -> tuple[int, dict[str, int]]:
+    """``(minimum, {group: prompts})``: the groups whose number of prompts (rows, capped at ``max_prompts_per_group``)
+    is below what ``divergence``'s estimator needs (``hf_egt.metrics.validation.minimum_samples``)."""
+    from .metrics.validation import minimum_samples
+
+    minimum = minimum_samples(divergence)
+    cap = max_prompts_per_group or len(groups)
+    prompts = {group: min(list(groups).count(group), cap) for group in sorted(set(groups))}
+    return minimum, {group: count for group, count in prompts.items() if count < minimum}
 
 
 def evaluate_causal_lm(
@@ -237,16 +231,22 @@ def evaluate_causal_lm(
     "overall_loss", "metric": "perplexity"}`` plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     """
     groups = [str(group) for group in groups]
-    if feature_model is not None:
-        chosen = check_egt_prompts(groups, max_prompts_per_group, divergence, seed)
-        chosen_groups = [groups[i] for i in chosen]
+    if feature_model is not None:  # before any work: the estimator's minimum sample size per group
+        minimum, small = groups_too_small_for_egt(groups, divergence, max_prompts_per_group)
+        if small:
+            raise ValueError(
+                f"Group(s) {small} have fewer prompts than the {divergence!r} estimator needs ({minimum} per group); "
+                "pass more texts per group, a larger `max_prompts_per_group`, or `feature_model=None`."
+            )
     nll, tokens = sequence_nll(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
     )
     perplexity = group_perplexity(nll, tokens, groups)
     result = {**summarize_groups(perplexity["per_group"]), **perplexity, "metric": "perplexity"}
     if feature_model is not None:
+        chosen = _prompt_rows(groups, max_prompts_per_group, seed)
         real = [texts[i] for i in chosen]
+        chosen_groups = [groups[i] for i in chosen]
         generated = generate_continuations(
             model,
             tokenizer,

@@ -224,11 +224,13 @@ def test_markdown_table_and_plot_mark_floors_and_a_non_significant_gap(tmp_path)
 
 
 def test_text_egt_checks_prompt_counts_before_any_model_work():
-    from hf_egt.evaluation import evaluate_causal_lm
+    from hf_egt.evaluation import embedding_egt, evaluate_causal_lm
 
     texts, groups = ["some words here"] * 30, ["a"] * 25 + ["b"] * 5
     # No model at all: the check must fail before the model, the tokenizer or the encoder is touched.
-    with pytest.raises(ValueError, match=r"'quantized_js' needs at least 20 .*\{'b': \(5, 5\)\}"):
+    with pytest.raises(ValueError, match=r"\{'b': 5\} have fewer prompts than the 'quantized_js' estimator needs \(20"):
         evaluate_causal_lm(None, None, texts, groups, feature_model="no-such-encoder")
-    with pytest.raises(ValueError, match=r"\{'a': \(10, 10\), 'b': \(5, 5\)\}"):
+    with pytest.raises(ValueError, match=r"\{'a': 10, 'b': 5\} have fewer prompts than the 'mauve'"):
         evaluate_causal_lm(None, None, texts, groups, feature_model="x", max_prompts_per_group=10, divergence="mauve")
+    with pytest.raises(ValueError, match=r"\{'b': \(5, 5\)\} \(\(real, generated\) texts\)"):
+        embedding_egt(texts, groups, texts, groups, feature_model="no-such-encoder")

@@ -43,7 +43,6 @@ def check_min_samples(features: torch.Tensor, minimum: int, name: str, why: str,
 
 
 KNN_DIVERGENCES = ("kl", "reverse_kl", "hellinger", "chi2", "precision", "recall", "density", "coverage")
-POOLED_DIVERGENCES = ("js", "tv", "pr", "frechet")
 
 
 def minimum_samples(divergence: str, **estimator_kwargs) -> int:
@@ -58,12 +57,12 @@ def minimum_samples(divergence: str, **estimator_kwargs) -> int:
     size is what the report's ``null_floor`` and ``gap_p_value`` say.
     """
     from .quantized import SAMPLES_PER_CLUSTER
+    from .report import DIVERGENCES, QUANTIZED
 
-    if divergence.startswith("quantized_") or divergence == "mauve":
-        num_clusters = estimator_kwargs.get("num_clusters") or 2
-        return SAMPLES_PER_CLUSTER * num_clusters
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
+    if divergence in QUANTIZED:
+        return SAMPLES_PER_CLUSTER * (estimator_kwargs.get("num_clusters") or 2)
     if divergence in KNN_DIVERGENCES:
-        return estimator_kwargs.get("k", 5) + 1
-    if divergence in POOLED_DIVERGENCES:
-        return 2
-    raise ValueError(f"Unknown `divergence` {divergence!r}; see hf_egt.metrics.DIVERGENCES for the valid names.")
+        return int(estimator_kwargs.get("k", 5)) + 1  # k neighbours besides the point itself
+    return 2  # pooled k-NN classifier (js, tv, pr) and the Fréchet distance (a covariance)
