@@ -234,3 +234,12 @@ def test_text_egt_checks_prompt_counts_before_any_model_work():
         evaluate_causal_lm(None, None, texts, groups, feature_model="x", max_prompts_per_group=10, divergence="mauve")
     with pytest.raises(ValueError, match=r"\{'b': \(5, 5\)\} \(\(real, generated\) texts\)"):
         embedding_egt(texts, groups, texts, groups, feature_model="no-such-encoder")
+
+
+def test_quantised_floor_is_computed_for_groups_below_twice_the_minimum():
+    real, real_groups, generated, generated_groups = two_groups(shift_b=0.0, n=30)
+    report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_js", n_permutations=0)
+    assert all(math.isfinite(report["null_floor"][group]) for group in ("a", "b"))  # halves of 15 < 20
+    with pytest.warns(UserWarning, match="no null floor, halves of its 11 real samples are below the 6"):
+        few = egt_report(real[:41], real_groups[:41], generated, generated_groups, divergence="kl", n_permutations=0)
+    assert math.isnan(few["null_floor"]["b"]) and few["within_floor"]["b"] is None

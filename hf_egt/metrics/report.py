@@ -357,6 +357,9 @@ def egt_report(
 
     per_group, ci, floor, within = {}, {}, {}, {}
     generator = torch.Generator().manual_seed(seed)
+    # Halves must be valid inputs: k-NN estimators need their minimum; a histogram on a shared codebook is defined
+    # for any size, and halves below the minimum only make the floor larger (more conservative).
+    floor_minimum = 2 if family == "quantized" else minimum
     floor_quantile = confidence if higher_is_worse else 1 - confidence
     for group in groups:
         per_group[group], ci[group], floor[group], within[group] = math.nan, [math.nan, math.nan], math.nan, None
@@ -378,10 +381,10 @@ def egt_report(
                     f"Group {group!r}: no confidence interval, half-samples are too small: {error}", stacklevel=2
                 )
         if n_null:
-            if len(group_real) // 2 < minimum:
+            if len(group_real) // 2 < floor_minimum:
                 warnings.warn(
                     f"Group {group!r}: no null floor, halves of its {len(group_real)} real samples are below the "
-                    f"{minimum} that {divergence} needs; collect at least {2 * minimum} real samples.",
+                    f"{floor_minimum} that {divergence} needs; collect at least {2 * floor_minimum} real samples.",
                     stacklevel=2,
                 )
             else:
