@@ -210,7 +210,7 @@ def run_demo(
         model_loader: returns ``(model, tokenizer)``; default the cached SmolLM2-135M-Instruct.
         feature_model: sentence encoder for the EGT divergence; default the offline MiniLM.
     """
-    from .evaluation import evaluate_causal_lm, write_report
+    from .evaluation import egt_markdown, evaluate_causal_lm, write_report
     from .hub import build_model_card
     from .metrics import load_text_encoder
     from .offline import minilm_path
@@ -275,6 +275,9 @@ def run_demo(
             group_column="group",
             command=command,
             tags=["bold", "text-generation"],
+        )
+        card.text += "\n\n## Equalized Generative Treatment (EGT)\n\n" + egt_markdown(
+            {"base": runs["base"], objective: runs[objective]}
         )
         card.save(adapter_dir / "README.md")
     logger.info("Demo finished in %.0f s; report in %s", timings["total_s"], paths["md"])

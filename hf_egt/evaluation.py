@@ -353,15 +353,14 @@ def write_report(
     return paths
 
 
-def report_markdown(
-    runs: Mapping[str, Mapping], *, title: str, metric: str = "perplexity", command: str | None = None
-) -> str:
-    """The markdown body of a report: the per-group table, the EGT table when present, the plot and the command."""
-    parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
+def egt_markdown(runs: Mapping[str, Mapping]) -> str:
+    """The EGT tables of the runs that have one (counts, intervals, floors, gap p-value; ``report_table``) and what
+    a perplexity gap means, for the report and the model card."""
+    from .metrics import report_table
+
+    parts = []
     with_egt = {name: run["egt"] for name, run in runs.items() if "egt" in run}
     if with_egt:
-        from .metrics import report_table
-
         parts += [
             "EGT: divergence between each group's real sentences and the model's continuations of their first words "
             "(sentence embeddings). The null floor is the same estimator between two halves of the group's own real "
@@ -376,7 +375,15 @@ def report_markdown(
         "how well the model fits each group with each group's own entropy.",
         "",
     ]
-    parts += ["![per-group results](report.png)", ""]
+    return "\n".join(parts)
+
+
+def report_markdown(
+    runs: Mapping[str, Mapping], *, title: str, metric: str = "perplexity", command: str | None = None
+) -> str:
+    """The markdown body of a report: the per-group table, the EGT table when present, the plot and the command."""
+    parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
+    parts += [egt_markdown(runs), "![per-group results](report.png)", ""]
     if command:
         parts += ["Reproduce with:", "", "```bash", command, "```", ""]
     return "\n".join(parts)
