@@ -70,19 +70,27 @@ def nearest_centroid(points: torch.Tensor, centroids: torch.Tensor) -> torch.Ten
 
 
 def _kmeans_plus_plus(points: torch.Tensor, num_clusters: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (Arthur and Vassilvitskii 2007): each new centre drawn with probability ~ D(x)^2."""
-    first = int(torch.randint(points.shape[0], (1,), generator=generator))
-    centres = [points[first]]
-    sq_dist = (points - points[first]).square().sum(dim=1)
+    """k-means++ seeding (Arthur and Vassilvitskii 2007): each new centre drawn with probability ~ D(x)^2.
+
+    Squared distances to each new centre come from one matrix-vector product on the squared norms (the sequential
+    part of k-means' cost), clamped at 0 against round-off.
+    """
+    sq_norms = points.square().sum(dim=1)
+
+    def sq_distances_to(index: int) -> torch.Tensor:
+        return (sq_norms + sq_norms[index] - 2 * (points @ points[index])).clamp_(min=0)
+
+    chosen = [int(torch.randint(points.shape[0], (1,), generator=generator))]
+    sq_dist = sq_distances_to(chosen[0])
     for _ in range(1, num_clusters):
         total = float(sq_dist.sum())
         if total == 0:  # fewer distinct points than clusters: the remaining centres duplicate existing ones
             index = int(torch.randint(points.shape[0], (1,), generator=generator))
         else:
             index = int(torch.multinomial(sq_dist.cpu() / total, 1, generator=generator))
-        centres.append(points[index])
-        sq_dist = torch.minimum(sq_dist, (points - points[index]).square().sum(dim=1))
-    return torch.stack(centres)
+        chosen.append(index)
+        sq_dist = torch.minimum(sq_dist, sq_distances_to(index))
+    return points[torch.tensor(chosen, device=points.device)].clone()
 
 
 def kmeans(
