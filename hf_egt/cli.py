@@ -580,14 +580,25 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--group_column", default="group")
     parser.add_argument("--groups", nargs="+", default=None, help="Only these groups (default: all).")
-    parser.add_argument("--max_per_group", type=int, default=64, help="At most this many rows per group.")
+    parser.add_argument("--max_per_group", type=int, default=128, help="At most this many rows per group.")
     parser.add_argument(
         "--feature_model",
         default="minilm",
         help="Sentence encoder for the EGT divergence: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder, "
         "or 'none' to skip generation.",
     )
-    parser.add_argument("--divergence", default="kl", help="f-divergence of the EGT report (hf_egt.metrics).")
+    parser.add_argument(
+        "--divergence",
+        default="quantized_js",  # hf_egt.metrics.RECOMMENDED_TEXT_DIVERGENCE (not imported: keeps --help fast)
+        help="Divergence of the EGT report, a name of hf_egt.metrics.DIVERGENCES; the default is the one "
+        "docs/metric.md supports at ~100 samples per group.",
+    )
+    parser.add_argument(
+        "--max_prompts_per_group",
+        type=int,
+        default=100,
+        help="Prompts (sentence prefixes) per group; EGT needs hf_egt.metrics.minimum_samples(divergence) of them.",
+    )
     parser.add_argument(
         "--ignore_recorded_split",
         action="store_true",
@@ -605,7 +616,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Replace the report of an earlier evaluation in --output_dir (refused otherwise).",
     )
-    parser.add_argument("--max_prompts_per_group", type=int, default=32, help="Prompts (sentence prefixes) per group.")
     parser.add_argument("--num_prompt_words", type=int, default=4, help="Words of each sentence kept as the prompt.")
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--batch_size", type=int, default=16)

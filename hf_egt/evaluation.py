@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .losses import IGNORE_INDEX, causal_lm_token_losses
-from .metrics import likelihood_report, summarize_groups
+from .metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, summarize_groups
 from .output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -165,16 +165,31 @@ def embedding_egt(
     generated_groups: Sequence[str],
     feature_model,
     *,
-    divergence: str = "kl",
-    n_bootstrap: int = 0,
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
+    n_bootstrap: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    **estimator_kwargs,
 ) -> dict:
     """EGT report (``hf_egt.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``.
 
     ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair.
+    The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
+    the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
-    from .metrics import egt_report, embed_texts, load_text_encoder
+    from .metrics import egt_report, embed_texts, load_text_encoder, minimum_samples
+
+    minimum = minimum_samples(divergence, **estimator_kwargs)
+    counts = {
+        str(group): (list(real_groups).count(group), list(generated_groups).count(group))
+        for group in dict.fromkeys([*real_groups, *generated_groups])
+    }
+    small = {group: count for group, count in counts.items() if 0 < min(count) < minimum}
+    if small:  # before embedding anything
+        raise ValueError(
+            f"Group(s) {small} ((real, generated) texts) have fewer texts than the {divergence!r} estimator needs "
+            f"({minimum} per group and side, hf_egt.metrics.minimum_samples); pass more texts per group."
+        )
 
     encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
     real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
@@ -187,6 +202,7 @@ def embedding_egt(
         divergence=divergence,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        **estimator_kwargs,
     )
 
 
@@ -227,7 +243,7 @@ def evaluate_causal_lm(
     num_prompt_words: int = 4,
     max_new_tokens: int = 24,
     max_prompts_per_group: int | None = None,
-    divergence: str = "kl",
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
     seed: int = 0,
     name: str = "model",
 ) -> dict:
@@ -359,21 +375,37 @@ def write_report(
     return paths
 
 
+def egt_markdown(runs: Mapping[str, Mapping]) -> str:
+    """The EGT tables of the runs that have one (counts, intervals, floors, gap p-value; ``report_table``) and what
+    a perplexity gap means, for the report and the model card."""
+    from .metrics import report_table
+
+    parts = []
+    with_egt = {name: run["egt"] for name, run in runs.items() if "egt" in run}
+    if with_egt:
+        parts += [
+            "EGT: divergence between each group's real sentences and the model's continuations of their first words "
+            "(sentence embeddings). The null floor is the same estimator between two halves of the group's own real "
+            "sentences: a value within it is indistinguishable from sampling noise; the gap's p-value comes from "
+            "permuting the group labels (docs/metric.md).",
+            "",
+        ]
+        for name, report in with_egt.items():
+            parts += [f"**{name}**", "", report_table(report), ""]
+    parts += [
+        "Per-group perplexity on held-out text is exp(KL(P_a || Q_a) + H(P_a)) per token: a perplexity gap mixes "
+        "how well the model fits each group with each group's own entropy.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
 def report_markdown(
     runs: Mapping[str, Mapping], *, title: str, metric: str = "perplexity", command: str | None = None
 ) -> str:
     """The markdown body of a report: the per-group table, the EGT table when present, the plot and the command."""
     parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
-    with_egt = {name: run["egt"] for name, run in runs.items() if "egt" in run}
-    if with_egt:
-        parts += [
-            "EGT: divergence between each group's real sentences and the model's continuations of their first words "
-            "(sentence embeddings; lower is better):",
-            "",
-            runs_table(with_egt, value_format="{:.3f}"),
-            "",
-        ]
-    parts += ["![per-group results](report.png)", ""]
+    parts += [egt_markdown(runs), "![per-group results](report.png)", ""]
     if command:
         parts += ["Reproduce with:", "", "```bash", command, "```", ""]
     return "\n".join(parts)

@@ -325,7 +325,7 @@ def test_evaluate_command_embedding_egt(tmp_path, tiny_lm, tiny_json):
     out = tmp_path / "eval"
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
     argv += ["--split", "train", "--max_per_group", "8", "--feature_model", encoder, "--max_new_tokens", "4"]
-    _main([*argv, "--max_prompts_per_group", "7", "--output_dir", out])
+    _main([*argv, "--max_prompts_per_group", "7", "--divergence", "kl", "--output_dir", out])
 
     egt = json.loads((out / "report.json").read_text())["runs"]["base"]["egt"]
     assert egt["counts"] == {"a": {"real": 7, "generated": 7}, "b": {"real": 7, "generated": 7}}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_egt.metrics import egt_report, embed_images, embed_texts, load_text_encoder
+from hf_egt.metrics import RECOMMENDED_TEXT_DIVERGENCE, egt_report, embed_images, embed_texts, load_text_encoder
 
 evaluate = pytest.importorskip("evaluate")
 MODULE = str(Path(__file__).resolve().parents[1] / "metrics" / "egt")
@@ -52,7 +52,7 @@ def test_config_name_selects_the_divergence(features):
     assert result["divergence"] == "hellinger"
     expected = egt_report(real, real_groups, generated, generated_groups, divergence="hellinger", n_bootstrap=0)
     assert result["per_group"]["b"] == pytest.approx(expected["per_group"]["b"], rel=1e-5)
-    assert evaluate.load(MODULE).compute(**inputs)["divergence"] == "kl"
+    assert evaluate.load(MODULE).compute(**inputs)["divergence"] == RECOMMENDED_TEXT_DIVERGENCE == "quantized_js"
     # Arrays and tensors of integer labels work on both sides (labels become strings).
     tensor_inputs = {
         **inputs,

@@ -68,7 +68,17 @@ def test_every_divergence_name_runs_and_report_is_json_serialisable():
     real, real_groups, generated, generated_groups = make_groups(dim=2)
     for name in DIVERGENCES:
         kwargs = {"pr_lambda": 0.5} if name == "pr" else {}
-        report = egt_report(real, real_groups, generated, generated_groups, divergence=name, n_bootstrap=0, **kwargs)
+        report = egt_report(
+            real,
+            real_groups,
+            generated,
+            generated_groups,
+            divergence=name,
+            n_bootstrap=0,
+            n_permutations=0,
+            n_null=0,
+            **kwargs,
+        )
         decoded = json.loads(json.dumps(report))
         assert decoded["divergence"] == name and set(decoded["per_group"]) == {"a", "b"}
         assert math.isfinite(report["overall"])

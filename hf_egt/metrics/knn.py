@@ -282,3 +282,33 @@ def nearest_neighbour_indices(
     """
     _check_k(k, reference, exclude_self)
     return _candidates(query, reference, k, exclude_self, chunk_size)[1]
+
+
+def radius_counts(
+    query: torch.Tensor,
+    reference: torch.Tensor,
+    radius_sq: torch.Tensor,
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row, the number of reference rows within ``sqrt(radius_sq[i])`` and the largest squared
+    distance among them (``(n,)`` long and ``(n,)`` float64).
+
+    Pass radii that are themselves neighbour distances (so every ball holds at least one row). A distance is counted
+    when its block value is at most the radius plus the block's error bound: up to 16 dimensions the blocks are
+    float64 and the counts exact; above, a reference row whose distance agrees with the radius to float32 precision
+    counts as inside, and the largest distance carries float32 rounding (a relative 1e-7, far below any estimator's
+    noise).
+    """
+    counts = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    largest = torch.zeros(query.shape[0], dtype=torch.float64, device=query.device)
+    for start, block, bound in iter_sq_distance_blocks(query, reference, chunk_size):
+        rows = torch.arange(block.shape[0], device=block.device)
+        if exclude_self:
+            block[rows, rows + start] = torch.inf
+        limit = (radius_sq[start : start + block.shape[0]] + bound).to(block.dtype).unsqueeze(1)
+        inside = block <= limit
+        counts[start : start + block.shape[0]] = inside.sum(dim=1)
+        masked = torch.where(inside, block, torch.zeros((), dtype=block.dtype, device=block.device))
+        largest[start : start + block.shape[0]] = masked.amax(dim=1).double()
+    return counts, largest

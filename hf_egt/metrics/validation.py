@@ -42,17 +42,27 @@ def check_min_samples(features: torch.Tensor, minimum: int, name: str, why: str,
         raise ValueError(f"{where} has {features.shape[0]} sample(s) but {why} needs at least {minimum}.")
 
 
-def minimum_samples(divergence: str, **estimator_kwargs) -> int:
-    """The fewest samples a group needs on each side (real and generated) for ``divergence``'s estimator.
+KNN_DIVERGENCES = ("kl", "reverse_kl", "hellinger", "chi2", "precision", "recall", "density", "coverage")
 
-    Lets a caller (``hf-egt evaluate``) reject too-small groups before any generation. ``estimator_kwargs`` are
-    those the estimator would receive (``k`` of the k-NN estimators and PRDC); unknown names raise a ``ValueError``.
+
+def minimum_samples(divergence: str, **estimator_kwargs) -> int:
+    """The fewest samples per group and per side (real, generated) that ``divergence`` accepts.
+
+    - k-NN estimators (KL, reverse KL, Hellinger, chi^2, PRDC): ``k + 1`` (a sample's k-th nearest *other* sample);
+    - pooled k-NN classifier estimators (JS, TV, PR) and the Fréchet distance: 2;
+    - quantised estimators (``quantized_*``, ``mauve``): ten samples per cluster, ``10 * num_clusters`` (20 with
+      the default cluster rule, which uses at least 2 clusters).
+
+    These are the sizes at which an estimator is *defined*; whether its value is distinguishable from noise at that
+    size is what the report's ``null_floor`` and ``gap_p_value`` say.
     """
-    from .report import DIVERGENCES
+    from .quantized import SAMPLES_PER_CLUSTER
+    from .report import DIVERGENCES, QUANTIZED
 
     if divergence not in DIVERGENCES:
         raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
-    k = int(estimator_kwargs.get("k", 5))
-    if divergence in ("kl", "reverse_kl", "hellinger", "chi2", "precision", "recall", "density", "coverage"):
-        return k + 1  # k neighbours besides the point itself
+    if divergence in QUANTIZED:
+        return SAMPLES_PER_CLUSTER * (estimator_kwargs.get("num_clusters") or 2)
+    if divergence in KNN_DIVERGENCES:
+        return int(estimator_kwargs.get("k", 5)) + 1  # k neighbours besides the point itself
     return 2  # pooled k-NN classifier (js, tv, pr) and the Fréchet distance (a covariance)

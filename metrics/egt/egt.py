@@ -10,6 +10,7 @@ import datasets  # noqa: I001
 import evaluate
 import numpy as np
 from hf_egt.metrics import DIVERGENCES
+from hf_egt.metrics import RECOMMENDED_TEXT_DIVERGENCE
 from hf_egt.metrics import egt_report
 from hf_egt.metrics import embed_texts
 from hf_egt.metrics import load_text_encoder
@@ -27,7 +28,8 @@ _DESCRIPTION = """\
 Equalized Generative Treatment asks that a generative model serve every group with the same quality: the
 f-divergence D_f(P_a || Q_a) between the data P_a of group a and the model's samples Q_a for that group should be
 the same for every group. The metric reports each group's divergence, the gap (max - min), the ratio (max / min),
-the worst group, the pooled divergence, subsampling confidence intervals, and the older proportion criteria (EGO:
+the worst group, the pooled divergence, confidence intervals, each group's noise floor (two halves of its own real
+data), the gap's permutation p-value, and the older proportion criteria (EGO:
 equal generation shares; MGO: shares matching the data) beside it. Real and generated sample counts may differ.
 """
 
@@ -37,15 +39,21 @@ Args:
     references: real samples, same kind as `predictions`; their number may differ from `predictions`.
     prediction_groups: group label of each generated sample.
     reference_groups: group label of each real sample.
-    divergence: "kl", "reverse_kl", "js", "tv", "hellinger", "chi2", "pr", "frechet", "precision", "recall",
-        "density" or "coverage"; defaults to the config name (`evaluate.load("metrics/egt", "hellinger")`), else "kl".
+    divergence: a name of `hf_egt.metrics.DIVERGENCES`: the quantised family ("quantized_js", "quantized_kl",
+        "quantized_reverse_kl", "quantized_tv", "quantized_hellinger", "quantized_chi2", "quantized_pr", "mauve") or
+        the k-NN family ("kl", "reverse_kl", "js", "tv", "hellinger", "chi2", "pr", "frechet", "precision",
+        "recall", "density", "coverage"); defaults to the config name (`evaluate.load("metrics/egt", "mauve")`),
+        else "quantized_js" (the estimator docs/metric.md supports at ~100 samples per group).
     feature_model: Hugging Face encoder (Hub id or folder) that embeds texts (mean pooling).
-    n_bootstrap: subsampling replicates for the confidence intervals (default 20; 0 for none).
-    seed: seed of the subsampling.
-    Other keyword arguments (`k`, `n_neighbors`, `pr_lambda`, `confidence`, `device`) go to the estimator.
+    n_bootstrap: resampling replicates for the confidence intervals (default: 200 bootstrap replicates for the
+        quantised family, 20 half-samples for the k-NN family; 0 for none).
+    seed: seed of the codebook and of the resampling.
+    Other keyword arguments (`n_null`, `n_permutations`, `confidence`, `device`, `k`, `n_neighbors`, `pr_lambda`,
+    `num_clusters`, `pca`, `normalize`, ...) go to `hf_egt.metrics.egt_report`.
 Returns:
     The report of `hf_egt.metrics.egt_report`: `divergence`, `per_group`, `gap`, `ratio`, `worst_group`,
-    `best_group`, `overall`, `counts`, `ci`, `missing`, `generated_share`, `data_share`, `ego_gap`, `mgo_gap`.
+    `best_group`, `overall`, `counts`, `ci`, `null_floor`, `within_floor`, `gap_p_value`, `gap_significant`,
+    `missing`, `generated_share`, `data_share`, `ego_gap`, `mgo_gap`.
     Group labels are strings.
 Examples:
     >>> egt = evaluate.load("metrics/egt")
@@ -67,7 +75,8 @@ class EGT(evaluate.Metric):
         if self.config_name not in DIVERGENCES and self.config_name != "default":
             raise ValueError(
                 f"Unknown EGT configuration {self.config_name!r}: pass a divergence name, one of {sorted(DIVERGENCES)} "
-                '(e.g. `evaluate.load("metrics/egt", "kl")`), or no configuration for "kl".'
+                '(e.g. `evaluate.load("metrics/egt", "kl")`), '
+                f"or no configuration for {RECOMMENDED_TEXT_DIVERGENCE!r}."
             )
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
@@ -103,14 +112,14 @@ class EGT(evaluate.Metric):
         reference_groups=None,
         divergence=None,
         feature_model=None,
-        n_bootstrap=20,
+        n_bootstrap=None,
         seed=0,
         **estimator_kwargs,
     ):
         if reference_samples is None or reference_groups is None:
             raise ValueError("`references` and `reference_groups` (the real samples and their groups) are required.")
         if divergence is None:
-            divergence = "kl" if self.config_name == "default" else self.config_name
+            divergence = RECOMMENDED_TEXT_DIVERGENCE if self.config_name == "default" else self.config_name
         predictions = list(predictions)
         references = list(reference_samples)
         if predictions and isinstance(predictions[0], str):
