@@ -167,8 +167,8 @@ MATRIX = [
     ("evaluate-divergence", "evaluate", lambda t, o, d: ["--divergence", "kld"],
      r"Unknown `divergence` 'kld'; valid names are \[.*'kl'"),
     ("evaluate-too-few", "evaluate", lambda t, o, d: ["--max_per_group", "3"],
-     r"group\(s\) \['a', 'b'\] have \[3, 2\] eval row\(s\) .* 'kl' estimator needs at least 6"),
-    ("evaluate-knn-k", "evaluate", lambda t, o, d: ["--max_prompts_per_group", "5"],
+     r"group\(s\) \['a', 'b'\] have \[3, 2\] eval row\(s\) .* 'quantized_js' estimator needs at least 20"),
+    ("evaluate-knn-k", "evaluate", lambda t, o, d: ["--divergence", "kl", "--max_prompts_per_group", "5"],
      r"'kl' estimator needs at least 6 .*--feature_model none"),
     ("evaluate-max-per-group", "evaluate", lambda t, o, d: ["--max_per_group", "0"], r"`--max_per_group` must be >= 1"),
     ("evaluate-split-json", "evaluate", lambda t, o, d: ["--adapter", (o / "adapter_config.json").write_text("{}")
@@ -282,7 +282,7 @@ def test_redaction_covers_every_spelling():
 def test_evaluate_load_rejects_an_unknown_divergence_config():
     import evaluate
 
-    with pytest.raises(ValueError, match=r"Unknown EGT configuration 'kld'.*'kl'"):
+    with pytest.raises(ValueError, match=r"Unknown EGT configuration 'kld'.*'kl'.*'quantized_js'"):
         evaluate.load(str(Path(__file__).parents[1] / "metrics" / "egt"), "kld")
     assert evaluate.load(str(Path(__file__).parents[1] / "metrics" / "egt"), "hellinger").config_name == "hellinger"
 
@@ -514,6 +514,8 @@ def test_library_evaluation_checks_sample_sizes_before_any_work():
 
     texts, groups = ["some text here"] * 9, ["a"] * 6 + ["b"] * 3
     with pytest.raises(ValueError, match=r"\{'b': 3\} have fewer prompts than the 'kl' estimator needs \(6"):
+        evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused", divergence="kl")
+    with pytest.raises(ValueError, match=r"have fewer prompts than the 'quantized_js' estimator needs \(20"):
         evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused")
     with pytest.raises(ValueError, match=r"Unknown `divergence` 'kld'"):
         evaluate_causal_lm(NoModel(), None, texts, groups, feature_model="unused", divergence="kld")
