@@ -50,11 +50,11 @@ METHOD_SPECS = {
     "dro_stratified": ("minmax", False, {**ROBUST, "group_step_size": 0.03}),
     # the same, scored by the excess loss over the same seed's ERM run (its per-example training losses at the end)
     "dro_excess": ("minmax", False, {**ROBUST, "group_step_size": 0.3, "group_reference": "column"}),
-    # weights driven by the validation split's group losses every 10 steps (natural sampling)
+    # weights driven by the validation split's group losses every 20 steps (natural sampling)
     "dro_heldout": (
         "minmax",
         False,
-        {"group_update_dataset": "validation", "group_update_steps": 10, "group_step_size": 0.3},
+        {"group_update_dataset": "validation", "group_update_steps": 20, "group_step_size": 0.3},
     ),
 }
 METHODS = tuple(METHOD_SPECS)
