@@ -514,7 +514,10 @@ class EGTTrainerMixin:
         """Update the group weights from `group_update_dataset`'s group losses (one pass over it); returns them."""
         name = self.args.group_update_dataset
         dataloader = self.get_eval_dataloader(name if isinstance(self.eval_dataset, dict) else None)
-        self.evaluation_loop(dataloader, "Group weights", prediction_loss_only=True, metric_key_prefix="group_update")
+        output = self.evaluation_loop(
+            dataloader, "Group weights", prediction_loss_only=True, metric_key_prefix="group_update"
+        )
+        self.log(output.metrics)  # the losses behind the update, in the log history
         sums, tokens = self._last_eval_group_sums
         weights = self.objective.observe(group_means(sums, tokens), tokens)
         for group, weight in zip(self.objective.groups, weights):
