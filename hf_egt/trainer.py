@@ -517,7 +517,9 @@ class EGTTrainerMixin:
         output = self.evaluation_loop(
             dataloader, "Group weights", prediction_loss_only=True, metric_key_prefix="group_update"
         )
+        should_log = self.control.should_log
         self.log(output.metrics)  # the losses behind the update, in the log history
+        self.control.should_log = should_log  # `log` clears it: the step's own training log must still happen
         sums, tokens = self._last_eval_group_sums
         weights = self.objective.observe(group_means(sums, tokens), tokens)
         for group, weight in zip(self.objective.groups, weights):

@@ -77,6 +77,9 @@ def test_held_out_losses_drive_the_weights(tmp_path):
     assert trainer.objective.step == 1  # one update, at step 2 (not at 1 or 3)
     updates = [log for log in trainer.state.log_history if "group_update_group_loss/a" in log]
     assert [log["step"] for log in updates] == [2]
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["step"] for log in train_logs] == [1, 2, 3]  # the update's log does not replace the step's own
+    assert train_logs[-1]["group_weight/a"] == pytest.approx(trainer.objective.weights[0].item(), rel=1e-6)
     group_losses = [updates[0]["group_update_group_loss/a"], updates[0]["group_update_group_loss/b"]]
     expected = [math.exp(eta * loss) for loss in group_losses]
     assert trainer.objective.weights.tolist() == pytest.approx([e / sum(expected) for e in expected], rel=1e-6)
