@@ -11,6 +11,19 @@ Outputs in ``--output_dir``: ``cells/<domain>/<method>/seed<k>.json`` (one per c
 file exists), ``cells/<domain>/base.json``, ``results.json`` (all cells plus the mean ± std summary), ``results.md``
 (the tables) and ``quality_bold.png`` (per-group perplexity per method with error bars, one panel per domain).
 
+With ``--validation_fraction`` and ``--eval_steps``, a share of the *training* people becomes a validation split; both
+splits are evaluated every ``--eval_steps`` steps and each cell keeps the adapter of its lowest validation worst-group
+perplexity (each method at its own best step, the held-out people never used to choose), and stores its curve
+(validation and test per-group perplexity, group weights, effective number of groups ``1 / sum q^2``). The
+``results.md`` then lists the best steps, and ``quality_bold_curves.png`` plots worst-group perplexity against steps
+and the group weights. The ``dro_*`` and ``balanced_erm`` methods are the robust min-max variants of issue #14
+(``METHOD_SPECS``); ``dro_heldout`` needs the validation split and ``dro_excess`` the ``erm`` cell of the same seed.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_bold.py \\
+        --output_dir outputs/screen --resume --domains race --held_out_domain '' --seeds 0 \\
+        --methods erm dro_heldout dro_stratified dro_excess balanced_erm dro_reference \\
+        --max_steps 200 --eval_steps 40 --validation_fraction 0.25
+
 Not named ``bench_*.py``: the one-command aggregator runs those, and this run takes about 45 minutes on one CPU
 thread (36 cells of about 70 s).
 
