@@ -11,6 +11,19 @@ Outputs in ``--output_dir``: ``cells/<domain>/<method>/seed<k>.json`` (one per c
 file exists), ``cells/<domain>/base.json``, ``results.json`` (all cells plus the mean ± std summary), ``results.md``
 (the tables) and ``quality_bold.png`` (per-group perplexity per method with error bars, one panel per domain).
 
+With ``--validation_fraction`` and ``--eval_steps``, a share of the *training* people becomes a validation split; both
+splits are evaluated every ``--eval_steps`` steps and each cell keeps the adapter of its lowest validation worst-group
+perplexity (each method at its own best step, the held-out people never used to choose), and stores its curve
+(validation and test per-group perplexity, group weights, effective number of groups ``1 / sum q^2``). The
+``results.md`` then lists the best steps, and ``quality_bold_curves.png`` plots worst-group perplexity against steps
+and the group weights. The ``dro_*`` and ``balanced_erm`` methods are the robust min-max variants of issue #14
+(``METHOD_SPECS``); ``dro_heldout`` needs the validation split and ``dro_excess`` the ``erm`` cell of the same seed.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_bold.py \\
+        --output_dir outputs/screen --resume --domains race --held_out_domain '' --seeds 0 \\
+        --methods erm dro_heldout dro_stratified dro_excess balanced_erm dro_reference \\
+        --max_steps 200 --eval_steps 40 --validation_fraction 0.25
+
 Not named ``bench_*.py``: the one-command aggregator runs those, and this run takes about 45 minutes on one CPU
 thread (36 cells of about 70 s).
 
@@ -34,14 +47,30 @@ from pathlib import Path
 
 logger = logging.getLogger("quality_bold")
 
-METHODS = ("erm", "reweight", "minmax", "hyper")
-# method -> (EGTTrainer objective, HyperLoRA adapter?)
+# method -> (EGTTrainer objective, HyperLoRA adapter?, further EGTConfig fields). The `dro_*` variants are the
+# group-robust recipes of issue #14 (see hf_egt.objective and hf_egt.samplers for where each option comes from).
+ROBUST = {"group_sampling": "stratified", "group_loss_estimate": "last", "group_weight_floor": 0.1}
 METHOD_SPECS = {
-    "erm": ("erm", False),
-    "reweight": ("reweight", False),
-    "minmax": ("minmax", False),
-    "hyper": ("erm", True),
+    "erm": ("erm", False, {}),
+    "reweight": ("reweight", False, {}),
+    "minmax": ("minmax", False, {}),
+    "hyper": ("erm", True, {}),
+    # balanced ERM: group_DRO's --reweight_groups sampler with the plain mean
+    "balanced_erm": ("erm", False, {"group_sampling": "balanced"}),
+    # the reference group DRO: balanced sampler, eta 0.01, batch losses
+    "dro_reference": ("minmax", False, {"group_sampling": "balanced", "group_step_size": 0.01}),
+    # every step holds every group, absent-safe estimates, DoReMi's floor
+    "dro_stratified": ("minmax", False, {**ROBUST, "group_step_size": 0.03}),
+    # the same, scored by the excess loss over the same seed's ERM run (its per-example training losses at the end)
+    "dro_excess": ("minmax", False, {**ROBUST, "group_step_size": 0.3, "group_reference": "column"}),
+    # weights driven by the validation split's group losses every 20 steps (natural sampling)
+    "dro_heldout": (
+        "minmax",
+        False,
+        {"group_update_dataset": "validation", "group_update_steps": 20, "group_step_size": 0.3},
+    ),
 }
+METHODS = tuple(METHOD_SPECS)
 
 
 # ------------------------------------------------------------------------------------------------------ aggregation
@@ -178,6 +207,56 @@ def plot_summaries(summaries: Mapping[str, Mapping], path: str | Path) -> Path:
     return path
 
 
+def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
+    """Per domain: held-out (test) and validation worst-group perplexity against steps for every method with a curve
+    (seed-averaged where several seeds share the steps), and each method's group weights over training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = [d for d in curves if curves[d]]
+    methods = {d: sorted({cell["method"] for cell in curves[d]}) for d in domains}
+    width = 1 + max(len(m) for m in methods.values())
+    figure, axes = plt.subplots(len(domains), width, figsize=(3.6 * width, 3.2 * len(domains)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, domain in enumerate(domains):
+        axis = axes[row][0]
+        for i, method in enumerate(methods[domain]):
+            found = [cell for cell in curves[domain] if cell["method"] == method]
+            by_step: dict[int, list[tuple[float, float]]] = {}
+            for cell in found:
+                for point in cell["curve"]:
+                    if "test" in point and "validation" in point:
+                        by_step.setdefault(point["step"], []).append(
+                            (point["test"]["worst"], point["validation"]["worst"])
+                        )
+            steps = sorted(by_step)
+            color = colors[i % len(colors)]
+            axis.plot(steps, [statistics.fmean(t for t, _ in by_step[s]) for s in steps], color=color, label=method)
+            axis.plot(steps, [statistics.fmean(v for _, v in by_step[s]) for s in steps], color=color, ls=":")
+        axis.set_title(f"{domain}: worst-group perplexity\n(solid: held-out people, dotted: validation)", fontsize=8)
+        axis.set_xlabel("step")
+        axis.legend(fontsize=6)
+        for i, method in enumerate(methods[domain]):
+            axis = axes[row][1 + i]
+            cell = next(cell for cell in curves[domain] if cell["method"] == method)
+            points = [point for point in cell["curve"] if "weights" in point]
+            for group in sorted(points[0]["weights"]) if points else []:
+                axis.plot([p["step"] for p in points], [p["weights"][group] for p in points], label=group[:18])
+            axis.set_title(f"{domain}/{method} seed {cell['seed']}: group weights", fontsize=8)
+            axis.set_xlabel("step")
+            if len(points) and len(points[0]["weights"]) <= 6:
+                axis.legend(fontsize=6)
+        for axis in axes[row][1 + len(methods[domain]) :]:
+            axis.axis("off")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=70)
+    plt.close(figure)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------- running
 def cell_path(output_dir: str | Path, domain: str, method: str, seed: int) -> Path:
     return Path(output_dir) / "cells" / domain / method / f"seed{seed}.json"
@@ -199,18 +278,26 @@ def _write_json(path: Path, payload: Mapping) -> None:
     partial.replace(path)
 
 
-def domain_data(records: list[dict], settings, split_seed: int):
-    """``(train, test)`` ``datasets.Dataset``s: records split by person with ``split_seed`` and subsampled per group
-    (``settings.max_train_per_group`` / ``max_eval_per_group``) with the same seed, whatever the training seed."""
+def domain_data(records: list[dict], settings, split_seed: int, validation_fraction: float = 0.0):
+    """``(train, validation, test)`` ``datasets.Dataset``s: records split by person with ``split_seed`` (held-out
+    people for test; with ``validation_fraction`` > 0, a further share of the *training* people for validation, else
+    ``None``) and subsampled per group (``settings.max_train_per_group`` / ``max_eval_per_group``) with the same seed,
+    whatever the training seed."""
     from datasets import Dataset
 
     from hf_egt.data import subsample_per_group
     from hf_egt.offline import split_by_person
 
     train, test = split_by_person(records, settings.test_fraction, seed=split_seed)
+    validation = None
+    if validation_fraction > 0:
+        train, validation = split_by_person(train, validation_fraction, seed=split_seed + 1)
+        validation = subsample_per_group(
+            Dataset.from_list(validation), "group", settings.max_eval_per_group, split_seed
+        )
     train = subsample_per_group(Dataset.from_list(train), "group", settings.max_train_per_group, split_seed)
     test = subsample_per_group(Dataset.from_list(test), "group", settings.max_eval_per_group, split_seed)
-    return train, test
+    return train, validation, test
 
 
 def fit_hyper_context(model, tokenizer, texts: Sequence[str], max_length: int):
@@ -242,29 +329,61 @@ def run_cell(
     seed: int,
     work_dir: Path,
     hyper_learning_rate: float | None = None,
+    validation=None,
+    eval_steps: int = 0,
 ) -> dict:
     """Train one (method, seed) adapter on ``train`` and measure per-group perplexity on ``test``; return the cell.
 
-    ``hyper_learning_rate`` (default ``settings.learning_rate``) is the hypernetwork's learning rate.
+    ``hyper_learning_rate`` (default ``settings.learning_rate``) is the hypernetwork's learning rate. With
+    ``validation`` and ``eval_steps`` > 0, both splits are evaluated every ``eval_steps`` steps (the cell's
+    ``curve``) and the adapter kept is the one of the step with the lowest *validation* worst-group perplexity
+    (``metric_for_best_model`` with ``load_best_model_at_end``): each method at its own best step, chosen without
+    the held-out people. The ``erm`` cell then also stores its per-example training losses (``dro_excess``'s
+    reference).
     """
     from hf_egt.demo import lora_config, train_adapter
     from hf_egt.evaluation import evaluate_causal_lm
 
-    objective, hyper = METHOD_SPECS[method]
+    objective, hyper, overrides = METHOD_SPECS[method]
     seeded = replace(settings, seed=seed)
     if hyper and hyper_learning_rate is not None:
         seeded = replace(seeded, learning_rate=hyper_learning_rate)
+    output_dir = work_dir / "trainer" / domain / method / f"seed{seed}"
+    selection = {}
+    if validation is not None and eval_steps > 0:
+        selection = {
+            "eval_dataset": {"validation": validation, "test": test},
+            "eval_steps": eval_steps,
+            "save_strategy": "steps",
+            "save_steps": eval_steps,
+            "save_total_limit": 1,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_validation_worst_group_perplexity",
+        }
+    elif "group_update_dataset" in overrides:
+        raise ValueError(f"Method {method!r} needs a validation split: pass `eval_steps` > 0 and `validation`.")
+    if overrides.get("group_reference") == "column":
+        reference = _read_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json")
+        if reference is None:
+            raise FileNotFoundError(
+                f"{method!r} needs the reference losses of the erm cell of seed {seed}: run erm first."
+            )
+        train = train.add_column("reference_loss", reference["losses"])
     started = time.perf_counter()
     trainer = train_adapter(
         model,
         tokenizer,
         train,
         seeded,
-        objective=settings.minmax_objective if objective == "minmax" else objective,
-        output_dir=work_dir / "trainer" / domain / method / f"seed{seed}",
+        objective=settings.minmax_objective if method == "minmax" else objective,
+        output_dir=output_dir,
         peft_config=lora_config(model, seeded, hyper=hyper),
+        **{**selection, **overrides},
     )
     train_s = time.perf_counter() - started
+    if method == "erm" and selection:
+        losses = trainer.reference_losses(trainer.train_dataset).tolist()
+        _write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
         fit_hyper_context(trainer.model, tokenizer, train["text"], settings.max_length)
     result = evaluate_causal_lm(
@@ -278,19 +397,55 @@ def run_cell(
     )
     weights = trainer.objective.weights.detach().cpu().tolist()
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+    if selection:
+        import shutil
+
+        shutil.rmtree(output_dir, ignore_errors=True)  # the checkpoints were only there to reload the best one
     return {
         "domain": domain,
         "method": method,
         "seed": seed,
         "objective": objective,
         "hyper": hyper,
+        "overrides": overrides,
         "learning_rate": seeded.learning_rate,
         "result": result,
+        "best_step": _best_step(trainer.state) if selection else None,
+        "curve": training_curve(trainer.state.log_history) if selection else None,
         "final_group_weights": dict(zip(trainer.objective.groups, weights)),
         "train_loss": losses[-1] if losses else None,
         "train_s": train_s,
         "eval_s": time.perf_counter() - started - train_s,
     }
+
+
+def _best_step(state) -> int | None:
+    """The step of ``state.best_model_checkpoint`` (``checkpoint-<step>``)."""
+    if not state.best_model_checkpoint:
+        return None
+    return int(Path(state.best_model_checkpoint).name.split("-")[-1])
+
+
+def training_curve(log_history: Sequence[Mapping]) -> list[dict]:
+    """Per step: the validation and test per-group perplexities and the Trainer's eval loss (from the evaluations),
+    and the group weights, training group losses and effective number of groups ``1 / sum q^2`` (from the training
+    logs)."""
+    steps: dict[int, dict] = {}
+    for entry in log_history:
+        row = steps.setdefault(int(entry.get("step", 0)), {"step": int(entry.get("step", 0))})
+        for split in ("validation", "test"):
+            prefix = f"eval_{split}_group_perplexity/"
+            per_group = {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
+            if per_group:
+                row[split] = {"per_group": per_group, "worst": max(per_group.values())}
+                if f"eval_{split}_loss" in entry:
+                    row[split]["loss"] = entry[f"eval_{split}_loss"]
+        weights = {k.split("/", 1)[1]: v for k, v in entry.items() if k.startswith("group_weight/")}
+        if weights and "loss" in entry:
+            row["weights"] = weights
+            row["effective_groups"] = 1.0 / sum(w * w for w in weights.values())
+            row["train_group_loss"] = {k.split("/", 1)[1]: v for k, v in entry.items() if k.startswith("group_loss/")}
+    return [steps[step] for step in sorted(steps) if len(steps[step]) > 1]
 
 
 def run_quality(
@@ -307,8 +462,13 @@ def run_quality(
     model_loader: Callable | None = None,
     records_loader: Callable[[str], list[dict]] | None = None,
     command: str | None = None,
+    validation_fraction: float = 0.0,
+    eval_steps: int = 0,
 ) -> dict:
-    """Run every missing cell (domains in order, the held-out domain last), then write the results; return them."""
+    """Run every missing cell (domains in order, the held-out domain last), then write the results; return them.
+
+    With ``validation_fraction`` > 0 and ``eval_steps`` > 0, each method is reported at its own best step on a
+    validation split of the training people (see ``run_cell``)."""
     from tqdm.auto import tqdm
 
     from hf_egt.demo import load_cached_smollm2
@@ -318,6 +478,14 @@ def run_quality(
     unknown = sorted(set(methods) - set(METHOD_SPECS))
     if unknown:
         raise ValueError(f"`methods` has unknown entries {unknown}; valid: {list(METHOD_SPECS)}.")
+    selecting = validation_fraction > 0 and eval_steps > 0
+    needs_validation = [m for m in methods if "group_update_dataset" in METHOD_SPECS[m][2]]
+    if needs_validation and not selecting:
+        raise ValueError(
+            f"`methods` {needs_validation} need a validation split: set `validation_fraction` and `eval_steps`."
+        )
+    if "dro_excess" in methods and "erm" in methods and methods.index("dro_excess") < methods.index("erm"):
+        raise ValueError("`methods` lists dro_excess before erm, whose losses it uses as reference: put erm first.")
     output_dir = Path(output_dir)
     all_domains = [domain for domain in domains if domain != held_out_domain]
     all_domains += [held_out_domain] if held_out_domain else []
@@ -327,7 +495,9 @@ def run_quality(
     total = len(all_domains) * len(methods) * len(seeds)
     progress = tqdm(total=total, desc="cells")
     for domain in all_domains:
-        train, test = domain_data(records_loader(domain), settings, split_seed)
+        train, validation, test = domain_data(
+            records_loader(domain), settings, split_seed, validation_fraction if selecting else 0.0
+        )
         todo = [
             (m, s) for m in methods for s in seeds if not (resume and cell_path(output_dir, domain, m, s).is_file())
         ]
@@ -349,11 +519,24 @@ def run_quality(
             )
             payload = {"domain": domain, "result": base, "eval_s": time.perf_counter() - base_started}
             payload |= {"train_counts": _counts(train["group"]), "eval_counts": _counts(test["group"])}
+            if validation is not None:
+                payload["validation_counts"] = _counts(validation["group"])
             _write_json(base_path(output_dir, domain), payload)
         for method, seed in todo:
             progress.set_postfix_str(f"{domain}/{method}/seed{seed}")
             cell = run_cell(
-                model, tokenizer, train, test, settings, domain, method, seed, output_dir, hyper_learning_rate
+                model,
+                tokenizer,
+                train,
+                test,
+                settings,
+                domain,
+                method,
+                seed,
+                output_dir,
+                hyper_learning_rate,
+                validation=validation,
+                eval_steps=eval_steps if selecting else 0,
             )
             _write_json(cell_path(output_dir, domain, method, seed), cell)
             logger.info(
@@ -448,6 +631,22 @@ def write_results(
     if summaries:
         paths["png"] = plot_summaries(summaries, output_dir / "quality_bold.png")
         parts += ["![per-group perplexity per method](quality_bold.png)", ""]
+    curves = {d: [c for c in cells[d] if c.get("curve")] for d in summaries}
+    if any(curves.values()):
+        parts += ["## Best steps (lowest validation worst-group perplexity) and effective number of groups", ""]
+        parts += [
+            "| domain | method | seed | best step | final 1/Σq² | min 1/Σq² |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for domain, found in curves.items():
+            for cell in found:
+                effective = [row["effective_groups"] for row in cell["curve"] if "effective_groups" in row]
+                final, low = (f"{effective[-1]:.2f}", f"{min(effective):.2f}") if effective else ("", "")
+                parts.append(
+                    f"| {domain} | {cell['method']} | {cell['seed']} | {cell['best_step']} | {final} | {low} |"
+                )
+        paths["curves_png"] = plot_curves(curves, output_dir / "quality_bold_curves.png")
+        parts += ["", "![worst-group perplexity and group weights over training](quality_bold_curves.png)", ""]
     paths["md"].write_text("\n".join(parts), encoding="utf-8")
     payload["paths"] = {key: str(path) for key, path in paths.items()}
     return payload
@@ -488,6 +687,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora_last_layers", type=int, default=DEFAULT.lora_last_layers)
     parser.add_argument("--group_step_size", type=float, default=DEFAULT.group_step_size)
     parser.add_argument("--minmax_objective", default=DEFAULT.minmax_objective, help="Objective of the minmax method.")
+    parser.add_argument(
+        "--validation_fraction",
+        type=float,
+        default=0.0,
+        help="Share of the training people held out as a validation split (with --eval_steps: best-step selection).",
+    )
+    parser.add_argument(
+        "--eval_steps", type=int, default=0, help="Evaluate validation and test every N steps (0: only at the end)."
+    )
     parser.add_argument("--log_level", default="INFO")
     return parser.parse_args(argv)
 
@@ -531,6 +739,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         hyper_learning_rate=args.hyper_learning_rate,
         resume=args.resume,
         command=command,
+        validation_fraction=args.validation_fraction,
+        eval_steps=args.eval_steps,
     )
 
 

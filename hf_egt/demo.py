@@ -151,15 +151,22 @@ def train_adapter(
     objective: str,
     output_dir: str | Path,
     peft_config=None,
+    eval_dataset=None,
+    eval_steps: int | None = None,
+    **config_overrides,
 ):
     """Train an adapter on a copy of ``model`` (left untouched) with ``EGTTrainer`` and the group ``objective``.
 
     ``settings.seed`` seeds the adapter's initialisation and the data order. ``peft_config`` defaults to
-    ``lora_config(model, settings)``. Returns the trainer; ``trainer.model`` is the adapted model.
+    ``lora_config(model, settings)``. With ``eval_dataset`` (a dataset or a dict of them) and ``eval_steps``, the
+    per-group evaluation runs every ``eval_steps`` steps (its metrics land in ``trainer.state.log_history``).
+    ``config_overrides`` are further ``EGTConfig`` fields (``group_sampling``, ``group_loss_estimate``, ...).
+    Returns the trainer; ``trainer.model`` is the adapted model.
     """
     from .trainer import EGTConfig, EGTTrainer
 
-    args = EGTConfig(
+    evaluating = eval_dataset is not None and eval_steps is not None
+    config = dict(
         output_dir=str(output_dir),
         objective=objective,
         group_column="group",
@@ -172,16 +179,20 @@ def train_adapter(
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        logging_steps=max(1, settings.max_steps // 8),
+        logging_steps=eval_steps if evaluating else max(1, settings.max_steps // 8),
         save_strategy="no",
-        eval_strategy="no",
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=eval_steps if evaluating else None,
+        per_device_eval_batch_size=settings.eval_batch_size,
         report_to=[],
         seed=settings.seed,
     )
+    args = EGTConfig(**{**config, **config_overrides})
     trainer = EGTTrainer(
         model=copy.deepcopy(model),
         args=args,
         train_dataset=train,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config or lora_config(model, settings),
     )

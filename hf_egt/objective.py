@@ -21,6 +21,22 @@ Two ways to drive it:
    not depend on how the window is split into micro-batches or processes. Compared with (1) on a single batch, the
    adaptive modes use the weights of the previous step (the update lands after the step, not before); ``erm`` and
    ``reweight`` are identical in both.
+
+Options that make min-max usable on small, noisy batches (each from a named source):
+
+- ``loss_estimate`` (``batch`` | ``last`` | ``ema``): what the update sees of each group. ``batch`` is the reference
+  update (kohpangwei/group_DRO ``loss.py``: an absent group has loss 0, so its weight shrinks). ``last`` keeps an
+  absent group's last score (DoReMi, ``doremi/trainer.py``: ``perdomain_scores`` are only overwritten for the domains
+  present); ``ema`` is a moving average updated for the present groups only (group_DRO's ``--btl`` loss tracking,
+  decay ``ema_decay``). A group never seen yet is left out of the update.
+- ``weight_floor`` ``c`` (DoReMi's ``reweight_eps``): after each update ``q <- (1 - c) q + c / k``, so no group's
+  weight falls below ``c / k`` and shared learning does not stop.
+- excess loss (DoReMi): pass ``reference_losses`` (per-example losses of a reference model) with the losses; the update
+  then scores each group with the (weighted) mean of ``clip(l - l_ref, min=0)`` instead of its raw loss, so a group is
+  not chased for its irreducible entropy. The training loss stays ``sum_g q_g L_g`` of the raw losses. DoReMi clips
+  per token; here the clip is per example (sequence token means), which is what a cached per-example reference gives.
+- ``group_sizes``: training-set group sizes for the adjustment ``C / sqrt(n_g)``, applied to *every* group as in
+  group_DRO's ``LossComputer`` (without them, the window's counts and present groups are used).
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ from dataclasses import dataclass
 import torch
 
 OBJECTIVE_MODES = ("erm", "reweight", "minmax", "worst", "ema")
+LOSS_ESTIMATES = ("batch", "last", "ema")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -68,7 +85,7 @@ def exponentiated_gradient_step(
 
 
 def generalization_adjustment(counts: torch.Tensor, adjustment: float) -> torch.Tensor:
-    """The ``C / sqrt(n_g)`` term of Sagawa et al. (0 for absent groups)."""
+    """The ``C / sqrt(n_g)`` term of Sagawa et al. (0 for groups of zero count)."""
     if adjustment == 0:
         return torch.zeros_like(counts)
     return torch.where(counts > 0, adjustment / counts.clamp_min(1e-12).sqrt(), torch.zeros_like(counts))
@@ -92,6 +109,32 @@ def weighted_group_loss(
     if example_weights is not None:
         contributions = contributions * example_weights.to(per_example_losses.dtype)
     return contributions.sum()
+
+
+def mix_with_uniform(weights: torch.Tensor, floor: float) -> torch.Tensor:
+    """DoReMi's smoothing ``(1 - c) q + c / k``: every weight stays at least ``c / k``."""
+    if floor == 0:
+        return weights
+    return (1.0 - floor) * weights + floor / weights.numel()
+
+
+def excess_losses(per_example_losses: torch.Tensor, reference_losses: torch.Tensor) -> torch.Tensor:
+    """DoReMi's excess loss ``clip(l - l_ref, min=0)``: how much worse than the reference each example is modelled."""
+    return (per_example_losses - reference_losses.to(per_example_losses.dtype)).clamp_min(0.0)
+
+
+def track_group_losses(
+    estimates: torch.Tensor, seen: torch.Tensor, group_losses: torch.Tensor, present: torch.Tensor, decay: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the present groups' losses into running estimates; absent groups keep theirs.
+
+    A group's first loss replaces its estimate; later ones are blended ``decay * old + (1 - decay) * new`` (decay 0
+    keeps the last seen loss). Returns the new estimates and the mask of groups seen so far.
+    """
+    blended = decay * estimates + (1 - decay) * group_losses
+    first = present & ~seen
+    estimates = torch.where(first, group_losses, torch.where(present, blended, estimates))
+    return estimates, seen | present
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -187,6 +230,11 @@ class GroupObjective:
         ema_decay: decay of the moving average of group losses (``ema``).
         temperature: softmax temperature on the moving average (``ema``).
         reduce_across_processes: all-reduce group statistics when ``torch.distributed`` is initialised.
+        loss_estimate: what the ``minmax`` update sees of each group: ``batch`` (this step's loss, 0 when absent, as
+            the reference), ``last`` (absent groups keep their last score, as DoReMi) or ``ema`` (moving average of
+            the present groups' scores with ``ema_decay``, as group_DRO's ``--btl``).
+        weight_floor: DoReMi's ``c`` in ``[0, 1)``: the weights are mixed ``(1 - c) q + c / k`` with uniform.
+        group_sizes: training-set size of each group, in id order; the adjustment then uses them for every group.
 
     Example:
         >>> objective = GroupObjective(groups=["a", "b"], mode="minmax", step_size=0.1)
@@ -204,6 +252,9 @@ class GroupObjective:
         ema_decay: float = 0.9,
         temperature: float = 1.0,
         reduce_across_processes: bool = True,
+        loss_estimate: str = "batch",
+        weight_floor: float = 0.0,
+        group_sizes: Sequence[float] | torch.Tensor | None = None,
     ):
         if mode not in OBJECTIVE_MODES:
             raise ValueError(f"`mode` must be one of {OBJECTIVE_MODES}, got {mode!r}.")
@@ -222,12 +273,26 @@ class GroupObjective:
             raise ValueError(f"`temperature` must be > 0, got {temperature}.")
         if adjustment < 0:
             raise ValueError(f"`adjustment` must be >= 0, got {adjustment}.")
+        if loss_estimate not in LOSS_ESTIMATES:
+            raise ValueError(f"`loss_estimate` must be one of {LOSS_ESTIMATES}, got {loss_estimate!r}.")
+        if not 0.0 <= weight_floor < 1.0:
+            raise ValueError(f"`weight_floor` must be in [0, 1), got {weight_floor}.")
+        if group_sizes is not None:
+            group_sizes = torch.as_tensor(group_sizes, dtype=torch.float64).flatten()
+            if group_sizes.numel() != len(self.group_labels) or not (group_sizes > 0).all():
+                raise ValueError(
+                    f"`group_sizes` must hold one count > 0 per group ({len(self.group_labels)} groups: "
+                    f"{self.group_labels.labels}), got {group_sizes.tolist()}."
+                )
         self.mode = mode
         self.step_size = float(step_size)
         self.adjustment = float(adjustment)
         self.ema_decay = float(ema_decay)
         self.temperature = float(temperature)
         self.reduce_across_processes = reduce_across_processes
+        self.loss_estimate = loss_estimate
+        self.weight_floor = float(weight_floor)
+        self.group_sizes = group_sizes
         self.num_groups = len(self.group_labels)
         self.log_weights = torch.full((self.num_groups,), -math.log(self.num_groups), dtype=torch.float64)
         self.ema_losses = torch.zeros(self.num_groups, dtype=torch.float64)
@@ -247,9 +312,11 @@ class GroupObjective:
         if self.mode == "minmax":
             return self.log_weights.exp()
         if self.mode == "ema":
-            return self._ema_weights()
+            return mix_with_uniform(self._ema_weights(), self.weight_floor)
         if self.mode == "worst":
-            return self._worst_weights(torch.ones(self.num_groups, dtype=torch.bool))
+            return mix_with_uniform(
+                self._worst_weights(torch.ones(self.num_groups, dtype=torch.bool)), self.weight_floor
+            )
         return torch.full((self.num_groups,), 1.0 / self.num_groups, dtype=torch.float64)
 
     def encode(self, group_labels, device: torch.device | None = None) -> torch.Tensor:
@@ -264,13 +331,16 @@ class GroupObjective:
         per_example_losses: torch.Tensor,
         group_ids: torch.Tensor | Sequence[str | int],
         example_weights: torch.Tensor | None = None,
+        reference_losses: torch.Tensor | None = None,
     ) -> GroupObjectiveOutput:
-        """Update the state with this batch's group losses, then return the batch loss under the new weights."""
-        ids = self._validated_ids(per_example_losses, group_ids, example_weights)
+        """Update the state with this batch's group losses (excess losses over ``reference_losses`` when given), then
+        return the batch loss under the new weights."""
+        ids = self._validated_ids(per_example_losses, group_ids, example_weights, reference_losses)
         sums, counts = group_sums(per_example_losses.detach().double(), ids, self.num_groups, _double(example_weights))
-        sums, counts = self._reduce(sums), self._reduce(counts)
+        scores = self._score_sums(per_example_losses, ids, example_weights, reference_losses)
+        sums, counts, scores = self._reduce(torch.stack([sums, counts, scores])).unbind()
         group_losses = group_means(sums, counts)
-        self._update(group_losses, counts)
+        self._update(group_means(scores, counts) if reference_losses is not None else group_losses, counts)
         weights = self._step_weights(counts)
         loss = weighted_group_loss(per_example_losses, ids, weights, counts, example_weights)
         return GroupObjectiveOutput(loss, group_losses.float(), counts.float(), weights.float())
@@ -301,6 +371,8 @@ class GroupObjective:
             "counts": counts,
             "weights": self._step_weights(counts),
             "sums": torch.zeros(self.num_groups, dtype=torch.float64),
+            "scores": torch.zeros(self.num_groups, dtype=torch.float64),
+            "excess": None,
         }
         return self._window["weights"].float()
 
@@ -309,36 +381,60 @@ class GroupObjective:
         per_example_losses: torch.Tensor,
         group_ids: torch.Tensor | Sequence[str | int],
         example_weights: torch.Tensor | None = None,
+        reference_losses: torch.Tensor | None = None,
     ) -> GroupObjectiveOutput:
         """This micro-batch's share of the window's loss; the shares of all micro-batches and processes add up to
-        ``sum_g q_g L_g`` over the window. Under DDP (gradients averaged), multiply by the number of processes."""
+        ``sum_g q_g L_g`` over the window. Under DDP (gradients averaged), multiply by the number of processes.
+
+        With ``reference_losses`` (every micro-batch of the window, or none), the update at ``end_window`` scores the
+        groups by their excess loss."""
         if self._window is None:
             raise RuntimeError("Call `begin_window` before `window_loss`.")
-        ids = self._validated_ids(per_example_losses, group_ids, example_weights)
+        ids = self._validated_ids(per_example_losses, group_ids, example_weights, reference_losses)
+        excess = reference_losses is not None
+        if self._window["excess"] is not None and self._window["excess"] != excess:
+            raise ValueError("Pass `reference_losses` to every micro-batch of a window, or to none.")
+        self._window["excess"] = excess
         sums, counts = group_sums(per_example_losses.detach().double(), ids, self.num_groups, _double(example_weights))
         self._window["sums"] += sums.cpu()
+        self._window["scores"] += self._score_sums(per_example_losses, ids, example_weights, reference_losses).cpu()
         window = self._window
         loss = weighted_group_loss(
             per_example_losses, ids, window["weights"].to(ids.device), window["counts"].to(ids.device), example_weights
         )
         return GroupObjectiveOutput(loss, group_means(sums, counts).float(), counts.float(), window["weights"].float())
 
-    def end_window(self) -> GroupObjectiveOutput:
+    def end_window(self, update: bool = True) -> GroupObjectiveOutput:
         """Finish the optimizer step: all-reduce the window's group sums and update the state once.
 
         Every process must call it (it is a collective when ``torch.distributed`` is initialised). Returns the
-        window's group losses and counts with the weights that were used for it.
+        window's group losses and counts with the weights that were used for it. ``update=False`` leaves the
+        weights as they are (when they are driven by held-out losses through ``observe`` instead).
         """
         if self._window is None:
             raise RuntimeError("Call `begin_window` before `end_window`.")
         window, self._window = self._window, None
-        sums = self._reduce(window["sums"])
+        sums, scores = self._reduce(torch.stack([window["sums"], window["scores"]])).unbind()
         group_losses = group_means(sums, window["counts"])
-        self._update(group_losses, window["counts"])
+        if update:
+            self._update(group_means(scores, window["counts"]) if window["excess"] else group_losses, window["counts"])
         loss = (window["weights"] * group_losses).sum()
         return GroupObjectiveOutput(
             loss.float(), group_losses.float(), window["counts"].float(), window["weights"].float()
         )
+
+    def observe(self, group_losses: torch.Tensor, group_counts: torch.Tensor) -> torch.Tensor:
+        """Update the state from group losses measured elsewhere (e.g. a validation split's, already reduced over
+        processes); groups with count 0 count as absent. Returns the new weights."""
+        group_losses = torch.as_tensor(group_losses, dtype=torch.float64).cpu()
+        group_counts = torch.as_tensor(group_counts, dtype=torch.float64).cpu()
+        if group_losses.shape != (self.num_groups,) or group_counts.shape != (self.num_groups,):
+            raise ValueError(
+                f"`group_losses` and `group_counts` must have shape ({self.num_groups},), got "
+                f"{tuple(group_losses.shape)} and {tuple(group_counts.shape)}."
+            )
+        self._update(group_losses, group_counts)
+        return self.weights.float()
 
     # -- state ----------------------------------------------------------------------------------------------------
 
@@ -355,6 +451,9 @@ class GroupObjective:
             "adjustment": self.adjustment,
             "ema_decay": self.ema_decay,
             "temperature": self.temperature,
+            "loss_estimate": self.loss_estimate,
+            "weight_floor": self.weight_floor,
+            "group_sizes": None if self.group_sizes is None else self.group_sizes.tolist(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -368,6 +467,11 @@ class GroupObjective:
         self.step = int(state["step"])
         for key in ("step_size", "adjustment", "ema_decay", "temperature"):
             setattr(self, key, float(state[key]))
+        # States written before these options existed hold none of them: keep this objective's settings.
+        self.loss_estimate = state.get("loss_estimate", self.loss_estimate)
+        self.weight_floor = float(state.get("weight_floor", self.weight_floor))
+        if state.get("group_sizes") is not None:
+            self.group_sizes = torch.tensor(state["group_sizes"], dtype=torch.float64)
 
     def save(self, path: str) -> None:
         """Write the state to a safetensors file (tensors) with the settings in its JSON metadata."""
@@ -383,7 +487,10 @@ class GroupObjective:
         from .serialization import load_tensors_with_metadata
 
         tensors, metadata = load_tensors_with_metadata(path)
-        settings = {k: metadata[k] for k in ("mode", "step_size", "adjustment", "ema_decay", "temperature")}
+        names = ("mode", "step_size", "adjustment", "ema_decay", "temperature", "loss_estimate", "weight_floor")
+        settings = {k: metadata[k] for k in names if k in metadata}
+        if metadata.get("group_sizes") is not None:
+            settings["group_sizes"] = metadata["group_sizes"]
         objective = cls(groups=metadata["groups"], **{**settings, **overrides})
         objective.load_state_dict({**tensors, **metadata})
         return objective
@@ -397,7 +504,7 @@ class GroupObjective:
 
     # -- internals ------------------------------------------------------------------------------------------------
 
-    def _validated_ids(self, per_example_losses, group_ids, example_weights) -> torch.Tensor:
+    def _validated_ids(self, per_example_losses, group_ids, example_weights, reference_losses=None) -> torch.Tensor:
         if per_example_losses.dim() != 1:
             raise ValueError(
                 f"`per_example_losses` must be 1-D (one loss per example), got shape {tuple(per_example_losses.shape)}."
@@ -412,7 +519,19 @@ class GroupObjective:
                 f"`example_weights` has shape {tuple(example_weights.shape)}, "
                 f"expected {tuple(per_example_losses.shape)} (one weight per example)."
             )
+        if reference_losses is not None and reference_losses.shape != per_example_losses.shape:
+            raise ValueError(
+                f"`reference_losses` has shape {tuple(reference_losses.shape)}, "
+                f"expected {tuple(per_example_losses.shape)} (one reference loss per example)."
+            )
         return ids
+
+    def _score_sums(self, per_example_losses, ids, example_weights, reference_losses) -> torch.Tensor:
+        """Per-group weighted sums of the excess losses (zeros without ``reference_losses``)."""
+        if reference_losses is None:
+            return torch.zeros(self.num_groups, dtype=torch.float64, device=per_example_losses.device)
+        excess = excess_losses(per_example_losses.detach().double(), reference_losses.detach().double())
+        return group_sums(excess, ids, self.num_groups, _double(example_weights))[0]
 
     def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(tensor) if self.reduce_across_processes else tensor
@@ -428,7 +547,7 @@ class GroupObjective:
         if self.mode == "reweight":
             return present.double() / present.sum().clamp_min(1)
         if self.mode == "worst":
-            return self._worst_weights(present.cpu()).to(counts.device)
+            return mix_with_uniform(self._worst_weights(present.cpu()), self.weight_floor).to(counts.device)
         return self.weights.to(counts.device)
 
     def _worst_weights(self, present: torch.Tensor) -> torch.Tensor:
@@ -440,23 +559,37 @@ class GroupObjective:
         return torch.nn.functional.one_hot(scores.argmax(), self.num_groups).to(torch.float64)
 
     def _update(self, group_losses: torch.Tensor, counts: torch.Tensor) -> None:
-        """Fold one batch's (or window's) group losses into the state."""
+        """Fold one batch's (or window's) group losses (or excess-loss scores) into the state."""
+        group_losses, counts = group_losses.cpu(), counts.cpu()
         present = counts > 0
-        adjusted = group_losses + generalization_adjustment(counts, self.adjustment)
-        if not torch.isfinite(adjusted[present]).all():
-            bad = [self.groups[i] for i in torch.nonzero(present & ~torch.isfinite(adjusted)).flatten().tolist()]
+        if not torch.isfinite(group_losses[present]).all():
+            bad = [self.groups[i] for i in torch.nonzero(present & ~torch.isfinite(group_losses)).flatten().tolist()]
             raise FloatingPointError(f"Non-finite loss at objective step {self.step} for group(s) {bad}.")
+        if self.group_sizes is not None:  # the reference: training-set sizes, every group
+            adjustment = generalization_adjustment(self.group_sizes, self.adjustment)
+        else:
+            adjustment = generalization_adjustment(counts, self.adjustment)
         if self.mode == "minmax":
-            self.log_weights = exponentiated_gradient_step(
-                self.log_weights, adjusted.cpu(), present.cpu(), self.step_size
-            )
+            if self.loss_estimate == "batch":
+                scores, included = group_losses * present, present
+            else:
+                decay = self.ema_decay if self.loss_estimate == "ema" else 0.0
+                self.ema_losses, self.ema_initialized = track_group_losses(
+                    self.ema_losses, self.ema_initialized, group_losses, present, decay
+                )
+                scores, included = self.ema_losses, self.ema_initialized
+            if self.group_sizes is not None:
+                exponent = scores * included + adjustment
+                included = torch.ones_like(included)
+            else:
+                exponent = (scores + adjustment) * included
+            log_weights = exponentiated_gradient_step(self.log_weights, exponent, included, self.step_size)
+            self.log_weights = mix_with_uniform(log_weights.exp(), self.weight_floor).log()
         elif self.mode in ("ema", "worst"):  # `worst` keeps the last seen loss: an EMA with decay 0
             decay = self.ema_decay if self.mode == "ema" else 0.0
-            adjusted, present = adjusted.cpu(), present.cpu()
-            first = present & ~self.ema_initialized
-            blended = decay * self.ema_losses + (1 - decay) * adjusted
-            self.ema_losses = torch.where(first, adjusted, torch.where(present, blended, self.ema_losses))
-            self.ema_initialized = self.ema_initialized | present
+            self.ema_losses, self.ema_initialized = track_group_losses(
+                self.ema_losses, self.ema_initialized, group_losses + adjustment, present, decay
+            )
         self.step += 1
 
 

@@ -28,15 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .losses import causal_lm_token_losses, count_target_tokens, sequence_losses
-from .objective import OBJECTIVE_MODES, GroupObjective, group_sums
+from .objective import LOSS_ESTIMATES, OBJECTIVE_MODES, GroupObjective, group_means, group_sums
 from .output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
+from .samplers import GROUP_SAMPLINGS, group_sampler
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVE_STATE_NAME = "egt_objective.safetensors"
+GROUP_REFERENCES = ("none", "base", "column")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -64,6 +66,30 @@ class GroupArguments:
             Decay of the moving average of group losses (`"ema"`).
         group_temperature (`float`, *optional*, defaults to `1.0`):
             Softmax temperature on the moving average of group losses (`"ema"`).
+        group_sampling (`str`, *optional*, defaults to `"natural"`):
+            `"natural"` (the data's proportions), `"balanced"` (weighted sampler with replacement, per-example weight
+            `N / n_g`, as group_DRO's `--reweight_groups`) or `"stratified"` (every optimizer step holds every group);
+            see `hf_egt.samplers`. Seeded with `data_seed` (else `seed`) and the epoch, so resuming is exact.
+        group_loss_estimate (`str`, *optional*, defaults to `"batch"`):
+            What the `"minmax"` update sees of each group: `"batch"` (the step's loss, 0 when absent, as the
+            reference), `"last"` (absent groups keep their last value, as DoReMi) or `"ema"` (moving average with
+            `group_ema_decay` over the present groups, as group_DRO's `--btl`).
+        group_weight_floor (`float`, *optional*, defaults to `0.0`):
+            DoReMi's `c`: the weights are mixed `(1 - c) q + c / k` with uniform after each update.
+        group_reference (`str`, *optional*, defaults to `"none"`):
+            Excess loss (DoReMi): `"base"` computes each training row's loss under the base model (adapter disabled)
+            once before training; `"column"` reads them from `group_reference_column` (e.g. an ERM run's losses). The
+            update then scores groups by `clip(loss - reference, 0)`; the training loss stays the weighted NLL.
+        group_reference_column (`str`, *optional*, defaults to `"reference_loss"`):
+            Training-set column holding (or receiving) the per-example reference losses.
+        group_update_dataset (`str` or `None`, *optional*, defaults to `None`):
+            Drive the weights by a validation split's group losses instead of the training losses: the name of an
+            `eval_dataset` entry (`"eval"` for a single eval dataset). Evaluated every `group_update_steps` steps.
+        group_update_steps (`int`, *optional*, defaults to `10`):
+            Optimizer steps between two updates from `group_update_dataset`.
+
+    With `metric_for_best_model` naming a loss or perplexity (e.g. `"worst_group_perplexity"`, emitted by the
+    per-group evaluation), `greater_is_better` defaults to `False`.
     """
 
     group_column: str = field(default="group", metadata={"help": "Dataset column holding each row's group label."})
@@ -84,10 +110,64 @@ class GroupArguments:
     group_temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature on the group-loss moving average (ema)."}
     )
+    group_sampling: str = field(
+        default="natural",
+        metadata={
+            "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g) or "
+            "stratified (every optimizer step holds every group).",
+            "choices": list(GROUP_SAMPLINGS),
+        },
+    )
+    group_loss_estimate: str = field(
+        default="batch",
+        metadata={
+            "help": "Group losses seen by the minmax update: batch (absent groups 0, the reference), last (absent "
+            "groups keep their last value, DoReMi) or ema (moving average over present groups, group_DRO --btl).",
+            "choices": list(LOSS_ESTIMATES),
+        },
+    )
+    group_weight_floor: float = field(
+        default=0.0, metadata={"help": "DoReMi's c: weights are mixed (1 - c) q + c / k with uniform."}
+    )
+    group_reference: str = field(
+        default="none",
+        metadata={
+            "help": "Excess loss over a reference (DoReMi): none, base (base model, adapter disabled, computed once "
+            "before training) or column (per-example losses in `group_reference_column`).",
+            "choices": list(GROUP_REFERENCES),
+        },
+    )
+    group_reference_column: str = field(
+        default="reference_loss", metadata={"help": "Training column holding per-example reference losses."}
+    )
+    group_update_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Name of the eval dataset whose group losses drive the weights ('eval' for a single one); "
+            "default: the training losses."
+        },
+    )
+    group_update_steps: int = field(
+        default=10, metadata={"help": "Optimizer steps between updates from `group_update_dataset`."}
+    )
 
     def __post_init__(self):
         if self.objective not in OBJECTIVE_MODES:
             raise ValueError(f"`objective` must be one of {OBJECTIVE_MODES}, got {self.objective!r}.")
+        for name, choices in (
+            ("group_sampling", GROUP_SAMPLINGS),
+            ("group_loss_estimate", LOSS_ESTIMATES),
+            ("group_reference", GROUP_REFERENCES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.group_weight_floor < 1.0:
+            raise ValueError(f"`group_weight_floor` must be in [0, 1), got {self.group_weight_floor}.")
+        if self.group_update_steps < 1:
+            raise ValueError(f"`group_update_steps` must be >= 1, got {self.group_update_steps}.")
+        metric = self.metric_for_best_model
+        if metric is not None and self.greater_is_better is None and ("perplexity" in metric or "loss" in metric):
+            self.greater_is_better = False  # Trainer would default to True for a name not ending in "loss"
         super().__post_init__()
 
     def __getstate__(self) -> dict:
@@ -197,12 +277,17 @@ class DataCollatorForCausalLM:
 class GroupCollator:
     """Wraps a collator: takes the group labels out of the features, encodes them to ids with the objective's
     `GroupLabels` and adds them to the batch as a `LongTensor` under the same key (the inner collator never sees them).
+    With `reference_column`, that column's per-example reference losses travel the same way (a float tensor), when
+    the features hold it.
     """
 
-    def __init__(self, collator: Callable, group_column: str, objective: GroupObjective):
+    def __init__(
+        self, collator: Callable, group_column: str, objective: GroupObjective, reference_column: str | None = None
+    ):
         self.collator = collator
         self.group_column = group_column
         self.objective = objective
+        self.reference_column = reference_column
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         missing = [i for i, f in enumerate(features) if self.group_column not in f]
@@ -212,8 +297,11 @@ class GroupCollator:
                 f"{sorted(features[missing[0]])}. Set `group_column` to the column holding the group labels."
             )
         labels = [f[self.group_column] for f in features]
-        batch = self.collator([{k: v for k, v in f.items() if k != self.group_column} for f in features])
+        taken = (self.group_column, self.reference_column)
+        batch = self.collator([{k: v for k, v in f.items() if k not in taken} for f in features])
         batch[self.group_column] = self.objective.encode(labels)
+        if self.reference_column is not None and all(self.reference_column in f for f in features):
+            batch[self.reference_column] = torch.tensor([float(f[self.reference_column]) for f in features])
         return batch
 
 
@@ -406,6 +494,7 @@ def group_eval_metrics(
         metrics[f"{prefix}_group_loss_gap"] = loss_summary["gap"]
         metrics[f"{prefix}_group_perplexity_gap"] = summarize_groups(perplexities)["gap"]
         metrics[f"{prefix}_worst_group_loss"] = losses[loss_summary["worst_group"]]
+        metrics[f"{prefix}_worst_group_perplexity"] = perplexities[loss_summary["worst_group"]]
         metrics[f"{prefix}_worst_group"] = loss_summary["worst_group"]
     return metrics
 
@@ -429,11 +518,38 @@ class EGTTrainerMixin:
         if not isinstance(args, GroupArguments):
             raise TypeError(f"`args` must be an `EGTConfig` (or `EGTSFTConfig`), got {type(args).__name__}.")
         eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        train_labels = dataset_group_labels(train_dataset, args.group_column, "train")
         groups = resolve_groups(
             args.groups,
-            dataset_group_labels(train_dataset, args.group_column, "train"),
+            train_labels,
             {name: dataset_group_labels(data, args.group_column, name) for name, data in eval_sets.items()},
         )
+        if args.group_update_dataset is not None and args.group_update_dataset not in eval_sets:
+            raise ValueError(
+                f"`group_update_dataset`={args.group_update_dataset!r} is not an eval dataset; the eval datasets are "
+                f"{[name for name, data in eval_sets.items() if data is not None]}."
+            )
+        if args.group_update_dataset is not None and eval_sets[args.group_update_dataset] is None:
+            raise ValueError("`group_update_dataset`='eval' needs an `eval_dataset`.")
+        if train_labels is None and (args.group_sampling != "natural" or args.group_reference != "none"):
+            raise ValueError(
+                f"`group_sampling`={args.group_sampling!r} and `group_reference`={args.group_reference!r} need a "
+                "map-style training dataset (with a length); an iterable one only supports natural sampling and no "
+                "reference."
+            )
+        columns = getattr(train_dataset, "column_names", None)
+        if (
+            args.group_reference == "column"
+            and isinstance(columns, list)
+            and args.group_reference_column not in columns
+        ):
+            raise ValueError(
+                f"`group_reference`='column' but the train dataset has no column {args.group_reference_column!r}; its "
+                f"columns are {columns}. Set `group_reference_column` or `group_reference`='base'."
+            )
+        sizes = None
+        if train_labels is not None:  # training-set group sizes, for the adjustment of every group (the reference)
+            sizes = [sum(1 for label in train_labels if label == group) for group in groups]
         self.objective = GroupObjective(
             mode=args.objective,
             step_size=args.group_step_size,
@@ -441,14 +557,21 @@ class EGTTrainerMixin:
             adjustment=args.group_adjustment,
             ema_decay=args.group_ema_decay,
             temperature=args.group_temperature,
+            loss_estimate=args.group_loss_estimate,
+            weight_floor=args.group_weight_floor,
+            group_sizes=sizes,
         )
         self._window_remaining = 0
         self._group_log: dict[str, float] = {}
         self._ple_values: list[float] = []
         self._eval_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_eval_group_sums: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _finish_setup(self) -> None:
-        self.data_collator = GroupCollator(self.data_collator, self.args.group_column, self.objective)
+        reference_column = self.args.group_reference_column if self.args.group_reference != "none" else None
+        self.data_collator = GroupCollator(
+            self.data_collator, self.args.group_column, self.objective, reference_column=reference_column
+        )
         self._log_under_output_dir()
         reason = "`chunked_token_losses=False`"
         if self.args.chunked_token_losses:
@@ -461,13 +584,88 @@ class EGTTrainerMixin:
             # Trainer reads label names off the model class's `forward`; a wrapper such as `HyperLoRAModel` hides
             # them, and `prediction_step` would then skip `compute_loss` (no per-group evaluation).
             self.label_names = ["labels"]
+        if self.args.group_reference == "base":  # once, before training (and before any check of the first step)
+            self.train_dataset = self.train_dataset.add_column(
+                reference_column, self.reference_losses(self.train_dataset, disable_adapter=True).tolist()
+            )
+        if self.args.group_update_dataset is not None:
+            self.add_callback(GroupWeightsFromEvalCallback(self))
+
+    @torch.no_grad()
+    def reference_losses(self, dataset, model=None, disable_adapter: bool = False) -> torch.Tensor:
+        """Per-example token-mean losses of `model` (default: the trainer's) on `dataset`, in row order.
+
+        With `disable_adapter`, the peft adapter is switched off: the base model's losses. Computed on every process
+        (each needs all of them); used as DoReMi's reference for the excess loss (`group_reference`).
+        """
+        import contextlib
+
+        model = self.model if model is None else model
+        if disable_adapter and not hasattr(model, "disable_adapter"):
+            raise ValueError(
+                f"`group_reference`='base' needs a peft model to disable its adapter; {type(model).__name__} has none. "
+                "Compute the reference losses yourself and pass them with `group_reference`='column'."
+            )
+        collator = self._get_collator_with_removed_columns(self.data_collator, "reference")
+        batch_size = self.args.per_device_eval_batch_size
+        was_training = model.training
+        model.eval()
+        losses = []
+        context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+        try:
+            with context:
+                for start in range(0, len(dataset), batch_size):
+                    rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                    batch = collator(rows)
+                    dropped = (self.args.group_column, self.args.group_reference_column)
+                    inputs = {k: v.to(self.args.device) for k, v in batch.items() if k not in dropped}
+                    token_losses, mask, _ = self._token_losses(model, inputs)
+                    losses.append(sequence_losses(token_losses, mask)[0].float().cpu())
+        finally:
+            model.train(was_training)
+            for values in getattr(self, "_metrics", {}).get("eval", {}).values():
+                values.clear()  # TRL's eval metrics must not hold these forward passes
+        return torch.cat(losses)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The group sampler of `group_sampling` (`hf_egt.samplers`); the usual random sampler for `natural`."""
+        if self.args.group_sampling == "natural":
+            return super()._get_train_sampler(train_dataset)
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        labels = dataset_group_labels(train_dataset, self.args.group_column, "train")
+        args = self.args
+        return group_sampler(
+            args.group_sampling,
+            self.objective.encode(labels),
+            self.objective.num_groups,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        )
+
+    def update_weights_from_eval(self) -> torch.Tensor:
+        """Update the group weights from `group_update_dataset`'s group losses (one pass over it); returns them."""
+        name = self.args.group_update_dataset
+        dataloader = self.get_eval_dataloader(name if isinstance(self.eval_dataset, dict) else None)
+        output = self.evaluation_loop(
+            dataloader, "Group weights", prediction_loss_only=True, metric_key_prefix="group_update"
+        )
+        should_log = self.control.should_log
+        self.log(output.metrics)  # the losses behind the update, in the log history
+        self.control.should_log = should_log  # `log` clears it: the step's own training log must still happen
+        sums, tokens = self._last_eval_group_sums
+        weights = self.objective.observe(group_means(sums, tokens), tokens)
+        for group, weight in zip(self.objective.groups, weights):
+            self._group_log[f"group_weight/{group}"] = weight.item()
+        return weights
 
     # -- columns ------------------------------------------------------------------------------------------------------
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self.args.group_column not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, self.args.group_column]
+        kept = [self.args.group_column]
+        if self.args.group_reference != "none":
+            kept.append(self.args.group_reference_column)
+        self._signature_columns = [*self._signature_columns, *(c for c in kept if c not in self._signature_columns)]
 
     # -- per-token losses ---------------------------------------------------------------------------------------------
 
@@ -507,11 +705,19 @@ class EGTTrainerMixin:
         if column not in inputs:
             raise ValueError(f"The batch has no group column {column!r}; it has {sorted(inputs)}.")
         group_ids = inputs[column]
-        token_losses, mask, outputs = self._token_losses(model, {k: v for k, v in inputs.items() if k != column})
+        reference = inputs.get(self.args.group_reference_column) if self.args.group_reference != "none" else None
+        dropped = (column, self.args.group_reference_column)
+        token_losses, mask, outputs = self._token_losses(model, {k: v for k, v in inputs.items() if k not in dropped})
         losses, counts = sequence_losses(token_losses, mask)
         group_ids = group_ids.to(losses.device)
         if model.training:
-            loss = self._training_loss(losses, group_ids, counts)
+            if self.args.group_reference != "none" and reference is None:
+                raise ValueError(
+                    f"`group_reference`={self.args.group_reference!r} but the training batch has no "
+                    f"{self.args.group_reference_column!r}: the reference losses did not reach the batch."
+                )
+            reference = None if reference is None else reference.to(losses.device)
+            loss = self._training_loss(losses, group_ids, counts, reference)
         else:
             loss = self._eval_loss(losses, group_ids, counts)
         ple = output_field(outputs, "ple")
@@ -522,11 +728,13 @@ class EGTTrainerMixin:
             loss = loss + ple
         return (loss, outputs) if return_outputs else loss
 
-    def _training_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def _training_loss(
+        self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor | None
+    ) -> torch.Tensor:
         if self._window_remaining == 0:  # called outside the training loop: a window of one batch
             self.objective.begin_window([group_ids], [counts])
             self._window_remaining = 1
-        loss = self.objective.window_loss(losses, group_ids, counts).loss
+        loss = self.objective.window_loss(losses, group_ids, counts, reference_losses=reference).loss
         self._window_remaining -= 1
         if self._window_remaining == 0:
             self._end_window()
@@ -535,7 +743,7 @@ class EGTTrainerMixin:
 
     def _end_window(self) -> None:
         try:
-            window = self.objective.end_window()
+            window = self.objective.end_window(update=self.args.group_update_dataset is None)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"{error} (training step {self.state.global_step + 1}). The loss diverged: lower the learning rate or "
@@ -574,6 +782,7 @@ class EGTTrainerMixin:
             sums, tokens = (self._reduce_sum(t) for t in self._eval_sums)
         finally:
             self._eval_sums = None
+        self._last_eval_group_sums = (sums, tokens)
         output.metrics.update(group_eval_metrics(sums, tokens, self.objective.groups, prefix))
         return output
 
@@ -612,6 +821,20 @@ class EGTTrainerMixin:
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
                 callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
+
+
+class GroupWeightsFromEvalCallback(TrainerCallback):
+    """Every `group_update_steps` optimizer steps, update the group weights from the group losses of the validation
+    split `group_update_dataset` (held-out-driven weights: a small group fitted fast on training data keeps its
+    weight while its held-out loss stays high). The update is in the objective's state, saved with checkpoints."""
+
+    def __init__(self, trainer: EGTTrainerMixin):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.group_update_steps == 0:
+            self.trainer.update_weights_from_eval()
+        return control
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -168,3 +168,38 @@ def test_end_to_end_cells_resume_and_tables(tmp_path, tiny_model_and_tokenizer):
     changed = {path for path, stamp in stamps.items() if path.stat().st_mtime_ns != stamp}
     assert changed == {missing}
     assert json.loads(missing.read_text())["result"]["per_group"] == pytest.approx(before, rel=1e-4)
+
+
+def test_each_method_at_its_own_best_validation_step(tmp_path, tiny_model_and_tokenizer):
+    """With a validation split, every cell keeps the adapter of its lowest validation worst-group perplexity, stores
+    its curve, and dro_excess reads the erm cell's reference losses."""
+    model, tokenizer = tiny_model_and_tokenizer
+    methods = ["erm", "balanced_erm", "dro_stratified", "dro_excess", "dro_heldout"]
+    results = run_quality(
+        tmp_path,
+        domains=["dev"],
+        held_out_domain=None,
+        seeds=[0],
+        methods=methods,
+        settings=replace(SETTINGS, max_steps=4, test_fraction=0.34, batch_size=3),
+        model_loader=lambda: (model, tokenizer),
+        records_loader=synthetic_records,
+        validation_fraction=0.5,
+        eval_steps=1,
+    )
+    reference = json.loads((tmp_path / "cells" / "dev" / "erm" / "seed0.reference.json").read_text())["losses"]
+    assert len(reference) == sum(results["counts"]["dev"]["train"].values())
+    for method in methods:
+        cell = json.loads(cell_path(tmp_path, "dev", method, 0).read_text())
+        curve = cell["curve"]
+        assert [point["step"] for point in curve if "validation" in point] == [1, 2, 3, 4]
+        validation = {point["step"]: point["validation"]["worst"] for point in curve if "validation" in point}
+        assert cell["best_step"] == min(validation, key=validation.get)
+        assert not (
+            tmp_path / "trainer" / "dev" / method / "seed0"
+        ).exists()  # checkpoints gone once the best is loaded
+    assert (tmp_path / "quality_bold_curves.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="validation split"):
+        run_quality(
+            tmp_path, domains=["dev"], held_out_domain=None, seeds=[0], methods=["dro_heldout"], settings=SETTINGS
+        )

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..objective import OBJECTIVE_MODES
+from ..objective import LOSS_ESTIMATES, OBJECTIVE_MODES
+from ..samplers import GROUP_SAMPLINGS, group_sampler
 from ..serialization import check_safetensors_files
 from .buckets import NoiseLevelGroupObjective
 from .data import DIGITS_DATASET_NAME, check_columns, collate, group_labels_of, load_image_dataset, make_transform
@@ -105,6 +106,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Generalisation adjustment C: C / sqrt(n_g) is added to "
         "each group's loss in the weight update (Sagawa et al.), favouring small groups.",
     )
+    add(
+        "--group_sampling",
+        choices=GROUP_SAMPLINGS,
+        default="natural",
+        help="natural proportions, balanced (weighted sampler N / n_g with replacement, group_DRO's --reweight_groups) "
+        "or stratified (every optimizer step holds every group); seeded with --seed and the epoch.",
+    )
+    add(
+        "--group_loss_estimate",
+        choices=LOSS_ESTIMATES,
+        default="batch",
+        help="Group losses seen by the minmax update: batch (absent groups 0, the reference), last (absent groups keep "
+        "their last value, DoReMi) or ema (--ema_decay over present groups, group_DRO's --btl).",
+    )
+    add("--group_weight_floor", type=float, default=0.0, help="DoReMi's c: weights mixed (1 - c) q + c / k.")
     add("--ema_decay", type=float, default=0.9, help="Decay of the group-loss EMA (ema).")
     add("--ema_temperature", type=float, default=1.0, help="Softmax temperature on the EMA (ema).")
     add(
@@ -502,6 +518,7 @@ def main(args: argparse.Namespace) -> TrainResult:
             f"{components.unet.config.num_class_embeds} class embeddings (`num_class_embeds`)."
         )
     group_ids = {label: index for index, label in enumerate(group_labels)}
+    train_group_ids = [group_ids[label] for label in dataset[args.group_column]]
     prompts = {}
     if components.kind == "stable-diffusion":
         for caption, group in zip(dataset[args.caption_column], dataset[args.group_column]):
@@ -519,14 +536,22 @@ def main(args: argparse.Namespace) -> TrainResult:
             args.center_crop,
         )  # fmt: skip
     )
+    sampler = group_sampler(
+        args.group_sampling, train_group_ids, len(group_labels), seed=args.seed,
+        step_size=args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+    )  # fmt: skip
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=True, collate_fn=collate,
+        dataset, batch_size=args.train_batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collate,
         num_workers=args.dataloader_num_workers,
     )  # fmt: skip
 
+    # Training-set group sizes: the adjustment C / sqrt(n_g) of every group, as the reference (group_DRO).
+    sizes = torch.bincount(torch.tensor(train_group_ids), minlength=len(group_labels)).tolist()
     objective = NoiseLevelGroupObjective(
         args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
         adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
+        loss_estimate=args.group_loss_estimate, weight_floor=args.group_weight_floor,
+        group_sizes=sizes if min(sizes) > 0 else None,
     )  # fmt: skip
     if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored
         try:
@@ -595,6 +620,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         for g, label in enumerate(objective.groups):
             logs[f"group_loss/{label}"] = stats["group_losses"][:, g].mean().item()
             logs[f"group_weight/{label}"] = stats["weights"][:, g].mean().item()
+            logs[f"group_count/{label}"] = stats["group_counts"][:, g].sum().item()
         log_history.append({"step": global_step, **logs})
         if args.report_to:
             accelerator.log(logs, step=global_step)

@@ -1,0 +1,127 @@
+"""Group-aware training samplers: natural, balanced (weighted, with replacement) and stratified.
+
+- ``natural``: the dataset's own proportions (the trainer's usual random sampler).
+- ``balanced``: every example drawn with probability proportional to ``N / n_g`` and with replacement, so each batch is
+  group-balanced *in expectation*: kohpangwei/group_DRO's ``--reweight_groups`` (``data/dro_dataset.py``,
+  ``WeightedRandomSampler``), which every command of its README uses and WILDS' GroupDRO asserts.
+- ``stratified``: the index stream is cut into chunks of one optimizer step (``step_size`` examples over all
+  micro-batches and processes); every chunk holds ``step_size // k`` examples of each group plus one more for
+  ``step_size % k`` groups drawn at random, so *every* step holds every group (DoReMi's proxy samples domains
+  uniformly; its issue #5 shows batches missing domains let the weights collapse). Within a group, examples are drawn
+  without replacement from a reshuffled cycle.
+
+Both samplers are a pure function of ``(seed, epoch)``: every process draws the same stream (accelerate then deals its
+batches round-robin, each process getting its own part), and a resumed run that skips the first batches of an epoch
+sees exactly the batches it would have seen. ``set_epoch`` is called by ``Trainer`` and accelerate each epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+GROUP_SAMPLINGS = ("natural", "balanced", "stratified")
+
+
+def balanced_example_weights(group_ids: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per-example weights ``N / n_g`` (group_DRO's ``--reweight_groups``): each group gets the same total weight."""
+    counts = torch.bincount(group_ids, minlength=num_groups).double()
+    return len(group_ids) / counts[group_ids]
+
+
+def stratified_quotas(num_groups: int, step_size: int, generator: torch.Generator) -> torch.Tensor:
+    """How many examples of each group one step of ``step_size`` holds: ``step_size // k`` each, plus one for
+    ``step_size % k`` groups drawn at random."""
+    quotas = torch.full((num_groups,), step_size // num_groups, dtype=torch.long)
+    extra = torch.randperm(num_groups, generator=generator)[: step_size % num_groups]
+    quotas[extra] += 1
+    return quotas
+
+
+class _GroupSampler(torch.utils.data.Sampler[int]):
+    def __init__(self, group_ids: Sequence[int] | torch.Tensor, num_groups: int | None = None, seed: int = 0):
+        group_ids = torch.as_tensor(group_ids, dtype=torch.long).flatten()
+        if group_ids.numel() == 0:
+            raise ValueError("`group_ids` is empty: the training dataset has no rows.")
+        self.num_groups = int(group_ids.max()) + 1 if num_groups is None else num_groups
+        if group_ids.min() < 0 or group_ids.max() >= self.num_groups:
+            raise ValueError(f"`group_ids` must lie in 0..{self.num_groups - 1}, got {group_ids.unique().tolist()}.")
+        empty = (torch.bincount(group_ids, minlength=self.num_groups) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"Group id(s) {empty} have no example: a sampler cannot draw them.")
+        self.group_ids = group_ids
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+
+class BalancedGroupSampler(_GroupSampler):
+    """``len(group_ids)`` indices drawn with replacement with probability ``∝ N / n_g`` (see the module docstring)."""
+
+    def __len__(self) -> int:
+        return len(self.group_ids)
+
+    def __iter__(self) -> Iterator[int]:
+        weights = balanced_example_weights(self.group_ids, self.num_groups)
+        yield from torch.multinomial(weights, len(self), replacement=True, generator=self._generator()).tolist()
+
+
+class StratifiedGroupSampler(_GroupSampler):
+    """Chunks of ``step_size`` indices, each holding every group (see the module docstring).
+
+    Args:
+        group_ids: each example's group id.
+        step_size: examples per optimizer step over all processes (batch size × accumulation × processes); at least
+            the number of groups.
+        num_groups: number of groups (default: the largest id + 1).
+        seed: seed of the stream (with the epoch).
+    """
+
+    def __init__(self, group_ids, step_size: int, num_groups: int | None = None, seed: int = 0):
+        super().__init__(group_ids, num_groups, seed)
+        if step_size < self.num_groups:
+            raise ValueError(
+                f"`step_size`={step_size} examples per optimizer step cannot hold all {self.num_groups} groups: raise "
+                "the batch size (or gradient accumulation) to at least the number of groups, or use balanced sampling."
+            )
+        self.step_size = step_size
+
+    def __len__(self) -> int:
+        return -(-len(self.group_ids) // self.step_size) * self.step_size  # whole steps, at least the dataset's size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = self._generator()
+        members = [torch.nonzero(self.group_ids == g).flatten() for g in range(self.num_groups)]
+        cycles = [m[torch.randperm(len(m), generator=generator)] for m in members]
+        positions = [0] * self.num_groups
+        for _ in range(len(self) // self.step_size):
+            chunk = []
+            for g, quota in enumerate(stratified_quotas(self.num_groups, self.step_size, generator).tolist()):
+                for _ in range(quota):
+                    if positions[g] == len(cycles[g]):  # a group used up: reshuffle it and start again
+                        cycles[g], positions[g] = members[g][torch.randperm(len(members[g]), generator=generator)], 0
+                    chunk.append(int(cycles[g][positions[g]]))
+                    positions[g] += 1
+            order = torch.randperm(len(chunk), generator=generator).tolist()
+            yield from (chunk[i] for i in order)
+
+
+def group_sampler(
+    sampling: str, group_ids, num_groups: int, seed: int, step_size: int | None = None
+) -> torch.utils.data.Sampler | None:
+    """The sampler for ``sampling`` (``None`` for ``natural``: keep the caller's default random sampler)."""
+    if sampling not in GROUP_SAMPLINGS:
+        raise ValueError(f"`group_sampling` must be one of {GROUP_SAMPLINGS}, got {sampling!r}.")
+    if sampling == "natural":
+        return None
+    if sampling == "balanced":
+        return BalancedGroupSampler(group_ids, num_groups, seed)
+    if step_size is None:
+        raise ValueError("Stratified sampling needs `step_size` (examples per optimizer step over all processes).")
+    return StratifiedGroupSampler(group_ids, step_size, num_groups, seed)

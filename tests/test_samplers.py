@@ -1,0 +1,135 @@
+"""Group samplers: composition, determinism given (seed, epoch), and use by EGTTrainer (resume, two processes)."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from hf_egt.samplers import (
+    BalancedGroupSampler,
+    StratifiedGroupSampler,
+    balanced_example_weights,
+    group_sampler,
+    stratified_quotas,
+)
+
+from .conftest import accelerate_launch
+
+GROUP_IDS = [0] * 30 + [1] * 9 + [2] * 3  # imbalanced, 42 rows
+
+
+def test_balanced_weights_are_n_over_group_size():
+    weights = balanced_example_weights(torch.tensor(GROUP_IDS), 3)
+    assert weights.tolist() == pytest.approx([42 / 30] * 30 + [42 / 9] * 9 + [42 / 3] * 3)
+    per_group = [weights[torch.tensor(GROUP_IDS) == g].sum().item() for g in range(3)]
+    assert per_group == pytest.approx([42.0] * 3)  # each group carries the same total weight
+
+
+def test_balanced_sampler_draws_groups_uniformly_with_replacement():
+    sampler = BalancedGroupSampler(GROUP_IDS, 3, seed=0)
+    draws = []
+    for epoch in range(100):
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    assert len(sampler) == 42 and len(draws) == 4200
+    counts = Counter(GROUP_IDS[i] for i in draws)
+    for group in range(3):  # binomial(4200, 1/3): std ~31; 5 std
+        assert abs(counts[group] - 1400) < 155
+    assert len(set(draws) & set(range(39, 42))) == 3 and Counter(draws).most_common(1)[0][1] > 100  # replacement
+
+
+@pytest.mark.parametrize("sampler_class", ["balanced", "stratified"])
+def test_stream_is_a_function_of_seed_and_epoch(sampler_class):
+    def stream(seed, epoch):
+        sampler = group_sampler(sampler_class, GROUP_IDS, 3, seed=seed, step_size=8)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert stream(0, 0) == stream(0, 0)
+    assert stream(0, 1) == stream(0, 1)
+    assert stream(0, 0) != stream(0, 1)
+    assert stream(0, 0) != stream(1, 0)
+
+
+def test_stratified_every_step_holds_every_group_with_its_quota():
+    sampler = StratifiedGroupSampler(GROUP_IDS, step_size=8, num_groups=3, seed=3)
+    indices = list(sampler)
+    assert len(indices) == len(sampler) == 48  # whole steps covering the 42 rows
+    for start in range(0, len(indices), 8):
+        counts = Counter(GROUP_IDS[i] for i in indices[start : start + 8])
+        assert sorted(counts.values()) == [2, 3, 3]  # 8 // 3 each, plus one for 8 % 3 groups
+    # within a group, examples come without replacement until the group is used up
+    small = [i for i in indices if GROUP_IDS[i] == 2]
+    assert sorted(small[:3]) == [39, 40, 41]
+
+
+def test_stratified_quotas_and_errors():
+    quotas = stratified_quotas(4, 10, torch.Generator().manual_seed(0))
+    assert quotas.sum() == 10 and sorted(quotas.tolist()) == [2, 2, 3, 3]
+    with pytest.raises(ValueError, match="step_size.*3 groups"):
+        StratifiedGroupSampler(GROUP_IDS, step_size=2)
+    with pytest.raises(ValueError, match="no example"):
+        BalancedGroupSampler([0, 2], num_groups=3)
+    with pytest.raises(ValueError, match="group_sampling"):
+        group_sampler("uniform", GROUP_IDS, 3, seed=0)
+    assert group_sampler("natural", GROUP_IDS, 3, seed=0) is None
+
+
+# ------------------------------------------------------------------------------------------------ with EGTTrainer
+def stratified_trainer(tmp_path, **overrides):
+    from hf_egt import EGTTrainer
+
+    from .test_trainer import config, lora
+    from .trainer_utils import group_dataset, tiny_llama
+
+    args = config(tmp_path, group_sampling="stratified", per_device_train_batch_size=4, **overrides)
+    return EGTTrainer(
+        model=tiny_llama(), args=args, train_dataset=group_dataset({"a": 20, "b": 3}, seed=0), peft_config=lora()
+    )
+
+
+def test_trainer_stratified_batches_hold_every_group(tmp_path):
+    trainer = stratified_trainer(tmp_path)
+    labels = trainer.train_dataset["group"]
+    loader = trainer.get_train_dataloader()
+    assert len(loader) == 6  # 23 rows -> 24 = 6 steps of 4
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            assert sorted(batch["group"].tolist()) == [0, 0, 1, 1]  # "b" (3 rows) is in every batch of 4
+    assert {labels[i] for i in range(len(labels))} == {"a", "b"}
+
+
+def test_trainer_resume_with_stratified_sampling_is_exact(tmp_path):
+    from .test_trainer import assert_same_params, lora_params
+
+    straight = stratified_trainer(tmp_path / "straight", max_steps=8)  # crosses an epoch boundary (6 steps)
+    straight.train()
+    first = stratified_trainer(tmp_path / "resumed", max_steps=4, save_strategy="steps", save_steps=4)
+    first.train()
+    resumed = stratified_trainer(tmp_path / "resumed", max_steps=8)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
+    assert_same_params(lora_params(straight), lora_params(resumed))
+    torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", ["balanced", "stratified"])
+def test_two_processes_draw_their_own_parts_of_one_stream(tmp_path, sampling):
+    """Under accelerate, each process gets its own batches and the two together are the single-process stream."""
+    output = tmp_path / "batches.json"
+    accelerate_launch("sampler_two_processes.py", sampling, str(output))
+    per_rank = json.loads(output.read_text())
+    sampler = group_sampler(sampling, GROUP_IDS, 3, seed=5, step_size=8)
+    per_epoch = len(per_rank["0"]) // 2
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        stream = list(sampler)
+        batches = [stream[i : i + 4] for i in range(0, len(stream) - len(stream) % 8, 4)]  # whole steps of 2 x 4
+        for rank in (0, 1):
+            mine = per_rank[str(rank)][epoch * per_epoch : (epoch + 1) * per_epoch]
+            assert mine[: len(batches) // 2] == batches[rank::2], (epoch, rank)
+    if sampling == "stratified":  # each optimizer step (one batch per process) holds every group
+        for first, second in zip(per_rank["0"], per_rank["1"]):
+            assert {GROUP_IDS[i] for i in first + second} == {0, 1, 2}
