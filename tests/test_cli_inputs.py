@@ -48,8 +48,8 @@ def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objecti
     return folder
 
 
-def _diffusion_checkpoint(folder: Path) -> Path:
-    """A diffusion-script checkpoint with its objective state and a truncated ``model.safetensors``."""
+def _diffusion_checkpoint(folder: Path, truncated: bool = True) -> Path:
+    """A diffusion-script checkpoint saved for groups [0, 1], with a ``model.safetensors`` (truncated by default)."""
     from safetensors.torch import save_file
 
     from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
@@ -57,7 +57,8 @@ def _diffusion_checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True)
     NoiseLevelGroupObjective(1, groups=[0, 1], mode="minmax").save(str(folder / "group_objective.safetensors"))
     save_file({"weight": torch.zeros(64, 64)}, str(folder / "model.safetensors"))
-    (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
+    if truncated:
+        (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
     return folder
 
 
@@ -190,6 +191,9 @@ MATRIX = [
     ("diffusion-resume-truncated", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
      _diffusion_checkpoint(o / "checkpoint-2")],
      r"`--resume_from_checkpoint`: .*checkpoint-2/model\.safetensors is unreadable or truncated"),
+    ("diffusion-resume-groups", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     _diffusion_checkpoint(o / "checkpoint-2", truncated=False)],
+     r"`--resume_from_checkpoint`: .*checkpoint-2/group_objective\.safetensors: .*groups"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
      r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
 ]  # fmt: skip
@@ -231,7 +235,7 @@ def test_bad_input_is_one_error_line_before_any_work(
         argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
         argv += ["--output_dir", out]
     else:
-        argv = ["train-diffusion", "--pretrained_model_name_or_path", tmp_path, "--dataset_name", "digits"]
+        argv = ["train-diffusion", "--pretrained_model_name_or_path", tmp_path, "--dataset_name", "digits-imbalanced"]
         argv += ["--output_dir", out]
     argv += extra  # later options win
     capsys.readouterr()

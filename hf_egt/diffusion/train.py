@@ -487,6 +487,29 @@ def main(args: argparse.Namespace) -> TrainResult:
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
 
+    # Data and group objective first: both are cheap, and a checkpoint saved for other groups must fail before the
+    # model is loaded. Images, group ids (the class label of a class-conditional UNet) and, for SD, captions.
+    dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.cache_dir)
+    check_columns(dataset.column_names, image_column=args.image_column, group_column=args.group_column)
+    group_labels = group_labels_of(dataset, args.group_column)
+    group_ids = {label: index for index, label in enumerate(group_labels)}
+    train_group_ids = [group_ids[label] for label in dataset[args.group_column]]
+    # Training-set group sizes: the adjustment C / sqrt(n_g) of every group, as the reference (group_DRO).
+    sizes = torch.bincount(torch.tensor(train_group_ids), minlength=len(group_labels)).tolist()
+    objective = NoiseLevelGroupObjective(
+        args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
+        adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
+        loss_estimate=args.group_loss_estimate, weight_floor=args.group_weight_floor,
+        group_sizes=sizes if min(sizes) > 0 else None,
+    )  # fmt: skip
+    if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored
+        try:
+            objective.load(os.path.join(resume_path, OBJECTIVE_FILE))
+        except ValueError as error:
+            raise ValueError(
+                f"`--resume_from_checkpoint`: {os.path.join(resume_path, OBJECTIVE_FILE)}: {error}"
+            ) from error
+
     # Model: frozen base in the training precision, LoRA parameters trained in float32.
     components = load_components(args.pretrained_model_name_or_path, revision=args.revision)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -503,22 +526,15 @@ def main(args: argparse.Namespace) -> TrainResult:
     if weight_dtype != torch.float32:
         cast_training_params(model, dtype=torch.float32)  # LoRA weights and their Adam states stay in float32
 
-    # Data: images, group ids (the class label of a class-conditional UNet) and, for SD, captions.
-    dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.cache_dir)
-    if components.kind == "stable-diffusion" and args.caption_column is None:
-        raise ValueError("`--caption_column` is required to fine-tune a Stable Diffusion model.")
-    check_columns(
-        dataset.column_names, image_column=args.image_column, group_column=args.group_column,
-        caption_column=args.caption_column if components.kind == "stable-diffusion" else None,
-    )  # fmt: skip
-    group_labels = group_labels_of(dataset, args.group_column)
+    if components.kind == "stable-diffusion":
+        if args.caption_column is None:
+            raise ValueError("`--caption_column` is required to fine-tune a Stable Diffusion model.")
+        check_columns(dataset.column_names, caption_column=args.caption_column)
     if components.class_conditional and components.unet.config.num_class_embeds < len(group_labels):
         raise ValueError(
             f"`--group_column`={args.group_column!r} has {len(group_labels)} groups but the UNet has only "
             f"{components.unet.config.num_class_embeds} class embeddings (`num_class_embeds`)."
         )
-    group_ids = {label: index for index, label in enumerate(group_labels)}
-    train_group_ids = [group_ids[label] for label in dataset[args.group_column]]
     prompts = {}
     if components.kind == "stable-diffusion":
         for caption, group in zip(dataset[args.caption_column], dataset[args.group_column]):
@@ -545,21 +561,6 @@ def main(args: argparse.Namespace) -> TrainResult:
         num_workers=args.dataloader_num_workers,
     )  # fmt: skip
 
-    # Training-set group sizes: the adjustment C / sqrt(n_g) of every group, as the reference (group_DRO).
-    sizes = torch.bincount(torch.tensor(train_group_ids), minlength=len(group_labels)).tolist()
-    objective = NoiseLevelGroupObjective(
-        args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
-        adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
-        loss_estimate=args.group_loss_estimate, weight_floor=args.group_weight_floor,
-        group_sizes=sizes if min(sizes) > 0 else None,
-    )  # fmt: skip
-    if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored
-        try:
-            objective.load(os.path.join(resume_path, OBJECTIVE_FILE))
-        except ValueError as error:
-            raise ValueError(
-                f"`--resume_from_checkpoint`: {os.path.join(resume_path, OBJECTIVE_FILE)}: {error}"
-            ) from error
     optimizer = torch.optim.AdamW(
         lora_parameters(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
