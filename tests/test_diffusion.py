@@ -287,10 +287,18 @@ def assert_same_lora(a, b, **tolerance):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_resume_is_exact(class_conditional_unet, tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--noise_buckets", "2"),
+        ("--group_sampling", "balanced", "--group_loss_estimate", "last"),  # the sampler's stream resumes too
+    ],
+    ids=["buckets", "balanced-sampler"],
+)
+def test_resume_is_exact(class_conditional_unet, tmp_path, options):
     """4 steps straight == 2 steps, checkpoint, resume, 2 steps: LoRA weights and objective weights."""
     common = (*DIGITS, "--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--objective", "minmax")
-    common += ("--noise_buckets", "2", "--dro_step_size", "1.0")
+    common += ("--dro_step_size", "1.0", *options)
     straight = train(class_conditional_unet, tmp_path / "straight", *common, "--max_train_steps", "4")
     train(class_conditional_unet, tmp_path / "split", *common, "--max_train_steps", "2", "--checkpointing_steps", "2")
     resumed = train(
