@@ -112,6 +112,7 @@ def resampled_interval(
     generator: torch.Generator,
     confidence: float = 0.95,
     method: str = "subsampling",
+    lower_bound: float | None = None,
 ) -> list[float]:
     """Confidence interval of ``statistic(real, generated)`` from ``n_bootstrap`` resampled replicates.
 
@@ -121,7 +122,8 @@ def resampled_interval(
       shrunk by sqrt(1/2) to the full size; for k-NN estimators, which duplicated points break (zero distances).
 
     The replicates' deviations from their own mean are placed around ``value``: the interval covers sampling
-    variability, not the estimator's sample-size-dependent bias (that is what ``null_floor`` shows).
+    variability, not the estimator's sample-size-dependent bias (that is what ``null_floor`` shows). A statistic that
+    cannot go below ``lower_bound`` (a divergence of two histograms cannot be negative) has its interval clipped there.
     """
     replicates = []
     for _ in range(n_bootstrap):
@@ -136,7 +138,10 @@ def resampled_interval(
     deviations = (np.asarray(replicates) - np.mean(replicates)) * scale
     tail = (1 - confidence) / 2
     low, high = np.quantile(deviations, [tail, 1 - tail])
-    return [value + float(low), value + float(high)]
+    low, high = value + float(low), value + float(high)
+    if lower_bound is not None:
+        low, high = max(low, lower_bound), max(high, lower_bound)
+    return [low, high]
 
 
 def null_floor(
@@ -374,7 +379,15 @@ def egt_report(
         if n_bootstrap:
             try:
                 ci[group] = resampled_interval(
-                    group_real, group_generated, statistic, per_group[group], n_bootstrap, generator, confidence, method
+                    group_real,
+                    group_generated,
+                    statistic,
+                    per_group[group],
+                    n_bootstrap,
+                    generator,
+                    confidence,
+                    method,
+                    lower_bound=0.0 if family == "quantized" else None,  # histogram divergences and MAUVE are >= 0
                 )
             except ValueError as error:
                 warnings.warn(
