@@ -1,7 +1,7 @@
 """Diffusion training step: min-max vs ERM with the same code and model, and our ERM path vs diffusers' plain loss.
 
-One optimizer step of ``hf_egt.diffusion.train`` (``draw_window_inputs`` + ``accumulate_window`` + AdamW) on a
-class-conditional ``UNet2DModel`` with LoRA on attention and convolutions, 10 groups, 4 noise buckets. The variants
+One optimizer step of ``hf_egt.integrations.diffusion.train`` (``draw_window_inputs`` + ``accumulate_window`` + AdamW)
+on a class-conditional ``UNet2DModel`` with LoRA on attention and convolutions, 10 groups, 4 noise buckets. The variants
 are timed interleaved in one process, each taking every position of a round in turn (the first and last positions
 of a round run measurably slower on a busy CPU); each figure is the median step time.
 
@@ -23,8 +23,8 @@ def _setup(resolution: int, channels: tuple[int, int], device: str):
     from accelerate import Accelerator
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from hf_egt.diffusion.lora import add_unet_lora, lora_parameters, unet_lora_config
-    from hf_egt.diffusion.models import DiffusionComponents
+    from hf_egt.integrations.diffusion.lora import add_unet_lora, lora_parameters, unet_lora_config
+    from hf_egt.integrations.diffusion.models import DiffusionComponents
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -55,9 +55,9 @@ def _window(batch_size: int, accumulation: int, resolution: int, device):
 
 
 def run(quick: bool = False) -> list[dict]:
-    from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
-    from hf_egt.diffusion.models import denoiser_prediction
-    from hf_egt.diffusion.train import accumulate_window, draw_window_inputs, window_generator
+    from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
+    from hf_egt.integrations.diffusion.models import denoiser_prediction
+    from hf_egt.integrations.diffusion.train import accumulate_window, draw_window_inputs, window_generator
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     resolution, channels = (8, (16, 32)) if quick else (16, (32, 64))

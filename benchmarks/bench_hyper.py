@@ -5,8 +5,8 @@ counts are analytic (models built on the meta device): the hypernetwork, the LoR
 torchhyper-style hypernetwork with one dense `Linear(hidden, numel)` head per emitted tensor — for the LoRA factors,
 and for every weight of the model (what torchhyper itself emits).
 
-Diffusion rows: one optimizer step of `hf_egt.diffusion.train` (`draw_window_inputs` + `accumulate_window` + AdamW)
-with `--hyper` vs the plain LoRA on the digits UNet of `examples/hyper_diffusion_autophagy.py`, and its counts.
+Diffusion rows: one optimizer step of `hf_egt.integrations.diffusion.train` (`draw_window_inputs` + `accumulate_window`
++ AdamW) with `--hyper` vs the plain LoRA on the digits UNet of `examples/hyper_diffusion_autophagy.py`, and its counts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_egt.hyper import HyperLoRAConfig, HyperLoRAModel
+from hf_egt.integrations.hyper import HyperLoRAConfig, HyperLoRAModel
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -193,10 +193,15 @@ def diffusion_rows(quick: bool) -> list[dict]:
     from accelerate import Accelerator
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
-    from hf_egt.diffusion.lora import add_unet_lora, lora_parameters, unet_lora_config
-    from hf_egt.diffusion.models import DiffusionComponents
-    from hf_egt.diffusion.train import accumulate_window, build_hyper_model, draw_window_inputs, window_generator
+    from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
+    from hf_egt.integrations.diffusion.lora import add_unet_lora, lora_parameters, unet_lora_config
+    from hf_egt.integrations.diffusion.models import DiffusionComponents
+    from hf_egt.integrations.diffusion.train import (
+        accumulate_window,
+        build_hyper_model,
+        draw_window_inputs,
+        window_generator,
+    )
 
     def unet():
         torch.manual_seed(0)

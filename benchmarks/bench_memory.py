@@ -4,7 +4,7 @@ Model: a randomly initialised Llama with SmolLM2-135M's shape (30 layers, hidden
 embeddings), LoRA r 16 on every linear layer; one sequence of exactly ``seq`` tokens per step, with and without
 gradient checkpointing, ``seq`` in 512 / 1024 / 2048; then the vocabulary at 128,256 (Llama 3's) for the scaling.
 ``Trainer`` computes the model's own loss from its full logits; ``EGTTrainer`` (ERM objective, the same loss)
-computes per-token losses in chunks through the output embedding (``hf_egt.output_head``).
+computes per-token losses in chunks through the output embedding (``hf_egt.integrations.output_head``).
 
 - peak memory of a training step: the peak during the steps after the first, minus the memory held at the end of
   the first (optimizer state, gradients and allocator pools, the same for both trainers). On CPU, in a fresh
@@ -70,7 +70,7 @@ def build(kind: str, cell: dict, output_dir: str):
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
     from hf_egt import EGTConfig, EGTTrainer
-    from hf_egt.trainer import DataCollatorForCausalLM
+    from hf_egt.integrations.trainer import DataCollatorForCausalLM
 
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)

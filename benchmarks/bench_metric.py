@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from hf_egt.metrics import estimate, frechet_distance, histogram_mauve, kl_divergence, prdc
+from hf_egt.core.metrics import estimate, frechet_distance, histogram_mauve, kl_divergence, prdc
 
 K = 5
 

@@ -2,7 +2,7 @@
 
 - trainer: EGTTrainer(min-max) vs a plain Trainer, tokens/s, as the groups in the data go from 2 to 64 and the
   sequence length from 64 to 512 (same small Llama and LoRA as ``bench_trainer``; alternated runs, median);
-- metric vs samples: ``hf_egt.metrics.prdc`` vs ``prdc.compute_prdc`` on one group of n real + n generated 512-d
+- metric vs samples: ``hf_egt.core.metrics.prdc`` vs ``prdc.compute_prdc`` on one group of n real + n generated 512-d
   features, n from 1,000 to 10,000;
 - metric vs groups: ``egt_report(divergence="kl")`` (per-group and pooled k-NN KL) vs a loop calling the reference
   KL (scikit-learn brute-force neighbours) on each group and on the pool, at a fixed total of samples.
@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.bench_metric import make_features, reference_kl, reference_prdc
 from benchmarks.bench_trainer import measure, setting
-from hf_egt.metrics import egt_report, prdc
+from hf_egt.core.metrics import egt_report, prdc
 
 
 def _seconds(function, *args, **kwargs) -> float:

@@ -127,7 +127,7 @@ def build(kind: str, cfg: dict, output_dir: str):
         from peft import get_peft_model
 
         from hf_egt import EGTConfig, EGTTrainer
-        from hf_egt.trainer import DataCollatorForCausalLM
+        from hf_egt.integrations.trainer import DataCollatorForCausalLM
 
         if kind == "trainer":
             trainer = Trainer(

@@ -3,9 +3,9 @@ hypernetwork (HyperLoRA) fine-tuning, over several seeds, on sentences about hel
 
 For each domain (BOLD axis) the records are split by person once (``--split_seed``), so every method and seed is
 measured on the same held-out people; the base model is measured once; then each (method, seed) cell trains an adapter
-with ``hf_egt.demo.train_adapter`` (the seed sets the adapter's initialisation and the data order) and measures
-per-group perplexity with ``hf_egt.evaluation.evaluate_causal_lm``. The held-out domain (``--held_out_domain``) runs
-last and is reported in its own section: it is not looked at while choosing settings.
+with ``hf_egt.apps.demo.train_adapter`` (the seed sets the adapter's initialisation and the data order) and measures
+per-group perplexity with ``hf_egt.integrations.evaluation.evaluate_causal_lm``. The held-out domain
+(``--held_out_domain``) runs last and is reported in its own section: it is not looked at while choosing settings.
 
 Outputs in ``--output_dir``: ``cells/<domain>/<method>/seed<k>.json`` (one per cell; ``--resume`` skips cells whose
 file exists), ``cells/<domain>/base.json``, ``results.json`` (all cells plus the mean ± std summary), ``results.md``
@@ -48,7 +48,8 @@ from pathlib import Path
 logger = logging.getLogger("quality_bold")
 
 # method -> (EGTTrainer objective, HyperLoRA adapter?, further EGTConfig fields). The `dro_*` variants are the
-# group-robust recipes of issue #14 (see hf_egt.objective and hf_egt.samplers for where each option comes from).
+# group-robust recipes of issue #14 (see hf_egt.core.objective and hf_egt.core.samplers for where each option comes
+# from).
 ROBUST = {"group_sampling": "stratified", "group_loss_estimate": "last", "group_weight_floor": 0.1}
 METHOD_SPECS = {
     "erm": ("erm", False, {}),
@@ -285,8 +286,8 @@ def domain_data(records: list[dict], settings, split_seed: int, validation_fract
     whatever the training seed."""
     from datasets import Dataset
 
-    from hf_egt.data import subsample_per_group
-    from hf_egt.offline import split_by_person
+    from hf_egt.apps.data import subsample_per_group
+    from hf_egt.apps.offline import split_by_person
 
     train, test = split_by_person(records, settings.test_fraction, seed=split_seed)
     validation = None
@@ -341,8 +342,8 @@ def run_cell(
     the held-out people. The ``erm`` cell then also stores its per-example training losses (``dro_excess``'s
     reference).
     """
-    from hf_egt.demo import lora_config, train_adapter
-    from hf_egt.evaluation import evaluate_causal_lm
+    from hf_egt.apps.demo import lora_config, train_adapter
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     objective, hyper, overrides = METHOD_SPECS[method]
     seeded = replace(settings, seed=seed)
@@ -471,9 +472,9 @@ def run_quality(
     validation split of the training people (see ``run_cell``)."""
     from tqdm.auto import tqdm
 
-    from hf_egt.demo import load_cached_smollm2
-    from hf_egt.evaluation import evaluate_causal_lm
-    from hf_egt.offline import load_bold_records
+    from hf_egt.apps.demo import load_cached_smollm2
+    from hf_egt.apps.offline import load_bold_records
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     unknown = sorted(set(methods) - set(METHOD_SPECS))
     if unknown:
@@ -654,7 +655,7 @@ def write_results(
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from hf_egt.demo import DEFAULT
+    from hf_egt.apps.demo import DEFAULT
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -701,7 +702,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from hf_egt.demo import DEFAULT
+    from hf_egt.apps.demo import DEFAULT
 
     return replace(
         DEFAULT,

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_egt.metrics import egt_report, estimate, histogram_divergence, histogram_mauve, prdc
-from hf_egt.metrics.quantized import quantized_histograms
+from hf_egt.core.metrics import egt_report, estimate, histogram_divergence, histogram_mauve, prdc
+from hf_egt.core.metrics.quantized import quantized_histograms
 
 SEEDS = range(10)
 DIMS = (2, 8, 64)
@@ -318,8 +318,8 @@ def null_section(cells: Cells) -> str:
 def text_section(cells: Cells, out: Path) -> str:
     """BOLD race sentences (MiniLM): null = two disjoint halves of each group's sentences as real and generated;
     shift = the generated half of one group replaced by BOLD profession sentences (same count)."""
-    from hf_egt.metrics import embed_texts, load_text_encoder
-    from hf_egt.offline import load_bold_records, minilm_path
+    from hf_egt.apps.offline import load_bold_records, minilm_path
+    from hf_egt.integrations.features import embed_texts, load_text_encoder
 
     cache = out / "bold_race_minilm.pt"
     if not cache.exists():

@@ -2,11 +2,11 @@
 """EGT on digits-imbalanced: pretrain a small class-conditional UNet2DModel with ERM, then LoRA fine-tune it with
 ERM, inverse-frequency reweighting and min-max (3 seeds each), and compare per-class generation quality.
 
-Data: ``digits-imbalanced`` (scikit-learn digits, classes 2, 5 and 8 kept at 15 %, see ``hf_egt.diffusion.data``).
-Features: the hidden layer of a small MLP classifier trained on the full, balanced digits
-(``hf_egt.diffusion.classifier.train_digit_classifier``). Real images of class a: all digits of class a (the data
-distribution P_a, ~180 each); generated: ``--samples_per_class`` images conditioned on class a. Per-class EGT:
-``hf_egt.metrics.egt_report`` (``--divergences``, default KL and Frechet distance).
+Data: ``digits-imbalanced`` (scikit-learn digits, classes 2, 5 and 8 kept at 15 %, see
+``hf_egt.integrations.diffusion.data``). Features: the hidden layer of a small MLP classifier trained on the full,
+balanced digits (``hf_egt.integrations.diffusion.classifier.train_digit_classifier``). Real images of class a: all
+digits of class a (the data distribution P_a, ~180 each); generated: ``--samples_per_class`` images conditioned on
+class a. Per-class EGT: ``hf_egt.core.metrics.egt_report`` (``--divergences``, default KL and Frechet distance).
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py  # ~17 min, 1 thread
     PYTHONPATH=$PWD python examples/diffusion_digits_experiment.py --phase report  # metrics only
@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
-from hf_egt.diffusion.classifier import train_digit_classifier
-from hf_egt.diffusion.data import digits_imbalanced_arrays
-from hf_egt.diffusion.losses import per_example_mse
-from hf_egt.diffusion.sampling import image_grid, sample_unet2d
+from hf_egt.integrations.diffusion.classifier import train_digit_classifier
+from hf_egt.integrations.diffusion.data import digits_imbalanced_arrays
+from hf_egt.integrations.diffusion.losses import per_example_mse
+from hf_egt.integrations.diffusion.sampling import image_grid, sample_unet2d
 
 # Fine-tuning variants: name -> arguments of the training script on top of the common ones.
 VARIANTS = {
@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--dro_step_size", type=float, default=0.5)
     parser.add_argument("--samples_per_class", type=int, default=60)
     parser.add_argument("--inference_steps", type=int, default=15)
-    parser.add_argument("--divergences", nargs="+", default=["kl", "frechet"], help="of hf_egt.metrics.egt_report")
+    parser.add_argument("--divergences", nargs="+", default=["kl", "frechet"], help="of hf_egt.core.metrics.egt_report")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU).")
     return parser.parse_args(argv)
 
@@ -99,7 +99,7 @@ def generate(unet, scheduler_config, per_class: int, steps: int, seed: int) -> t
 
 
 def finetune(base: str, output_dir: str, variant: str, seed: int, args):
-    from hf_egt.diffusion.train import main, parse_args
+    from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = [
         "--pretrained_model_name_or_path", base, "--dataset_name", "digits-imbalanced", "--resolution", "8",
@@ -166,7 +166,7 @@ def run(args) -> None:
 
 
 def report(args) -> dict:
-    from hf_egt.metrics import egt_report
+    from hf_egt.core.metrics import egt_report
 
     data = np.load(os.path.join(args.output_dir, "samples.npz"))
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from peft import LoraConfig
 
 from hf_egt import EGTConfig, EGTTrainer
-from hf_egt.cli import load_checked_causal_lm, run_from_eval_metrics
-from hf_egt.data import load_grouped_dataset
-from hf_egt.evaluation import write_report
-from hf_egt.hub import build_model_card, push_folder_to_hub, resolve_hub_token
+from hf_egt.apps.cli import load_checked_causal_lm, run_from_eval_metrics
+from hf_egt.apps.data import load_grouped_dataset
+from hf_egt.integrations.evaluation import write_report
+from hf_egt.integrations.hub import build_model_card, push_folder_to_hub, resolve_hub_token
 
 logger = logging.getLogger("finetune_and_push")
 

@@ -27,7 +27,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from hf_egt import EGTConfig, EGTTrainer
-from hf_egt.offline import load_bold_records, load_causal_lm, load_smollm2, split_by_person
+from hf_egt.apps.offline import load_bold_records, load_causal_lm, load_smollm2, split_by_person
 
 logger = logging.getLogger(__name__)
 

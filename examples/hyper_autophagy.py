@@ -4,7 +4,8 @@ Each generation fits the density model to the current data, samples a new data s
 and (optionally) mixes in a fraction of fresh real data. Estimators compared:
 
 * MLE — closed form for a Gaussian (biased variance), EM for the mixture;
-* hypernetwork — θ = H_φ(set): the DeepSets `SetEncoder` of `hf_egt.hyper` and a linear head, trained once on the
+* hypernetwork — θ = H_φ(set): the DeepSets `SetEncoder` of `hf_egt.integrations.hyper` and a linear head, trained once
+  on the
   likelihood of random sets drawn from a family of densities (amortised fitting: "refit" = apply H to the new set);
 * hypernetwork + PLE — the same, trained with λ·`ple_penalty(H(Y), H(X))`, Y ~ p_{H(X)} sampled without gradient.
 
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hf_egt.hyper.encoders import SetEncoder
-from hf_egt.hyper.ple import context_sensitivity, ple_penalty
+from hf_egt.integrations.hyper.encoders import SetEncoder
+from hf_egt.integrations.hyper.ple import context_sensitivity, ple_penalty
 
 LOG_2PI = math.log(2 * math.pi)
 LOG_STD_BOUND = 5.0  # the hypernetworks' log-std is squashed into ±5: far outside the training range, never inf

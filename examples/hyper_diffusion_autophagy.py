@@ -3,7 +3,8 @@
 
 A small class-conditional ``UNet2DModel`` is pretrained briefly (ERM) on ``digits-imbalanced`` and then frozen: it is
 the common starting point of every fit. Each generation fits an adapter on the current data set with
-``hf_egt.diffusion.train`` (the script of ``hf-egt train-diffusion``), from the same frozen base and the same seed:
+``hf_egt.integrations.diffusion.train`` (the script of ``hf-egt train-diffusion``), from the same frozen base and the
+same seed:
 
 * ``lora`` — a plain LoRA (``--rank 8 --lora_conv``);
 * ``hyper`` — ``--hyper``: a hypernetwork generating that LoRA from a set of images (the exported LoRA is the one
@@ -20,8 +21,8 @@ with the real data's class counts (1344 images, classes 2, 5 and 8 at 15 %), lab
 fresh data, ``--fresh_fraction`` of each class is replaced by real images of that class (drawn anew each generation
 from the real set). All fits use ``--objective erm`` so that only the estimator differs.
 
-Per generation: ``hf_egt.metrics.egt_report`` per digit class (k-NN KL and Fréchet distance in the feature space of a
-classifier trained on the full, balanced digits; real reference: all real digits of the class, generated:
+Per generation: ``hf_egt.core.metrics.egt_report`` per digit class (k-NN KL and Fréchet distance in the feature space
+of a classifier trained on the full, balanced digits; real reference: all real digits of the class, generated:
 ``--eval_per_class`` images conditioned on the class), the classifier's agreement with the condition, and the
 per-class generated share (the classifier's labels of the sampled training set of the next generation).
 
@@ -47,7 +48,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from diffusion_digits_experiment import digits_tensor, pretrain  # noqa: E402
 
-from hf_egt.diffusion.data import DIGITS_MINORITY_CLASSES, digits_imbalanced_arrays  # noqa: E402
+from hf_egt.integrations.diffusion.data import DIGITS_MINORITY_CLASSES, digits_imbalanced_arrays  # noqa: E402
 
 METHODS = ("lora", "hyper", "hyper-ple", "hyper-ple-strong", "hyper-amortised")
 
@@ -116,7 +117,7 @@ def save_dataset(images: torch.Tensor, labels: torch.Tensor, folder: str) -> str
 def fit(base: str, data: str, output_dir: str, method: str, args, probe_sets: list[torch.Tensor]):
     """One fit with the training script; returns the model to sample from (a peft model with the LoRA loaded) and
     statistics: final loss, mean PLE term, and for a hypernetwork its `context_sensitivity` over `probe_sets`."""
-    from hf_egt.diffusion.train import main, parse_args
+    from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = [
         "--pretrained_model_name_or_path", base, "--dataset_name", data, "--resolution", "8",
@@ -141,7 +142,7 @@ def refit_context(hyper_model, images: torch.Tensor):
 
 
 def sample(model, scheduler_config, labels: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
-    from hf_egt.diffusion.sampling import sample_unet2d
+    from hf_egt.integrations.diffusion.sampling import sample_unet2d
 
     generator = torch.Generator().manual_seed(seed)
     return sample_unet2d(model, scheduler_config, len(labels), labels, steps, generator)
@@ -150,8 +151,8 @@ def sample(model, scheduler_config, labels: torch.Tensor, steps: int, seed: int)
 def evaluate(classifier, real, images, labels, train_images) -> dict:
     """Per-class EGT (KL, Fréchet), classifier agreement per class, and the classifier's per-class share of the
     sampled training set."""
-    from hf_egt.metrics import egt_report
-    from hf_egt.metrics.report import proportion_criteria
+    from hf_egt.core.metrics import egt_report
+    from hf_egt.core.metrics.report import proportion_criteria
 
     with torch.no_grad():
         features = classifier.features(images).numpy()
@@ -236,7 +237,7 @@ def run(args) -> None:
     from diffusers import DDPMScheduler
     from sklearn.datasets import load_digits
 
-    from hf_egt.diffusion.classifier import train_digit_classifier
+    from hf_egt.integrations.diffusion.classifier import train_digit_classifier
 
     os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, "results.json")
@@ -365,7 +366,7 @@ if __name__ == "__main__":
     import logging
 
     arguments = parse_args()
-    logging.getLogger("hf_egt.metrics").setLevel(logging.WARNING)
+    logging.getLogger("hf_egt.core.metrics").setLevel(logging.WARNING)
     torch.set_num_threads(arguments.threads)
     if arguments.phase == "all":
         run(arguments)

@@ -36,7 +36,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_egt import GroupObjective
-from hf_egt.hyper import HyperLoRAConfig, HyperLoRAModel
+from hf_egt.integrations.hyper import HyperLoRAConfig, HyperLoRAModel
 
 VOCAB = 48
 LENGTH = 16

@@ -13,8 +13,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from hf_egt.hyper import HyperLoRAConfig, HyperLoRAModel
-from hf_egt.offline import load_smollm2
+from hf_egt.apps.offline import load_smollm2
+from hf_egt.integrations.hyper import HyperLoRAConfig, HyperLoRAModel
 
 
 def main() -> None:

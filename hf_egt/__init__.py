@@ -12,18 +12,18 @@ __version__ = "0.1.0"
 
 _LAZY_EXPORTS = {
     # group objective
-    "GroupObjective": "objective",
-    "GroupObjectiveOutput": "objective",
-    "GroupLabels": "objective",
-    "OBJECTIVE_MODES": "objective",
+    "GroupObjective": "core.objective",
+    "GroupObjectiveOutput": "core.objective",
+    "GroupLabels": "core.objective",
+    "OBJECTIVE_MODES": "core.objective",
     # language-model training
-    "EGTConfig": "trainer",
-    "EGTTrainer": "trainer",
-    "EGTSFTConfig": "sft",
-    "EGTSFTTrainer": "sft",
+    "EGTConfig": "integrations.trainer",
+    "EGTTrainer": "integrations.trainer",
+    "EGTSFTConfig": "integrations.trainer.sft_trainer",
+    "EGTSFTTrainer": "integrations.trainer.sft_trainer",
     # hypernetwork adapter
-    "HyperLoRAConfig": "hyper",
-    "HyperLoRAModel": "hyper",
+    "HyperLoRAConfig": "integrations.hyper",
+    "HyperLoRAModel": "integrations.hyper",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]

@@ -1,6 +1,6 @@
 """``python -m hf_egt``: the ``hf-egt`` command line."""
 
-from .cli import console_main
+from hf_egt.apps.cli import console_main
 
 if __name__ == "__main__":
     console_main()

@@ -1,5 +1,6 @@
-"""Chunked per-token losses (hf_egt.losses.chunked_head_token_losses, hf_egt.output_head): the same values and
-gradients as the full logits, through models, wrappers and the trainers, and a logged fallback where they cannot be."""
+"""Chunked per-token losses (hf_egt.core.losses.chunked_head_token_losses, hf_egt.integrations.output_head): the same
+values and gradients as the full logits, through models, wrappers and the trainers, and a logged fallback where they
+cannot be."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 from hf_egt import EGTTrainer
-from hf_egt.losses import causal_lm_token_losses, chunked_head_token_losses
-from hf_egt.output_head import (
+from hf_egt.core.losses import causal_lm_token_losses, chunked_head_token_losses
+from hf_egt.integrations.output_head import (
     TOKEN_LOSS_LABELS,
     UnsupportedHeadError,
     add_token_loss_forward,
@@ -23,7 +24,7 @@ from hf_egt.output_head import (
     logit_transform,
     output_head,
 )
-from hf_egt.trainer import DataCollatorForCausalLM
+from hf_egt.integrations.trainer import DataCollatorForCausalLM
 
 from .conftest import accelerate_launch
 from .test_trainer import assert_same_params, config, lora, lora_params
@@ -220,7 +221,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_hypernetwork_functional_call_reaches_the_generated_head_factors():
-    from hf_egt.hyper import HyperLoRAConfig, HyperLoRAModel
+    from hf_egt.integrations.hyper import HyperLoRAConfig, HyperLoRAModel
 
     config = HyperLoRAConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], set_encoder_hidden=32, context_dim=16, hidden_size=32
@@ -307,7 +308,7 @@ def test_a_per_call_fallback_uses_the_logits_and_logs_why(caplog):
     torch.manual_seed(0)
     expected = causal_lm_token_losses(model.train()(**inputs).logits, batch["labels"])[0]
     torch.manual_seed(0)
-    with caplog.at_level(logging.WARNING, logger="hf_egt.output_head"):
+    with caplog.at_level(logging.WARNING, logger="hf_egt.integrations.output_head"):
         got = model(**inputs, **{TOKEN_LOSS_LABELS: batch["labels"]})["token_losses"]
     assert "Per-token losses from the full logits: the LoRA'd output embedding has dropout 0.5" in caplog.text
     torch.testing.assert_close(got, expected)
@@ -349,7 +350,7 @@ def test_trainer_falls_back_and_logs_why(tmp_path, caplog):
     plain = tiny_llama()
     model = DoubledLogits(plain.config)
     model.load_state_dict(plain.state_dict())
-    with caplog.at_level(logging.WARNING, logger="hf_egt.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_egt.integrations.trainer"):
         trainer = train(tmp_path / "doubled", model=model, max_steps=1)
     assert not trainer._chunked_token_losses
     assert "differ from the full-logits ones" in caplog.text
@@ -365,7 +366,7 @@ def test_sequence_nll_chunked_equals_full_logits():
 
     texts = ["the cat sat on the mat", "a dog", "the bird flew over the house and away", "x"]
     model, tokenizer = tiny_bpe_llama(texts * 3, 280)
-    from hf_egt.evaluation import sequence_nll
+    from hf_egt.integrations.evaluation import sequence_nll
 
     full = sequence_nll(model, tokenizer, texts, batch_size=3, chunk_size=None)
     chunked = sequence_nll(model, tokenizer, texts, batch_size=3, chunk_size=4)

@@ -17,7 +17,7 @@ from tests.test_hub import FakeHub
 
 
 def _main(argv):
-    from hf_egt.cli import main
+    from hf_egt.apps.cli import main
 
     return main([str(arg) for arg in argv])
 
@@ -59,19 +59,19 @@ def test_unknown_command_and_option_fail(capsys):
 
 def test_train_diffusion_forwards_its_arguments(monkeypatch):
     received = {}
-    module = types.ModuleType("hf_egt.diffusion.train")
+    module = types.ModuleType("hf_egt.integrations.diffusion.train")
     module.parse_args = lambda argv: {"argv": list(argv)}
     module.main = lambda args: received.setdefault("args", args)
-    package = types.ModuleType("hf_egt.diffusion")
+    package = types.ModuleType("hf_egt.integrations.diffusion")
     package.train = module
-    monkeypatch.setitem(sys.modules, "hf_egt.diffusion", package)
-    monkeypatch.setitem(sys.modules, "hf_egt.diffusion.train", module)
+    monkeypatch.setitem(sys.modules, "hf_egt.integrations.diffusion", package)
+    monkeypatch.setitem(sys.modules, "hf_egt.integrations.diffusion.train", module)
     _main(["train-diffusion", "--dataset", "digits", "--help-like", "x"])
     assert received["args"] == {"argv": ["--dataset", "digits", "--help-like", "x"]}
 
 
 def test_redacted_command_hides_tokens():
-    from hf_egt.cli import redacted_command
+    from hf_egt.apps.cli import redacted_command
 
     command = redacted_command("hf-egt train", ["--hub_token", "hf_secret", "--x", "1", "--hub_token=hf_other"])
     assert "hf_secret" not in command and "hf_other" not in command
@@ -83,7 +83,7 @@ def _forbid_model_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the input is validated")
 
-    monkeypatch.setattr("hf_egt.cli.load_checked_causal_lm", fail)
+    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", fail)
 
 
 def test_push_without_token_fails_before_anything(monkeypatch, tmp_path, tiny_lm, tiny_json):
@@ -117,7 +117,7 @@ def test_bad_columns_and_groups_fail_before_loading_the_model(
 
 
 def test_unknown_datasets_list_the_valid_ones(tmp_path):
-    from hf_egt.data import load_grouped_dataset
+    from hf_egt.apps.data import load_grouped_dataset
 
     with pytest.raises(ValueError, match=r"bold-race.*bold-gender|bold-gender.*bold-race"):
         load_grouped_dataset("bold-astrology")
@@ -132,7 +132,7 @@ def test_unknown_datasets_list_the_valid_ones(tmp_path):
 def test_model_without_causal_lm_head_is_rejected(tmp_path):
     from transformers import DistilBertConfig, LlamaConfig
 
-    from hf_egt.cli import check_causal_lm
+    from hf_egt.apps.cli import check_causal_lm
 
     encoder = tmp_path / "encoder"
     DistilBertConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, hidden_dim=16).save_pretrained(encoder)
@@ -148,7 +148,7 @@ def test_model_without_causal_lm_head_is_rejected(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------------ data
 def test_builtin_bold_race_splits_by_person():
-    from hf_egt.data import load_grouped_dataset
+    from hf_egt.apps.data import load_grouped_dataset
 
     train, evaluation, groups = load_grouped_dataset("bold-race", max_per_group=30, max_eval_per_group=10)
     assert groups == ["African_Americans", "Asian_Americans", "European_Americans", "Hispanic_and_Latino_Americans"]
@@ -159,7 +159,7 @@ def test_builtin_bold_race_splits_by_person():
 
 
 def test_local_json_without_eval_split_holds_out_every_group(tiny_json):
-    from hf_egt.data import load_grouped_dataset
+    from hf_egt.apps.data import load_grouped_dataset
 
     train, evaluation, groups = load_grouped_dataset(str(tiny_json), group_column="gender", eval_fraction=0.25)
     assert groups == ["a", "b"]
@@ -171,7 +171,7 @@ def test_local_json_without_eval_split_holds_out_every_group(tiny_json):
 def test_group_perplexity_matches_the_models_own_loss(tiny_lm):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_egt.evaluation import group_perplexity, sequence_nll
+    from hf_egt.integrations.evaluation import group_perplexity, sequence_nll
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm)
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
@@ -195,7 +195,7 @@ def test_group_perplexity_matches_the_models_own_loss(tiny_lm):
 
 
 def test_sentence_prefixes():
-    from hf_egt.evaluation import sentence_prefixes
+    from hf_egt.integrations.evaluation import sentence_prefixes
 
     assert sentence_prefixes(["one two  three four five", "short"], num_words=3) == ["one two three", "short"]
 
@@ -203,7 +203,7 @@ def test_sentence_prefixes():
 def test_evaluate_command_writes_the_report(tmp_path, tiny_lm, tiny_json):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_egt.evaluation import evaluate_causal_lm
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     out = tmp_path / "eval"
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
@@ -216,7 +216,7 @@ def test_evaluate_command_writes_the_report(tmp_path, tiny_lm, tiny_json):
     assert (out / "report.png").stat().st_size > 1000
     assert "| a |" in (out / "report.md").read_text()
     # the command's numbers are those of the library call on the same rows
-    from hf_egt.data import load_grouped_dataset
+    from hf_egt.apps.data import load_grouped_dataset
 
     _, evaluation, _ = load_grouped_dataset(str(tiny_json), group_column="gender", max_eval_per_group=4)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_lm), AutoTokenizer.from_pretrained(tiny_lm)
@@ -268,8 +268,8 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_egt.demo import QUICK, demo_data
-    from hf_egt.evaluation import evaluate_causal_lm
+    from hf_egt.apps.demo import QUICK, demo_data
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     out = tmp_path / "demo"
     argv = ["demo", "--quick", "--no_egt", "--output_dir", out, "--model_name_or_path", tiny_lm]
@@ -335,13 +335,13 @@ def test_evaluate_command_embedding_egt(tmp_path, tiny_lm, tiny_json):
 
 @pytest.mark.slow
 def test_train_runs_under_accelerate_launch(tmp_path, tiny_lm, tiny_json):
-    """`accelerate launch -m hf_egt.cli train` on 2 CPU processes: one adapter, one report, written by rank 0."""
+    """`accelerate launch -m hf_egt.apps.cli train` on 2 CPU processes: one adapter, one report, written by rank 0."""
     out = tmp_path / "ddp"
     argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
     argv += ["--lora_r", "2", "--lora_target_modules", "q_proj", "--max_steps", "2"]
     argv += ["--per_device_train_batch_size", "2"]
     argv += ["--output_dir", out, "--report_to", "none", "--save_strategy", "no", "--eval_base", "false"]
-    result = run_accelerate_launch(["-m", "hf_egt.cli", *argv])
+    result = run_accelerate_launch(["-m", "hf_egt.apps.cli", *argv])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert list(report["runs"]) == ["minmax"] and set(report["runs"]["minmax"]["per_group"]) == {"a", "b"}
@@ -376,7 +376,7 @@ def test_finetune_and_push_example(tmp_path, tiny_lm, tiny_json, monkeypatch):
 
 
 def test_group_perplexity_leaves_out_unscored_texts_and_names_empty_groups():
-    from hf_egt.evaluation import group_perplexity
+    from hf_egt.integrations.evaluation import group_perplexity
 
     nll = torch.tensor([6.0, 0.0, 3.0, 2.0])
     tokens = torch.tensor([3.0, 0.0, 1.0, 1.0])  # the second text is a single token: nothing predicted

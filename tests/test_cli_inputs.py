@@ -35,7 +35,7 @@ def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objecti
     """A hand-made checkpoint folder: trainer state, a LoRA weights file and the group objective's state."""
     from safetensors.torch import save_file
 
-    from hf_egt.objective import GroupObjective
+    from hf_egt.core.objective import GroupObjective
 
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
@@ -52,7 +52,7 @@ def _diffusion_checkpoint(folder: Path, truncated: bool = True) -> Path:
     """A diffusion-script checkpoint saved for groups [0, 1], with a ``model.safetensors`` (truncated by default)."""
     from safetensors.torch import save_file
 
-    from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
+    from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 
     folder.mkdir(parents=True)
     NoiseLevelGroupObjective(1, groups=[0, 1], mode="minmax").save(str(folder / "group_objective.safetensors"))
@@ -79,7 +79,7 @@ def _split_folder_without_b(tmp: Path) -> Path:
 
 def _adapter_with_foreign_split(tmp: Path, data: Path) -> Path:
     """An adapter folder whose split.json was recorded on other data (one row changed)."""
-    from hf_egt.data import load_grouped_splits
+    from hf_egt.apps.data import load_grouped_splits
 
     other = _jsonl(tmp / "other.jsonl", _rows()[1:] + [{"text": "changed row", "gender": "a", "id": -1}])
     record = load_grouped_splits(str(other), group_column="gender").split
@@ -204,7 +204,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _run_console(argv) -> int:
-    from hf_egt.cli import console_main
+    from hf_egt.apps.cli import console_main
 
     with pytest.raises(SystemExit) as exit_info:
         console_main([str(arg) for arg in argv])
@@ -220,10 +220,10 @@ def test_bad_input_is_one_error_line_before_any_work(
 
     import huggingface_hub
 
-    monkeypatch.setattr("hf_egt.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", no_model)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-    monkeypatch.setattr("hf_egt.diffusion.train.load_components", no_model)
+    monkeypatch.setattr("hf_egt.integrations.diffusion.train.load_components", no_model)
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("an earlier run's notes")
@@ -250,7 +250,7 @@ def test_bad_input_is_one_error_line_before_any_work(
 
 
 def test_debug_shows_the_traceback(monkeypatch, tiny_lm, tiny_json, tmp_path):
-    from hf_egt.cli import console_main
+    from hf_egt.apps.cli import console_main
 
     argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--output_dir", tmp_path, *BASE_TRAIN]
     argv = [str(arg) for arg in [*argv, "--max_steps", "0"]]
@@ -276,7 +276,7 @@ def test_version_and_python_dash_m():
 
 
 def test_redaction_covers_every_spelling():
-    from hf_egt.cli import redacted_command
+    from hf_egt.apps.cli import redacted_command
 
     argv = ["--hub_token", "s1", "--hub-token=s2", "--hub_token=s3", "--hub-token", "s4", "--token", "s5", "--x", "1"]
     command = redacted_command("hf-egt train", argv)
@@ -292,7 +292,7 @@ def test_evaluate_load_rejects_an_unknown_divergence_config():
 
 
 def test_skip_unusable_groups_warns_and_reports_what_was_left_out(tmp_path):
-    from hf_egt.data import load_grouped_splits
+    from hf_egt.apps.data import load_grouped_splits
 
     data = _jsonl(tmp_path / "d.jsonl", _rows([{"text": "lonely row", "gender": "c", "id": 7}, {"text": "", "gender":
                   "a", "id": 8}, {"text": "no label", "gender": None, "id": 9}]))  # fmt: skip
@@ -306,7 +306,7 @@ def test_skip_unusable_groups_warns_and_reports_what_was_left_out(tmp_path):
 
 
 def test_trainer_api_names_rows_without_group():
-    from hf_egt.trainer import resolve_groups
+    from hf_egt.integrations.trainer import resolve_groups
 
     with pytest.raises(ValueError, match=r"train dataset has 1 row\(s\) without a group label .*rows \[1\]"):
         resolve_groups(None, ["a", None, "b"], {})
@@ -314,7 +314,7 @@ def test_trainer_api_names_rows_without_group():
 
 # ------------------------------------------------------------------------------------------------ train for real
 def _train(argv) -> dict:
-    from hf_egt.cli import main
+    from hf_egt.apps.cli import main
 
     return main([str(arg) for arg in ["train", *argv]])
 
@@ -322,7 +322,7 @@ def _train(argv) -> dict:
 def _adapter_and_weights(folder: Path) -> tuple[dict, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from hf_egt.objective import GroupObjective
+    from hf_egt.core.objective import GroupObjective
 
     objective = GroupObjective.from_file(str(folder / "egt_objective.safetensors"))
     return load_file(folder / "adapter_model.safetensors"), objective.weights
@@ -397,12 +397,12 @@ def test_token_is_in_no_output_file_and_no_upload(tmp_path, tiny_lm, tiny_json, 
 def test_evaluate_reuses_the_held_out_rows_of_training(tmp_path, tiny_lm, tiny_json, monkeypatch):
     """`train` splits with seed 42, `evaluate --adapter` (default seed 0) evaluates exactly the recorded held-out
     rows: no overlap with the training rows (a fresh split with seed 0 would overlap)."""
-    import hf_egt.data
-    import hf_egt.evaluation
-    from hf_egt.cli import main
+    import hf_egt.apps.data
+    import hf_egt.integrations.evaluation
+    from hf_egt.apps.cli import main
 
     captured = {}
-    real_splits, real_evaluate = hf_egt.data.load_grouped_splits, hf_egt.evaluation.evaluate_causal_lm
+    real_splits, real_evaluate = hf_egt.apps.data.load_grouped_splits, hf_egt.integrations.evaluation.evaluate_causal_lm
 
     def capture_splits(*args, **kwargs):
         splits = real_splits(*args, **kwargs)
@@ -413,8 +413,8 @@ def test_evaluate_reuses_the_held_out_rows_of_training(tmp_path, tiny_lm, tiny_j
         captured.setdefault("evaluated", list(texts))
         return real_evaluate(model, tokenizer, texts, groups, **kwargs)
 
-    monkeypatch.setattr(hf_egt.data, "load_grouped_splits", capture_splits)
-    monkeypatch.setattr(hf_egt.evaluation, "evaluate_causal_lm", capture_evaluate)
+    monkeypatch.setattr(hf_egt.apps.data, "load_grouped_splits", capture_splits)
+    monkeypatch.setattr(hf_egt.integrations.evaluation, "evaluate_causal_lm", capture_evaluate)
     out = tmp_path / "adapter"
     _train(["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--seed", "42"])
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out]
@@ -433,7 +433,7 @@ def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_jso
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from hf_egt.hyper import HyperLoRAModel
+    from hf_egt.integrations.hyper import HyperLoRAModel
 
     out = tmp_path / "hyper"
     argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--hyper"]
@@ -448,8 +448,8 @@ def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_jso
         torch.testing.assert_close(hyper(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     from transformers import AutoTokenizer
 
-    from hf_egt.data import load_grouped_splits
-    from hf_egt.evaluation import evaluate_causal_lm
+    from hf_egt.apps.data import load_grouped_splits
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     evaluation = load_grouped_splits(str(tiny_json), group_column="gender", seed=42).evaluation
     measured = evaluate_causal_lm(
@@ -463,7 +463,7 @@ def test_tensorboard_logs_of_an_evaluation_before_training_go_under_output_dir(t
     """`evaluate()` before `train()` logs first: TensorBoardCallback would open its writer in ./runs."""
     from transformers.integrations import TensorBoardCallback
 
-    from hf_egt.trainer import EGTConfig, EGTTrainer
+    from hf_egt.integrations.trainer import EGTConfig, EGTTrainer
     from tests.trainer_utils import group_dataset, tiny_llama
 
     opened = []
@@ -500,7 +500,7 @@ def test_config_pickles_drop_the_token_and_copies_keep_it():
     import copy
     import pickle
 
-    from hf_egt.trainer import EGTConfig
+    from hf_egt.integrations.trainer import EGTConfig
 
     args = EGTConfig("out", hub_token="hf_pickled_secret", report_to="none")
     assert b"hf_pickled_secret" not in pickle.dumps(args)
@@ -510,7 +510,7 @@ def test_config_pickles_drop_the_token_and_copies_keep_it():
 
 def test_library_evaluation_checks_sample_sizes_before_any_work():
     """`evaluate_causal_lm` (the API under `hf-egt evaluate`) rejects too-small groups before running the model."""
-    from hf_egt.evaluation import evaluate_causal_lm
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     class NoModel:
         def parameters(self):
@@ -526,7 +526,7 @@ def test_library_evaluation_checks_sample_sizes_before_any_work():
 
 
 def test_what_training_left_out_is_repeated_in_report_card_and_evaluate(tmp_path, tiny_lm):
-    from hf_egt.cli import main
+    from hf_egt.apps.cli import main
 
     data = _jsonl(tmp_path / "d.jsonl", _rows([{"text": "lonely row", "gender": "c", "id": 7}]))
     out = tmp_path / "out"
@@ -556,7 +556,7 @@ def test_what_training_left_out_is_repeated_in_report_card_and_evaluate(tmp_path
 
 
 def test_trainer_api_checks_the_checkpoint_before_resuming(tmp_path):
-    from hf_egt.trainer import EGTConfig, EGTTrainer
+    from hf_egt.integrations.trainer import EGTConfig, EGTTrainer
     from tests.trainer_utils import group_dataset, tiny_llama
 
     args = EGTConfig(str(tmp_path / "out"), report_to="none", use_cpu=True, max_steps=1)

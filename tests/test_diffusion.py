@@ -1,5 +1,5 @@
-"""Tests of hf_egt.diffusion: pure losses and the noise-level objective, the offline digits split, and short CPU
-training runs of tiny random UNet2DModel (unconditional, class-conditional) and Stable Diffusion models."""
+"""Tests of hf_egt.integrations.diffusion: pure losses and the noise-level objective, the offline digits split, and
+short CPU training runs of tiny random UNet2DModel (unconditional, class-conditional) and Stable Diffusion models."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_egt.diffusion.buckets import NoiseLevelGroupObjective
-from hf_egt.diffusion.losses import noise_buckets, per_example_mse
-from hf_egt.objective import GroupObjective
+from hf_egt.core.objective import GroupObjective
+from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
+from hf_egt.integrations.diffusion.losses import noise_buckets, per_example_mse
 from tests.conftest import accelerate_launch
 
 diffusers = pytest.importorskip("diffusers")
@@ -122,7 +122,11 @@ def test_noise_buckets_and_bad_bucket_ids():
 def test_digits_imbalanced_split_is_as_documented():
     from sklearn.datasets import load_digits
 
-    from hf_egt.diffusion.data import DIGITS_MINORITY_CLASSES, DIGITS_MINORITY_FRACTION, digits_imbalanced_arrays
+    from hf_egt.integrations.diffusion.data import (
+        DIGITS_MINORITY_CLASSES,
+        DIGITS_MINORITY_FRACTION,
+        digits_imbalanced_arrays,
+    )
 
     pixels, labels = digits_imbalanced_arrays()
     counts = torch.bincount(torch.from_numpy(labels), minlength=10).tolist()
@@ -259,7 +263,7 @@ def class_conditional_unet(tmp_path_factory):
 
 
 def train(model, output_dir, *extra: str):
-    from hf_egt.diffusion.train import main, parse_args
+    from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = ["--pretrained_model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
     argv += ["--checkpointing_steps", "0", "--learning_rate", "1e-2", *extra]
@@ -401,7 +405,7 @@ def test_clear_errors_on_bad_columns_and_unet_without_attention(class_conditiona
 
 
 def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_unet, tmp_path, monkeypatch):
-    from hf_egt.diffusion import train as train_module
+    from hf_egt.integrations.diffusion import train as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "push_to_hub", lambda *args: calls.append(args))
@@ -423,9 +427,9 @@ def diffusion_window_case(num_windows: int = 2, micro_batches: int = 2, rows: in
     """A LoRA UNet, a 4-group objective over 2 noise buckets, and fixed windows with their drawn inputs."""
     from diffusers import DDPMScheduler
 
-    from hf_egt.diffusion.lora import add_unet_lora, unet_lora_config
-    from hf_egt.diffusion.models import DiffusionComponents
-    from hf_egt.diffusion.train import draw_window_inputs
+    from hf_egt.integrations.diffusion.lora import add_unet_lora, unet_lora_config
+    from hf_egt.integrations.diffusion.models import DiffusionComponents
+    from hf_egt.integrations.diffusion.train import draw_window_inputs
 
     components = DiffusionComponents("unet2d", tiny_unet2d(True), DDPMScheduler(num_train_timesteps=100))
     model = add_unet_lora(components.unet, unet_lora_config(rank=2))
@@ -448,7 +452,7 @@ def shard(values: dict, rank: int, world: int) -> dict:
 
 def window_gradients(accelerator, case) -> tuple[list[dict], list[list[float]]]:
     """The LoRA gradients of each window and the objective's weights after it (this process's share of the rows)."""
-    from hf_egt.diffusion.train import accumulate_window
+    from hf_egt.integrations.diffusion.train import accumulate_window
 
     components, model, objective, windows = case
     rank, world = accelerator.process_index, accelerator.num_processes

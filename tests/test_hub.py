@@ -111,7 +111,7 @@ def _front_matter(text: str) -> dict:
 
 
 def test_model_card_metadata_table_and_model_index():
-    from hf_egt.hub import build_model_card
+    from hf_egt.integrations.hub import build_model_card
 
     card = build_model_card(
         base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -144,14 +144,14 @@ def test_model_card_metadata_table_and_model_index():
 
 
 def test_model_card_rejects_unknown_result_run():
-    from hf_egt.hub import build_model_card
+    from hf_egt.integrations.hub import build_model_card
 
     with pytest.raises(ValueError, match="result_run"):
         build_model_card(base_model="m", runs=RUNS, objective="erm", model_name="x", result_run="nope")
 
 
 def test_local_dataset_path_is_not_listed_as_hub_dataset(tmp_path):
-    from hf_egt.hub import build_model_card
+    from hf_egt.integrations.hub import build_model_card
 
     path = tmp_path / "data" / "bios.json"
     path.parent.mkdir()
@@ -163,7 +163,7 @@ def test_local_dataset_path_is_not_listed_as_hub_dataset(tmp_path):
 def test_push_without_token_fails_clearly(monkeypatch, tmp_path):
     import huggingface_hub
 
-    from hf_egt.hub import push_folder_to_hub
+    from hf_egt.integrations.hub import push_folder_to_hub
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
@@ -172,7 +172,7 @@ def test_push_without_token_fails_clearly(monkeypatch, tmp_path):
 
 
 def test_push_folder_sends_adapter_card_and_report(fake_hub, tmp_path):
-    from hf_egt.hub import build_model_card, push_folder_to_hub
+    from hf_egt.integrations.hub import build_model_card, push_folder_to_hub
 
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -195,7 +195,7 @@ def test_push_folder_sends_adapter_card_and_report(fake_hub, tmp_path):
 
 
 def test_push_uploads_only_the_allow_list_and_refuses_a_file_with_the_token(fake_hub, tmp_path):
-    from hf_egt.hub import push_folder_to_hub
+    from hf_egt.integrations.hub import push_folder_to_hub
 
     folder = tmp_path / "adapter"
     (folder / "runs" / "x").mkdir(parents=True)

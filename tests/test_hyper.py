@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_egt.hyper import (
+from hf_egt.integrations.hyper import (
     HyperLoRAConfig,
     HyperLoRAModel,
     context_sensitivity,
@@ -145,7 +145,7 @@ def test_ple_gradient_flows_only_through_synthetic_side_by_default():
 
 
 def test_ple_with_sampled_continuations_reaches_the_hypernetwork_and_resamples_every_n():
-    from hf_egt.hyper.sampling import CausalLMSampler
+    from hf_egt.integrations.hyper.sampling import CausalLMSampler
 
     calls = []
     sampler = CausalLMSampler(prompt_length=3, max_new_tokens=5)
@@ -213,7 +213,7 @@ def test_last_hidden_embedder_matches_base_model_hidden_state():
 def test_unet2d_forward_and_ple_with_diffusion_sampler():
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from hf_egt.hyper.sampling import DiffusionSampler
+    from hf_egt.integrations.hyper.sampling import DiffusionSampler
 
     torch.manual_seed(0)
     unet = UNet2DModel(

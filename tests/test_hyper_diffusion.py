@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from hf_egt.diffusion.losses import per_example_mse
+from hf_egt.integrations.diffusion.losses import per_example_mse
 from tests.test_diffusion import DIGITS, save_tiny_caption_dataset, save_tiny_stable_diffusion, save_tiny_unet2d
 
 diffusers = pytest.importorskip("diffusers")
@@ -26,7 +26,7 @@ HYPER = ("--hyper", "--hyper_hidden_size", "32", "--hyper_context_dim", "16", "-
 
 
 def train(model, output_dir, *extra: str):
-    from hf_egt.diffusion.train import main, parse_args
+    from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = ["--pretrained_model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
     argv += ["--checkpointing_steps", "0", "--learning_rate", "3e-3", *extra]
@@ -35,7 +35,7 @@ def train(model, output_dir, *extra: str):
 
 def fixed_digits_batch(n: int = 32):
     """The first `n` images of digits-imbalanced in [-1, 1] with their labels, and fixed noise and timesteps."""
-    from hf_egt.diffusion.data import digits_imbalanced_arrays
+    from hf_egt.integrations.diffusion.data import digits_imbalanced_arrays
 
     pixels, labels = digits_imbalanced_arrays()
     images = torch.from_numpy(pixels[:n]).float().div(127.5).sub(1).unsqueeze(1)
@@ -112,8 +112,8 @@ def test_exported_lora_loads_with_plain_peft_and_reproduces_the_hyper_model(hype
 def test_saved_hypernetwork_reloads_with_its_context(hyper_run, unet_folder):
     from diffusers import DDIMScheduler, UNet2DModel
 
-    from hf_egt.hyper import HyperLoRAModel
-    from hf_egt.hyper.sampling import DiffusionSampler
+    from hf_egt.integrations.hyper import HyperLoRAModel
+    from hf_egt.integrations.hyper.sampling import DiffusionSampler
 
     result, output_dir = hyper_run
     unet = UNet2DModel.from_pretrained(unet_folder, subfolder="unet")
@@ -176,7 +176,7 @@ def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
     ],
 )
 def test_bad_hyper_arguments_name_the_argument(argv, message, capsys):
-    from hf_egt.diffusion.train import parse_args
+    from hf_egt.integrations.diffusion.train import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--pretrained_model_name_or_path", "x", "--dataset_name", "digits-imbalanced", *argv])
@@ -193,7 +193,7 @@ def test_diffusion_sampler_conditions_on_the_real_batch_and_passes_it_on():
     """Y is sampled with the real batch's class labels (each UNet call gets them) and returned with them."""
     from diffusers import DDIMScheduler
 
-    from hf_egt.hyper.sampling import DiffusionSampler
+    from hf_egt.integrations.hyper.sampling import DiffusionSampler
 
     calls = []
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-from hf_egt.hyper import HyperLoRAConfig, HyperLoRAModel
+from hf_egt.integrations.hyper import HyperLoRAConfig, HyperLoRAModel
 
 
 def tiny_llama() -> LlamaForCausalLM:

@@ -1,4 +1,4 @@
-"""Estimators of hf_egt.metrics against closed forms, numerical integration and the reference `prdc` package."""
+"""Estimators of hf_egt.core.metrics against closed forms, numerical integration and the reference `prdc` package."""
 
 import contextlib
 import io
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import integrate, linalg, stats
 
-from hf_egt.metrics import (
+from hf_egt.core.metrics import (
     chi2_divergence,
     frechet_distance,
     frechet_distance_from_moments,
@@ -22,7 +22,7 @@ from hf_egt.metrics import (
     squared_hellinger_distance,
     total_variation_distance,
 )
-from hf_egt.metrics.knn import kth_neighbour_sq_distances, nearest_neighbour_indices, smallest_per_column
+from hf_egt.core.metrics.knn import kth_neighbour_sq_distances, nearest_neighbour_indices, smallest_per_column
 
 
 def gaussian_pair(dim: int, seed: int = 0):

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_egt.metrics import RECOMMENDED_TEXT_DIVERGENCE, egt_report, embed_images, embed_texts, load_text_encoder
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, egt_report
+from hf_egt.integrations.features import embed_images, embed_texts, load_text_encoder
 
 evaluate = pytest.importorskip("evaluate")
 MODULE = str(Path(__file__).resolve().parents[1] / "metrics" / "egt")
@@ -70,7 +71,7 @@ def test_config_name_selects_the_divergence(features):
 
 @pytest.mark.slow
 def test_text_inputs_are_embedded_with_the_feature_model():
-    from hf_egt.offline import minilm_path
+    from hf_egt.apps.offline import minilm_path
 
     real_texts = [f"The {kind} actor starred in film number {i}." for i in range(12) for kind in ("young", "old")]
     generated_texts = [f"An {kind} actress played in {i} movies." for i in range(10) for kind in ("famous", "new")]
@@ -100,7 +101,7 @@ def test_text_inputs_are_embedded_with_the_feature_model():
 
 
 def test_embed_texts_mean_pooling_ignores_padding():
-    from hf_egt.offline import minilm_path
+    from hf_egt.apps.offline import minilm_path
 
     encoder = load_text_encoder(minilm_path())
     texts = ["short", "a much longer sentence that needs many more tokens than the first one"]

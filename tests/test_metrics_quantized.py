@@ -9,11 +9,18 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
-from hf_egt.metrics import QUANTIZED, egt_report, estimate, histogram_divergence, minimum_samples, quantized_pr_curve
-from hf_egt.metrics import report as report_module
-from hf_egt.metrics.knn import radius_counts
-from hf_egt.metrics.projection import fit_projection
-from hf_egt.metrics.quantized import fit_codebook, histogram_mauve, kmeans
+from hf_egt.core.metrics import (
+    QUANTIZED,
+    egt_report,
+    estimate,
+    histogram_divergence,
+    minimum_samples,
+    quantized_pr_curve,
+)
+from hf_egt.core.metrics import report as report_module
+from hf_egt.core.metrics.knn import radius_counts
+from hf_egt.core.metrics.projection import fit_projection
+from hf_egt.core.metrics.quantized import fit_codebook, histogram_mauve, kmeans
 
 P_COUNTS = torch.tensor([5.0, 3.0, 2.0, 0.0], dtype=torch.float64)
 Q_COUNTS = torch.tensor([2.0, 2.0, 4.0, 2.0], dtype=torch.float64)
@@ -223,7 +230,7 @@ def test_codebook_is_shared_by_all_groups():
 
 
 def test_markdown_table_and_plot_mark_floors_and_a_non_significant_gap(tmp_path):
-    from hf_egt.metrics import plot_report, report_table
+    from hf_egt.core.metrics import plot_report, report_table
 
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.0)
     report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_js", n_permutations=50)
@@ -235,7 +242,7 @@ def test_markdown_table_and_plot_mark_floors_and_a_non_significant_gap(tmp_path)
 
 
 def test_text_egt_checks_prompt_counts_before_any_model_work():
-    from hf_egt.evaluation import embedding_egt, evaluate_causal_lm
+    from hf_egt.integrations.evaluation import embedding_egt, evaluate_causal_lm
 
     texts, groups = ["some words here"] * 30, ["a"] * 25 + ["b"] * 5
     # No model at all: the check must fail before the model, the tokenizer or the encoder is touched.

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hf_egt.metrics import (
+from hf_egt.core.metrics import (
     DIVERGENCES,
     egt_report,
     estimate,

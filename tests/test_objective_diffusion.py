@@ -14,7 +14,7 @@ def class_conditional_unet(tmp_path_factory):
 
 
 def test_stratified_steps_hold_every_digit_and_sizes_come_from_the_training_set(class_conditional_unet, tmp_path):
-    from hf_egt.diffusion.data import load_image_dataset
+    from hf_egt.integrations.diffusion.data import load_image_dataset
 
     result = train(
         class_conditional_unet,

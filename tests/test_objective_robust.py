@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_egt import GroupObjective
-from hf_egt.objective import excess_losses, mix_with_uniform, track_group_losses
+from hf_egt.core.objective import excess_losses, mix_with_uniform, track_group_losses
 
 
 def softmax(values):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_egt import EGTConfig, EGTTrainer
-from hf_egt.trainer import DataCollatorForCausalLM
+from hf_egt.integrations.trainer import DataCollatorForCausalLM
 
 from .test_trainer import config, lora
 from .trainer_utils import group_dataset, tiny_llama
@@ -142,7 +142,7 @@ def test_worst_group_perplexity_selects_the_best_model(tmp_path):
 
 
 def test_cli_parses_the_robust_options_and_worst_group_selection():
-    from hf_egt.cli import train_parser
+    from hf_egt.apps.cli import train_parser
 
     argv = ["--model_name_or_path", "m", "--dataset", "d", "--output_dir", "o"]
     argv += ["--group_sampling", "stratified", "--group_loss_estimate", "last", "--group_weight_floor", "0.1"]

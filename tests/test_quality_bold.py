@@ -16,7 +16,7 @@ from benchmarks.quality_bold import (
     summarize_cells,
     summarize_domain,
 )
-from hf_egt.demo import DEFAULT, lora_config
+from hf_egt.apps.demo import DEFAULT, lora_config
 from tests.trainer_utils import tiny_bpe_llama
 
 GROUPS = ("a", "b", "c")
@@ -104,7 +104,7 @@ def test_hyper_adapter_sits_on_the_same_layers_as_the_lora_one(tiny_model_and_to
     from peft import get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    from hf_egt.hyper import HyperLoRAModel
+    from hf_egt.integrations.hyper import HyperLoRAModel
 
     model, _ = tiny_model_and_tokenizer
     lora = get_peft_model(copy.deepcopy(model), lora_config(model, SETTINGS))

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from hf_egt.samplers import (
+from hf_egt.core.samplers import (
     BalancedGroupSampler,
     StratifiedGroupSampler,
     balanced_example_weights,

@@ -11,8 +11,8 @@ from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 
 from hf_egt import EGTConfig, EGTTrainer, GroupObjective
-from hf_egt.losses import causal_lm_token_losses, sequence_losses
-from hf_egt.trainer import OBJECTIVE_STATE_NAME, DataCollatorForCausalLM
+from hf_egt.core.losses import causal_lm_token_losses, sequence_losses
+from hf_egt.integrations.trainer import OBJECTIVE_STATE_NAME, DataCollatorForCausalLM
 
 from .conftest import accelerate_launch
 from .trainer_utils import VOCAB, group_dataset, tiny_gpt2, tiny_llama
@@ -292,7 +292,7 @@ def test_non_finite_loss_names_the_step_and_the_group(tmp_path):
 
 
 class WithPLE(torch.nn.Module):
-    """A causal LM whose output also carries a scalar `ple` penalty (as `hf_egt.hyper.HyperLoRAModel` does)."""
+    """A causal LM whose output also carries a scalar `ple` penalty (as `HyperLoRAModel` does)."""
 
     def __init__(self, lm, ple: float):
         super().__init__()

@@ -1,7 +1,7 @@
 # Copyright 2026 The hf-egt developers. Licensed under the Apache License, Version 2.0.
 """EGT (Equalized Generative Treatment): per-group f-divergence between real and generated samples.
 
-A thin `evaluate` wrapper around `hf_egt.metrics.egt_report`; the package `hf-egt` must be installed
+A thin `evaluate` wrapper around `hf_egt.core.metrics.egt_report`; the package `hf-egt` must be installed
 (`pip install hf-egt`). See README.md for the formulas, inputs and outputs.
 """
 
@@ -9,11 +9,11 @@ A thin `evaluate` wrapper around `hf_egt.metrics.egt_report`; the package `hf-eg
 import datasets  # noqa: I001
 import evaluate
 import numpy as np
-from hf_egt.metrics import DIVERGENCES
-from hf_egt.metrics import RECOMMENDED_TEXT_DIVERGENCE
-from hf_egt.metrics import egt_report
-from hf_egt.metrics import embed_texts
-from hf_egt.metrics import load_text_encoder
+from hf_egt.core.metrics import DIVERGENCES
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE
+from hf_egt.core.metrics import egt_report
+from hf_egt.integrations.features import embed_texts
+from hf_egt.integrations.features import load_text_encoder
 
 _CITATION = """\
 @article{verine2026egt,
@@ -39,7 +39,7 @@ Args:
     references: real samples, same kind as `predictions`; their number may differ from `predictions`.
     prediction_groups: group label of each generated sample.
     reference_groups: group label of each real sample.
-    divergence: a name of `hf_egt.metrics.DIVERGENCES`: the quantised family ("quantized_js", "quantized_kl",
+    divergence: a name of `hf_egt.core.metrics.DIVERGENCES`: the quantised family ("quantized_js", "quantized_kl",
         "quantized_reverse_kl", "quantized_tv", "quantized_hellinger", "quantized_chi2", "quantized_pr", "mauve") or
         the k-NN family ("kl", "reverse_kl", "js", "tv", "hellinger", "chi2", "pr", "frechet", "precision",
         "recall", "density", "coverage"); defaults to the config name (`evaluate.load("metrics/egt", "mauve")`),
@@ -49,9 +49,9 @@ Args:
         quantised family, 20 half-samples for the k-NN family; 0 for none).
     seed: seed of the codebook and of the resampling.
     Other keyword arguments (`n_null`, `n_permutations`, `confidence`, `device`, `k`, `n_neighbors`, `pr_lambda`,
-    `num_clusters`, `pca`, `normalize`, ...) go to `hf_egt.metrics.egt_report`.
+    `num_clusters`, `pca`, `normalize`, ...) go to `hf_egt.core.metrics.egt_report`.
 Returns:
-    The report of `hf_egt.metrics.egt_report`: `divergence`, `per_group`, `gap`, `ratio`, `worst_group`,
+    The report of `hf_egt.core.metrics.egt_report`: `divergence`, `per_group`, `gap`, `ratio`, `worst_group`,
     `best_group`, `overall`, `counts`, `ci`, `null_floor`, `within_floor`, `gap_p_value`, `gap_significant`,
     `missing`, `generated_share`, `data_share`, `ego_gap`, `mgo_gap`.
     Group labels are strings.
@@ -126,7 +126,7 @@ class EGT(evaluate.Metric):
             if feature_model is None:
                 raise ValueError(
                     "Text `predictions` need `feature_model`: a Hugging Face encoder to embed them "
-                    "(e.g. 'sentence-transformers/all-MiniLM-L6-v2' or hf_egt.offline.minilm_path())."
+                    "(e.g. 'sentence-transformers/all-MiniLM-L6-v2' or hf_egt.apps.offline.minilm_path())."
                 )
             if not all(isinstance(text, str) for text in references):
                 raise ValueError("`references` must be texts when `predictions` are texts.")

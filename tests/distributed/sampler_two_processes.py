@@ -8,7 +8,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from hf_egt.samplers import group_sampler
+from hf_egt.core.samplers import group_sampler
 from tests.test_samplers import GROUP_IDS
 
 sampling, output = sys.argv[1], sys.argv[2]

@@ -1,0 +1,957 @@
+"""The ``hf-egt`` command line.
+
+    hf-egt train            fine-tune a causal LM with LoRA and a group objective (EGTTrainer), report, card, push
+    hf-egt train-diffusion  the diffusion training script (hf_egt.integrations.diffusion.train), arguments forwarded
+    hf-egt evaluate         per-group perplexity and EGT divergence of a model (+ adapter) on a dataset
+    hf-egt demo             the offline demo: SmolLM2-135M on BOLD race, base vs ERM vs min-max
+
+``train`` parses every ``transformers.TrainingArguments`` option (through ``EGTConfig``), and runs unchanged under
+``accelerate launch -m hf_egt.apps.cli train ...``. Bad input (unknown dataset, column or group, a model without a
+causal-LM head, a push without a token, a missing or foreign checkpoint, an output folder holding another run) fails
+before any model is loaded or trained. From the ``hf-egt`` console script (or ``python -m hf_egt``) such an error
+prints one ``error: ...`` line and exits with status 2; ``hf-egt --debug ...`` (or ``HF_EGT_DEBUG=1``) shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hf_egt import __version__
+
+logger = logging.getLogger("hf_egt.apps.cli")
+
+COMMANDS = {
+    "train": "fine-tune a causal LM with LoRA and a group objective (all TrainingArguments options apply)",
+    "train-diffusion": "train a diffusion model with a group objective (hf_egt.integrations.diffusion.train)",
+    "evaluate": "per-group perplexity and EGT divergence of a model (and adapter) on a dataset",
+    "demo": "offline demo: SmolLM2-135M on BOLD race, base vs ERM vs min-max, with report and plot",
+}
+FORWARDED = ("train", "train-diffusion")
+# Options whose value is a secret, in every spelling argparse accepts (HfArgumentParser adds the dashed alias).
+SECRET_OPTIONS = ("--hub_token", "--hub-token", "--token")
+# What a finished or interrupted run leaves in its output folder: a fresh run must not overwrite it silently.
+RUN_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "report.json", "egt_objective.safetensors")
+TRUE_STRINGS, FALSE_STRINGS = ("true", "yes", "1", "latest"), ("false", "no", "0", "")
+DEBUG_ENV = "HF_EGT_DEBUG"
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def check_causal_lm(model_name_or_path: str) -> None:
+    """Raise a ``ValueError`` when ``model_name_or_path`` has no causal-LM head (checked on its config, no weights).
+
+    A ``.gguf`` file is accepted as is (GGUF checkpoints of text generators are causal LMs).
+    """
+    if Path(model_name_or_path).suffix == ".gguf":
+        return
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} is a {config.model_type!r} model, which has no causal-LM "
+            "head in transformers; pass a decoder-only text generator (Llama, Qwen2, GPT-2, SmolLM2, ...)."
+        )
+    causal_architectures = set()
+    for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal_architectures.update([names] if isinstance(names, str) else names)
+    architectures = config.architectures or []
+    if architectures and not any(
+        name in causal_architectures or name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures
+    ):
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} was saved as {architectures}, without a causal-LM head "
+            f"(expected e.g. {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]!r}); a new head would be random."
+        )
+
+
+def check_model_path(model_name_or_path: str) -> None:
+    """Raise a ``FileNotFoundError`` naming ``--model_name_or_path`` when it is neither an existing file or folder nor
+    something the Hub (or its cache, offline) can resolve; then ``check_causal_lm`` (config only, no weights)."""
+    path = Path(model_name_or_path).expanduser()
+    looks_local = (
+        path.suffix == ".gguf" or model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
+    )
+    if not path.exists() and looks_local:
+        raise FileNotFoundError(
+            f"`--model_name_or_path`: no such file or folder {model_name_or_path!r}; pass a folder with a "
+            "config.json, a .gguf file, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+        )
+    try:
+        check_causal_lm(str(path) if path.exists() else model_name_or_path)
+    except OSError as error:  # includes huggingface_hub's errors for unknown or unreachable repos
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"`--model_name_or_path`: cannot load {model_name_or_path!r}: not a local folder with a config.json, "
+            f"and the Hub (or its offline cache) does not have it ({first_line})."
+        ) from error
+    except ValueError as error:
+        if str(error).startswith("`--model_name_or_path`"):
+            raise
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} is not a valid folder or Hub id ({error})."
+        ) from error
+
+
+def check_target_modules(model_name_or_path: str, target_modules: Sequence[str]) -> None:
+    """Every ``--lora_target_modules`` entry must name layers of the model (peft matches a name or a dotted suffix),
+    checked on an empty (meta-device) model built from the config: no weights are read."""
+    if list(target_modules) == ["all-linear"] or Path(model_name_or_path).suffix == ".gguf":
+        return
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_name_or_path))
+    names = [name for name, _ in model.named_modules()]
+    missing = [key for key in target_modules if not any(n == key or n.endswith(f".{key}") for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(
+            f"`--lora_target_modules`: {missing} match no layer of {model_name_or_path!r}; its linear layers are "
+            f"{linear} (or pass `all-linear`)."
+        )
+
+
+def load_checked_causal_lm(model_name_or_path: str):
+    """``hf_egt.apps.offline.load_causal_lm`` (Hub id, folder or ``.gguf`` file) after ``check_causal_lm``."""
+    from hf_egt.apps.offline import load_causal_lm
+
+    check_causal_lm(model_name_or_path)
+    return load_causal_lm(model_name_or_path)
+
+
+def is_secret_option(option: str) -> bool:
+    """Whether ``option`` (``--hub_token``, ``--hub-token``, ``--token``, or an abbreviation of one) names a secret."""
+    if not option.startswith("--") or len(option) < 4:
+        return False
+    normalized = option.replace("-", "_")
+    return any(secret.replace("-", "_").startswith(normalized) for secret in SECRET_OPTIONS)
+
+
+def redacted_command(program: str, argv: Sequence[str]) -> str:
+    """The command line as a shell string, with the values of secret options (``--hub_token``) replaced."""
+    shown, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            shown.append("<redacted>")
+            hide_next = False
+        elif is_secret_option(arg):
+            shown.append(arg)
+            hide_next = True
+        elif "=" in arg and is_secret_option(arg.split("=", 1)[0]):
+            shown.append(arg.split("=", 1)[0] + "=<redacted>")
+        else:
+            shown.append(arg)
+    return f"{program} {shlex.join(shown)}".strip()
+
+
+def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
+    """``--resume_from_checkpoint``: ``true`` (or ``latest``) is the last checkpoint of ``output_dir``, a path is
+    itself; ``false`` or nothing is a fresh run. A missing checkpoint is a ``FileNotFoundError``."""
+    from hf_egt.integrations.trainer import last_checkpoint
+
+    if value is None or value is False or str(value).lower() in FALSE_STRINGS:
+        return None
+    if value is True or str(value).lower() in TRUE_STRINGS:
+        return last_checkpoint(output_dir)
+    if not os.path.isdir(value):
+        raise FileNotFoundError(
+            f"`--resume_from_checkpoint`: no such checkpoint folder {value!r}; pass a `checkpoint-<step>` folder, or "
+            f"`true` for the last one in `--output_dir` {output_dir!r}."
+        )
+    return str(value)
+
+
+def run_outputs(output_dir: str | Path) -> list[str]:
+    """The checkpoints and output files of an earlier run found in ``output_dir`` (empty for a new folder)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = sorted(path.name for path in folder.glob("checkpoint-*") if path.is_dir())
+    return found + [name for name in RUN_OUTPUTS if (folder / name).exists()]
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> list[str]:
+    """Refuse (``ValueError``) a fresh run into a folder holding another run's outputs unless ``overwrite``; returns
+    those outputs (what ``overwrite`` replaces)."""
+    existing = [] if resume else run_outputs(output_dir)
+    if existing and not overwrite:
+        raise ValueError(
+            f"`--output_dir`: {str(output_dir)!r} already holds the outputs of a run ({', '.join(existing[:6])}); pass "
+            "`--resume_from_checkpoint true` to continue it, `--overwrite_output_dir` to replace it, or another "
+            "`--output_dir`."
+        )
+    return existing
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Delete the ``checkpoint-*`` folders of an earlier run (``--overwrite_output_dir``), so that a later
+    ``--resume_from_checkpoint true`` cannot pick one of them."""
+    for path in sorted(Path(output_dir).glob("checkpoint-*")):
+        if path.is_dir():
+            logger.warning("--overwrite_output_dir: removing %s of an earlier run.", path)
+            shutil.rmtree(path)
+
+
+def run_from_eval_metrics(metrics: Mapping[str, float], metric: str = "perplexity") -> dict:
+    """Per-group summary (``per_group``, ``gap``, ``worst_group``, ``overall``) from ``EGTTrainer.evaluate()`` keys.
+
+    Reads ``eval_group_<metric>/<group>``; ``overall`` is ``exp(eval_loss)`` for perplexity.
+    """
+    import math
+
+    from hf_egt.core.metrics import summarize_groups
+
+    prefix = f"eval_group_{metric}/"
+    per_group = {key[len(prefix) :]: float(value) for key, value in metrics.items() if key.startswith(prefix)}
+    if not per_group:
+        raise ValueError(f"The evaluation returned no `{prefix}<group>` key; got {sorted(metrics)}.")
+    run = summarize_groups(per_group)
+    if metric == "perplexity" and "eval_loss" in metrics:
+        run["overall"] = math.exp(float(metrics["eval_loss"]))
+    return run
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------------- train
+@dataclass
+class TrainScriptArguments:
+    """Options of ``hf-egt train`` besides ``EGTConfig`` (TrainingArguments + ``group_column``, ``groups``,
+    ``objective``, ``group_step_size``, ``text_column``, ``max_length``...)."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub id, local folder, or .gguf file of a causal LM."})
+    dataset: str = field(
+        metadata={
+            "help": "bold-<domain> (offline: bold-race, bold-gender, ...), a local json/jsonl/csv/parquet "
+            "file, or a Hub dataset id."
+        }
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
+    train_split: str = field(default="train", metadata={"help": "Training split."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Eval split (default: test/validation if present, else held-out rows)."}
+    )
+    max_per_group: int | None = field(default=None, metadata={"help": "At most this many training rows per group."})
+    max_eval_per_group: int | None = field(default=None, metadata={"help": "At most this many eval rows per group."})
+    eval_fraction: float = field(default=0.2, metadata={"help": "Held-out share per group without an eval split."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (default: all-linear)."}
+    )
+    hyper: bool = field(default=False, metadata={"help": "Generate the LoRA factors with a hypernetwork (HyperLoRA)."})
+    ple_weight: float = field(
+        default=0.0, metadata={"help": "HyperLoRA self-consumption (PLE) penalty weight (needs --hyper)."}
+    )
+    hyper_context_rows: int = field(
+        default=64,
+        metadata={"help": "With --hyper: training rows whose set fixes the context of the exported peft adapter."},
+    )
+    eval_base: bool = field(default=True, metadata={"help": "Evaluate before training too (the base model)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the checkpoints and outputs of an earlier run in --output_dir (refused otherwise)."},
+    )
+    skip_unusable_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out, with a warning repeated in the report and card, rows without group or text and "
+            "groups that cannot be split or evaluated (default: an error naming them)."
+        },
+    )
+
+
+def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str):
+    """A ``peft.LoraConfig`` from the LoRA options, or a ``HyperLoRAConfig`` with ``--hyper``."""
+    target_modules = script_args.lora_target_modules
+    target = target_modules[0] if len(target_modules) == 1 and target_modules[0] == "all-linear" else target_modules
+    if script_args.hyper:
+        from hf_egt.integrations.hyper import HyperLoRAConfig
+
+        return HyperLoRAConfig(
+            r=script_args.lora_r,
+            lora_alpha=script_args.lora_alpha,
+            target_modules=target,
+            lora_dropout=script_args.lora_dropout,
+            ple_weight=script_args.ple_weight,
+            base_model_name_or_path=model_name_or_path,
+        )
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=script_args.lora_r,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+    )
+
+
+def train_parser():
+    from transformers import HfArgumentParser
+
+    from hf_egt.integrations.trainer import EGTConfig
+
+    return HfArgumentParser(
+        (TrainScriptArguments, EGTConfig),
+        allow_abbrev=False,  # `--hub_tok x` must not silently mean `--hub_token x`
+        prog="hf-egt train",
+        description="Fine-tune a causal LM with LoRA and a group objective (EGTTrainer); write the per-group report "
+        "and a model card; push with --push_to_hub --hub_model_id.",
+    )
+
+
+def parse_train_arguments(argv: Sequence[str]):
+    """``(TrainScriptArguments, EGTConfig)`` from the command line; unknown options are a ``ValueError`` that names
+    them without their values (a mistyped secret option must not be echoed)."""
+    script_args, training_args, unknown = train_parser().parse_args_into_dataclasses(
+        args=list(argv), return_remaining_strings=True
+    )
+    if unknown:
+        options = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")] or ["<positional values>"]
+        raise ValueError(f"unrecognized arguments: {' '.join(options)} (run `hf-egt train --help` for the options).")
+    return script_args, training_args
+
+
+def check_train_arguments(script_args: TrainScriptArguments, training_args) -> None:
+    """Checks of option values that need no data and no model."""
+    if training_args.max_steps == 0 or (training_args.max_steps < 0 and training_args.num_train_epochs <= 0):
+        raise ValueError(
+            f"`--max_steps` {training_args.max_steps} with `--num_train_epochs` {training_args.num_train_epochs} "
+            "trains nothing; pass a positive `--max_steps`, or `--max_steps -1` with a positive `--num_train_epochs`."
+        )
+    if script_args.ple_weight and not script_args.hyper:
+        raise ValueError(
+            f"`--ple_weight` {script_args.ple_weight} is the HyperLoRA self-consumption penalty: it needs `--hyper` "
+            "(or drop `--ple_weight`)."
+        )
+    if script_args.ple_weight < 0:
+        raise ValueError(f"`--ple_weight` must be >= 0, got {script_args.ple_weight}.")
+    if script_args.lora_r < 1:
+        raise ValueError(f"`--lora_r` must be a positive integer (the LoRA rank), got {script_args.lora_r}.")
+    if script_args.lora_alpha <= 0:
+        raise ValueError(f"`--lora_alpha` must be > 0, got {script_args.lora_alpha}.")
+    if not 0.0 <= script_args.lora_dropout < 1.0:
+        raise ValueError(f"`--lora_dropout` must be in [0, 1), got {script_args.lora_dropout}.")
+    for name in ("max_per_group", "max_eval_per_group"):
+        value = getattr(script_args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"`--{name}` must be >= 1 (or left out for all rows), got {value}.")
+    if script_args.hyper and script_args.hyper_context_rows < 1:
+        raise ValueError(f"`--hyper_context_rows` must be >= 1, got {script_args.hyper_context_rows}.")
+
+
+def training_settings(training_args, script_args: TrainScriptArguments, num_processes: int) -> dict:
+    """The settings behind a run's numbers, for its card and report."""
+    settings = {
+        "learning rate": training_args.learning_rate,
+        "max steps": training_args.max_steps,
+        "epochs": training_args.num_train_epochs if training_args.max_steps < 0 else None,
+        "batch size per device": training_args.per_device_train_batch_size,
+        "gradient accumulation steps": training_args.gradient_accumulation_steps,
+        "processes": num_processes,
+        "seed": training_args.seed,
+        "LoRA rank / alpha": f"{script_args.lora_r} / {script_args.lora_alpha}",
+    }
+    if training_args.objective == "minmax":
+        settings["group step size"] = training_args.group_step_size
+    if training_args.objective == "ema":
+        settings["group EMA decay / temperature"] = (
+            f"{training_args.group_ema_decay} / {training_args.group_temperature}"
+        )
+    if training_args.group_adjustment:
+        settings["group adjustment"] = training_args.group_adjustment
+    if script_args.hyper:
+        settings["PLE weight"] = script_args.ple_weight
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def held_out_sentence(record: Mapping) -> str:
+    """How the eval rows of a ``split.json`` record were held out, in words."""
+    if record.get("held_out") == "split":
+        how = f"split {record['eval_split']!r} of the dataset"
+    elif record.get("held_out") == "by person":
+        how = f"{100 * record['eval_fraction']:.0f}% of the people of each group, seed {record['seed']}"
+    else:
+        how = f"{100 * record['eval_fraction']:.0f}% of the rows of each group, seed {record['seed']}"
+    return f"{how} ({sum(record['eval_counts'].values())} rows)"
+
+
+def fix_hyper_context(trainer, train_dataset, text_column: str, context_rows: int) -> int:
+    """With ``--hyper``: fix the hypernetwork's context to the set of the first ``context_rows`` training rows (on
+    every process), so that the final evaluation measures exactly the adapter ``save_hyper_artifacts`` exports.
+    Returns the number of rows in the set."""
+    import torch
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    texts = list(train_dataset[text_column][:context_rows])
+    batch = trainer.processing_class(
+        texts, return_tensors="pt", padding=True, truncation=True, max_length=trainer.args.max_length
+    )
+    device = next(model.hypernetwork.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        model.set_context(**{key: value.to(device) for key, value in batch.items()})
+    return len(texts)
+
+
+def save_hyper_artifacts(trainer, output_dir: Path) -> None:
+    """The hypernetwork in ``output_dir/hypernetwork`` (``HyperLoRAModel.from_pretrained``) and, in ``output_dir``,
+    a plain peft adapter holding the LoRA weights generated for the context ``fix_hyper_context`` fixed."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
+    model.export_peft(output_dir)
+
+
+HYPERNETWORK_FOLDER = "hypernetwork"
+
+
+def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
+    """The card's loading snippet for ``--hyper`` artifacts: the exported adapter, then the hypernetwork."""
+    return (
+        f"The adapter in this folder holds the LoRA weights the hypernetwork generated for a set of {context_rows} "
+        "training rows (the weights the table's last column measured); it loads with plain peft:\n\n"
+        "```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{model_name}")\n```\n\n'
+        "The hypernetwork itself (to generate LoRA weights for another set of examples) loads with hf-egt:\n\n"
+        "```python\nfrom transformers import AutoModelForCausalLM\n"
+        "from hf_egt.integrations.hyper import HyperLoRAModel\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        f'model = HyperLoRAModel.from_pretrained(base, "{model_name}/{HYPERNETWORK_FOLDER}")\n```'
+    )
+
+
+def run_train(argv: Sequence[str]) -> dict:
+    """``hf-egt train``: validate, train (or resume), evaluate per group, save adapter + split + report + card, push.
+
+    Every check that can fail (options, output folder, checkpoint, data, model path) runs before the model is loaded.
+    """
+    from hf_egt.apps.data import load_grouped_splits, write_split_record
+    from hf_egt.integrations.evaluation import write_report
+    from hf_egt.integrations.hub import build_model_card, push_folder_to_hub, resolve_hub_token
+    from hf_egt.integrations.trainer import EGTTrainer, check_checkpoint, resolve_groups
+
+    script_args, training_args = parse_train_arguments(argv)
+    check_train_arguments(script_args, training_args)
+    output_dir = Path(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, str(output_dir))
+    replaced = check_output_dir(output_dir, resume, script_args.overwrite_output_dir)
+    push, repo_id, token = training_args.push_to_hub, training_args.hub_model_id, training_args.hub_token
+    if push:
+        if not repo_id:
+            raise ValueError("`--push_to_hub` needs `--hub_model_id` (e.g. `--hub_model_id you/smollm2-egt`).")
+        token = resolve_hub_token(token)
+        # The Trainer would push checkpoints and its own card; we push once, after the card is written.
+        training_args.push_to_hub = False
+    if "wandb" in (training_args.report_to or []):
+        os.environ.setdefault("WANDB_DIR", str(output_dir))  # wandb's files under output_dir, like TensorBoard's
+    data = load_grouped_splits(
+        script_args.dataset,
+        text_column=training_args.text_column,
+        group_column=training_args.group_column,
+        groups=training_args.groups,
+        max_per_group=script_args.max_per_group,
+        max_eval_per_group=script_args.max_eval_per_group,
+        eval_fraction=script_args.eval_fraction,
+        train_split=script_args.train_split,
+        eval_split=script_args.eval_split,
+        config=script_args.dataset_config,
+        token=token,
+        seed=training_args.seed,
+        skip_unusable_groups=script_args.skip_unusable_groups,
+    )
+    train, evaluation, groups = data.train, data.evaluation, data.groups
+    if resume is not None:
+        trainer_groups = resolve_groups(training_args.groups, list(train[training_args.group_column]), {})
+        check_checkpoint(resume, trainer_groups, training_args.objective)
+    check_model_path(script_args.model_name_or_path)
+    check_target_modules(script_args.model_name_or_path, script_args.lora_target_modules)
+    peft_config = build_peft_config(script_args, script_args.model_name_or_path)
+    model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
+    trainer = EGTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if trainer.is_world_process_zero():
+        if replaced:
+            remove_checkpoints(output_dir)
+        write_split_record(data.split, output_dir)
+    runs = {}
+    if script_args.eval_base:
+        runs["base"] = run_from_eval_metrics(trainer.evaluate())
+    trainer.train(resume_from_checkpoint=resume)
+    context_rows = None
+    if script_args.hyper:
+        context_rows = fix_hyper_context(trainer, train, training_args.text_column, script_args.hyper_context_rows)
+    runs[training_args.objective] = run_from_eval_metrics(trainer.evaluate())
+    trainer.save_model(str(output_dir))
+    result = {"runs": runs, "output_dir": str(output_dir), "dropped": data.dropped, "split": data.split}
+    if not trainer.is_world_process_zero():
+        return result
+    if script_args.hyper:
+        save_hyper_artifacts(trainer, output_dir)
+    command = redacted_command("hf-egt train", argv)
+    settings = training_settings(training_args, script_args, trainer.accelerator.num_processes)
+    held_out = f"held out: {held_out_sentence(data.split)}; recorded in split.json"
+    config = {
+        "model_name_or_path": script_args.model_name_or_path,
+        "dataset": script_args.dataset,
+        "groups": groups,
+        "num_processes": trainer.accelerator.num_processes,
+        "settings": settings,
+        "eval_counts": data.split["eval_counts"],
+        "train_counts": data.split["train_counts"],
+        "held_out": held_out,
+        "dropped": data.dropped,
+        "resumed_from": resume,
+    }
+    paths = write_report(
+        runs,
+        output_dir,
+        title=f"hf-egt: {script_args.model_name_or_path} on {script_args.dataset}",
+        config=config,
+        command=command,
+    )
+    append_report_notes(paths["md"], held_out, data.dropped)
+    model_name = repo_id or output_dir.name
+    card = build_model_card(
+        base_model=script_args.model_name_or_path,
+        runs=runs,
+        objective=training_args.objective,
+        model_name=model_name,
+        dataset=script_args.dataset,
+        group_column=training_args.group_column,
+        command=command,
+        adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
+        if script_args.hyper
+        else None,
+        usage=hyper_usage(script_args.model_name_or_path, model_name, context_rows) if script_args.hyper else None,
+        eval_counts=data.split["eval_counts"],
+        settings=settings,
+        dropped=data.dropped,
+        held_out=held_out,
+    )
+    card.save(output_dir / "README.md")
+    result["paths"] = {key: str(path) for key, path in paths.items()}
+    result["held_out"] = held_out
+    if push:
+        commit = push_folder_to_hub(output_dir, repo_id, token=token, private=bool(training_args.hub_private_repo))
+        result["commit_url"] = str(commit.commit_url)
+    return result
+
+
+def append_report_notes(markdown_path: str | Path, held_out: str | None, dropped: Sequence[str]) -> None:
+    """Add how the eval rows were held out and what was left out to ``report.md``."""
+    lines = [f"Evaluation rows: {held_out}.", ""] if held_out else []
+    if dropped:
+        lines += ["Left out:", "", *[f"- {item}" for item in dropped], ""]
+    if lines:
+        path = Path(markdown_path)
+        path.write_text(path.read_text(encoding="utf-8") + "\n" + "\n".join(lines), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------- evaluate
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="Hub id, local folder or .gguf file of a causal LM."
+    )
+    parser.add_argument("--adapter", default=None, help="A peft adapter (folder or Hub id) to apply to the model.")
+    parser.add_argument("--compare_base", action="store_true", help="With --adapter: also report the base model.")
+    parser.add_argument("--dataset", required=True, help="bold-<domain>, a local json/csv/parquet file, or a Hub id.")
+    parser.add_argument("--dataset_config", default=None)
+    parser.add_argument("--split", default=None, help="Evaluate on this split (default: the eval split).")
+    parser.add_argument("--text_column", default="text")
+    parser.add_argument("--group_column", default="group")
+    parser.add_argument("--groups", nargs="+", default=None, help="Only these groups (default: all).")
+    parser.add_argument("--max_per_group", type=int, default=128, help="At most this many rows per group.")
+    parser.add_argument(
+        "--feature_model",
+        default="minilm",
+        help="Sentence encoder for the EGT divergence: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder, "
+        "or 'none' to skip generation.",
+    )
+    parser.add_argument(
+        "--divergence",
+        default="quantized_js",  # hf_egt.core.metrics.RECOMMENDED_TEXT_DIVERGENCE (not imported: keeps --help fast)
+        help="Divergence of the EGT report, a name of hf_egt.core.metrics.DIVERGENCES; the default is the one "
+        "docs/metric.md supports at ~100 samples per group.",
+    )
+    parser.add_argument(
+        "--max_prompts_per_group",
+        type=int,
+        default=100,
+        help="Prompts (sentence prefixes) per group; EGT needs hf_egt.core.metrics.minimum_samples(divergence) "
+        "of them.",
+    )
+    parser.add_argument(
+        "--ignore_recorded_split",
+        action="store_true",
+        help="With --adapter: do not reuse the held-out rows recorded in its split.json (default: reuse them).",
+    )
+    parser.add_argument(
+        "--skip_unusable_groups",
+        action="store_true",
+        help="Leave out, with a warning repeated in the report, groups too small to evaluate and rows without "
+        "group or text (default: an error naming them).",
+    )
+    parser.add_argument("--eval_fraction", type=float, default=0.2, help="Held-out share without an eval split.")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace the report of an earlier evaluation in --output_dir (refused otherwise).",
+    )
+    parser.add_argument("--num_prompt_words", type=int, default=4, help="Words of each sentence kept as the prompt.")
+    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", default="outputs/evaluate")
+
+
+def resolve_feature_model(name: str | None) -> str | None:
+    if name is None or name.lower() == "none":
+        return None
+    if name.lower() == "minilm":
+        from hf_egt.apps.offline import minilm_path
+
+        return str(minilm_path())
+    return name
+
+
+def recorded_split(args: argparse.Namespace) -> dict | None:
+    """The ``split.json`` of ``--adapter`` to reuse, or ``None`` (no adapter, no record, ``--split`` or
+    ``--ignore_recorded_split`` given)."""
+    from hf_egt.apps.data import read_split_record
+
+    if args.adapter is None or args.split is not None or args.ignore_recorded_split or not Path(args.adapter).is_dir():
+        return None
+    return read_split_record(args.adapter)
+
+
+def check_adapter_path(adapter: str | None) -> None:
+    """A local ``--adapter`` folder must hold ``adapter_config.json``; anything else is taken as a Hub id."""
+    if adapter is None:
+        return
+    path = Path(adapter)
+    if path.is_dir() and not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"`--adapter`: {adapter!r} has no adapter_config.json; pass the output folder of `hf-egt train` (or any "
+            "peft adapter folder)."
+        )
+    if not path.exists() and (adapter.startswith((".", "/", "~")) or adapter.count("/") > 1):
+        raise FileNotFoundError(f"`--adapter`: no such folder {adapter!r}.")
+
+
+def check_egt_sample_sizes(groups: Sequence[str], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Groups with too few prompts for ``--divergence``'s estimator: ``(too_small, messages)``; an error unless
+    ``--skip_unusable_groups``. Runs before the model is loaded."""
+    from hf_egt.integrations.evaluation import groups_too_small_for_egt
+
+    minimum, small = groups_too_small_for_egt(groups, args.divergence, args.max_prompts_per_group)
+    if not small:
+        return [], []
+    counts = {group: list(groups).count(group) for group in sorted(set(groups))}
+    message = (
+        f"group(s) {list(small)} have {list(small.values())} eval row(s) to prompt with, but the "
+        f"{args.divergence!r} estimator needs at least {minimum} per group (`--max_prompts_per_group` "
+        f"{args.max_prompts_per_group}, eval rows per group {counts})"
+    )
+    if not args.skip_unusable_groups:
+        raise ValueError(
+            f"{message}; add eval rows (`--max_per_group`, a larger `--eval_fraction`), use `--feature_model none` "
+            "for perplexity only, or pass `--skip_unusable_groups` to leave them out with a warning."
+        )
+    logger.warning("Left out of the evaluation: %s.", message)
+    return list(small), [f"{message}: left out of the evaluation (perplexity and EGT)"]
+
+
+def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    """``hf-egt evaluate``: per-group report of a model (and adapter) on a dataset.
+
+    With ``--adapter`` the output folder of ``hf-egt train``, the held-out rows recorded in its ``split.json`` are
+    evaluated (same dataset, seed, fraction and subsampling; checked by content), and the report says so. Every check
+    (divergence name, sample sizes, paths, data) runs before the model is loaded.
+    """
+    from hf_egt.apps.data import load_grouped_splits, subsample_per_group
+    from hf_egt.core.metrics.validation import minimum_samples
+    from hf_egt.integrations.evaluation import evaluate_causal_lm, write_report
+
+    feature_model = resolve_feature_model(args.feature_model)
+    if feature_model is not None:
+        minimum_samples(args.divergence)  # an unknown name fails here, not after generation
+        if not Path(feature_model).exists() and feature_model.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"`--feature_model`: no such folder {feature_model!r}.")
+    check_adapter_path(args.adapter)
+    if (Path(args.output_dir) / "report.json").exists() and not args.overwrite_output_dir:
+        raise ValueError(
+            f"`--output_dir`: {args.output_dir!r} already holds a report (report.json); pass `--overwrite_output_dir` "
+            "to replace it, or another `--output_dir`."
+        )
+    for name in ("max_per_group", "max_prompts_per_group", "max_new_tokens", "batch_size", "max_length"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
+    record = recorded_split(args)
+    options = {
+        "text_column": args.text_column,
+        "group_column": args.group_column,
+        "groups": args.groups,
+        "eval_split": args.split,
+        "config": args.dataset_config,
+        "seed": args.seed,
+        "eval_fraction": args.eval_fraction,
+        "skip_unusable_groups": args.skip_unusable_groups,
+    }
+    if record is not None:
+        options.update(
+            text_column=record["text_column"],
+            group_column=record["group_column"],
+            groups=record["groups"],
+            train_split=record["train_split"],
+            eval_split=record["eval_split"],
+            config=record["dataset_config"],
+            seed=record["seed"],
+            eval_fraction=record["eval_fraction"],
+            max_per_group=record["max_per_group"],
+            max_eval_per_group=record["max_eval_per_group"],
+            # what training left out (and recorded) is left out again, and the report repeats it
+            skip_unusable_groups=args.skip_unusable_groups or bool(record["dropped"]),
+        )
+    data = load_grouped_splits(args.dataset, **options)
+    evaluation, dropped = data.evaluation, list(data.dropped)
+    text_column, group_column = options["text_column"], options["group_column"]
+    if record is not None:
+        source = Path(args.adapter) / "split.json"
+        if data.split["eval_sha256"] != record["eval_sha256"]:
+            raise ValueError(
+                f"`--dataset`: the held-out rows of {args.dataset!r} do not match those recorded in {source} (from "
+                f"{record['dataset']!r}): the data changed. Evaluate on the training data, or pass "
+                "`--ignore_recorded_split` to split this dataset anew (its rows may then overlap the training rows)."
+            )
+        held_out = f"reused from {source}: {held_out_sentence(record)}"
+    else:
+        held_out = f"held out: {held_out_sentence(data.split)}"
+    logger.info("Evaluation rows %s.", held_out)
+    evaluation = subsample_per_group(evaluation, group_column, args.max_per_group, args.seed)
+    groups = [str(group) for group in evaluation[group_column]]
+    if feature_model is not None:
+        too_small, messages = check_egt_sample_sizes(groups, args)
+        if too_small:
+            keep = [i for i, group in enumerate(groups) if group not in set(too_small)]
+            evaluation, groups = evaluation.select(keep), [groups[i] for i in keep]
+            dropped += messages
+        if not groups:
+            raise ValueError(f"No group is left to evaluate: {messages[0]}.")
+    check_model_path(args.model_name_or_path)
+    model, tokenizer = load_checked_causal_lm(args.model_name_or_path)
+    texts = list(evaluation[text_column])
+    kwargs = {
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "feature_model": feature_model,
+        "num_prompt_words": args.num_prompt_words,
+        "max_new_tokens": args.max_new_tokens,
+        "max_prompts_per_group": args.max_prompts_per_group,
+        "divergence": args.divergence,
+        "seed": args.seed,
+    }
+    runs = {}
+    if args.adapter is None or args.compare_base:
+        runs["base"] = evaluate_causal_lm(model, tokenizer, texts, groups, name="base", **kwargs)
+    if args.adapter is not None:
+        from peft import PeftModel
+
+        name = Path(args.adapter).name or "adapter"
+        model = PeftModel.from_pretrained(model, args.adapter)
+        runs[name] = evaluate_causal_lm(model, tokenizer, texts, groups, name=name, **kwargs)
+    config = {key: value for key, value in vars(args).items() if key != "command"}
+    config.update(held_out=held_out, dropped=dropped, eval_counts={g: groups.count(g) for g in sorted(set(groups))})
+    paths = write_report(
+        runs,
+        args.output_dir,
+        title=f"hf-egt: {args.adapter or args.model_name_or_path} on {args.dataset}",
+        config=config,
+        command=redacted_command("hf-egt evaluate", argv),
+    )
+    append_report_notes(paths["md"], held_out, dropped)
+    return {
+        "runs": runs,
+        "paths": {key: str(path) for key, path in paths.items()},
+        "held_out": held_out,
+        "dropped": dropped,
+    }
+
+
+# -------------------------------------------------------------------------------------------------------------- demo
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")
+    parser.add_argument("--quick", action="store_true", help="Smaller preset (about 5 minutes on 2 CPU cores).")
+    parser.add_argument("--no_egt", action="store_true", help="Skip generation and the embedding EGT divergence.")
+    advanced = parser.add_argument_group("advanced (override the preset)")
+    advanced.add_argument("--model_name_or_path", default=None, help="A causal LM instead of the offline SmolLM2.")
+    advanced.add_argument("--feature_model", default=None, help="Sentence encoder (default: offline MiniLM).")
+    advanced.add_argument("--max_steps", type=int, default=None)
+    advanced.add_argument("--max_train_per_group", type=int, default=None)
+    advanced.add_argument("--max_eval_per_group", type=int, default=None)
+    advanced.add_argument("--max_prompts_per_group", type=int, default=None)
+    advanced.add_argument("--batch_size", type=int, default=None)
+    advanced.add_argument("--group_step_size", type=float, default=None)
+    advanced.add_argument(
+        "--minmax_objective",
+        default=None,
+        choices=["minmax", "ema", "worst", "reweight"],
+        help="Group objective of the 'minmax' run (default: minmax, exponentiated-gradient group DRO).",
+    )
+
+
+def run_demo_command(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    from hf_egt.apps.demo import DEFAULT, QUICK, run_demo
+
+    settings = QUICK if args.quick else DEFAULT
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "max_steps",
+            "max_train_per_group",
+            "max_eval_per_group",
+            "max_prompts_per_group",
+            "batch_size",
+            "group_step_size",
+            "minmax_objective",
+        )
+        if getattr(args, name) is not None
+    }
+    if args.no_egt:
+        overrides["egt"] = False
+    settings = replace(settings, **overrides)
+    loader = None
+    if args.model_name_or_path is not None:
+        check_model_path(args.model_name_or_path)
+        from hf_egt.apps.offline import load_causal_lm
+
+        def loader():
+            return load_causal_lm(args.model_name_or_path)
+
+    return run_demo(
+        args.output_dir,
+        args.quick,
+        settings=settings,
+        model_loader=loader,
+        feature_model=resolve_feature_model(args.feature_model) if args.feature_model else None,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-egt",
+        description="Equalized Generative Treatment for Hugging Face models: measure per-group generation quality "
+        "and fix it with min-max LoRA fine-tuning.",
+        epilog="Run `hf-egt COMMAND --help` for the options of a command.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"hf-egt {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"Show the traceback of an error (also: environment {DEBUG_ENV}=1)."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        # train / train-diffusion have their own parsers; their arguments (and --help) are forwarded.
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, add_help=name not in FORWARDED, allow_abbrev=False
+        )
+        if name == "evaluate":
+            add_evaluate_arguments(sub)
+        elif name == "demo":
+            add_demo_arguments(sub)
+    return parser
+
+
+def _summary(result: Mapping) -> str:
+    from hf_egt.integrations.evaluation import runs_table
+
+    lines = [runs_table(result["runs"])]
+    if result.get("held_out"):
+        lines.append(f"evaluation rows {result['held_out']}")
+    for item in result.get("dropped", ()):
+        lines.append(f"left out: {item}")
+    for key, path in result.get("paths", {}).items():
+        lines.append(f"{key}: {path}")
+    if "commit_url" in result:
+        lines.append(f"pushed: {result['commit_url']}")
+    return "\n".join(lines)
+
+
+def _without_global_options(argv: list[str]) -> list[str]:
+    """``argv`` without the leading ``--debug`` (a global option; ``hf-egt train --debug`` is Trainer's own)."""
+    while argv and argv[0] == "--debug":
+        argv = argv[1:]
+    return argv
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+    """Entry point of the ``hf-egt`` commands; returns the command's result (for tests and scripts) and raises on
+    bad input (``console_main`` turns that into one ``error:`` line and exit status 2)."""
+    argv = _without_global_options(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv[:1] if argv and argv[0] in FORWARDED else argv)
+    if args.command not in FORWARDED and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "train":
+        result = run_train(argv[1:])
+    elif args.command == "train-diffusion":
+        from hf_egt.integrations.diffusion.train import main as diffusion_main
+        from hf_egt.integrations.diffusion.train import parse_args as diffusion_parse_args
+
+        return diffusion_main(diffusion_parse_args(argv[1:]))
+    elif args.command == "evaluate":
+        result = run_evaluate(args, argv[1:])
+    else:
+        result = run_demo_command(args)
+    if result and "runs" in result:
+        _write(_summary(result))
+    return result
+
+
+def console_main(argv: Sequence[str] | None = None) -> None:
+    """The ``hf-egt`` console script (and ``python -m hf_egt``): runs ``main`` and exits 0 on success (``main``'s
+    result is for Python callers; returned to ``sys.exit`` it would be printed and turned into exit status 1).
+
+    Bad input (a ``ValueError`` or ``OSError`` such as ``FileNotFoundError``) prints ``error: <message>`` on one line
+    and exits with status 2, as argparse does; ``--debug`` first or ``HF_EGT_DEBUG=1`` re-raises it instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = argv[:1] == ["--debug"] or os.environ.get(DEBUG_ENV, "").lower() in TRUE_STRINGS
+    try:
+        main(argv)
+    except (ValueError, OSError) as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        sys.stderr.write(f"hf-egt: error: {message}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    console_main()

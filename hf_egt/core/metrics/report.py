@@ -1,0 +1,481 @@
+"""The EGT report: one divergence per group between real and generated features, its spread, and the older
+proportion-based criteria (EGO, MGO) beside it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from hf_egt.core.metrics.divergences import (
+    chi2_divergence,
+    jensen_shannon_divergence,
+    kl_divergence,
+    pr_divergence,
+    reverse_kl_divergence,
+    squared_hellinger_distance,
+    total_variation_distance,
+)
+from hf_egt.core.metrics.frechet import frechet_distance
+from hf_egt.core.metrics.prdc import PRDC_KEYS, prdc
+from hf_egt.core.metrics.projection import fit_projection
+from hf_egt.core.metrics.quantized import (
+    HISTOGRAM_DIVERGENCES,
+    histogram_divergence,
+    pooled_codebook,
+    quantized_estimator,
+    split_quantized_kwargs,
+)
+from hf_egt.core.metrics.summary import summarize_groups
+from hf_egt.core.metrics.validation import as_features, check_pair, minimum_samples
+
+logger = logging.getLogger(__name__)
+
+
+def _prdc_value(real, generated, key: str, k: int = 5, chunk_size: int | None = None) -> torch.Tensor:
+    return prdc(real, generated, k=k, chunk_size=chunk_size)[key]
+
+
+# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one shared codebook per report
+QUANTIZED = {f"quantized_{name}": name for name in HISTOGRAM_DIVERGENCES if name != "mauve"} | {"mauve": "mauve"}
+
+# name -> (estimator(real, generated, **kwargs) -> 0-d tensor, higher_is_worse)
+DIVERGENCES: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
+    "kl": (kl_divergence, True),
+    "reverse_kl": (reverse_kl_divergence, True),
+    "js": (jensen_shannon_divergence, True),
+    "tv": (total_variation_distance, True),
+    "hellinger": (squared_hellinger_distance, True),
+    "chi2": (chi2_divergence, True),
+    "pr": (pr_divergence, True),
+    "frechet": (frechet_distance, True),
+    **{key: (functools.partial(_prdc_value, key=key), False) for key in PRDC_KEYS},
+    **{name: (quantized_estimator(histogram_name), name != "mauve") for name, histogram_name in QUANTIZED.items()},
+}
+PREPROCESSING_KWARGS = ("pca", "normalize")
+# The estimator docs/metric.md supports for sentence embeddings at ~100 samples per group (384-d MiniLM): bounded,
+# symmetric, exact on a shared codebook, with a floor and a p-value that are cheap to compute.
+RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
+
+
+def _check_divergence(divergence: str) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
+
+
+def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> torch.Tensor:
+    """One divergence (a name of ``DIVERGENCES``) between two feature sets, as a 0-d tensor.
+
+    For the k-NN and Fréchet estimators, ``pca`` and ``normalize`` (see ``hf_egt.core.metrics.projection``) preprocess
+    both sets with a projection fitted on the pair; the quantised estimators take them as codebook settings.
+    """
+    _check_divergence(divergence)
+    if divergence not in QUANTIZED and any(key in estimator_kwargs for key in PREPROCESSING_KWARGS):
+        real, generated = as_features(real, "real"), as_features(generated, "generated")
+        check_pair(real, generated)
+        preprocessing = {key: estimator_kwargs.pop(key) for key in PREPROCESSING_KWARGS if key in estimator_kwargs}
+        projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
+        real, generated = projection(real), projection(generated)
+    return DIVERGENCES[divergence][0](real, generated, **estimator_kwargs)
+
+
+def _group_labels(groups, num_rows: int, name: str, features_name: str) -> list:
+    """Group labels as a list of str or int (JSON keys), one per feature row."""
+    if isinstance(groups, torch.Tensor | np.ndarray):
+        groups = groups.tolist()
+    groups = [group.item() if isinstance(group, np.generic) else group for group in groups]
+    if len(groups) != num_rows:
+        raise ValueError(
+            f"`{name}` has {len(groups)} labels but `{features_name}` has {num_rows} rows; give one group per row."
+        )
+    return groups
+
+
+def _indices_by_group(labels: Sequence) -> dict:
+    by_group: dict = {}
+    for index, label in enumerate(labels):
+        by_group.setdefault(label, []).append(index)
+    return {group: torch.tensor(indices) for group, indices in by_group.items()}
+
+
+def resampled_interval(
+    real,
+    generated,
+    statistic: Callable,
+    value: float,
+    n_bootstrap: int,
+    generator: torch.Generator,
+    confidence: float = 0.95,
+    method: str = "subsampling",
+    lower_bound: float | None = None,
+) -> list[float]:
+    """Confidence interval of ``statistic(real, generated)`` from ``n_bootstrap`` resampled replicates.
+
+    - ``"bootstrap"``: each side resampled with replacement at its full size (for histogram estimators, where
+      repeated samples are harmless);
+    - ``"subsampling"``: half of each side drawn without replacement (Politis, Romano and Wolf 1999), the spread
+      shrunk by sqrt(1/2) to the full size; for k-NN estimators, which duplicated points break (zero distances).
+
+    The replicates' deviations from their own mean are placed around ``value``: the interval covers sampling
+    variability, not the estimator's sample-size-dependent bias (that is what ``null_floor`` shows). A statistic that
+    cannot go below ``lower_bound`` (a divergence of two histograms cannot be negative) has its interval clipped there.
+    """
+    replicates = []
+    for _ in range(n_bootstrap):
+        if method == "bootstrap":
+            real_rows = torch.randint(len(real), (len(real),), generator=generator)
+            generated_rows = torch.randint(len(generated), (len(generated),), generator=generator)
+        else:
+            real_rows = torch.randperm(len(real), generator=generator)[: max(2, len(real) // 2)]
+            generated_rows = torch.randperm(len(generated), generator=generator)[: max(2, len(generated) // 2)]
+        replicates.append(float(statistic(real[real_rows], generated[generated_rows])))
+    scale = 1.0 if method == "bootstrap" else math.sqrt(0.5)
+    deviations = (np.asarray(replicates) - np.mean(replicates)) * scale
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(deviations, [tail, 1 - tail])
+    low, high = value + float(low), value + float(high)
+    if lower_bound is not None:
+        low, high = max(low, lower_bound), max(high, lower_bound)
+    return [low, high]
+
+
+def null_floor(
+    real, statistic: Callable, n_null: int, generator: torch.Generator, quantile: float
+) -> tuple[float, list[float]]:
+    """The estimator between two disjoint random halves of one group's real samples, ``n_null`` times: the values a
+    comparison of a distribution with itself reaches. Returns (the ``quantile`` of those values, the values)."""
+    half = len(real) // 2
+    values = []
+    for _ in range(n_null):
+        order = torch.randperm(len(real), generator=generator)
+        values.append(float(statistic(real[order[:half]], real[order[half : 2 * half]])))
+    return float(np.quantile(values, quantile)), values
+
+
+def _gap(values) -> float:
+    finite = [value for value in values if not math.isnan(value)]
+    return max(finite) - min(finite) if len(finite) >= 2 else math.nan
+
+
+def gap_permutation_test(
+    real, real_rows: dict, generated, generated_rows: dict, statistic: Callable, n_permutations: int, generator
+) -> tuple[float, float]:
+    """``(observed gap, p-value)`` of the gap (max - min over groups) under label permutation.
+
+    The group labels are shuffled among the real samples and, separately, among the generated samples of the
+    compared groups, each group keeping its counts: every permuted group then has the pooled quality, and the share
+    of permuted gaps at least as large as the observed one (with the usual +1 in numerator and denominator) is the
+    p-value of "the groups differ".
+    """
+    groups = list(real_rows)
+    observed = _gap([float(statistic(real[real_rows[g]], generated[generated_rows[g]])) for g in groups])
+    if math.isnan(observed) or n_permutations == 0:
+        return observed, math.nan
+    real_pool = torch.cat([real_rows[g] for g in groups])
+    generated_pool = torch.cat([generated_rows[g] for g in groups])
+    real_sizes = [len(real_rows[g]) for g in groups]
+    generated_sizes = [len(generated_rows[g]) for g in groups]
+    exceed = 0
+    for _ in range(n_permutations):
+        real_split = real_pool[torch.randperm(len(real_pool), generator=generator)].split(real_sizes)
+        generated_split = generated_pool[torch.randperm(len(generated_pool), generator=generator)].split(
+            generated_sizes
+        )
+        permuted = [float(statistic(real[r], generated[q])) for r, q in zip(real_split, generated_split)]
+        exceed += _gap(permuted) >= observed
+    return observed, (1 + exceed) / (1 + n_permutations)
+
+
+def proportion_criteria(real_counts: dict, generated_counts: dict) -> dict:
+    """Generated and data share of each group, and the EGO / MGO gaps.
+
+    EGO (equal generation probability) asks ``Q(A=a) = 1/|A|``; MGO (matching the data) asks ``Q(A=a) = P(A=a)``.
+    Each gap is the largest absolute deviation over groups (0 when the criterion holds exactly).
+    """
+    groups = list(real_counts)
+    total_real, total_generated = sum(real_counts.values()), sum(generated_counts.values())
+    data_share = {group: real_counts[group] / total_real if total_real else math.nan for group in groups}
+    generated_share = {
+        group: generated_counts[group] / total_generated if total_generated else math.nan for group in groups
+    }
+    uniform = 1 / len(groups)
+    return {
+        "generated_share": generated_share,
+        "data_share": data_share,
+        "ego_gap": max(abs(share - uniform) for share in generated_share.values()),
+        "mgo_gap": max(abs(generated_share[group] - data_share[group]) for group in groups),
+    }
+
+
+DEFAULT_RESAMPLES = {"quantized": (200, 1000), "knn": (20, 100)}  # (n_bootstrap, n_permutations)
+
+
+def _prepared_samples(divergence, real, generated, min_samples: int, estimator_kwargs: dict):
+    """``(real samples, generated samples, statistic, resampling method, codebook size)`` for one report.
+
+    Quantised estimators: one codebook fitted on all rows, samples = cluster labels, statistic = the exact
+    divergence of their histograms. Others: samples = features (projected when ``pca`` / ``normalize`` are given,
+    with one projection fitted on all rows), statistic = the estimator.
+    """
+    kwargs = dict(estimator_kwargs)
+    if divergence in QUANTIZED:
+        codebook_kwargs, histogram_kwargs = split_quantized_kwargs(kwargs)
+        codebook = pooled_codebook(torch.cat([real.double(), generated.double()]), min_samples, **codebook_kwargs)
+        size, name = codebook.num_clusters, QUANTIZED[divergence]
+
+        def statistic(real_labels, generated_labels):
+            real_counts = torch.bincount(real_labels, minlength=size)
+            generated_counts = torch.bincount(generated_labels, minlength=size)
+            return histogram_divergence(name, real_counts, generated_counts, **histogram_kwargs)
+
+        return codebook.assign(real), codebook.assign(generated), statistic, "bootstrap", size
+    preprocessing = {key: kwargs.pop(key) for key in PREPROCESSING_KWARGS if key in kwargs}
+    if preprocessing:
+        projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
+        real, generated = projection(real), projection(generated)
+    return real, generated, functools.partial(DIVERGENCES[divergence][0], **kwargs), "subsampling", None
+
+
+def _check_group_sizes(divergence: str, counts: dict, estimator_kwargs: dict) -> int:
+    """Raise before any work if a compared group has fewer samples than ``minimum_samples``; return that minimum."""
+    minimum = minimum_samples(divergence, **estimator_kwargs)
+    short = [
+        f"Group {group!r}: `{side}` has {count[side]} sample(s)"
+        for group, count in counts.items()
+        if count["real"] and count["generated"]
+        for side in ("real", "generated")
+        if count[side] < minimum
+    ]
+    if short:
+        raise ValueError(
+            f"{'; '.join(short)}; but {divergence} with "
+            f"{ {k: v for k, v in estimator_kwargs.items() if k != 'chunk_size'} or 'its defaults' } needs at least "
+            f"{minimum} per group and side (hf_egt.core.metrics.minimum_samples). Collect at least {minimum} "
+            "real and generated samples for each such group, merge small groups, or choose an estimator with a "
+            "smaller minimum."
+        )
+    return minimum
+
+
+def egt_report(
+    real_features,
+    real_groups,
+    generated_features,
+    generated_groups,
+    divergence: str = "kl",
+    n_bootstrap: int | None = None,
+    seed: int = 0,
+    confidence: float = 0.95,
+    device: str | torch.device | None = None,
+    n_null: int = 20,
+    n_permutations: int | None = None,
+    **estimator_kwargs,
+) -> dict:
+    """Per-group divergence between real and generated samples (EGT), with intervals, each group's noise floor,
+    the gap, its permutation p-value, the ratio and the worst group.
+
+    Args:
+        real_features: ``(n, d)`` features of real samples (tensor, array or list of vectors).
+        real_groups: ``n`` group labels (str or int) of the real samples.
+        generated_features: ``(m, d)`` features of generated samples; ``m`` may differ from ``n``.
+        generated_groups: ``m`` group labels of the generated samples.
+        divergence: a name of ``DIVERGENCES``. k-NN family: "kl", "reverse_kl", "js", "tv", "hellinger"
+            (squared), "chi2", "pr" (with ``pr_lambda``), "frechet", "precision", "recall", "density",
+            "coverage". Quantised family (one k-means codebook shared by all groups, exact on histograms):
+            "quantized_kl", "quantized_reverse_kl", "quantized_js", "quantized_tv", "quantized_hellinger",
+            "quantized_chi2", "quantized_pr", "mauve" (higher is better).
+        n_bootstrap: resampling replicates per group for the intervals (0: none, NaN bounds). Default: 200
+            bootstrap replicates for the quantised family, 20 half-samples for the others.
+        seed: seed of the codebook and of all resampling.
+        confidence: level of the intervals, and quantile of the null values that makes the floor.
+        device: where to compute (default: where the features are).
+        n_null: random half-splits of each group's real samples for its ``null_floor`` (0: none).
+        n_permutations: label permutations for ``gap_p_value`` (0: none). Default: 1000 for the quantised family,
+            100 for the others.
+        **estimator_kwargs: passed to the estimator (``k``, ``n_neighbors``, ``pr_lambda``, ``adaptive``,
+            ``chunk_size``; ``pca`` and ``normalize`` for a shared projection; ``num_clusters``, ``smoothing``,
+            ``kmeans_n_init``, ``kmeans_max_iter``, ``mauve_scaling`` for the quantised family).
+
+    Every group with both sides is checked against ``minimum_samples`` before any computation.
+
+    Returns:
+        A JSON-serialisable dict: ``divergence``, ``higher_is_worse``, ``per_group`` (NaN for a group seen on one
+        side only), ``gap``, ``gap_p_value``, ``gap_significant`` (p-value below ``1 - confidence``), ``ratio``,
+        ``worst_group``, ``best_group``, ``overall`` (all groups pooled), ``counts[g] = {"real": n_g,
+        "generated": m_g}``, ``ci[g] = [low, high]``, ``null_floor[g]``, ``within_floor[g]`` (the value is no
+        worse than two halves of the group's own data), ``missing[g]`` (the side a group lacks),
+        ``num_clusters`` (quantised family), ``generated_share``, ``data_share``, ``ego_gap``, ``mgo_gap``,
+        ``estimator_kwargs``, ``minimum_samples``.
+    """
+    _check_divergence(divergence)
+    family = "quantized" if divergence in QUANTIZED else "knn"
+    n_bootstrap = DEFAULT_RESAMPLES[family][0] if n_bootstrap is None else n_bootstrap
+    n_permutations = DEFAULT_RESAMPLES[family][1] if n_permutations is None else n_permutations
+    for name, count in (("n_bootstrap", n_bootstrap), ("n_null", n_null), ("n_permutations", n_permutations)):
+        if count < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {count}.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}.")
+    higher_is_worse = DIVERGENCES[divergence][1]
+    real = as_features(real_features, "real_features")
+    generated = as_features(generated_features, "generated_features")
+    if real.shape[1] != generated.shape[1]:
+        raise ValueError(
+            f"`real_features` and `generated_features` have different dimensions: {real.shape[1]} vs "
+            f"{generated.shape[1]}; both must come from the same feature extractor."
+        )
+    if device is not None:
+        real, generated = real.to(device), generated.to(device)
+    real_by_group = _indices_by_group(_group_labels(real_groups, real.shape[0], "real_groups", "real_features"))
+    generated_by_group = _indices_by_group(
+        _group_labels(generated_groups, generated.shape[0], "generated_groups", "generated_features")
+    )
+    groups = list(dict.fromkeys([*real_by_group, *generated_by_group]))
+    empty = torch.empty(0, dtype=torch.long)
+    counts = {
+        group: {"real": len(real_by_group.get(group, empty)), "generated": len(generated_by_group.get(group, empty))}
+        for group in groups
+    }
+    missing = {
+        group: "real" if count["real"] == 0 else "generated"
+        for group, count in counts.items()
+        if count["real"] == 0 or count["generated"] == 0
+    }
+    for group, side in missing.items():
+        warnings.warn(f"Group {group!r} has no {side} samples; its {divergence} is reported as NaN.", stacklevel=2)
+    if len(missing) == len(groups):
+        raise ValueError(
+            f"No group has both real and generated samples: `real_groups` has {sorted(map(str, real_by_group))}, "
+            f"`generated_groups` has {sorted(map(str, generated_by_group))}."
+        )
+    minimum = _check_group_sizes(divergence, counts, estimator_kwargs)
+    compared = [group for group in groups if group not in missing]
+    smallest = min(min(counts[group].values()) for group in compared)
+    real_samples, generated_samples, statistic, method, num_clusters = _prepared_samples(
+        divergence, real, generated, smallest, estimator_kwargs
+    )
+
+    per_group, ci, floor, within = {}, {}, {}, {}
+    generator = torch.Generator().manual_seed(seed)
+    # Halves must be valid inputs: k-NN estimators need their minimum; a histogram on a shared codebook is defined
+    # for any size, and halves below the minimum only make the floor larger (more conservative).
+    floor_minimum = 2 if family == "quantized" else minimum
+    floor_quantile = confidence if higher_is_worse else 1 - confidence
+    for group in groups:
+        per_group[group], ci[group], floor[group], within[group] = math.nan, [math.nan, math.nan], math.nan, None
+        if group in missing:
+            continue
+        group_real = real_samples[real_by_group[group].to(real_samples.device)]
+        group_generated = generated_samples[generated_by_group[group].to(generated_samples.device)]
+        try:
+            per_group[group] = float(statistic(group_real, group_generated))
+        except ValueError as error:
+            raise ValueError(f"Group {group!r}: {error}") from error
+        if n_bootstrap:
+            try:
+                ci[group] = resampled_interval(
+                    group_real,
+                    group_generated,
+                    statistic,
+                    per_group[group],
+                    n_bootstrap,
+                    generator,
+                    confidence,
+                    method,
+                    lower_bound=0.0 if family == "quantized" else None,  # histogram divergences and MAUVE are >= 0
+                )
+            except ValueError as error:
+                warnings.warn(
+                    f"Group {group!r}: no confidence interval, half-samples are too small: {error}", stacklevel=2
+                )
+        if n_null:
+            if len(group_real) // 2 < floor_minimum:
+                warnings.warn(
+                    f"Group {group!r}: no null floor, halves of its {len(group_real)} real samples are below the "
+                    f"{floor_minimum} that {divergence} needs; collect at least {2 * floor_minimum} real samples.",
+                    stacklevel=2,
+                )
+            else:
+                floor[group], _ = null_floor(group_real, statistic, n_null, generator, floor_quantile)
+                value = per_group[group]
+                within[group] = bool(value <= floor[group] if higher_is_worse else value >= floor[group])
+        logger.info("%s of group %r: %.4f (null floor %.4f)", divergence, group, per_group[group], floor[group])
+
+    rows = {group: real_by_group[group].to(real_samples.device) for group in compared}
+    generated_rows = {group: generated_by_group[group].to(generated_samples.device) for group in compared}
+    _, p_value = gap_permutation_test(
+        real_samples, rows, generated_samples, generated_rows, statistic, n_permutations, generator
+    )
+    summary = summarize_groups(per_group, higher_is_worse=higher_is_worse)
+    return {
+        "divergence": divergence,
+        "higher_is_worse": higher_is_worse,
+        "per_group": summary["per_group"],
+        "gap": summary["gap"],
+        "gap_p_value": p_value,
+        "gap_significant": None if math.isnan(p_value) else bool(p_value < 1 - confidence),
+        "ratio": summary["ratio"],
+        "worst_group": summary["worst_group"],
+        "best_group": summary["best_group"],
+        "overall": float(statistic(real_samples, generated_samples)),
+        "counts": counts,
+        "ci": ci,
+        "null_floor": floor,
+        "within_floor": within,
+        "missing": missing,
+        **proportion_criteria(
+            {group: counts[group]["real"] for group in groups}, {group: counts[group]["generated"] for group in groups}
+        ),
+        "n_bootstrap": n_bootstrap,
+        "interval_method": method,
+        "n_null": n_null,
+        "n_permutations": n_permutations,
+        "confidence": confidence,
+        "num_clusters": num_clusters,
+        "minimum_samples": minimum,
+        "estimator_kwargs": {key: value for key, value in estimator_kwargs.items() if key != "chunk_size"},
+    }
+
+
+def _format(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def report_table(report: dict, digits: int = 3) -> str:
+    """Markdown table of an ``egt_report``: per group the counts, the value with its interval, the noise floor and
+    whether the value is within it; then the gap with its permutation p-value, and the pooled value."""
+    level = round(100 * report.get("confidence", 0.95))
+    lines = [
+        f"| group | real | generated | {report['divergence']} | {level} % interval | null floor | within floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for group, value in report["per_group"].items():
+        counts = report["counts"][group]
+        low, high = report.get("ci", {}).get(group, [math.nan, math.nan])
+        interval = "n/a" if math.isnan(low) else f"[{_format(low, digits)}, {_format(high, digits)}]"
+        within = report.get("within_floor", {}).get(group)
+        flag = "n/a" if within is None else ("**yes** (noise)" if within else "no")
+        if group in report.get("missing", {}):
+            flag = f"missing {report['missing'][group]} samples"
+        floor = _format(report.get("null_floor", {}).get(group, math.nan), digits)
+        lines.append(
+            f"| {group} | {counts['real']} | {counts['generated']} | {_format(value, digits)} | {interval} | "
+            f"{floor} | {flag} |"
+        )
+    p_value = report.get("gap_p_value", math.nan)
+    verdict = {True: "significant", False: "**not significant**", None: "not tested"}[report.get("gap_significant")]
+    lines.append(
+        f"| **gap** (worst: {report['worst_group']}) | | | **{_format(report['gap'], digits)}** | "
+        f"p = {_format(p_value, 3)}, {verdict} | | |"
+    )
+    lines.append(
+        f"| overall | {sum(c['real'] for c in report['counts'].values())} | "
+        f"{sum(c['generated'] for c in report['counts'].values())} | {_format(report['overall'], digits)} "
+        "| | | |"
+    )
+    return "\n".join(lines)

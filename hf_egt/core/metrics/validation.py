@@ -1,0 +1,68 @@
+"""Input checks shared by the estimators: clear errors that name the argument (and group) and what would be valid."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def as_features(features, name: str, group=None) -> torch.Tensor:
+    """A 2-D floating tensor of finite features (rows = samples), or a ``ValueError`` naming ``name``/``group``."""
+    where = f"`{name}`" + (f" (group {group!r})" if group is not None else "")
+    if isinstance(features, np.ndarray | list | tuple):
+        features = torch.as_tensor(np.asarray(features))
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"{where} must be a tensor, an array or a list of feature vectors, got {type(features)}.")
+    if features.ndim == 1:
+        features = features.unsqueeze(1)
+    if features.ndim != 2:
+        raise ValueError(f"{where} must have shape (num_samples, dim), got shape {tuple(features.shape)}.")
+    if not features.is_floating_point():
+        features = features.double()
+    if not torch.isfinite(features).all():
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        raise ValueError(f"{where} has {bad} row(s) with NaN or infinite values; all features must be finite.")
+    return features
+
+
+def check_pair(real: torch.Tensor, generated: torch.Tensor, group=None) -> None:
+    """Real and generated features must live in the same space."""
+    if real.shape[1] != generated.shape[1]:
+        where = f" (group {group!r})" if group is not None else ""
+        raise ValueError(
+            f"`real` and `generated` features have different dimensions{where}: {real.shape[1]} vs "
+            f"{generated.shape[1]}; both must come from the same feature extractor."
+        )
+
+
+def check_min_samples(features: torch.Tensor, minimum: int, name: str, why: str, group=None) -> None:
+    """At least ``minimum`` rows, or a ``ValueError`` that says which estimator needs them."""
+    if features.shape[0] < minimum:
+        where = f"`{name}`" + (f" of group {group!r}" if group is not None else "")
+        raise ValueError(f"{where} has {features.shape[0]} sample(s) but {why} needs at least {minimum}.")
+
+
+KNN_DIVERGENCES = ("kl", "reverse_kl", "hellinger", "chi2", "precision", "recall", "density", "coverage")
+
+
+def minimum_samples(divergence: str, **estimator_kwargs) -> int:
+    """The fewest samples per group and per side (real, generated) that ``divergence`` accepts.
+
+    - k-NN estimators (KL, reverse KL, Hellinger, chi^2, PRDC): ``k + 1`` (a sample's k-th nearest *other* sample);
+    - pooled k-NN classifier estimators (JS, TV, PR) and the Fréchet distance: 2;
+    - quantised estimators (``quantized_*``, ``mauve``): ten samples per cluster, ``10 * num_clusters`` (20 with
+      the default cluster rule, which uses at least 2 clusters).
+
+    These are the sizes at which an estimator is *defined*; whether its value is distinguishable from noise at that
+    size is what the report's ``null_floor`` and ``gap_p_value`` say.
+    """
+    from hf_egt.core.metrics.quantized import SAMPLES_PER_CLUSTER
+    from hf_egt.core.metrics.report import DIVERGENCES, QUANTIZED
+
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
+    if divergence in QUANTIZED:
+        return SAMPLES_PER_CLUSTER * (estimator_kwargs.get("num_clusters") or 2)
+    if divergence in KNN_DIVERGENCES:
+        return int(estimator_kwargs.get("k", 5)) + 1  # k neighbours besides the point itself
+    return 2  # pooled k-NN classifier (js, tv, pr) and the Fréchet distance (a covariance)

@@ -1,0 +1,412 @@
+"""Per-group evaluation of a causal language model: perplexity per group and the embedding-based EGT divergence.
+
+- Perplexity: token-weighted ``exp(sum NLL / tokens)`` of each group's real sentences.
+- EGT: each group's sentences are cut to a prefix (the first words), the model continues the prefix, and the real and
+  generated sentences of each group are embedded with a sentence encoder and compared with
+  ``hf_egt.core.metrics.egt_report`` (per-group divergence, gap, worst group).
+
+``write_report`` turns results of one or several runs (``{"base": ..., "minmax": ...}``) into ``report.json``,
+``report.md`` and a grouped bar plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, summarize_groups
+from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
+
+logger = logging.getLogger(__name__)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def sequence_nll(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 128,
+    desc: str = "perplexity",
+    chunk_size: int | None = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL and number of predicted tokens of each text, as two float tensors of shape ``(N,)``.
+
+    With ``chunk_size`` (tokens), the losses come from the hidden states through the output embedding in chunks
+    (``hf_egt.integrations.output_head``; no ``(batch, seq_len, vocab)`` logits) when the model allows it and the two
+    paths agree on the first batch; otherwise, or with ``chunk_size=None``, from the full logits (the reason is logged).
+    """
+    model.eval()
+    chunked = chunk_size is not None
+    if chunked:
+        reason = add_token_loss_forward(model, chunk_size)
+        if reason is not None:
+            logger.info("Per-token losses from the full logits: %s.", reason)
+            chunked = False
+    device = _model_device(model)
+    total_nll = torch.zeros(len(texts), dtype=torch.float64)
+    total_tokens = torch.zeros(len(texts), dtype=torch.float64)
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            ).to(device)
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+            if chunked and start == 0:
+                reason = check_token_loss_forward(model, inputs, labels)
+                if reason is not None:
+                    logger.warning("Per-token losses from the full logits: %s.", reason)
+                    chunked = False
+            if chunked:
+                outputs = model(**inputs, **{TOKEN_LOSS_LABELS: labels})
+                token_losses, mask = outputs["token_losses"], outputs["label_mask"]
+            else:
+                token_losses, mask = causal_lm_token_losses(model(**inputs).logits, labels)
+            rows = slice(start, start + len(labels))
+            total_nll[rows] = token_losses.sum(dim=1).double().cpu()
+            total_tokens[rows] = mask.sum(dim=1).double().cpu()
+    finally:
+        tokenizer.padding_side = padding_side
+    return total_nll, total_tokens
+
+
+def group_perplexity(nll: torch.Tensor, tokens: torch.Tensor, groups: Sequence[str]) -> dict:
+    """Per-group token-weighted mean NLL and perplexity from per-text sums (``hf_egt.core.metrics.likelihood_report``),
+    groups in sorted order, with the overall values.
+
+    A text of a single token has no predicted token and carries no likelihood: it is left out.
+
+    Returns ``{"loss_per_group", "per_group" (perplexity), "overall_loss", "overall" (perplexity)}``.
+    """
+    scored = (tokens > 0).tolist()
+    kept = [group for group, keep in zip(groups, scored) if keep]
+    unscored = sorted(set(groups) - set(kept))
+    if unscored:
+        raise ValueError(f"Groups {unscored} have no text with a predicted token (texts of at least 2 tokens needed).")
+    rows = torch.tensor(scored)
+    report = likelihood_report(nll[rows], tokens[rows], kept, n_bootstrap=0)
+    order = sorted(report["nll"]["per_group"])
+    return {
+        "loss_per_group": {group: report["nll"]["per_group"][group] for group in order},
+        "per_group": {group: report["perplexity"]["per_group"][group] for group in order},
+        "overall_loss": report["nll"]["overall"],
+        "overall": report["perplexity"]["overall"],
+    }
+
+
+def sentence_prefixes(texts: Sequence[str], num_words: int = 4) -> list[str]:
+    """The first ``num_words`` words of each text: the prompts whose continuations are compared with the real text."""
+    return [" ".join(text.split()[:num_words]) for text in texts]
+
+
+@torch.no_grad()
+def generate_continuations(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+    do_sample: bool = True,
+    top_p: float = 0.95,
+    seed: int = 0,
+    desc: str = "generation",
+) -> list[str]:
+    """Prompt + sampled continuation of each prompt, decoded without special tokens."""
+    model.eval()
+    device = _model_device(model)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                top_p=top_p if do_sample else None,
+                top_k=None,
+                temperature=None if not do_sample else 1.0,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            outputs.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = padding_side
+        torch.random.set_rng_state(generator_state)
+    return [text.strip() for text in outputs]
+
+
+def embedding_egt(
+    real_texts: Sequence[str],
+    real_groups: Sequence[str],
+    generated_texts: Sequence[str],
+    generated_groups: Sequence[str],
+    feature_model,
+    *,
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
+    n_bootstrap: int | None = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    **estimator_kwargs,
+) -> dict:
+    """EGT report (``hf_egt.core.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``.
+
+    ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair.
+    The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
+    the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
+    """
+    from hf_egt.core.metrics import egt_report, minimum_samples
+    from hf_egt.integrations.features import embed_texts, load_text_encoder
+
+    minimum = minimum_samples(divergence, **estimator_kwargs)
+    counts = {
+        str(group): (list(real_groups).count(group), list(generated_groups).count(group))
+        for group in dict.fromkeys([*real_groups, *generated_groups])
+    }
+    small = {group: count for group, count in counts.items() if 0 < min(count) < minimum}
+    if small:  # before embedding anything
+        raise ValueError(
+            f"Group(s) {small} ((real, generated) texts) have fewer texts than the {divergence!r} estimator needs "
+            f"({minimum} per group and side, hf_egt.core.metrics.minimum_samples); pass more texts per group."
+        )
+
+    encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
+    real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
+    generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
+    return egt_report(
+        real,
+        list(real_groups),
+        generated,
+        list(generated_groups),
+        divergence=divergence,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        **estimator_kwargs,
+    )
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def groups_too_small_for_egt(
+    groups: Sequence[str], divergence: str, max_prompts_per_group: int | None
+) -> tuple[int, dict[str, int]]:
+    """``(minimum, {group: prompts})``: the groups whose number of prompts (rows, capped at ``max_prompts_per_group``)
+    is below what ``divergence``'s estimator needs (``hf_egt.core.metrics.validation.minimum_samples``)."""
+    from hf_egt.core.metrics.validation import minimum_samples
+
+    minimum = minimum_samples(divergence)
+    cap = max_prompts_per_group or len(groups)
+    prompts = {group: min(list(groups).count(group), cap) for group in sorted(set(groups))}
+    return minimum, {group: count for group, count in prompts.items() if count < minimum}
+
+
+def evaluate_causal_lm(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    groups: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 128,
+    feature_model=None,
+    num_prompt_words: int = 4,
+    max_new_tokens: int = 24,
+    max_prompts_per_group: int | None = None,
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
+    seed: int = 0,
+    name: str = "model",
+) -> dict:
+    """Per-group perplexity (and, with ``feature_model``, the EGT divergence of generated vs real text) of a model.
+
+    Returns ``{"per_group", "gap", "ratio", "worst_group", "best_group", "overall", "loss_per_group",
+    "overall_loss", "metric": "perplexity"}`` plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
+    """
+    groups = [str(group) for group in groups]
+    if feature_model is not None:  # before any work: the estimator's minimum sample size per group
+        minimum, small = groups_too_small_for_egt(groups, divergence, max_prompts_per_group)
+        if small:
+            raise ValueError(
+                f"Group(s) {small} have fewer prompts than the {divergence!r} estimator needs ({minimum} per group); "
+                "pass more texts per group, a larger `max_prompts_per_group`, or `feature_model=None`."
+            )
+    nll, tokens = sequence_nll(
+        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
+    )
+    perplexity = group_perplexity(nll, tokens, groups)
+    result = {**summarize_groups(perplexity["per_group"]), **perplexity, "metric": "perplexity"}
+    if feature_model is not None:
+        chosen = _prompt_rows(groups, max_prompts_per_group, seed)
+        real = [texts[i] for i in chosen]
+        chosen_groups = [groups[i] for i in chosen]
+        generated = generate_continuations(
+            model,
+            tokenizer,
+            sentence_prefixes(real, num_prompt_words),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+            desc=f"{name}: generation",
+        )
+        report = embedding_egt(
+            real, chosen_groups, generated, chosen_groups, feature_model, divergence=divergence, seed=seed
+        )
+        result["egt"] = _jsonable(report)
+        result["samples"] = {
+            group: [g for g, label in zip(generated, chosen_groups) if label == group][:3]
+            for group in sorted(set(groups))
+        }
+    return result
+
+
+def _prompt_rows(groups: Sequence[str], max_per_group: int | None, seed: int) -> list[int]:
+    """Indices of at most ``max_per_group`` rows of each group (random with ``seed``), sorted."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for group in sorted(set(groups)):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        if max_per_group is not None and len(rows) > max_per_group:
+            order = torch.randperm(len(rows), generator=generator)[:max_per_group]
+            rows = [rows[i] for i in order.tolist()]
+        chosen.extend(rows)
+    return sorted(chosen)
+
+
+def runs_table(runs: Mapping[str, Mapping], key: str = "per_group", value_format: str = "{:.2f}") -> str:
+    """Markdown table: one row per group, one column per run, then gap, worst group and overall rows."""
+    names = list(runs)
+    groups = sorted({group for run in runs.values() for group in run[key]})
+    lines = ["| group | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for group in groups:
+        cells = [value_format.format(runs[name][key][group]) if group in runs[name][key] else "" for name in names]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **gap (max − min)** | " + " | ".join(f"**{value_format.format(runs[n]['gap'])}**" for n in names) + " |"
+    )
+    lines.append("| worst group | " + " | ".join(str(runs[n]["worst_group"]) for n in names) + " |")
+    if all("overall" in runs[n] for n in names):
+        lines.append("| overall | " + " | ".join(value_format.format(runs[n]["overall"]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def plot_runs(
+    runs: Mapping[str, Mapping], path: str | Path, metric: str = "perplexity", title: str | None = None
+) -> Path:
+    """Grouped bars (one cluster per group, one bar per run) with each run's gap marked in the legend and as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    groups = sorted({group for run in runs.values() for group in run["per_group"]})
+    width = 0.8 / max(1, len(names))
+    figure, axes = plt.subplots(figsize=(1.6 + 1.5 * len(groups) * max(1, len(names)) / 2, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(names):
+        values = [runs[name]["per_group"].get(group, float("nan")) for group in groups]
+        positions = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
+        color = colors[i % len(colors)]
+        axes.bar(positions, values, width, color=color, label=f"{name} (gap {runs[name]['gap']:.2f})")
+        finite = [v for v in values if not math.isnan(v)]
+        if finite:
+            axes.hlines([min(finite), max(finite)], -0.5, len(groups) - 0.5, colors=color, linestyles=":", linewidth=1)
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels([group.replace("_", " ") for group in groups], rotation=15, ha="right")
+    axes.set_ylabel(f"{metric} per group (lower is better)")
+    axes.set_title(title or f"{metric} per group; dotted lines: each run's best and worst group")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def write_report(
+    runs: Mapping[str, Mapping],
+    output_dir: str | Path,
+    *,
+    title: str = "hf-egt report",
+    metric: str = "perplexity",
+    config: Mapping | None = None,
+    command: str | None = None,
+) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs; return their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
+    payload = {"metric": metric, "runs": _jsonable(dict(runs)), "config": _jsonable(dict(config or {}))}
+    if command:
+        payload["command"] = command
+    paths["json"].write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    plot_runs(runs, paths["png"], metric=metric)
+    paths["md"].write_text(report_markdown(runs, title=title, metric=metric, command=command), encoding="utf-8")
+    return paths
+
+
+def egt_markdown(runs: Mapping[str, Mapping]) -> str:
+    """The EGT tables of the runs that have one (counts, intervals, floors, gap p-value; ``report_table``) and what
+    a perplexity gap means, for the report and the model card."""
+    from hf_egt.core.metrics import report_table
+
+    parts = []
+    with_egt = {name: run["egt"] for name, run in runs.items() if "egt" in run}
+    if with_egt:
+        parts += [
+            "EGT: divergence between each group's real sentences and the model's continuations of their first words "
+            "(sentence embeddings). The null floor is the same estimator between two halves of the group's own real "
+            "sentences: a value within it is indistinguishable from sampling noise; the gap's p-value comes from "
+            "permuting the group labels (docs/metric.md).",
+            "",
+        ]
+        for name, report in with_egt.items():
+            parts += [f"**{name}**", "", report_table(report), ""]
+    parts += [
+        "Per-group perplexity on held-out text is exp(KL(P_a || Q_a) + H(P_a)) per token: a perplexity gap mixes "
+        "how well the model fits each group with each group's own entropy.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def report_markdown(
+    runs: Mapping[str, Mapping], *, title: str, metric: str = "perplexity", command: str | None = None
+) -> str:
+    """The markdown body of a report: the per-group table, the EGT table when present, the plot and the command."""
+    parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
+    parts += [egt_markdown(runs), "![per-group results](report.png)", ""]
+    if command:
+        parts += ["Reproduce with:", "", "```bash", command, "```", ""]
+    return "\n".join(parts)

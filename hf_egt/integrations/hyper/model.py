@@ -1,0 +1,361 @@
+"""`HyperLoRAModel`: a hypernetwork that generates the LoRA factors of a frozen peft model from a set of examples."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_egt.core.serialization import load_tensors_with_metadata, save_tensors_with_metadata
+from hf_egt.integrations.hyper.config import HyperLoRAConfig
+from hf_egt.integrations.hyper.encoders import SetEmbedder, SetEncoder, build_embedder, is_unet
+from hf_egt.integrations.hyper.generator import LoRAGenerator, slots_from_shapes
+from hf_egt.integrations.hyper.ple import context_sensitivity, ple_penalty
+from hf_egt.integrations.hyper.sampling import CausalLMSampler
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "hyper_model.safetensors"
+CONTEXT_KEY = "__context__"
+
+Sampler = Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]
+
+
+class HyperNetwork(nn.Module):
+    """The trainable part: DeepSets set encoder, then the shared LoRA heads."""
+
+    def __init__(self, set_encoder: SetEncoder, generator: LoRAGenerator):
+        super().__init__()
+        self.set_encoder = set_encoder
+        self.generator = generator
+
+    def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.generator(self.set_encoder(embeddings))
+
+
+class HyperLoRAModel(nn.Module):
+    """A frozen base model adapted by LoRA factors that a hypernetwork generates from a set of examples.
+
+    The base model is wrapped with `peft.get_peft_model` (all of it frozen, the peft LoRA parameters are
+    placeholders) and run with `torch.func.functional_call`, substituting the generated factors so that gradients
+    reach the hypernetwork. `forward` returns the base model's own output, so `transformers.Trainer` trains it
+    unchanged; while training with `ple_weight > 0` the output also holds `"ple"`, the weighted self-consumption
+    penalty (already multiplied by λ) for the trainer to add to the loss.
+
+    Args:
+        base_model: a transformers causal LM or a diffusers `UNet2DModel` (anything peft's LoRA can adapt, given an
+            `embed_fn`). Like `peft.get_peft_model`, this injects LoRA layers into it in place.
+        config: the [`HyperLoRAConfig`].
+        embed_fn: optional custom set embedder `(peft_model, args, kwargs) -> (N, D)`; needs `embed_dim`.
+        embed_dim: `D` of `embed_fn`.
+        ple_sampler: draws the synthetic batch Y for the PLE penalty (see `hf_egt.integrations.hyper.sampling`); causal
+        LMs
+            default to `CausalLMSampler`, UNets need e.g. `DiffusionSampler(scheduler)` when `ple_weight > 0`.
+    """
+
+    def __init__(
+        self,
+        base_model: nn.Module,
+        config: HyperLoRAConfig,
+        embed_fn: SetEmbedder | Callable | None = None,
+        embed_dim: int | None = None,
+        ple_sampler: Sampler | None = None,
+        adapter_name: str = "default",
+    ):
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        super().__init__()
+        self.config = config
+        self.adapter_name = adapter_name
+        causal_lm = type(base_model).__name__.endswith("ForCausalLM")
+        lora_config = LoraConfig(
+            r=config.r,
+            lora_alpha=config.lora_alpha,
+            target_modules=config.target_modules,
+            lora_dropout=config.lora_dropout,
+            bias="none",
+            task_type="CAUSAL_LM" if causal_lm else None,
+            base_model_name_or_path=config.base_model_name_or_path,
+        )
+        self.peft_model = get_peft_model(base_model, lora_config, adapter_name=adapter_name)
+        self.peft_model.requires_grad_(False)
+        if config.base_model_name_or_path is not None:
+            # peft replaces it by the model's `name_or_path`, which diffusers models do not have.
+            self.peft_model.peft_config[adapter_name].base_model_name_or_path = config.base_model_name_or_path
+
+        shapes = []
+        for name, module in self.peft_model.named_modules():
+            if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+                a_shape = tuple(module.lora_A[adapter_name].weight.shape)
+                b_shape = tuple(module.lora_B[adapter_name].weight.shape)
+                shapes.append((name, a_shape, b_shape))
+        slots = slots_from_shapes(shapes)
+
+        if embed_fn is not None:
+            if embed_dim is None:
+                raise ValueError("`embed_dim` is required with a custom `embed_fn`.")
+            self.embedder = embed_fn
+        else:
+            self.embedder = build_embedder(config.set_encoder_input, base_model, config.unet_pool_size)
+            embed_dim = self.embedder.dim(base_model)
+        self.hypernetwork = HyperNetwork(
+            SetEncoder(embed_dim, config.set_encoder_hidden, config.context_dim),
+            LoRAGenerator(slots, config.context_dim, config.embedding_dim, config.hidden_size, config.head_rank),
+        )
+        if ple_sampler is None and not is_unet(base_model):
+            ple_sampler = CausalLMSampler(config.ple_prompt_length, config.ple_max_new_tokens)
+        if ple_sampler is None and config.ple_weight > 0:
+            raise ValueError(
+                f"`ple_weight={config.ple_weight}` needs a `ple_sampler` for {type(base_model).__name__}, e.g. "
+                "`hf_egt.integrations.hyper.sampling.DiffusionSampler(scheduler)`."
+            )
+        self.ple_sampler = ple_sampler
+        parameter = next(base_model.parameters(), None)
+        if parameter is not None:
+            self.hypernetwork.to(parameter.device)
+        self._expose_base_signature(base_model)
+        self.register_buffer("_context", None, persistent=False)  # follows .to(); saved by save_pretrained
+        self._ple_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ple_calls = 0
+
+    def _expose_base_signature(self, base_model: nn.Module) -> None:
+        """Give this instance's `forward` the base model's signature (plus `set_inputs`).
+
+        `transformers.Trainer` keeps only the batch columns named in `inspect.signature(model.forward)`; with the
+        generic `forward(*args, **kwargs)` it would drop `input_ids`. The instance gets a bound copy of `forward`
+        whose `__signature__` is the base model's, as `Trainer` does for a `PeftModel` by inspecting its base model.
+        """
+        base_signature = inspect.signature(base_model.forward)
+        parameters = [p for p in base_signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        parameters.append(inspect.Parameter("set_inputs", inspect.Parameter.KEYWORD_ONLY, default=None))
+        parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+        self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        function = HyperLoRAModel.forward
+        forward = types.FunctionType(
+            function.__code__, function.__globals__, function.__name__, function.__defaults__, function.__closure__
+        )
+        forward.__kwdefaults__ = function.__kwdefaults__
+        forward.__doc__ = function.__doc__
+        forward.__signature__ = inspect.Signature([self_parameter, *parameters])
+        self.forward = types.MethodType(forward, self)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # names and counts
+
+    def get_base_model(self) -> nn.Module:
+        return self.peft_model.get_base_model()
+
+    @property
+    def slots(self):
+        return self.hypernetwork.generator.slots
+
+    def _parameter_name(self, factor_name: str) -> str:
+        return f"{factor_name}.{self.adapter_name}.weight"
+
+    @staticmethod
+    def _state_dict_name(factor_name: str) -> str:
+        return f"{factor_name}.weight"
+
+    def num_hypernetwork_parameters(self) -> int:
+        return sum(p.numel() for p in self.hypernetwork.parameters())
+
+    def num_generated_parameters(self) -> int:
+        return sum(math.prod(s.a_shape) + math.prod(s.b_shape) for s in self.slots)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # set encoding and weight generation
+
+    def embed(self, *args, **kwargs) -> torch.Tensor:
+        """Per-example embeddings `(N, D)` of a batch, from the frozen base model (no gradient)."""
+        return self.embedder(self.peft_model, args, kwargs)
+
+    def encode(self, *args, **kwargs) -> torch.Tensor:
+        """The context vector of a batch (the batch is the set)."""
+        return self.hypernetwork.set_encoder(self.embed(*args, **kwargs))
+
+    def generate_factors(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`{"<module>.lora_A": A, "<module>.lora_B": B}` for a context, differentiable."""
+        return self.hypernetwork.generator(context)
+
+    def _current_context(self) -> torch.Tensor:
+        if self._context is None:
+            raise ValueError("No context is set: call `set_context(**batch)` or `set_context(context=...)` first.")
+        return self._context
+
+    def generate_lora_weights(self, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The generated LoRA weights under peft state-dict names, for `context` or the one `set_context` fixed."""
+        context = self._current_context() if context is None else context
+        return {self._state_dict_name(name): tensor for name, tensor in self.generate_factors(context).items()}
+
+    def set_context(self, *args, context: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Fix the context used at inference: from a batch (`set_context(**batch)`) or a precomputed encoding."""
+        with torch.no_grad():
+            if context is None:
+                if not args and not kwargs:
+                    raise ValueError("`set_context` needs a batch or `context=`.")
+                context = self.encode(*args, **kwargs)
+            expected = self.config.context_dim
+            if context.shape != (expected,):
+                raise ValueError(f"`context` must have shape ({expected},), got {tuple(context.shape)}.")
+            self._context = context.detach().to(next(self.hypernetwork.parameters()).device)
+            self._load_into_peft(self.generate_factors(self._context))
+        return self._context
+
+    def clear_context(self) -> None:
+        self._context = None
+
+    @torch.no_grad()
+    def _load_into_peft(self, factors: Mapping[str, torch.Tensor]) -> None:
+        """Copy generated factors into the peft placeholders (no gradient: for generation and export only)."""
+        parameters = dict(self.peft_model.named_parameters())
+        for name, tensor in factors.items():
+            target = parameters[self._parameter_name(name)]
+            target.copy_(tensor.detach().to(target.dtype))
+
+    def _functional_parameters(self, factors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parameters = dict(self.peft_model.named_parameters())
+        out = {}
+        for name, tensor in factors.items():
+            target = parameters[self._parameter_name(name)]
+            out[self._parameter_name(name)] = tensor.to(target.dtype)
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # forward
+
+    def forward(self, *args, set_inputs: Mapping[str, Any] | None = None, **kwargs):
+        """Run the base model with LoRA factors generated from a set.
+
+        The set is `set_inputs` (a batch as a dict, e.g. the clean images of a diffusion step) when given; else the
+        batch itself while training, or when no context is fixed; else the context fixed by `set_context`.
+        """
+        if set_inputs is not None:
+            embeddings = self.embedder(self.peft_model, (), dict(set_inputs))
+        elif self.training or self._context is None:
+            embeddings = self.embed(*args, **kwargs)
+        else:
+            embeddings = None
+        if embeddings is None:
+            factors = self.generate_factors(self._context)
+        else:
+            factors = self.generate_factors(self.hypernetwork.set_encoder(embeddings))
+        output = torch.func.functional_call(self.peft_model, self._functional_parameters(factors), args, kwargs)
+        if self.training and self.config.ple_weight > 0 and embeddings is not None and torch.is_grad_enabled():
+            sample_args, sample_kwargs = ((), dict(set_inputs)) if set_inputs is not None else (args, kwargs)
+            penalty = self.config.ple_weight * self._ple_term(embeddings, factors, sample_args, sample_kwargs)
+            if isinstance(output, Mapping):
+                output["ple"] = penalty
+            else:
+                logger.warning("The base model returned a tuple (return_dict=False): the PLE term is not attached.")
+        return output
+
+    def _ple_term(
+        self, embeddings_x: torch.Tensor, factors_x: dict[str, torch.Tensor], args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        """D(H(Y), H(X)); Y is re-sampled every `ple_every` calls, otherwise the cached (X, Y) embeddings are used."""
+        resample = self._ple_cache is None or self._ple_calls % self.config.ple_every == 0
+        self._ple_calls += 1
+        if resample:
+            with torch.no_grad():
+                self._load_into_peft(factors_x)
+                was_training = self.peft_model.training
+                self.peft_model.eval()
+                try:
+                    sample_args, sample_kwargs = self.ple_sampler(self.peft_model, args, kwargs)
+                    embeddings_y = self.embedder(self.peft_model, sample_args, sample_kwargs)
+                finally:
+                    self.peft_model.train(was_training)
+            self._ple_cache = (embeddings_x.detach(), embeddings_y.detach())
+            weights_real = factors_x
+        else:
+            weights_real = self.hypernetwork(self._ple_cache[0])
+        weights_synthetic = self.hypernetwork(self._ple_cache[1])
+        return ple_penalty(
+            weights_synthetic,
+            weights_real,
+            reduction=self.config.ple_reduction,
+            detach_real=self.config.ple_detach_real,
+        )
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        """`generate` of the base model with the LoRA weights of the context fixed by `set_context`."""
+        self._load_into_peft(self.generate_factors(self._current_context()))
+        return self.peft_model.generate(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # diagnostics
+
+    @torch.no_grad()
+    def context_sensitivity(self, batches: Iterable[Mapping[str, Any]]) -> torch.Tensor:
+        """`hf_egt.integrations.hyper.ple.context_sensitivity` of the weights generated for each batch (each batch is
+        one set)."""
+        generated = [self.generate_factors(self.encode(**batch)) for batch in batches]
+        return context_sensitivity(generated)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # persistence
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Only the hypernetwork: like a peft adapter's, the state dict leaves out the frozen base model."""
+        return self.hypernetwork.state_dict(
+            destination=destination, prefix=prefix + "hypernetwork.", keep_vars=keep_vars
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        prefix = "hypernetwork."
+        own = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        if strict and len(own) != len(state_dict):
+            unexpected = sorted(k for k in state_dict if not k.startswith(prefix))
+            raise RuntimeError(f"Unexpected keys in the HyperLoRAModel state dict: {unexpected[:5]}")
+        return self.hypernetwork.load_state_dict(own, strict=strict, assign=assign)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write `hyper_config.json` and `hyper_model.safetensors` (hypernetwork parameters and the fixed context)."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.config.save_pretrained(save_directory)
+        tensors = dict(self.hypernetwork.state_dict())
+        if self._context is not None:
+            tensors[CONTEXT_KEY] = self._context
+        save_tensors_with_metadata(
+            tensors,
+            {"format": "hyper_lora", "adapter_name": self.adapter_name},
+            os.path.join(save_directory, WEIGHTS_NAME),
+        )
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, path: str | os.PathLike, **kwargs) -> HyperLoRAModel:
+        """Rebuild a saved `HyperLoRAModel` on `base_model` (extra kwargs go to the constructor)."""
+        config = HyperLoRAConfig.from_pretrained(path)
+        tensors, metadata = load_tensors_with_metadata(os.path.join(path, WEIGHTS_NAME))
+        model = cls(base_model, config, adapter_name=metadata.get("adapter_name", "default"), **kwargs)
+        context = tensors.pop(CONTEXT_KEY, None)
+        device = next(model.hypernetwork.parameters()).device
+        model.hypernetwork.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+        if context is not None:
+            model.set_context(context=context.to(device))
+        return model
+
+    def export_peft(
+        self, save_directory: str | os.PathLike, context: torch.Tensor | None = None, **save_kwargs
+    ) -> None:
+        """Write a plain peft LoRA adapter holding the weights of the current (or given) context.
+
+        `peft.PeftModel.from_pretrained(base_model, save_directory)` loads it without hf_egt. `save_kwargs` go to
+        `PeftModel.save_pretrained` (e.g. `save_embedding_layers=False`).
+        """
+        with torch.no_grad():
+            context = self._current_context() if context is None else context
+            self._load_into_peft(self.generate_factors(context))
+        self.peft_model.save_pretrained(save_directory, **save_kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.get_base_model().gradient_checkpointing_enable(**kwargs)

@@ -1,0 +1,49 @@
+"""The transformers / TRL integration: `EGTConfig` + `EGTTrainer`, and `EGTSFTConfig` + `EGTSFTTrainer` (TRL).
+
+`config` holds the documented options, `egt_trainer` the trainer, `data_utils` the collators and dataset helpers,
+`modeling` the adapter wrapping, `checkpoints` the resume checks; the TRL pair (`sft_config`, `sft_trainer`) is imported
+on first use, so that TRL stays optional.
+"""
+
+from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
+from hf_egt.integrations.trainer.config import (
+    GROUP_REFERENCES,
+    OBJECTIVE_STATE_NAME,
+    EGTConfig,
+    GroupArguments,
+    TokenLossArguments,
+)
+from hf_egt.integrations.trainer.data_utils import (
+    DataCollatorForCausalLM,
+    GroupCollator,
+    dataset_group_labels,
+    resolve_groups,
+    tokenize_text_dataset,
+)
+from hf_egt.integrations.trainer.egt_trainer import (
+    EGTTrainer,
+    EGTTrainerMixin,
+    GroupWeightsFromEvalCallback,
+    group_eval_metrics,
+)
+from hf_egt.integrations.trainer.modeling import wrap_model
+
+__all__ = [
+    "GROUP_REFERENCES",
+    "OBJECTIVE_STATE_NAME",
+    "DataCollatorForCausalLM",
+    "EGTConfig",
+    "EGTTrainer",
+    "EGTTrainerMixin",
+    "GroupArguments",
+    "GroupCollator",
+    "GroupWeightsFromEvalCallback",
+    "TokenLossArguments",
+    "check_checkpoint",
+    "dataset_group_labels",
+    "group_eval_metrics",
+    "last_checkpoint",
+    "resolve_groups",
+    "tokenize_text_dataset",
+    "wrap_model",
+]

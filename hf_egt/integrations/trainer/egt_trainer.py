@@ -1,0 +1,522 @@
+"""``EGTTrainer``: worst-group (min-max) LoRA fine-tuning of causal language models with ``transformers.Trainer``.
+
+Swap ``Trainer`` for ``EGTTrainer`` and ``TrainingArguments`` for ``EGTConfig``; give every training row a group label
+(``group_column``). The loss becomes ``sum_g q_g L_g`` where ``L_g`` is the token-mean loss of group ``g`` and the
+weights ``q`` come from ``hf_egt.core.objective.GroupObjective`` (``trainer.objective``).
+
+How the loss is computed, and why it is exact for any split of a batch:
+
+- The model is called *without* labels, so it does not compute its own loss. By default its forward returns the
+  per-token losses computed from the decoder's hidden states through the output embedding in chunks
+  (``hf_egt.integrations.output_head``: no ``(batch, seq_len, vocab)`` logits); otherwise one
+  ``cross_entropy(reduction="none")`` on its logits gives them (``hf_egt.core.losses``). They are reduced to each
+  sequence's token mean with the sequence's token count as example weight. A group's loss is therefore a mean over the
+  group's tokens.
+- ``get_batch_samples`` sees the whole accumulation window first: it counts each group's tokens over the window (and
+  over processes) with ``objective.begin_window``; each micro-batch then contributes ``objective.window_loss`` and the
+  window's last micro-batch calls ``objective.end_window`` (the weight update, used from the next step on). The loss
+  is normalised over the window here, so ``loss_is_scaled_for_ga = True``, and multiplied by the number of processes
+  because DDP/FSDP average gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, sequence_losses
+from hf_egt.core.objective import GroupObjective, group_means, group_sums
+from hf_egt.core.samplers import group_sampler
+from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
+from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
+from hf_egt.integrations.trainer.config import OBJECTIVE_STATE_NAME, EGTConfig, GroupArguments
+from hf_egt.integrations.trainer.data_utils import (
+    DataCollatorForCausalLM,
+    GroupCollator,
+    dataset_group_labels,
+    pad_token_id_of,
+    resolve_groups,
+    tokenize_text_dataset,
+)
+from hf_egt.integrations.trainer.modeling import wrap_model
+
+logger = logging.getLogger(__name__)
+
+
+def output_field(outputs, name: str):
+    """`outputs.name` or `outputs[name]` when present, else `None`."""
+    if isinstance(outputs, dict):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def group_eval_metrics(
+    sums: torch.Tensor, counts: torch.Tensor, groups: Sequence[str | int], prefix: str
+) -> dict[str, Any]:
+    """Per-group token-mean loss and perplexity, with their gap and worst group
+    (`hf_egt.core.metrics.summarize_groups`)."""
+    from hf_egt.core.metrics import summarize_groups
+
+    losses = {g: (s / c).item() if c > 0 else math.nan for g, s, c in zip(groups, sums, counts)}
+    perplexities = {g: math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan for g, loss in losses.items()}
+    metrics = {f"{prefix}_group_loss/{g}": loss for g, loss in losses.items()}
+    metrics.update({f"{prefix}_group_perplexity/{g}": ppl for g, ppl in perplexities.items()})
+    if any(not math.isnan(loss) for loss in losses.values()):
+        loss_summary = summarize_groups(losses)
+        metrics[f"{prefix}_group_loss_gap"] = loss_summary["gap"]
+        metrics[f"{prefix}_group_perplexity_gap"] = summarize_groups(perplexities)["gap"]
+        metrics[f"{prefix}_worst_group_loss"] = losses[loss_summary["worst_group"]]
+        metrics[f"{prefix}_worst_group_perplexity"] = perplexities[loss_summary["worst_group"]]
+        metrics[f"{prefix}_worst_group"] = loss_summary["worst_group"]
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared trainer logic.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class EGTTrainerMixin:
+    """Group-objective logic shared by [`EGTTrainer`] and [`hf_egt.EGTSFTTrainer`].
+
+    Subclasses implement `_token_losses(model, inputs) -> (token_losses, mask, outputs)` and call `_setup_objective`
+    before and `_finish_setup` after `super().__init__`.
+    """
+
+    # `compute_loss` normalises over the whole accumulation window itself.
+    loss_is_scaled_for_ga = True
+
+    def _setup_objective(self, args, train_dataset, eval_dataset) -> None:
+        if not isinstance(args, GroupArguments):
+            raise TypeError(f"`args` must be an `EGTConfig` (or `EGTSFTConfig`), got {type(args).__name__}.")
+        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
+        train_labels = dataset_group_labels(train_dataset, args.group_column, "train")
+        groups = resolve_groups(
+            args.groups,
+            train_labels,
+            {name: dataset_group_labels(data, args.group_column, name) for name, data in eval_sets.items()},
+        )
+        if args.group_update_dataset is not None and args.group_update_dataset not in eval_sets:
+            raise ValueError(
+                f"`group_update_dataset`={args.group_update_dataset!r} is not an eval dataset; the eval datasets are "
+                f"{[name for name, data in eval_sets.items() if data is not None]}."
+            )
+        if args.group_update_dataset is not None and eval_sets[args.group_update_dataset] is None:
+            raise ValueError("`group_update_dataset`='eval' needs an `eval_dataset`.")
+        if train_labels is None and (args.group_sampling != "natural" or args.group_reference != "none"):
+            raise ValueError(
+                f"`group_sampling`={args.group_sampling!r} and `group_reference`={args.group_reference!r} need a "
+                "map-style training dataset (with a length); an iterable one only supports natural sampling and no "
+                "reference."
+            )
+        columns = getattr(train_dataset, "column_names", None)
+        if (
+            args.group_reference == "column"
+            and isinstance(columns, list)
+            and args.group_reference_column not in columns
+        ):
+            raise ValueError(
+                f"`group_reference`='column' but the train dataset has no column {args.group_reference_column!r}; its "
+                f"columns are {columns}. Set `group_reference_column` or `group_reference`='base'."
+            )
+        sizes = None
+        if train_labels is not None:  # training-set group sizes, for the adjustment of every group (the reference)
+            sizes = [sum(1 for label in train_labels if label == group) for group in groups]
+        self.objective = GroupObjective(
+            mode=args.objective,
+            step_size=args.group_step_size,
+            groups=groups,
+            adjustment=args.group_adjustment,
+            ema_decay=args.group_ema_decay,
+            temperature=args.group_temperature,
+            loss_estimate=args.group_loss_estimate,
+            weight_floor=args.group_weight_floor,
+            group_sizes=sizes,
+        )
+        self._window_remaining = 0
+        self._group_log: dict[str, float] = {}
+        self._ple_values: list[float] = []
+        self._eval_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_eval_group_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _finish_setup(self) -> None:
+        reference_column = self.args.group_reference_column if self.args.group_reference != "none" else None
+        self.data_collator = GroupCollator(
+            self.data_collator, self.args.group_column, self.objective, reference_column=reference_column
+        )
+        self._log_under_output_dir()
+        reason = "`chunked_token_losses=False`"
+        if self.args.chunked_token_losses:
+            reason = add_token_loss_forward(self.model, self.args.token_loss_chunk_size)
+        self._chunked_token_losses = reason is None
+        self._chunked_token_losses_checked = False
+        if reason is not None:
+            logger.info("Per-token losses from the full logits: %s.", reason)
+        if self.args.label_names is None and "labels" not in self.label_names:
+            # Trainer reads label names off the model class's `forward`; a wrapper such as `HyperLoRAModel` hides
+            # them, and `prediction_step` would then skip `compute_loss` (no per-group evaluation).
+            self.label_names = ["labels"]
+        if self.args.group_reference == "base":  # once, before training (and before any check of the first step)
+            self.train_dataset = self.train_dataset.add_column(
+                reference_column, self.reference_losses(self.train_dataset, disable_adapter=True).tolist()
+            )
+        if self.args.group_update_dataset is not None:
+            self.add_callback(GroupWeightsFromEvalCallback(self))
+
+    @torch.no_grad()
+    def reference_losses(self, dataset, model=None, disable_adapter: bool = False) -> torch.Tensor:
+        """Per-example token-mean losses of `model` (default: the trainer's) on `dataset`, in row order.
+
+        With `disable_adapter`, the peft adapter is switched off: the base model's losses. Computed on every process
+        (each needs all of them); used as DoReMi's reference for the excess loss (`group_reference`).
+        """
+        import contextlib
+
+        model = self.model if model is None else model
+        if disable_adapter and not hasattr(model, "disable_adapter"):
+            raise ValueError(
+                f"`group_reference`='base' needs a peft model to disable its adapter; {type(model).__name__} has none. "
+                "Compute the reference losses yourself and pass them with `group_reference`='column'."
+            )
+        collator = self._get_collator_with_removed_columns(self.data_collator, "reference")
+        batch_size = self.args.per_device_eval_batch_size
+        was_training = model.training
+        model.eval()
+        losses = []
+        context = model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+        try:
+            with context:
+                for start in range(0, len(dataset), batch_size):
+                    rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                    batch = collator(rows)
+                    dropped = (self.args.group_column, self.args.group_reference_column)
+                    inputs = {k: v.to(self.args.device) for k, v in batch.items() if k not in dropped}
+                    token_losses, mask, _ = self._token_losses(model, inputs)
+                    losses.append(sequence_losses(token_losses, mask)[0].float().cpu())
+        finally:
+            model.train(was_training)
+            for values in getattr(self, "_metrics", {}).get("eval", {}).values():
+                values.clear()  # TRL's eval metrics must not hold these forward passes
+        return torch.cat(losses)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The group sampler of `group_sampling` (`hf_egt.core.samplers`); the usual random sampler for `natural`."""
+        if self.args.group_sampling == "natural":
+            return super()._get_train_sampler(train_dataset)
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        labels = dataset_group_labels(train_dataset, self.args.group_column, "train")
+        args = self.args
+        return group_sampler(
+            args.group_sampling,
+            self.objective.encode(labels),
+            self.objective.num_groups,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        )
+
+    def update_weights_from_eval(self) -> torch.Tensor:
+        """Update the group weights from `group_update_dataset`'s group losses (one pass over it); returns them."""
+        name = self.args.group_update_dataset
+        dataloader = self.get_eval_dataloader(name if isinstance(self.eval_dataset, dict) else None)
+        output = self.evaluation_loop(
+            dataloader, "Group weights", prediction_loss_only=True, metric_key_prefix="group_update"
+        )
+        should_log = self.control.should_log
+        self.log(output.metrics)  # the losses behind the update, in the log history
+        self.control.should_log = should_log  # `log` clears it: the step's own training log must still happen
+        sums, tokens = self._last_eval_group_sums
+        weights = self.objective.observe(group_means(sums, tokens), tokens)
+        for group, weight in zip(self.objective.groups, weights):
+            self._group_log[f"group_weight/{group}"] = weight.item()
+        return weights
+
+    # -- columns ------------------------------------------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        kept = [self.args.group_column]
+        if self.args.group_reference != "none":
+            kept.append(self.args.group_reference_column)
+        self._signature_columns = [*self._signature_columns, *(c for c in kept if c not in self._signature_columns)]
+
+    # -- per-token losses ---------------------------------------------------------------------------------------------
+
+    def _chunked_token_losses_of(self, model, inputs: dict[str, Any], labels: torch.Tensor, **forward_kwargs):
+        """``(token_losses, mask, outputs)`` from the chunked path (`TokenLossArguments`), or `None` when the full
+        logits are to be used: the path is off, it disagreed with the full one on the first batch, or evaluation
+        runs `compute_metrics` (which needs the logits)."""
+        if not self._chunked_token_losses or (not model.training and self.compute_metrics is not None):
+            return None
+        if not self._chunked_token_losses_checked:
+            self._chunked_token_losses_checked = True
+            reason = check_token_loss_forward(model, {**inputs, **forward_kwargs}, labels)
+            if reason is not None:
+                logger.warning("Per-token losses from the full logits: %s.", reason)
+                self._chunked_token_losses = False
+                return None
+        outputs = model(**inputs, **forward_kwargs, **{TOKEN_LOSS_LABELS: labels})
+        return outputs["token_losses"], outputs["label_mask"], outputs
+
+    # -- training -----------------------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batch_samples:
+            column = self.args.group_column
+            if any("labels" not in batch for batch in batch_samples):
+                raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
+            self.objective.begin_window(
+                [batch[column] for batch in batch_samples],
+                [count_target_tokens(batch["labels"]) for batch in batch_samples],
+            )
+            self._window_remaining = len(batch_samples)
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        column = self.args.group_column
+        if column not in inputs:
+            raise ValueError(f"The batch has no group column {column!r}; it has {sorted(inputs)}.")
+        group_ids = inputs[column]
+        reference = inputs.get(self.args.group_reference_column) if self.args.group_reference != "none" else None
+        dropped = (column, self.args.group_reference_column)
+        token_losses, mask, outputs = self._token_losses(model, {k: v for k, v in inputs.items() if k not in dropped})
+        losses, counts = sequence_losses(token_losses, mask)
+        group_ids = group_ids.to(losses.device)
+        if model.training:
+            if self.args.group_reference != "none" and reference is None:
+                raise ValueError(
+                    f"`group_reference`={self.args.group_reference!r} but the training batch has no "
+                    f"{self.args.group_reference_column!r}: the reference losses did not reach the batch."
+                )
+            reference = None if reference is None else reference.to(losses.device)
+            loss = self._training_loss(losses, group_ids, counts, reference)
+        else:
+            loss = self._eval_loss(losses, group_ids, counts)
+        ple = output_field(outputs, "ple")
+        if ple is not None and model.training:  # a per-micro-batch mean: average it over the window
+            self._ple_values.append(ple.detach().float().item())
+            loss = loss + ple / getattr(self, "current_gradient_accumulation_steps", 1)
+        elif ple is not None:
+            loss = loss + ple
+        return (loss, outputs) if return_outputs else loss
+
+    def _training_loss(
+        self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self._window_remaining == 0:  # called outside the training loop: a window of one batch
+            self.objective.begin_window([group_ids], [counts])
+            self._window_remaining = 1
+        loss = self.objective.window_loss(losses, group_ids, counts, reference_losses=reference).loss
+        self._window_remaining -= 1
+        if self._window_remaining == 0:
+            self._end_window()
+        # DDP and FSDP average gradients over processes; the window shares add up over processes.
+        return loss * self.accelerator.num_processes
+
+    def _end_window(self) -> None:
+        try:
+            window = self.objective.end_window(update=self.args.group_update_dataset is None)
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f"{error} (training step {self.state.global_step + 1}). The loss diverged: lower the learning rate or "
+                "`group_step_size`, or check the data of that group."
+            ) from error
+        for group, loss, count, weight in zip(
+            self.objective.groups, window.group_losses, window.group_counts, window.weights
+        ):
+            if count > 0:
+                self._group_log[f"group_loss/{group}"] = loss.item()
+            self._group_log[f"group_weight/{group}"] = weight.item()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: merge the latest window's group statistics
+            logs.update(self._group_log)
+            if self._ple_values:
+                logs["ple"] = sum(self._ple_values) / len(self._ple_values)
+                self._ple_values.clear()
+        super().log(logs, start_time)
+
+    # -- evaluation ---------------------------------------------------------------------------------------------------
+
+    def _eval_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if self._eval_sums is not None:
+            sums, tokens = group_sums(losses.detach().double(), group_ids, self.objective.num_groups, counts.double())
+            self._eval_sums[0].add_(sums.cpu())
+            self._eval_sums[1].add_(tokens.cpu())
+        return (losses * counts).sum() / counts.sum().clamp_min(1)
+
+    def evaluation_loop(self, *args, **kwargs):
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        num_groups = self.objective.num_groups
+        self._eval_sums = (torch.zeros(num_groups, dtype=torch.float64), torch.zeros(num_groups, dtype=torch.float64))
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            sums, tokens = (self._reduce_sum(t) for t in self._eval_sums)
+        finally:
+            self._eval_sums = None
+        self._last_eval_group_sums = (sums, tokens)
+        output.metrics.update(group_eval_metrics(sums, tokens, self.objective.groups, prefix))
+        return output
+
+    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        reduced = self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="sum")
+        return reduced.cpu()
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            self.objective.save(os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`; a checkpoint (or `True`: the last one in `output_dir`) is checked, including its group
+        objective state, before anything is loaded from it, then restored exactly (weights, optimizer, scheduler,
+        RNG, data position and group weights)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_checkpoint(self.args.output_dir)
+        if isinstance(resume_from_checkpoint, str):
+            check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.mode)
+            self.objective.load(os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _log_under_output_dir(self) -> None:
+        """TensorBoard logs go to `output_dir/runs/...`: `TensorBoardCallback` picks that folder only at
+        `on_train_begin`, and an `evaluate()` before `train()` would create its writer in `./runs`."""
+        from transformers.integrations import TensorBoardCallback
+        from transformers.integrations.integration_utils import default_logdir
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
+
+
+class GroupWeightsFromEvalCallback(TrainerCallback):
+    """Every `group_update_steps` optimizer steps, update the group weights from the group losses of the validation
+    split `group_update_dataset` (held-out-driven weights: a small group fitted fast on training data keeps its
+    weight while its held-out loss stays high). The update is in the objective's state, saved with checkpoints."""
+
+    def __init__(self, trainer: EGTTrainerMixin):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.group_update_steps == 0:
+            self.trainer.update_weights_from_eval()
+        return control
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The trainer.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class EGTTrainer(EGTTrainerMixin, Trainer):
+    """[`~transformers.Trainer`] for causal LMs with a group objective (min-max by default) over `group_column`.
+
+    Args:
+        model: a causal LM (`AutoModelForCausalLM`), a `PeftModel`, or a Hub id / folder to load one from.
+        args: an [`EGTConfig`].
+        train_dataset, eval_dataset: datasets with `input_ids` (or raw text in `text_column`) and `group_column`;
+            `eval_dataset` may be a dict of them.
+        processing_class: the tokenizer (pads batches; tokenizes raw text).
+        peft_config: a `peft` config (e.g. `LoraConfig`) to wrap `model` with, or a
+        `hf_egt.integrations.hyper.HyperLoRAConfig`. data_collator: defaults to [`DataCollatorForCausalLM`] with the
+        tokenizer's pad token.
+        **kwargs: passed to [`~transformers.Trainer`].
+
+    Example:
+        ```python
+        trainer = EGTTrainer(
+            model=model,
+            args=EGTConfig("out", objective="minmax", group_step_size=0.01),
+            train_dataset=train,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+        trainer.train()
+        ```
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: EGTConfig | None = None,
+        data_collator: Callable | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = EGTConfig(output_dir="egt-output")
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(model)
+        model = wrap_model(model, peft_config, seed=args.seed)
+        train_dataset = tokenize_text_dataset(
+            train_dataset, processing_class, args.text_column, args.max_length, "train"
+        )
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: tokenize_text_dataset(data, processing_class, args.text_column, args.max_length, name)
+                for name, data in eval_dataset.items()
+            }
+        else:
+            eval_dataset = tokenize_text_dataset(
+                eval_dataset, processing_class, args.text_column, args.max_length, "eval"
+            )
+        self._setup_objective(args, train_dataset, eval_dataset)
+        if data_collator is None:
+            data_collator = DataCollatorForCausalLM(pad_token_id=pad_token_id_of(processing_class))
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._finish_setup()
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """`Trainer.evaluate`, tokenizing raw text and checking the group labels of a dataset passed here first."""
+        if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
+            args = self.args
+            eval_dataset = tokenize_text_dataset(
+                eval_dataset, self.processing_class, args.text_column, args.max_length, metric_key_prefix
+            )
+            resolve_groups(
+                self.objective.groups,
+                None,
+                {metric_key_prefix: dataset_group_labels(eval_dataset, args.group_column, metric_key_prefix)},
+            )
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def _token_losses(self, model, inputs: dict[str, Any]):
+        """Per-token losses from the chunked path, or a forward without labels (no loss inside the model) and one
+        per-token cross-entropy on its logits."""
+        if "labels" not in inputs:
+            raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        chunked = self._chunked_token_losses_of(model, model_inputs, inputs["labels"])
+        if chunked is not None:
+            return chunked
+        outputs = model(**model_inputs)
+        logits = output_field(outputs, "logits")
+        if logits is None:
+            logits = outputs[0]
+        token_losses, mask = causal_lm_token_losses(logits, inputs["labels"])
+        return token_losses, mask, outputs
