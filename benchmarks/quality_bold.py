@@ -312,13 +312,6 @@ def fit_hyper_context(model, tokenizer, texts: Sequence[str], max_length: int):
     return model.set_context(**batch.to(device))
 
 
-def _counts(groups) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for group in groups:
-        counts[str(group)] = counts.get(str(group), 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def run_cell(
     model,
     tokenizer,
@@ -474,6 +467,7 @@ def run_quality(
 
     from hf_egt.apps.demo import load_cached_smollm2
     from hf_egt.apps.offline import load_bold_records
+    from hf_egt.core.groups import label_counts
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     unknown = sorted(set(methods) - set(METHOD_SPECS))
@@ -519,9 +513,9 @@ def run_quality(
                 name=f"{domain}/base",
             )
             payload = {"domain": domain, "result": base, "eval_s": time.perf_counter() - base_started}
-            payload |= {"train_counts": _counts(train["group"]), "eval_counts": _counts(test["group"])}
+            payload |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(test["group"])}
             if validation is not None:
-                payload["validation_counts"] = _counts(validation["group"])
+                payload["validation_counts"] = label_counts(validation["group"])
             _write_json(base_path(output_dir, domain), payload)
         for method, seed in todo:
             progress.set_postfix_str(f"{domain}/{method}/seed{seed}")

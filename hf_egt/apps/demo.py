@@ -222,6 +222,7 @@ def run_demo(
         feature_model: sentence encoder for the EGT divergence; default the offline MiniLM.
     """
     from hf_egt.apps.offline import minilm_path
+    from hf_egt.core.groups import label_counts
     from hf_egt.integrations.evaluation import egt_markdown, evaluate_causal_lm, write_report
     from hf_egt.integrations.features import load_text_encoder
     from hf_egt.integrations.hub import build_model_card
@@ -265,8 +266,8 @@ def run_demo(
     timings["total_s"] = time.perf_counter() - started
     command = demo_command(output_dir, quick)
     config = {"settings": asdict(settings), "quick": quick, "base_model": base_model_name, "timings": timings}
-    config["train_counts"] = _counts(train["group"])
-    config["eval_counts"] = _counts(groups)
+    config["train_counts"] = label_counts(train["group"])
+    config["eval_counts"] = label_counts(groups)
     paths = write_report(
         runs,
         output_dir,
@@ -293,13 +294,6 @@ def run_demo(
         card.save(adapter_dir / "README.md")
     logger.info("Demo finished in %.0f s; report in %s", timings["total_s"], paths["md"])
     return {"runs": runs, "config": config, "paths": {key: str(path) for key, path in paths.items()}}
-
-
-def _counts(groups) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for group in groups:
-        counts[str(group)] = counts.get(str(group), 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _last_layers(model, count: int | None) -> list[int] | None:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
-from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, summarize_groups
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, runs_table, summarize_groups
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -301,23 +301,6 @@ def _prompt_rows(groups: Sequence[str], max_per_group: int | None, seed: int) ->
             rows = [rows[i] for i in order.tolist()]
         chosen.extend(rows)
     return sorted(chosen)
-
-
-def runs_table(runs: Mapping[str, Mapping], key: str = "per_group", value_format: str = "{:.2f}") -> str:
-    """Markdown table: one row per group, one column per run, then gap, worst group and overall rows."""
-    names = list(runs)
-    groups = sorted({group for run in runs.values() for group in run[key]})
-    lines = ["| group | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    for group in groups:
-        cells = [value_format.format(runs[name][key][group]) if group in runs[name][key] else "" for name in names]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| **gap (max − min)** | " + " | ".join(f"**{value_format.format(runs[n]['gap'])}**" for n in names) + " |"
-    )
-    lines.append("| worst group | " + " | ".join(str(runs[n]["worst_group"]) for n in names) + " |")
-    if all("overall" in runs[n] for n in names):
-        lines.append("| overall | " + " | ".join(value_format.format(runs[n]["overall"]) for n in names) + " |")
-    return "\n".join(lines)
 
 
 def plot_runs(

@@ -153,7 +153,7 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hf_egt.integrations.evaluation import runs_table
+    from hf_egt.core.metrics import runs_table
 
     result_run = result_run or list(runs)[-1]
     if result_run not in runs:
