@@ -101,3 +101,19 @@ def test_the_check_allows_downward_and_sibling_imports():
     source = "from hf_egt.core.groups import group_sums\nfrom ..metrics import summarize_groups\nimport torch\n"
     assert upward_imports(source, "hf_egt.integrations.trainer.egt_trainer") == []
     assert upward_imports("from .summary import summarize_groups\n", "hf_egt.core.metrics.likelihood") == []
+
+
+# Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules.
+PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo")
+
+
+def script_sources() -> list[Path]:
+    root = PACKAGE.parent
+    return sorted(path for folder in ("examples", "benchmarks") for path in (root / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", script_sources(), ids=lambda path: path.name)
+def test_examples_and_benchmarks_do_not_import_the_programs(path):
+    imports = imported_modules(path.read_text(encoding="utf-8"), "script")
+    used = [f"{line}: {name}" for line, name in imports if any(name.startswith(p) for p in PROGRAMS)]
+    assert used == []
