@@ -171,9 +171,11 @@ def embedding_egt(
     seed: int = 0,
     **estimator_kwargs,
 ) -> dict:
-    """EGT report (``hf_egt.core.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``.
+    """EGT report (``hf_egt.core.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``
+    (the one embed-then-report of the library, the evaluate module's included).
 
-    ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair.
+    ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair;
+    ``None`` when ``real_texts`` and ``generated_texts`` are embeddings already (arrays of shape ``(n, dim)``).
     The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
@@ -192,9 +194,12 @@ def embedding_egt(
             f"({minimum} per group and side, hf_egt.core.metrics.minimum_samples); pass more texts per group."
         )
 
-    encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
-    real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
-    generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
+    if feature_model is None:
+        real, generated = real_texts, generated_texts
+    else:
+        encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
+        real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
+        generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
     return egt_report(
         real,
         list(real_groups),

@@ -11,7 +11,6 @@ import evaluate
 import numpy as np
 from hf_egt.core.metrics import DIVERGENCES
 from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE
-from hf_egt.core.metrics import egt_report
 from hf_egt.integrations.evaluation import embedding_egt
 
 _CITATION = """\
@@ -129,27 +128,19 @@ class EGT(evaluate.Metric):
                 )
             if not all(isinstance(text, str) for text in references):
                 raise ValueError("`references` must be texts when `predictions` are texts.")
-            return embedding_egt(
-                references,
-                _labels(reference_groups),
-                predictions,
-                list(prediction_groups),
-                feature_model,
-                divergence=divergence,
-                n_bootstrap=n_bootstrap,
-                batch_size=64,
-                seed=seed,
-                **estimator_kwargs,
-            )
-        predictions = np.asarray([np.asarray(vector, dtype=np.float32) for vector in predictions])
-        references = np.asarray([np.asarray(vector, dtype=np.float32) for vector in references])
-        return egt_report(
+        else:
+            predictions = np.asarray([np.asarray(vector, dtype=np.float32) for vector in predictions])
+            references = np.asarray([np.asarray(vector, dtype=np.float32) for vector in references])
+            feature_model = None  # already features
+        return embedding_egt(
             references,
             _labels(reference_groups),
             predictions,
             list(prediction_groups),
+            feature_model,
             divergence=divergence,
             n_bootstrap=n_bootstrap,
+            batch_size=64,  # embed_texts' default
             seed=seed,
             **estimator_kwargs,
         )
