@@ -100,3 +100,26 @@ def test_label_counts_as_strings_in_sorted_order():
     assert label_counts(["b", "a", "b", 1, "1"]) == {"1": 2, "a": 1, "b": 2}
     assert list(label_counts(["z", "a", "m"])) == ["a", "m", "z"]
     assert label_counts([]) == {}
+
+
+def test_evaluate_groups_is_what_the_cli_parsed_from_the_metric_names(tmp_path):
+    """`EGTTrainer.evaluate_groups` (the structured result the CLI and the example use) equals the summary the CLI
+    used to rebuild from `evaluate()`'s `eval_group_perplexity/<g>` keys, with `overall = exp(eval_loss)`."""
+    from hf_egt import EGTTrainer
+
+    from .test_trainer import config, lora
+    from .trainer_utils import group_dataset, tiny_llama
+
+    trainer = EGTTrainer(
+        model=tiny_llama(),
+        args=config(tmp_path),
+        train_dataset=group_dataset({"a": 6, "b": 4}, seed=0),
+        eval_dataset=group_dataset({"a": 5, "b": 3}, seed=1),
+        peft_config=lora(),
+    )
+    run = trainer.evaluate_groups()
+    metrics = trainer.evaluate()
+    prefix = "eval_group_perplexity/"
+    parsed = summarize_groups({key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)})
+    parsed["overall"] = math.exp(metrics["eval_loss"])
+    assert run == parsed and list(run["per_group"]) == ["a", "b"]  # the same numbers, to the bit
