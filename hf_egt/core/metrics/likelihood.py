@@ -29,10 +29,11 @@ def group_token_nll(nll_sums: torch.Tensor, token_counts: torch.Tensor, group_id
 
 
 def perplexity(nll_per_token: float) -> float:
-    """``exp(nll_per_token)``: NaN stays NaN, and a value beyond float range is ``inf`` (not an ``OverflowError``)."""
-    if math.isnan(nll_per_token):
-        return math.nan
-    return math.exp(nll_per_token) if nll_per_token < 709.0 else math.inf
+    """``exp(nll_per_token)``, ``inf`` beyond float range (not an ``OverflowError``)."""
+    try:
+        return math.exp(nll_per_token)  # NaN stays NaN
+    except OverflowError:
+        return math.inf
 
 
 def group_likelihood(
