@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import torch
 
-from benchmarks.bench_trainer import _Clock, _rss_bytes
+from benchmarks.bench_trainer import _Clock
+from benchmarks.peak_memory import PeakMemory, measure_in_subprocess
+
+MODULE = "benchmarks.bench_memory"  # what `measure_in_subprocess` imports `measure` from
 
 SMOLLM2_VOCAB = 49152
 LLAMA3_VOCAB = 128256
@@ -109,69 +111,10 @@ def measure(kind: str, cell: dict) -> dict:
     """Train; tokens/s and peak memory growth (bytes) of the steps after the warm-up step."""
     with tempfile.TemporaryDirectory() as output_dir:
         trainer, clock = build(kind, cell, output_dir)
-        memory = _StepMemory()
+        memory = PeakMemory(after_step=1)  # the steps after the warm-up one
         trainer.add_callback(memory)
         trainer.train()
         return {"tokens_per_s": clock.tokens / (clock.end - clock.start), "peak_growth": memory.peak_growth}
-
-
-class _StepMemory:
-    """A callback: peak memory of the training steps after the first, minus the memory held after the first.
-
-    The first step allocates what stays for the whole run (optimizer state, gradients, allocator pools) and is the
-    same for both trainers; what differs is the transient memory of a step (activations, logits and their gradients).
-    """
-
-    def __new__(cls):
-        from transformers import TrainerCallback
-
-        class StepMemory(TrainerCallback):
-            base = None
-            peak_growth = None
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step != 1:
-                    return
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    self.base = torch.cuda.memory_allocated()
-                else:
-                    _reset_peak_rss()
-                    self.base = _rss_bytes()
-
-            def on_train_end(self, args, state, control, **kwargs):
-                peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_since_reset()
-                self.peak_growth = peak - self.base
-
-        return StepMemory()
-
-
-def _reset_peak_rss() -> None:
-    """Reset the process's peak RSS (``VmHWM``) to its current RSS."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-
-
-def _peak_rss_since_reset() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM line: the peak RSS cannot be read on this system.")
-
-
-def measure_in_subprocess(kind: str, cell: dict) -> dict:
-    """``measure`` in a fresh interpreter, so that its peak RSS belongs to this run alone."""
-    code = f"import json; from benchmarks.bench_memory import measure; print(json.dumps(measure({kind!r}, {cell!r})))"
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    # glibc gives freed blocks above 1 MiB back to the system at once, so that RSS follows the live tensors (with its
-    # default, growing mmap threshold, freed activations stay resident and later peaks hide in them).
-    env.update(MALLOC_MMAP_THRESHOLD_="1048576", MALLOC_TRIM_THRESHOLD_="1048576")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{kind} {cell} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def kinds() -> tuple[str, ...]:
@@ -192,7 +135,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for index, cell in enumerate(cells(quick)):
         order = kinds() if index % 2 == 0 else tuple(reversed(kinds()))
-        results = {kind: measure(kind, cell) if cuda else measure_in_subprocess(kind, cell) for kind in order}
+        results = {kind: measure(kind, cell) if cuda else measure_in_subprocess(MODULE, kind, cell) for kind in order}
         shape = (
             f"seq {cell['seq']}, batch 1, vocab {cell['vocab']:,}, {cell['layers']} layers, gradient checkpointing "
             f"{'on' if cell['checkpointing'] else 'off'}"

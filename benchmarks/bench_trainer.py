@@ -3,9 +3,9 @@
 Same LoRA model, data, batch and steps; the runs alternate (A B A B ...) in one process and the median is reported.
 
 - throughput: trained tokens (attention-mask sum) per second of `train()` after one warm-up step;
-- peak memory: on CUDA, `torch.cuda.max_memory_allocated` during `train()`; on CPU, the growth of the process's peak
-  RSS (`ru_maxrss`) during `train()`, measured in a fresh subprocess per run (the peak RSS of a process never goes
-  down, so it cannot be compared within one process).
+- peak memory: the peak during `train()` minus the memory held when it began (`benchmarks.peak_memory`: on CUDA
+  `torch.cuda.max_memory_allocated`, on CPU the peak RSS reset at the start of `train()`, in a fresh subprocess per
+  run).
 
 CPU: a small Llama (4 layers, hidden 256; a step takes tens of milliseconds, so timer noise stays small). CUDA: a
 randomly initialised Llama with SmolLM2-135M's shape, in bf16. ``bench_scaling`` reuses ``build`` and ``measure`` to
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+
+from benchmarks.peak_memory import PeakMemory, measure_in_subprocess
+
+MODULE = "benchmarks.bench_trainer"  # what `measure_in_subprocess` imports `measure` from
 
 VOCAB_WORDS = 256
 
@@ -174,32 +176,10 @@ def measure(kind: str, cfg: dict) -> dict:
     """Train once; tokens/s after warm-up and peak memory growth (bytes) during `train()`."""
     with tempfile.TemporaryDirectory() as output_dir:
         trainer, clock = build(kind, cfg, output_dir)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_bytes()
+        memory = PeakMemory(after_step=0)  # the whole of train()
+        trainer.add_callback(memory)
         trainer.train()
-        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _peak_rss_bytes()
-        return {"tokens_per_s": clock.tokens / (clock.end - clock.start), "peak_growth": peak - base}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def measure_in_subprocess(kind: str, cfg: dict) -> dict:
-    """``measure`` in a fresh interpreter, so that its peak RSS belongs to this run alone."""
-    code = f"import json; from benchmarks.bench_trainer import measure; print(json.dumps(measure({kind!r}, {cfg!r})))"
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return {"tokens_per_s": clock.tokens / (clock.end - clock.start), "peak_growth": memory.peak_growth}
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -217,7 +197,7 @@ def run(quick: bool = False) -> list[dict]:
         results = {peer: [], ours: []}
         for repeat in range(repeats):
             for kind in (peer, ours) if repeat % 2 == 0 else (ours, peer):
-                results[kind].append(measure(kind, cfg) if cuda else measure_in_subprocess(kind, cfg))
+                results[kind].append(measure(kind, cfg) if cuda else measure_in_subprocess(MODULE, kind, cfg))
         speed = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
         memory = {k: statistics.median(r["peak_growth"] for r in v) for k, v in results.items()}
         shape = f"batch {cfg['batch']}, seq <= {cfg['seq']}, {cfg['steps']} steps, median of {repeats} alternated runs"

@@ -3,8 +3,8 @@ hypernetwork (HyperLoRA) fine-tuning, over several seeds, on sentences about hel
 
 For each domain (BOLD axis) the records are split by person once (``--split_seed``), so every method and seed is
 measured on the same held-out people; the base model is measured once; then each (method, seed) cell trains an adapter
-with ``hf_egt.apps.demo.train_adapter`` (the seed sets the adapter's initialisation and the data order) and measures
-per-group perplexity with ``hf_egt.integrations.evaluation.evaluate_causal_lm``. The held-out domain
+with the demo's recipe ``hf_egt.apps.recipe.train_adapter`` (the seed sets the adapter's initialisation and the data
+order) and measures per-group perplexity with ``hf_egt.integrations.evaluation.evaluate_causal_lm``. The held-out domain
 (``--held_out_domain``) runs last and is reported in its own section: it is not looked at while choosing settings.
 
 Outputs in ``--output_dir``: ``cells/<domain>/<method>/seed<k>.json`` (one per cell; ``--resume`` skips cells whose
@@ -312,13 +312,6 @@ def fit_hyper_context(model, tokenizer, texts: Sequence[str], max_length: int):
     return model.set_context(**batch.to(device))
 
 
-def _counts(groups) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for group in groups:
-        counts[str(group)] = counts.get(str(group), 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def run_cell(
     model,
     tokenizer,
@@ -342,7 +335,7 @@ def run_cell(
     the held-out people. The ``erm`` cell then also stores its per-example training losses (``dro_excess``'s
     reference).
     """
-    from hf_egt.apps.demo import lora_config, train_adapter
+    from hf_egt.apps.recipe import lora_config, train_adapter
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     objective, hyper, overrides = METHOD_SPECS[method]
@@ -472,8 +465,8 @@ def run_quality(
     validation split of the training people (see ``run_cell``)."""
     from tqdm.auto import tqdm
 
-    from hf_egt.apps.demo import load_cached_smollm2
-    from hf_egt.apps.offline import load_bold_records
+    from hf_egt.apps.offline import load_bold_records, load_cached_smollm2
+    from hf_egt.core.groups import label_counts
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     unknown = sorted(set(methods) - set(METHOD_SPECS))
@@ -519,9 +512,9 @@ def run_quality(
                 name=f"{domain}/base",
             )
             payload = {"domain": domain, "result": base, "eval_s": time.perf_counter() - base_started}
-            payload |= {"train_counts": _counts(train["group"]), "eval_counts": _counts(test["group"])}
+            payload |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(test["group"])}
             if validation is not None:
-                payload["validation_counts"] = _counts(validation["group"])
+                payload["validation_counts"] = label_counts(validation["group"])
             _write_json(base_path(output_dir, domain), payload)
         for method, seed in todo:
             progress.set_postfix_str(f"{domain}/{method}/seed{seed}")
@@ -655,7 +648,7 @@ def write_results(
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from hf_egt.apps.demo import DEFAULT
+    from hf_egt.apps.recipe import DEFAULT
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -702,7 +695,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from hf_egt.apps.demo import DEFAULT
+    from hf_egt.apps.recipe import DEFAULT
 
     return replace(
         DEFAULT,

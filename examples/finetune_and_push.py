@@ -10,8 +10,11 @@ adapter -> write a model card with the per-group table and plot -> push to the H
         --hub_model_id your-name/smollm2-135m-egt          # needs HF_TOKEN (or `hf auth login`)
 
 Offline dry run (no Hub access, nothing pushed): `--model_name_or_path` a local folder or .gguf file, `--dataset
-bold-gender`, and leave out `--hub_model_id`. The same run from the command line: `hf-egt train ... --push_to_hub`.
-Multi-GPU: `accelerate launch examples/finetune_and_push.py ...`.
+bold-gender`, and leave out `--hub_model_id`. Multi-GPU: `accelerate launch examples/finetune_and_push.py ...`.
+
+This is the library's loop, in the few calls a user copies (`EGTTrainer.evaluate_groups`, `write_report`,
+`build_model_card`, `push_folder_to_hub`). `hf-egt train ... --push_to_hub` runs the same loop with every check a
+command line needs (output folder, resume, split record, left-out groups) before the model loads.
 """
 
 import argparse
@@ -23,8 +26,8 @@ from pathlib import Path
 from peft import LoraConfig
 
 from hf_egt import EGTConfig, EGTTrainer
-from hf_egt.apps.cli import load_checked_causal_lm, run_from_eval_metrics
 from hf_egt.apps.data import load_grouped_dataset
+from hf_egt.apps.offline import load_causal_lm
 from hf_egt.integrations.evaluation import write_report
 from hf_egt.integrations.hub import build_model_card, push_folder_to_hub, resolve_hub_token
 
@@ -63,7 +66,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Fail before any download or training: token, dataset, columns, groups, model head.
+    # Fail before any model download or training: token, dataset, columns, groups.
     token = resolve_hub_token(args.hub_token) if args.hub_model_id else args.hub_token
     train, evaluation, groups = load_grouped_dataset(
         args.dataset,
@@ -76,7 +79,7 @@ def main(argv=None):
         token=token,
         seed=args.seed,
     )
-    model, tokenizer = load_checked_causal_lm(args.model_name_or_path)
+    model, tokenizer = load_causal_lm(args.model_name_or_path)  # a Hub id, a folder or a .gguf file
 
     config = EGTConfig(
         output_dir=args.output_dir,
@@ -110,9 +113,9 @@ def main(argv=None):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    runs = {"base": run_from_eval_metrics(trainer.evaluate())}  # LoRA starts at B = 0: the base model
+    runs = {"base": trainer.evaluate_groups()}  # LoRA starts at B = 0: the base model
     trainer.train()
-    runs[args.objective] = run_from_eval_metrics(trainer.evaluate())
+    runs[args.objective] = trainer.evaluate_groups()
 
     output_dir = Path(args.output_dir)
     trainer.save_model(str(output_dir))  # the peft adapter (save_pretrained)

@@ -414,6 +414,8 @@ def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_u
     [(folder, repo_id, card)] = calls
     assert (folder, repo_id) == (str(tmp_path / "out"), "me/digits-lora")
     assert f"base_model: {class_conditional_unet}" in card and "`reweight` group objective" in card
+    assert "# me/digits-lora" in card and "| group | final weight (mean over noise buckets) |" in card
+    assert "library_name: peft" in card and "PeftModel.from_pretrained(UNet2DModel" in card
     assert (tmp_path / "out" / "README.md").read_text() == card
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 

@@ -143,6 +143,29 @@ def test_model_card_metadata_table_and_model_index():
     assert "hf-egt train --dataset me/bios" in text and "min-max group DRO" in text
 
 
+def test_model_card_without_runs_has_its_sections_and_no_report():
+    """The diffusion script's card: nothing measured, so no EGT table and no model-index; its own sections."""
+    from hf_egt.integrations.hub import build_model_card
+
+    card = build_model_card(
+        base_model="me/unet",
+        runs={},
+        objective="minmax",
+        model_name="digits-lora",
+        pipeline_tag="unconditional-image-generation",
+        description="LoRA on a UNet.",
+        sections={"Group weights": "| group | final weight |\n|---|---|\n| 0 | 0.5000 |"},
+    )
+    meta = _front_matter(str(card))
+    assert meta["base_model"] == "me/unet" and "model-index" not in meta and "model_name" not in meta
+    text = card.text
+    assert "EGT) report" not in text and "Gap = worst group" not in text
+    assert "# digits-lora\n\nLoRA on a UNet.\n\n## Group weights\n\n| group | final weight |" in text
+    assert text.index("## Group weights") < text.index("## Training")
+    with_runs = build_model_card(base_model="m", runs=RUNS, objective="erm", model_name="x", sections={"Notes": "n"})
+    assert with_runs.text.index("EGT) report") < with_runs.text.index("## Notes\n\nn\n\n## Training")
+
+
 def test_model_card_rejects_unknown_result_run():
     from hf_egt.integrations.hub import build_model_card
 

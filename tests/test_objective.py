@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_egt import OBJECTIVE_MODES, GroupObjective
-from hf_egt.core.objective import exponentiated_gradient_step, group_means, group_sums, weighted_group_loss
+from hf_egt.core.groups import group_means, group_sums
+from hf_egt.core.objective import exponentiated_gradient_step, weighted_group_loss
 
 LOSSES = torch.tensor([1.0, 3.0, 2.0, 6.0, 4.0])
 GROUPS = ["a", "a", "b", "b", "b"]  # group means: a = 2, b = 4

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from hf_egt import EGTConfig, EGTTrainer
 from hf_egt.integrations.trainer import DataCollatorForCausalLM
@@ -83,6 +84,74 @@ def test_held_out_losses_drive_the_weights(tmp_path):
     group_losses = [updates[0]["group_update_group_loss/a"], updates[0]["group_update_group_loss/b"]]
     expected = [math.exp(eta * loss) for loss in group_losses]
     assert trainer.objective.weights.tolist() == pytest.approx([e / sum(expected) for e in expected], rel=1e-6)
+
+
+def old_on_step_end(self, args, state, control, **kwargs):
+    """The callback's update before it reused the scheduled evaluation: always a pass of its own."""
+    if state.global_step % args.group_update_steps == 0:
+        self.trainer.update_weights_from_eval()
+    return control
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_held_out_update_reuses_the_scheduled_evaluation(tmp_path, monkeypatch, as_dict):
+    """Where the update and the scheduled evaluation meet (steps 2 and 4; step 3 has the update alone), the update
+    takes the evaluation's group sums: one pass over the split instead of two, and the same weights at every step."""
+    from hf_egt.integrations.trainer.egt_trainer import GroupWeightsFromEvalCallback
+
+    held_out = group_dataset({"a": 4, "b": 3}, seed=1)
+    eval_dataset = {"validation": held_out, "other": group_dataset({"a": 2, "b": 2}, seed=2)} if as_dict else held_out
+
+    def run(folder):
+        args = config(
+            tmp_path / folder,
+            group_update_dataset="validation" if as_dict else "eval",
+            group_update_steps=1,
+            eval_strategy="steps",
+            eval_steps=2,
+            max_steps=4,
+        )
+        trainer = EGTTrainer(
+            model=tiny_llama(),
+            args=args,
+            train_dataset=group_dataset({"a": 20, "b": 12}, seed=0),
+            eval_dataset=eval_dataset,
+            peft_config=lora(),
+        )
+        passes, weights = [], []
+        loop = trainer.evaluation_loop
+
+        def counted_loop(dataloader, *args, **kwargs):
+            passes.append((trainer.state.global_step, len(dataloader.dataset)))
+            return loop(dataloader, *args, **kwargs)
+
+        trainer.evaluation_loop = counted_loop
+        trainer.add_callback(WeightsAtStepBegin(trainer, weights))
+        trainer.train()
+        return trainer, passes, weights
+
+    class WeightsAtStepBegin(TrainerCallback):
+        def __init__(self, trainer, weights):
+            self.trainer, self.weights = trainer, weights
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.weights.append(self.trainer.objective.weights.clone())
+
+    new, new_passes, new_weights = run("new")
+    monkeypatch.setattr(GroupWeightsFromEvalCallback, "on_step_end", old_on_step_end)
+    old, old_passes, old_weights = run("old")
+
+    assert new.objective.step == old.objective.step == 4  # one update per step, in both
+    split = len(held_out)
+    # the old callback passed over the split at every step, and the scheduled evaluation again at steps 2 and 4
+    assert [step for step, size in old_passes if size == split].count(2) == 2
+    assert [step for step, size in new_passes if size == split] == [1, 2, 3, 4]
+    assert len(old_passes) - len(new_passes) == 2
+    assert len(new_weights) == len(old_weights) == 4
+    for new_step, old_step in zip(new_weights, old_weights):
+        torch.testing.assert_close(new_step, old_step, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(new.objective.weights, old.objective.weights, rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(new.objective.weights, torch.full((2,), 0.5, dtype=torch.float64))  # it moved
 
 
 def test_group_update_dataset_must_be_an_eval_dataset(tmp_path):

@@ -16,7 +16,7 @@ from benchmarks.quality_bold import (
     summarize_cells,
     summarize_domain,
 )
-from hf_egt.apps.demo import DEFAULT, lora_config
+from hf_egt.apps.recipe import DEFAULT, lora_config
 from tests.trainer_utils import tiny_bpe_llama
 
 GROUPS = ("a", "b", "c")

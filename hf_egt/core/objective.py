@@ -47,31 +47,14 @@ from dataclasses import dataclass
 
 import torch
 
-OBJECTIVE_MODES = ("erm", "reweight", "minmax", "worst", "ema")
+from hf_egt.core.groups import group_means, group_sums
+
 LOSS_ESTIMATES = ("batch", "last", "ema")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pure functions: tensor in, tensor out.
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def group_sums(
-    values: torch.Tensor, group_ids: torch.Tensor, num_groups: int, example_weights: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group weighted sums of ``values`` and per-group total weights (counts when unweighted).
-
-    Returns two float tensors of shape ``(num_groups,)``; a group absent from the batch gets 0 in both.
-    """
-    weights = torch.ones_like(values) if example_weights is None else example_weights.to(values.dtype)
-    sums = values.new_zeros(num_groups).index_add(0, group_ids, values * weights)
-    counts = values.new_zeros(num_groups).index_add(0, group_ids, weights)
-    return sums, counts
-
-
-def group_means(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per-group means ``sums / counts``, with 0 for groups of zero count."""
-    return torch.where(counts > 0, sums / counts.clamp_min(torch.finfo(sums.dtype).tiny), torch.zeros_like(sums))
 
 
 def exponentiated_gradient_step(
@@ -146,6 +129,124 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(reduced, op=torch.distributed.ReduceOp.SUM)
         tensor = reduced.to(tensor.device)
     return tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Modes: how each one sets the group weights.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class ObjectiveMode:
+    """How one mode of ``GroupObjective`` sets the group weights ``q``: the weights its state holds, the weights it
+    applies to a batch (or window) with given group counts, and how it folds group losses into its state.
+
+    The base class is the static case: uniform state weights, no state update.
+    """
+
+    def state_weights(self, objective: GroupObjective) -> torch.Tensor:
+        """The weights held in ``objective``'s state (``GroupObjective.weights``)."""
+        return torch.full((objective.num_groups,), 1.0 / objective.num_groups, dtype=torch.float64)
+
+    def step_weights(self, objective: GroupObjective, counts: torch.Tensor) -> torch.Tensor:
+        """The weights applied to a batch (or window) with these group counts (on ``counts``' device)."""
+        return self.state_weights(objective).to(counts.device)
+
+    def update(
+        self, objective: GroupObjective, group_losses: torch.Tensor, present: torch.Tensor, adjustment: torch.Tensor
+    ) -> None:
+        """Fold one batch's (or window's) group losses, already checked finite, into ``objective``'s state."""
+
+
+class ERMMode(ObjectiveMode):
+    """``q_g = n_g / n``: the plain (token-)mean over all examples."""
+
+    def step_weights(self, objective, counts):
+        return counts / counts.sum().clamp_min(torch.finfo(counts.dtype).tiny)
+
+
+class ReweightMode(ObjectiveMode):
+    """``q_g = 1 / |present groups|``: inverse group frequency (importance reweighting)."""
+
+    def step_weights(self, objective, counts):
+        present = counts > 0
+        return present.double() / present.sum().clamp_min(1)
+
+
+class MinMaxMode(ObjectiveMode):
+    """Exponentiated-gradient group DRO on the groups' scores (``loss_estimate``), with the adjustment and floor."""
+
+    def state_weights(self, objective):
+        return objective.log_weights.exp()
+
+    def update(self, objective, group_losses, present, adjustment):
+        if objective.loss_estimate == "batch":
+            scores, included = group_losses * present, present
+        else:
+            decay = objective.ema_decay if objective.loss_estimate == "ema" else 0.0
+            objective.ema_losses, objective.ema_initialized = track_group_losses(
+                objective.ema_losses, objective.ema_initialized, group_losses, present, decay
+            )
+            scores, included = objective.ema_losses, objective.ema_initialized
+        if objective.group_sizes is not None:
+            exponent = scores * included + adjustment
+            included = torch.ones_like(included)
+        else:
+            exponent = (scores + adjustment) * included
+        log_weights = exponentiated_gradient_step(objective.log_weights, exponent, included, objective.step_size)
+        objective.log_weights = mix_with_uniform(log_weights.exp(), objective.weight_floor).log()
+
+
+class EMAMode(ObjectiveMode):
+    """``q = softmax(ema(L) / temperature)``, mixed with uniform by the floor."""
+
+    decay_attribute: str | None = "ema_decay"
+
+    def state_weights(self, objective):
+        return mix_with_uniform(
+            torch.softmax(objective.ema_losses / objective.temperature, dim=0), objective.weight_floor
+        )
+
+    def update(self, objective, group_losses, present, adjustment):
+        decay = getattr(objective, self.decay_attribute) if self.decay_attribute else 0.0
+        objective.ema_losses, objective.ema_initialized = track_group_losses(
+            objective.ema_losses, objective.ema_initialized, group_losses + adjustment, present, decay
+        )
+
+
+class WorstMode(EMAMode):
+    """All weight on the present group with the largest last-seen loss (an EMA with decay 0); a group never seen
+    ranks first."""
+
+    decay_attribute = None
+
+    def state_weights(self, objective):
+        every_group = torch.ones(objective.num_groups, dtype=torch.bool)
+        return mix_with_uniform(self.one_hot(objective, every_group), objective.weight_floor)
+
+    def step_weights(self, objective, counts):
+        weights = self.one_hot(objective, (counts > 0).cpu())
+        return mix_with_uniform(weights, objective.weight_floor).to(counts.device)
+
+    @staticmethod
+    def one_hot(objective: GroupObjective, present: torch.Tensor) -> torch.Tensor:
+        """One-hot on the present group with the largest last-seen loss (never-seen groups rank first)."""
+        if not present.any():
+            return torch.zeros(objective.num_groups, dtype=torch.float64)
+        losses = objective.ema_losses
+        scores = torch.where(objective.ema_initialized, losses, torch.full_like(losses, math.inf))
+        scores = torch.where(present, scores, torch.full_like(scores, -math.inf))
+        return torch.nn.functional.one_hot(scores.argmax(), objective.num_groups).to(torch.float64)
+
+
+# name -> mode, as ``hf_egt.core.metrics.DIVERGENCES`` is for divergences; a new mode is one class and one entry.
+OBJECTIVE_MODE_RULES: dict[str, ObjectiveMode] = {
+    "erm": ERMMode(),
+    "reweight": ReweightMode(),
+    "minmax": MinMaxMode(),
+    "worst": WorstMode(),
+    "ema": EMAMode(),
+}
+OBJECTIVE_MODES = tuple(OBJECTIVE_MODE_RULES)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -309,15 +410,7 @@ class GroupObjective:
     @property
     def weights(self) -> torch.Tensor:
         """The adaptive group weights ``q`` held in the state (``minmax``, ``ema``, ``worst``; uniform otherwise)."""
-        if self.mode == "minmax":
-            return self.log_weights.exp()
-        if self.mode == "ema":
-            return mix_with_uniform(self._ema_weights(), self.weight_floor)
-        if self.mode == "worst":
-            return mix_with_uniform(
-                self._worst_weights(torch.ones(self.num_groups, dtype=torch.bool)), self.weight_floor
-            )
-        return torch.full((self.num_groups,), 1.0 / self.num_groups, dtype=torch.float64)
+        return OBJECTIVE_MODE_RULES[self.mode].state_weights(self)
 
     def encode(self, group_labels, device: torch.device | None = None) -> torch.Tensor:
         """Map group labels (a sequence) or ids (a tensor) to ids; an unknown label raises ``ValueError`` naming it and
@@ -536,27 +629,9 @@ class GroupObjective:
     def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return all_reduce_sum(tensor) if self.reduce_across_processes else tensor
 
-    def _ema_weights(self) -> torch.Tensor:
-        return torch.softmax(self.ema_losses / self.temperature, dim=0)
-
     def _step_weights(self, counts: torch.Tensor) -> torch.Tensor:
         """The weights ``q`` applied to a batch (or window) with these group counts."""
-        present = counts > 0
-        if self.mode == "erm":
-            return counts / counts.sum().clamp_min(torch.finfo(counts.dtype).tiny)
-        if self.mode == "reweight":
-            return present.double() / present.sum().clamp_min(1)
-        if self.mode == "worst":
-            return mix_with_uniform(self._worst_weights(present.cpu()), self.weight_floor).to(counts.device)
-        return self.weights.to(counts.device)
-
-    def _worst_weights(self, present: torch.Tensor) -> torch.Tensor:
-        """One-hot on the present group with the largest last-seen loss (never-seen groups rank first)."""
-        if not present.any():
-            return torch.zeros(self.num_groups, dtype=torch.float64)
-        scores = torch.where(self.ema_initialized, self.ema_losses, torch.full_like(self.ema_losses, math.inf))
-        scores = torch.where(present, scores, torch.full_like(scores, -math.inf))
-        return torch.nn.functional.one_hot(scores.argmax(), self.num_groups).to(torch.float64)
+        return OBJECTIVE_MODE_RULES[self.mode].step_weights(self, counts)
 
     def _update(self, group_losses: torch.Tensor, counts: torch.Tensor) -> None:
         """Fold one batch's (or window's) group losses (or excess-loss scores) into the state."""
@@ -569,27 +644,7 @@ class GroupObjective:
             adjustment = generalization_adjustment(self.group_sizes, self.adjustment)
         else:
             adjustment = generalization_adjustment(counts, self.adjustment)
-        if self.mode == "minmax":
-            if self.loss_estimate == "batch":
-                scores, included = group_losses * present, present
-            else:
-                decay = self.ema_decay if self.loss_estimate == "ema" else 0.0
-                self.ema_losses, self.ema_initialized = track_group_losses(
-                    self.ema_losses, self.ema_initialized, group_losses, present, decay
-                )
-                scores, included = self.ema_losses, self.ema_initialized
-            if self.group_sizes is not None:
-                exponent = scores * included + adjustment
-                included = torch.ones_like(included)
-            else:
-                exponent = (scores + adjustment) * included
-            log_weights = exponentiated_gradient_step(self.log_weights, exponent, included, self.step_size)
-            self.log_weights = mix_with_uniform(log_weights.exp(), self.weight_floor).log()
-        elif self.mode in ("ema", "worst"):  # `worst` keeps the last seen loss: an EMA with decay 0
-            decay = self.ema_decay if self.mode == "ema" else 0.0
-            self.ema_losses, self.ema_initialized = track_group_losses(
-                self.ema_losses, self.ema_initialized, group_losses + adjustment, present, decay
-            )
+        OBJECTIVE_MODE_RULES[self.mode].update(self, group_losses, present, adjustment)
         self.step += 1
 
 

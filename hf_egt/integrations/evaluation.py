@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
-from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, summarize_groups
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, runs_table, summarize_groups
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -171,9 +171,11 @@ def embedding_egt(
     seed: int = 0,
     **estimator_kwargs,
 ) -> dict:
-    """EGT report (``hf_egt.core.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``.
+    """EGT report (``hf_egt.core.metrics.egt_report``) of generated vs real sentences embedded by ``feature_model``
+    (the one embed-then-report of the library, the evaluate module's included).
 
-    ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair.
+    ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair;
+    ``None`` when ``real_texts`` and ``generated_texts`` are embeddings already (arrays of shape ``(n, dim)``).
     The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
@@ -192,9 +194,12 @@ def embedding_egt(
             f"({minimum} per group and side, hf_egt.core.metrics.minimum_samples); pass more texts per group."
         )
 
-    encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
-    real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
-    generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
+    if feature_model is None:
+        real, generated = real_texts, generated_texts
+    else:
+        encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
+        real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
+        generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
     return egt_report(
         real,
         list(real_groups),
@@ -301,23 +306,6 @@ def _prompt_rows(groups: Sequence[str], max_per_group: int | None, seed: int) ->
             rows = [rows[i] for i in order.tolist()]
         chosen.extend(rows)
     return sorted(chosen)
-
-
-def runs_table(runs: Mapping[str, Mapping], key: str = "per_group", value_format: str = "{:.2f}") -> str:
-    """Markdown table: one row per group, one column per run, then gap, worst group and overall rows."""
-    names = list(runs)
-    groups = sorted({group for run in runs.values() for group in run[key]})
-    lines = ["| group | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    for group in groups:
-        cells = [value_format.format(runs[name][key][group]) if group in runs[name][key] else "" for name in names]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| **gap (max − min)** | " + " | ".join(f"**{value_format.format(runs[n]['gap'])}**" for n in names) + " |"
-    )
-    lines.append("| worst group | " + " | ".join(str(runs[n]["worst_group"]) for n in names) + " |")
-    if all("overall" in runs[n] for n in names):
-        lines.append("| overall | " + " | ".join(value_format.format(runs[n]["overall"]) for n in names) + " |")
-    return "\n".join(lines)
 
 
 def plot_runs(

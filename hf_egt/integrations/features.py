@@ -7,16 +7,12 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from hf_egt.core.losses import masked_mean
+
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def mean_pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the token states over the non-padding positions (sentence-transformers' mean pooling)."""
-    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
 def load_text_encoder(model_name_or_path) -> tuple:
@@ -65,7 +61,7 @@ def embed_texts(
             return_tensors="pt",
         ).to(device)
         hidden_states = model(**batch).last_hidden_state
-        pooled = mean_pool(hidden_states, batch["attention_mask"]).float()
+        pooled = masked_mean(hidden_states, batch["attention_mask"])[0].float()  # sentence-transformers' mean pooling
         if normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         embeddings.append(pooled.cpu())

@@ -23,7 +23,7 @@ _CARD_TEMPLATE = """---
 
 {{ description }}
 
-## Equalized Generative Treatment (EGT) report
+{% if table %}## Equalized Generative Treatment (EGT) report
 
 {{ metric_sentence }}
 
@@ -34,7 +34,11 @@ _CARD_TEMPLATE = """---
 Gap = worst group − best group; a fairer model has a smaller gap without a worse overall value. These numbers are
 the only claim this card makes: one run, measured on held-out rows{{ held_out_sentence }}.
 
-## Training
+{% endif %}{% for title, body in sections %}## {{ title }}
+
+{{ body }}
+
+{% endfor %}## Training
 
 - Base model: `{{ base_model }}`
 - Dataset: {{ dataset }}{{ group_sentence }}
@@ -128,13 +132,15 @@ def build_model_card(
     settings: Mapping[str, object] | None = None,
     dropped: Sequence[str] = (),
     held_out: str | None = None,
+    sections: Mapping[str, str] | None = None,
 ):
     """A ``huggingface_hub.ModelCard`` with the EGT report of one or several runs.
 
     Args:
         base_model: the Hub id (or path) of the model the adapter applies to (YAML ``base_model``).
         runs: run name -> ``{"per_group", "gap", "worst_group", "overall"}`` (e.g. ``{"base": ..., "minmax": ...}``);
-            every run is a column of the card's table.
+            every run is a column of the card's table. Empty: a card without an EGT report (nothing was measured,
+            e.g. the diffusion script's), and without ``model-index`` results.
         objective: the training objective (``erm``, ``minmax``...).
         model_name: the card's title and the ``model-index`` name (usually the repo id).
         result_run: the run whose numbers go into ``model-index`` (default: the last run).
@@ -150,13 +156,14 @@ def build_model_card(
         settings: the training settings that produced the numbers (learning rate, steps, seed...), listed as is.
         dropped: what was left out of training or evaluation (groups, rows), repeated from the report.
         held_out: how the evaluated rows were held out (e.g. "20% of each group, seed 42; see split.json").
+        sections: further sections, title -> markdown body, after the EGT report (e.g. the final group weights).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hf_egt.integrations.evaluation import runs_table
+    from hf_egt.core.metrics import runs_table
 
-    result_run = result_run or list(runs)[-1]
-    if result_run not in runs:
+    result_run = result_run or (list(runs)[-1] if runs else None)
+    if runs and result_run not in runs:
         raise ValueError(f"`result_run` {result_run!r} is not one of the runs {list(runs)}.")
     all_tags = list(dict.fromkeys([*BASE_TAGS, *tags, objective]))
     hub_dataset = dataset if dataset and "/" in dataset and not Path(dataset).exists() else None
@@ -167,8 +174,10 @@ def build_model_card(
         tags=all_tags,
         datasets=[hub_dataset] if hub_dataset else None,
         license=license,
-        model_name=model_name,
-        eval_results=_eval_results(runs[result_run], metric=metric, dataset=dataset, task_type=task_type),
+        model_name=model_name if runs else None,  # YAML `model_name` only goes with `model-index` results
+        eval_results=_eval_results(runs[result_run], metric=metric, dataset=dataset, task_type=task_type)
+        if runs
+        else None,
     )
     reproduce = f"Reproduce with:\n\n```bash\n{command}\n```" if command else ""
     if usage is None and library_name == "peft":
@@ -186,7 +195,8 @@ def build_model_card(
         "(hf-egt's own experiments have not found min-max to beat plain ERM on the worst group yet).",
         metric_sentence=f"{metric.capitalize()} per group on held-out data (lower is better); each column is a model"
         + (", `eval rows` the number of evaluated rows of each group." if eval_counts else "."),
-        table=_table_with_counts(runs_table(runs), eval_counts),
+        table=_table_with_counts(runs_table(runs), eval_counts) if runs else "",
+        sections=list((sections or {}).items()),
         held_out_sentence=f" ({held_out})" if held_out else "",
         settings="".join(f"- {key}: `{value}`\n" for key, value in (settings or {}).items()),
         dropped=("- Left out (not trained or not evaluated):\n" + "".join(f"  - {item}\n" for item in dropped))

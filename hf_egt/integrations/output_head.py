@@ -90,11 +90,9 @@ def _linear_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
         raise UnsupportedHeadError(f"the output embedding ({name}) has forward hooks, which the chunked path skips")
     if type(module) is nn.Linear:
         return module.weight, module.bias
-    try:
-        from peft.tuners.lora import Linear as LoraLinear
-        from peft.utils.other import ModulesToSaveWrapper
-    except ImportError:  # peft is optional
-        LoraLinear = ModulesToSaveWrapper = ()  # noqa: N806
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.utils.other import ModulesToSaveWrapper
+
     if isinstance(module, ModulesToSaveWrapper):
         active = module.active_adapters
         if module.disable_adapters or not active or any(name not in module.modules_to_save for name in active):

@@ -11,9 +11,7 @@ import evaluate
 import numpy as np
 from hf_egt.core.metrics import DIVERGENCES
 from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE
-from hf_egt.core.metrics import egt_report
-from hf_egt.integrations.features import embed_texts
-from hf_egt.integrations.features import load_text_encoder
+from hf_egt.integrations.evaluation import embedding_egt
 
 _CITATION = """\
 @article{verine2026egt,
@@ -130,19 +128,19 @@ class EGT(evaluate.Metric):
                 )
             if not all(isinstance(text, str) for text in references):
                 raise ValueError("`references` must be texts when `predictions` are texts.")
-            encoder = load_text_encoder(feature_model)
-            predictions = embed_texts(predictions, encoder)
-            references = embed_texts(references, encoder)
         else:
             predictions = np.asarray([np.asarray(vector, dtype=np.float32) for vector in predictions])
             references = np.asarray([np.asarray(vector, dtype=np.float32) for vector in references])
-        return egt_report(
+            feature_model = None  # already features
+        return embedding_egt(
             references,
             _labels(reference_groups),
             predictions,
             list(prediction_groups),
+            feature_model,
             divergence=divergence,
             n_bootstrap=n_bootstrap,
+            batch_size=64,  # embed_texts' default
             seed=seed,
             **estimator_kwargs,
         )

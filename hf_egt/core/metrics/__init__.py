@@ -15,7 +15,7 @@ from hf_egt.core.metrics.divergences import (
     total_variation_distance,
 )
 from hf_egt.core.metrics.frechet import frechet_distance, frechet_distance_from_moments, gaussian_moments
-from hf_egt.core.metrics.likelihood import likelihood_report
+from hf_egt.core.metrics.likelihood import group_likelihood, likelihood_report
 from hf_egt.core.metrics.plot import plot_report
 from hf_egt.core.metrics.prdc import prdc
 from hf_egt.core.metrics.quantized import fit_codebook, histogram_divergence, histogram_mauve, quantized_pr_curve
@@ -27,6 +27,7 @@ from hf_egt.core.metrics.report import (
     estimate,
     proportion_criteria,
     report_table,
+    runs_table,
 )
 from hf_egt.core.metrics.summary import summarize_groups
 from hf_egt.core.metrics.validation import minimum_samples
@@ -42,6 +43,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_moments",
     "gaussian_moments",
+    "group_likelihood",
     "histogram_divergence",
     "histogram_mauve",
     "jensen_shannon_divergence",
@@ -56,6 +58,7 @@ __all__ = [
     "quantized_pr_curve",
     "report_table",
     "reverse_kl_divergence",
+    "runs_table",
     "squared_hellinger_distance",
     "summarize_groups",
     "total_variation_distance",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from hf_egt.core.groups import group_means, group_sums
 from hf_egt.core.metrics.summary import summarize_groups
-from hf_egt.core.objective import group_means, group_sums
 
 
 def _as_vector(values, name: str) -> torch.Tensor:
@@ -25,6 +26,62 @@ def group_token_nll(nll_sums: torch.Tensor, token_counts: torch.Tensor, group_id
     nll, _ = group_sums(nll_sums, group_ids, num_groups)
     tokens, _ = group_sums(token_counts, group_ids, num_groups)
     return group_means(nll, tokens)
+
+
+def perplexity(nll_per_token: float) -> float:
+    """``exp(nll_per_token)``, ``inf`` beyond float range (not an ``OverflowError``)."""
+    try:
+        return math.exp(nll_per_token)  # NaN stays NaN
+    except OverflowError:
+        return math.inf
+
+
+def group_likelihood(
+    group_nll: torch.Tensor,
+    group_tokens: torch.Tensor,
+    groups: Sequence[str | int],
+    *,
+    total_nll: float | None = None,
+    total_tokens: float | None = None,
+) -> dict:
+    """Per-group NLL per token and perplexity from each group's summed NLL and token count: the one computation
+    behind ``likelihood_report``, the trainers' per-group evaluation metrics and ``hf-egt evaluate``.
+
+    Args:
+        group_nll: per group (in the order of ``groups``), the summed negative log-likelihood (nats) of its tokens.
+        group_tokens: per group, its number of scored tokens; a group with none gets NaN (the summaries skip it).
+        groups: the group labels.
+        total_nll, total_tokens: the totals behind ``overall`` when they were summed elsewhere (default: the sums of
+            ``group_nll`` and ``group_tokens``).
+
+    Returns:
+        ``{"nll": {...}, "perplexity": {...}}``, each with ``per_group`` and ``overall`` and, when a group has a
+        token, ``summarize_groups``'s ``gap``, ``ratio``, ``worst_group`` and ``best_group``.
+    """
+    group_nll = torch.as_tensor(group_nll, dtype=torch.float64).flatten()
+    group_tokens = torch.as_tensor(group_tokens, dtype=torch.float64).flatten()
+    groups = list(groups)
+    if not len(group_nll) == len(group_tokens) == len(groups):
+        raise ValueError(
+            f"`group_nll`, `group_tokens` and `groups` must have one entry per group, got lengths {len(group_nll)}, "
+            f"{len(group_tokens)} and {len(groups)}."
+        )
+    nll = {
+        group: float(total / count) if count > 0 else math.nan
+        for group, total, count in zip(groups, group_nll.tolist(), group_tokens.tolist())
+    }
+    total_nll = float(group_nll.sum()) if total_nll is None else float(total_nll)
+    total_tokens = float(group_tokens.sum()) if total_tokens is None else float(total_tokens)
+    overall = total_nll / total_tokens if total_tokens > 0 else math.nan
+    result = {}
+    for name, per_group, whole in (
+        ("nll", nll, overall),
+        ("perplexity", {group: perplexity(value) for group, value in nll.items()}, perplexity(overall)),
+    ):
+        scored = any(not math.isnan(value) for value in per_group.values())
+        summary = summarize_groups(per_group) if scored else {"per_group": per_group}
+        result[name] = {**summary, "overall": whole}
+    return result
 
 
 def likelihood_report(
@@ -56,7 +113,6 @@ def likelihood_report(
         raise ValueError("`token_counts` must be positive for every example (an example with no scored token).")
     names = list(dict.fromkeys(labels))
     group_ids = torch.tensor([names.index(label) for label in labels])
-    nll = group_token_nll(nll_sums, token_counts, group_ids, len(names))
 
     intervals = {name: [math.nan, math.nan] for name in names}
     if n_bootstrap:
@@ -75,14 +131,13 @@ def likelihood_report(
         bounds = torch.quantile(torch.stack(replicates), torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
         intervals = {name: [float(bounds[0, g]), float(bounds[1, g])] for g, name in enumerate(names)}
 
-    overall = float(nll_sums.sum() / token_counts.sum())
-    nll_summary = summarize_groups({name: float(nll[g]) for g, name in enumerate(names)})
-    ppl_summary = summarize_groups({name: math.exp(float(nll[g])) for g, name in enumerate(names)})
+    sums, _ = group_sums(nll_sums, group_ids, len(names))
+    tokens, _ = group_sums(token_counts, group_ids, len(names))
+    point = group_likelihood(sums, tokens, names, total_nll=nll_sums.sum(), total_tokens=token_counts.sum())
     return {
-        "nll": {**nll_summary, "overall": overall, "ci": intervals},
+        "nll": {**point["nll"], "ci": intervals},
         "perplexity": {
-            **ppl_summary,
-            "overall": math.exp(overall),
+            **point["perplexity"],
             "ci": {name: [math.exp(low), math.exp(high)] for name, (low, high) in intervals.items()},
         },
         "counts": {

@@ -7,7 +7,7 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -478,4 +478,21 @@ def report_table(report: dict, digits: int = 3) -> str:
         f"{sum(c['generated'] for c in report['counts'].values())} | {_format(report['overall'], digits)} "
         "| | | |"
     )
+    return "\n".join(lines)
+
+
+def runs_table(runs: Mapping[str, Mapping], key: str = "per_group", value_format: str = "{:.2f}") -> str:
+    """Markdown table: one row per group, one column per run, then gap, worst group and overall rows."""
+    names = list(runs)
+    groups = sorted({group for run in runs.values() for group in run[key]})
+    lines = ["| group | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for group in groups:
+        cells = [value_format.format(runs[name][key][group]) if group in runs[name][key] else "" for name in names]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **gap (max − min)** | " + " | ".join(f"**{value_format.format(runs[n]['gap'])}**" for n in names) + " |"
+    )
+    lines.append("| worst group | " + " | ".join(str(runs[n]["worst_group"]) for n in names) + " |")
+    if all("overall" in runs[n] for n in names):
+        lines.append("| overall | " + " | ".join(value_format.format(runs[n]["overall"]) for n in names) + " |")
     return "\n".join(lines)

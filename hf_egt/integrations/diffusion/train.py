@@ -420,25 +420,41 @@ def log_validation(accelerator, components, model, group_labels, prompts, args, 
 
 
 def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_size: int | None = None) -> str:
-    """A minimal model card: base model, data, objective and the final group weights (``context_size``: the number
-    of training images a hypernetwork's exported LoRA was generated from)."""
+    """The card (``hf_egt.integrations.hub.build_model_card``): base model, data, objective and the final group weights
+    (``context_size``: the number of training images a hypernetwork's exported LoRA was generated from)."""
+    from hf_egt.integrations.hub import build_model_card
+
     weights = objective.weights.mean(0).tolist()
     rows = "\n".join(f"| {g} | {w:.4f} |" for g, w in zip(objective.groups, weights))
+    stable_diffusion = kind == "stable-diffusion"
     load = (
         'pipeline.load_lora_weights("<this repo>")'
-        if kind == "stable-diffusion"
+        if stable_diffusion
         else 'PeftModel.from_pretrained(UNet2DModel.from_pretrained(base), "<this repo>")'
     )
-    return (
-        f"---\nbase_model: {args.pretrained_model_name_or_path}\nlibrary_name: "
-        f"{'diffusers' if kind == 'stable-diffusion' else 'peft'}\ntags:\n- lora\n- hf-egt\n- group-dro\n---\n\n"
-        f"# LoRA fine-tuned with hf-egt ({args.objective})\n\n"
+    description = (
         f"LoRA (rank {args.rank}) on `{args.pretrained_model_name_or_path}`, trained on `{args.dataset_name}` for "
         f"{objective.step} steps with the `{args.objective}` group objective over `{args.group_column}` "
-        f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`.\n\n"
-        f"{hyper_card_text(args, context_size) if args.hyper else ''}"
-        f"| group | final weight (mean over noise buckets) |\n|---|---|\n{rows}\n"
+        f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`."
     )
+    if args.hyper:
+        description += "\n\n" + hyper_card_text(args, context_size).strip()
+    card = build_model_card(
+        base_model=args.pretrained_model_name_or_path,
+        runs={},
+        objective=args.objective,
+        model_name=args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+        dataset=args.dataset_name,
+        group_column=args.group_column,
+        library_name="diffusers" if stable_diffusion else "peft",
+        pipeline_tag="text-to-image" if stable_diffusion else "unconditional-image-generation",
+        adapter_description=f"LoRA (rank {args.rank})",
+        description=description,
+        usage=f"```python\n{load}\n```",
+        settings={"steps": objective.step, "noise-level buckets": objective.num_buckets},
+        sections={"Group weights": f"| group | final weight (mean over noise buckets) |\n|---|---|\n{rows}"},
+    )
+    return str(card)
 
 
 def hyper_card_text(args, context_size: int | None) -> str:
@@ -451,22 +467,9 @@ def hyper_card_text(args, context_size: int | None) -> str:
 
 
 def push_to_hub(folder: str, repo_id: str, card_text: str) -> None:
-    """Upload ``folder`` with its card through ``hf_egt.integrations.hub``, else with ``huggingface_hub`` directly."""
-    try:
-        from hf_egt.integrations.hub import push_folder_to_hub
-    except ImportError:
-        from huggingface_hub import create_repo, upload_folder
+    """Upload ``folder`` with its card (``hf_egt.integrations.hub.push_folder_to_hub``)."""
+    from hf_egt.integrations.hub import push_folder_to_hub
 
-        with open(os.path.join(folder, "README.md"), "w") as handle:
-            handle.write(card_text)
-        repo_id = create_repo(repo_id, exist_ok=True).repo_id
-        upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message="hf-egt diffusion LoRA",
-            ignore_patterns=["checkpoint-*"],
-        )
-        return
     push_folder_to_hub(folder, repo_id, card_text)
 
 

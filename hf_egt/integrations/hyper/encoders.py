@@ -12,19 +12,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from hf_egt.core.losses import masked_mean
+
 
 class SetEmbedder(Protocol):
     def dim(self, base_model: nn.Module) -> int: ...
 
     def __call__(self, peft_model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor: ...
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over dimension 1 of `(N, T, D)` values, counting only positions where `mask` (`(N, T)`) is nonzero."""
-    if mask is None:
-        return values.mean(dim=1)
-    weights = mask.to(values.dtype).unsqueeze(-1)
-    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def _batch_argument(args: tuple, kwargs: dict[str, Any], name: str, position: int = 0) -> Any:
@@ -49,7 +43,7 @@ class InputEmbeddingsEmbedder:
             if input_ids is None:
                 raise ValueError("The set encoder needs `input_ids` or `inputs_embeds` in the batch.")
             embeddings = peft_model.get_base_model().get_input_embeddings()(input_ids)
-        return masked_mean(embeddings.float(), kwargs.get("attention_mask"))
+        return masked_mean(embeddings.float(), kwargs.get("attention_mask"))[0]
 
 
 class LastHiddenEmbedder:
@@ -71,7 +65,7 @@ class LastHiddenEmbedder:
                 raise ValueError("The set encoder needs `input_ids` or `inputs_embeds` in the batch.")
         with peft_model.disable_adapter():
             hidden = backbone(**inputs, use_cache=False).last_hidden_state
-        return masked_mean(hidden.float(), kwargs.get("attention_mask"))
+        return masked_mean(hidden.float(), kwargs.get("attention_mask"))[0]
 
 
 class UNetPooledEmbedder:

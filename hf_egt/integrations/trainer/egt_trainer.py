@@ -22,7 +22,6 @@ How the loss is computed, and why it is exact for any split of a batch:
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,8 +29,10 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from hf_egt.core.groups import group_means, group_sums
 from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, sequence_losses
-from hf_egt.core.objective import GroupObjective, group_means, group_sums
+from hf_egt.core.metrics.likelihood import group_likelihood, perplexity
+from hf_egt.core.objective import GroupObjective
 from hf_egt.core.samplers import group_sampler
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
@@ -59,21 +60,25 @@ def output_field(outputs, name: str):
 def group_eval_metrics(
     sums: torch.Tensor, counts: torch.Tensor, groups: Sequence[str | int], prefix: str
 ) -> dict[str, Any]:
-    """Per-group token-mean loss and perplexity, with their gap and worst group
-    (`hf_egt.core.metrics.summarize_groups`)."""
-    from hf_egt.core.metrics import summarize_groups
+    """Per-group token-mean loss and perplexity, with their gap and worst group, as flat metric names
+    (``<prefix>_group_loss/<g>``, ...) from the groups' summed losses and token counts
+    (`hf_egt.core.metrics.group_likelihood`)."""
+    return eval_metrics_from_likelihood(group_likelihood(sums, counts, groups), prefix)
 
-    losses = {g: (s / c).item() if c > 0 else math.nan for g, s, c in zip(groups, sums, counts)}
-    perplexities = {g: math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan for g, loss in losses.items()}
-    metrics = {f"{prefix}_group_loss/{g}": loss for g, loss in losses.items()}
-    metrics.update({f"{prefix}_group_perplexity/{g}": ppl for g, ppl in perplexities.items()})
-    if any(not math.isnan(loss) for loss in losses.values()):
-        loss_summary = summarize_groups(losses)
-        metrics[f"{prefix}_group_loss_gap"] = loss_summary["gap"]
-        metrics[f"{prefix}_group_perplexity_gap"] = summarize_groups(perplexities)["gap"]
-        metrics[f"{prefix}_worst_group_loss"] = losses[loss_summary["worst_group"]]
-        metrics[f"{prefix}_worst_group_perplexity"] = perplexities[loss_summary["worst_group"]]
-        metrics[f"{prefix}_worst_group"] = loss_summary["worst_group"]
+
+def eval_metrics_from_likelihood(likelihood: dict, prefix: str) -> dict[str, Any]:
+    """`group_likelihood`'s result as the flat metric names `Trainer.evaluate` logs (and `metric_for_best_model`
+    selects on)."""
+    losses, perplexities = likelihood["nll"], likelihood["perplexity"]
+    metrics = {f"{prefix}_group_loss/{g}": loss for g, loss in losses["per_group"].items()}
+    metrics.update({f"{prefix}_group_perplexity/{g}": ppl for g, ppl in perplexities["per_group"].items()})
+    if "worst_group" in losses:
+        worst = losses["worst_group"]
+        metrics[f"{prefix}_group_loss_gap"] = losses["gap"]
+        metrics[f"{prefix}_group_perplexity_gap"] = perplexities["gap"]
+        metrics[f"{prefix}_worst_group_loss"] = losses["per_group"][worst]
+        metrics[f"{prefix}_worst_group_perplexity"] = perplexities["per_group"][worst]
+        metrics[f"{prefix}_worst_group"] = worst
     return metrics
 
 
@@ -144,6 +149,8 @@ class EGTTrainerMixin:
         self._ple_values: list[float] = []
         self._eval_sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_eval_group_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        # metric_key_prefix -> `hf_egt.core.metrics.group_likelihood` of the last evaluation under that prefix
+        self.group_evaluations: dict[str, dict] = {}
 
     def _finish_setup(self) -> None:
         reference_column = self.args.group_reference_column if self.args.group_reference != "none" else None
@@ -230,11 +237,19 @@ class EGTTrainerMixin:
         should_log = self.control.should_log
         self.log(output.metrics)  # the losses behind the update, in the log history
         self.control.should_log = should_log  # `log` clears it: the step's own training log must still happen
-        sums, tokens = self._last_eval_group_sums
+        return self.update_weights_from_group_sums(*self._last_eval_group_sums)
+
+    def update_weights_from_group_sums(self, sums: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Update the group weights from an evaluation's per-group loss sums and token counts; returns them."""
         weights = self.objective.observe(group_means(sums, tokens), tokens)
         for group, weight in zip(self.objective.groups, weights):
             self._group_log[f"group_weight/{group}"] = weight.item()
         return weights
+
+    @property
+    def group_update_prefix(self) -> str:
+        """The metric key prefix under which the scheduled evaluation reports `group_update_dataset`."""
+        return f"eval_{self.args.group_update_dataset}" if isinstance(self.eval_dataset, dict) else "eval"
 
     # -- columns ------------------------------------------------------------------------------------------------------
 
@@ -361,8 +376,22 @@ class EGTTrainerMixin:
         finally:
             self._eval_sums = None
         self._last_eval_group_sums = (sums, tokens)
-        output.metrics.update(group_eval_metrics(sums, tokens, self.objective.groups, prefix))
+        likelihood = group_likelihood(sums, tokens, self.objective.groups)
+        self.group_evaluations[prefix] = likelihood
+        output.metrics.update(eval_metrics_from_likelihood(likelihood, prefix))
         return output
+
+    def evaluate_groups(self, eval_dataset=None, metric_key_prefix: str = "eval") -> dict:
+        """`evaluate`, returned as the per-group perplexity summary that reports and model cards show:
+        ``per_group``, ``gap``, ``ratio``, ``worst_group``, ``best_group`` (`group_likelihood`) and ``overall``,
+        ``exp`` of Trainer's ``<prefix>_loss`` (its mean over evaluation batches)."""
+        metrics = self.evaluate(eval_dataset, metric_key_prefix=metric_key_prefix)
+        run = dict(self.group_evaluations[metric_key_prefix]["perplexity"])
+        if "worst_group" not in run:
+            raise ValueError(f"The evaluation scored no token of any group {self.objective.groups}.")
+        if f"{metric_key_prefix}_loss" in metrics:
+            run["overall"] = perplexity(float(metrics[f"{metric_key_prefix}_loss"]))
+        return run
 
     def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.accelerator.num_processes == 1:
@@ -404,15 +433,51 @@ class EGTTrainerMixin:
 class GroupWeightsFromEvalCallback(TrainerCallback):
     """Every `group_update_steps` optimizer steps, update the group weights from the group losses of the validation
     split `group_update_dataset` (held-out-driven weights: a small group fitted fast on training data keeps its
-    weight while its held-out loss stays high). The update is in the objective's state, saved with checkpoints."""
+    weight while its held-out loss stays high). The update is in the objective's state, saved with checkpoints.
+
+    On a step where the scheduled evaluation passes over that split too (it runs after `on_step_end`, on the same
+    model), the update waits for it and uses its group sums (`on_evaluate`): one pass instead of two, the same weights.
+    They then show in the next training log (the step's own log is written before the evaluation).
+    """
 
     def __init__(self, trainer: EGTTrainerMixin):
         self.trainer = trainer
+        self._waiting_step: int | None = None  # a step whose update waits for the scheduled evaluation
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._update_if_still_waiting()
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % args.group_update_steps == 0:
-            self.trainer.update_weights_from_eval()
+            if control.should_evaluate:
+                self._waiting_step = state.global_step
+            else:
+                self.trainer.update_weights_from_eval()
         return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        groups = self.trainer.objective.groups
+        of_update_split = f"{self.trainer.group_update_prefix}_group_loss/{groups[0]}" in (metrics or {})
+        if self._waiting_step == state.global_step and of_update_split:
+            self._waiting_step = None
+            self.trainer.update_weights_from_group_sums(*self.trainer._last_eval_group_sums)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._update_if_still_waiting()
+        return control
+
+    def _update_if_still_waiting(self) -> None:
+        """The scheduled evaluation did not come (another callback cancelled it): run the update's own pass."""
+        if self._waiting_step is not None:
+            logger.warning(
+                "The evaluation scheduled at step %d did not run; group weights updated from their own pass over %r.",
+                self._waiting_step,
+                self.trainer.args.group_update_dataset,
+            )
+            self._waiting_step = None
+            self.trainer.update_weights_from_eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

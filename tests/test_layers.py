@@ -1,0 +1,119 @@
+"""The package's layers point down: ``hf_egt.core`` imports nothing of ``hf_egt.integrations`` or ``hf_egt.apps`` (nor
+the Hugging Face libraries the integrations wrap), its metric estimators nothing of the training objective, and
+``hf_egt.integrations`` imports nothing of ``hf_egt.apps``.
+
+Checked statically on the source (every import statement, including those inside functions), so an upward import
+fails here even when it sits in a branch the other tests never run.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hf_egt"
+CORE_FORBIDDEN = (
+    "hf_egt.integrations",
+    "hf_egt.apps",
+    "transformers",
+    "peft",
+    "diffusers",
+    "trl",
+    "evaluate",
+    "datasets",
+    "accelerate",
+)
+# layer -> module prefixes it must not import (the first layer that a module's name starts with applies)
+FORBIDDEN = {
+    # the measurement does not depend on the training side of the core
+    "hf_egt.core.metrics": (*CORE_FORBIDDEN, "hf_egt.core.objective", "hf_egt.core.samplers"),
+    "hf_egt.core": CORE_FORBIDDEN,
+    "hf_egt.integrations": ("hf_egt.apps",),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in ``source`` (relative imports resolved against
+    ``module``); ``from a import b`` yields both ``a`` and ``a.b``, since ``b`` may be a submodule."""
+    found = []
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def upward_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """The imports of ``module`` that its layer forbids, as ``"line: name"``."""
+    forbidden = next((names for layer, names in FORBIDDEN.items() if module.startswith(layer)), ())
+    return [
+        f"{line}: {name}"
+        for line, name in imported_modules(source, module, is_package)
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in forbidden)
+    ]
+
+
+def layered_sources() -> list[Path]:
+    return sorted(path for layer in ("core", "integrations") for path in (PACKAGE / layer).rglob("*.py"))
+
+
+def test_the_layers_hold_modules():
+    names = {module_name(path) for path in layered_sources()}
+    assert {"hf_egt.core.objective", "hf_egt.core.metrics.likelihood", "hf_egt.integrations.hub"} <= names
+
+
+@pytest.mark.parametrize("path", layered_sources(), ids=lambda path: module_name(path))
+def test_no_module_of_a_layer_imports_upward(path):
+    module = module_name(path)
+    assert upward_imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py") == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("hf_egt.core.objective", "from hf_egt.integrations.evaluation import runs_table\n"),
+        ("hf_egt.core.metrics.likelihood", "def f():\n    from ...apps import demo\n"),
+        ("hf_egt.core.metrics.likelihood", "from ..objective import group_sums\n"),
+        ("hf_egt.core.losses", "import transformers.trainer\n"),
+        ("hf_egt.integrations.hub", "import hf_egt.apps.cli\n"),
+        ("hf_egt.integrations.trainer.config", "from ...apps.data import group_counts\n"),
+    ],
+)
+def test_the_check_finds_an_upward_import(module, source):
+    assert upward_imports(source, module) != []
+
+
+def test_the_check_allows_downward_and_sibling_imports():
+    source = "from hf_egt.core.groups import group_sums\nfrom ..metrics import summarize_groups\nimport torch\n"
+    assert upward_imports(source, "hf_egt.integrations.trainer.egt_trainer") == []
+    assert upward_imports("from .summary import summarize_groups\n", "hf_egt.core.metrics.likelihood") == []
+
+
+# Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules.
+PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo")
+
+
+def script_sources() -> list[Path]:
+    root = PACKAGE.parent
+    return sorted(path for folder in ("examples", "benchmarks") for path in (root / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", script_sources(), ids=lambda path: path.name)
+def test_examples_and_benchmarks_do_not_import_the_programs(path):
+    imports = imported_modules(path.read_text(encoding="utf-8"), "script")
+    used = [f"{line}: {name}" for line, name in imports if any(name.startswith(p) for p in PROGRAMS)]
+    assert used == []
