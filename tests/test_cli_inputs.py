@@ -44,7 +44,7 @@ def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objecti
     if truncate:
         weights.write_bytes(weights.read_bytes()[:200])
     if objective:
-        GroupObjective(groups=list(groups), mode="minmax").save(str(folder / "egt_objective.safetensors"))
+        GroupObjective(groups=list(groups), objective="minmax").save(str(folder / "egt_objective.safetensors"))
     return folder
 
 
@@ -55,7 +55,7 @@ def _diffusion_checkpoint(folder: Path, truncated: bool = True) -> Path:
     from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 
     folder.mkdir(parents=True)
-    NoiseLevelGroupObjective(1, groups=[0, 1], mode="minmax").save(str(folder / "group_objective.safetensors"))
+    NoiseLevelGroupObjective(1, groups=[0, 1], objective="minmax").save(str(folder / "group_objective.safetensors"))
     save_file({"weight": torch.zeros(64, 64)}, str(folder / "model.safetensors"))
     if truncated:
         (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])

@@ -45,7 +45,7 @@ def test_erm_objective_over_buckets_and_window_equals_plain_mean():
     pred = torch.randn(8, 1, 4, 4, requires_grad=True)
     target = torch.randn(8, 1, 4, 4)
     groups, buckets = torch.tensor([0, 1, 1, 2, 0, 0, 2, 1]), torch.tensor([0, 2, 1, 1, 0, 2, 2, 0])
-    objective = NoiseLevelGroupObjective(3, groups=["a", "b", "c"], mode="erm")
+    objective = NoiseLevelGroupObjective(3, groups=["a", "b", "c"], objective="erm")
     objective.begin_window([groups[:4], groups[4:]], [buckets[:4], buckets[4:]])
     loss = sum(
         objective.window_loss(per_example_mse(pred[s], target[s]), groups[s], buckets[s])
@@ -61,8 +61,8 @@ def test_erm_objective_over_buckets_and_window_equals_plain_mean():
 def test_each_bucket_is_a_group_objective_on_its_own_examples():
     """Worst group at each noise level: bucket k's weights are those of a GroupObjective fed only bucket k."""
     torch.manual_seed(0)
-    bucketed = NoiseLevelGroupObjective(2, groups=[0, 1], mode="minmax", step_size=1.0)
-    references = [GroupObjective(groups=[0, 1], mode="minmax", step_size=1.0) for _ in range(2)]
+    bucketed = NoiseLevelGroupObjective(2, groups=[0, 1], objective="minmax", group_step_size=1.0)
+    references = [GroupObjective(groups=[0, 1], objective="minmax", group_step_size=1.0) for _ in range(2)]
     for _ in range(3):
         groups, buckets = torch.randint(0, 2, (10,)), torch.randint(0, 2, (10,))
         # Group 0 is hard at low noise (bucket 0), group 1 at high noise (bucket 1).
@@ -86,7 +86,7 @@ def test_noise_level_objective_does_not_depend_on_the_split():
     losses, groups, buckets = torch.rand(8), torch.randint(0, 3, (8,)), torch.randint(0, 2, (8,))
     results = []
     for splits in ([slice(0, 8)], [slice(0, 4), slice(4, 8)], [slice(0, 3), slice(3, 5), slice(5, 8)]):
-        objective = NoiseLevelGroupObjective(2, num_groups=3, mode="ema", ema_decay=0.5)
+        objective = NoiseLevelGroupObjective(2, num_groups=3, objective="ema", group_ema_decay=0.5)
         for _ in range(2):
             objective.begin_window([groups[s] for s in splits], [buckets[s] for s in splits])
             loss = sum(objective.window_loss(losses[s], groups[s], buckets[s]) for s in splits)
@@ -98,18 +98,18 @@ def test_noise_level_objective_does_not_depend_on_the_split():
 
 
 def test_noise_level_objective_save_load_round_trip(tmp_path):
-    objective = NoiseLevelGroupObjective(3, groups=["x", "y"], mode="minmax", step_size=0.5)
+    objective = NoiseLevelGroupObjective(3, groups=["x", "y"], objective="minmax", group_step_size=0.5)
     groups, buckets = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 2, 2])
     objective.begin_window([groups], [buckets])
     objective.window_loss(torch.tensor([1.0, 2.0, 0.5, 3.0]), groups, buckets)
     objective.end_window()
     objective.save(tmp_path / "objective.safetensors")
-    restored = NoiseLevelGroupObjective(3, groups=["x", "y"], mode="minmax", step_size=0.5)
+    restored = NoiseLevelGroupObjective(3, groups=["x", "y"], objective="minmax", group_step_size=0.5)
     restored.load(tmp_path / "objective.safetensors")
     torch.testing.assert_close(restored.weights, objective.weights)
     assert restored.step == 1
     with pytest.raises(ValueError, match="noise buckets"):
-        NoiseLevelGroupObjective(2, groups=["x", "y"], mode="minmax").load(tmp_path / "objective.safetensors")
+        NoiseLevelGroupObjective(2, groups=["x", "y"], objective="minmax").load(tmp_path / "objective.safetensors")
 
 
 def test_noise_buckets_and_bad_bucket_ids():
@@ -433,7 +433,7 @@ def diffusion_window_case(num_windows: int = 2, micro_batches: int = 2, rows: in
 
     components = DiffusionComponents("unet2d", tiny_unet2d(True), DDPMScheduler(num_train_timesteps=100))
     model = add_unet_lora(components.unet, unet_lora_config(rank=2))
-    objective = NoiseLevelGroupObjective(num_buckets=2, num_groups=4, mode="minmax", step_size=0.5)
+    objective = NoiseLevelGroupObjective(num_buckets=2, num_groups=4, objective="minmax", group_step_size=0.5)
     generator = torch.Generator().manual_seed(1)
     windows = []
     for _ in range(num_windows):

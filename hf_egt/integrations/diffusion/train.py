@@ -504,9 +504,9 @@ def main(args: argparse.Namespace) -> TrainResult:
     # Training-set group sizes: the adjustment C / sqrt(n_g) of every group, as the reference (group_DRO).
     sizes = torch.bincount(torch.tensor(train_group_ids), minlength=len(group_labels)).tolist()
     objective = NoiseLevelGroupObjective(
-        args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
-        adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
-        loss_estimate=args.group_loss_estimate, weight_floor=args.group_weight_floor,
+        args.noise_buckets, groups=group_labels, objective=args.objective, group_step_size=args.dro_step_size,
+        group_adjustment=args.dro_adjustment, group_ema_decay=args.ema_decay, group_temperature=args.ema_temperature,
+        group_loss_estimate=args.group_loss_estimate, group_weight_floor=args.group_weight_floor,
         group_sizes=sizes if min(sizes) > 0 else None,
     )  # fmt: skip
     if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored

@@ -13,7 +13,6 @@ from hf_egt.core.samplers import GROUP_SAMPLINGS
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_STATE_NAME = "egt_objective.safetensors"
 GROUP_REFERENCES = ("none", "base", "column")
 
 
