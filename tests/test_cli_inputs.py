@@ -235,7 +235,7 @@ def test_bad_input_is_one_error_line_before_any_work(
         argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
         argv += ["--output_dir", out]
     else:
-        argv = ["train-diffusion", "--pretrained_model_name_or_path", tmp_path, "--dataset_name", "digits-imbalanced"]
+        argv = ["train-diffusion", "--model_name_or_path", tmp_path, "--dataset", "digits-imbalanced"]
         argv += ["--output_dir", out]
     argv += extra  # later options win
     capsys.readouterr()

@@ -97,7 +97,9 @@ def test_ema_hand_computed():
 
 def test_generalization_adjustment_enters_update_only():
     adjustment, eta = 2.0, 1.0
-    out = GroupObjective(groups=["a", "b"], objective="minmax", group_step_size=eta, group_adjustment=adjustment)(LOSSES, GROUPS)
+    out = GroupObjective(groups=["a", "b"], objective="minmax", group_step_size=eta, group_adjustment=adjustment)(
+        LOSSES, GROUPS
+    )
     adjusted = torch.tensor([2.0 + adjustment / math.sqrt(2), 4.0 + adjustment / math.sqrt(3)])
     q = torch.softmax(eta * adjusted, 0)
     assert out.weights.tolist() == pytest.approx(q.tolist())

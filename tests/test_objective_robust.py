@@ -162,7 +162,12 @@ def test_track_group_losses_pure_function():
 
 def test_state_round_trip_keeps_the_robust_settings(tmp_path):
     objective = GroupObjective(
-        groups=["a", "b"], group_step_size=0.2, group_loss_estimate="ema", group_weight_floor=0.1, group_sizes=[3, 7], group_adjustment=1.0
+        groups=["a", "b"],
+        group_step_size=0.2,
+        group_loss_estimate="ema",
+        group_weight_floor=0.1,
+        group_sizes=[3, 7],
+        group_adjustment=1.0,
     )
     objective(torch.tensor([2.0, 1.0]), ["a", "b"])
     objective(torch.tensor([1.0]), ["b"])

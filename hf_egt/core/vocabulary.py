@@ -112,15 +112,17 @@ def renamed_options_of(parser: argparse.ArgumentParser) -> dict[str, str]:
     }
 
 
-def objective_state_path(folder: str | os.PathLike, argument: str = "resume_from_checkpoint") -> str:
+def objective_state_path(folder: str | os.PathLike, argument: str = "resume_from_checkpoint", warn: bool = True) -> str:
     """The group objective's state file in a checkpoint or output ``folder``: ``group_objective.safetensors``, else a
-    legacy name (with a ``FutureWarning``), else the expected path (for the caller's "missing" error)."""
+    legacy name (with a ``FutureWarning`` unless ``warn=False``), else the expected path (for the caller's "missing"
+    error)."""
     path = os.path.join(folder, OBJECTIVE_STATE_NAME)
     if os.path.isfile(path):
         return path
     for legacy in LEGACY_OBJECTIVE_STATE_NAMES:
         legacy_path = os.path.join(folder, legacy)
         if os.path.isfile(legacy_path):
-            warn_renamed(f"the state file name {legacy!r}", repr(OBJECTIVE_STATE_NAME), f"`{argument}` {folder}")
+            if warn:
+                warn_renamed(f"the state file name {legacy!r}", repr(OBJECTIVE_STATE_NAME), f"`{argument}` {folder}")
             return legacy_path
     return path
