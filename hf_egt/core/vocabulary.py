@@ -73,7 +73,11 @@ def add_renamed_options(parser: argparse.ArgumentParser, renamed: Mapping[str, s
     count the alias as giving it).
     """
     where = where or parser.prog
+    dashed = {}  # HfArgumentParser also accepts `--new-name`: the old name's dashed spelling stays accepted too
     for old, new in renamed.items():
+        if "_" in old and new.replace("_", "-") in parser._option_string_actions:
+            dashed[old.replace("_", "-")] = new
+    for old, new in {**renamed, **dashed}.items():
         target = parser._option_string_actions[new]
         if target.required:
             target.required = False

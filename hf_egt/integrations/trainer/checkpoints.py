@@ -33,7 +33,7 @@ def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None,
             json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"`resume_from_checkpoint`: {state_path} is not valid JSON ({error}).") from error
-    objective_path = objective_state_path(checkpoint)  # a checkpoint of hf-egt < 0.1 holds egt_objective.safetensors
+    objective_path = objective_state_path(checkpoint)  # older checkpoints: egt_objective.safetensors (warns)
     if not os.path.isfile(objective_path):
         raise FileNotFoundError(
             f"`resume_from_checkpoint`: {checkpoint} has no group objective state {objective_path}."
