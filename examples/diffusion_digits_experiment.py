@@ -173,7 +173,8 @@ def report(args) -> dict:
 
     def measure(features, labels, divergence):
         return egt_report(
-            data["real_features"], data["real_labels"].tolist(), features, labels.tolist(),
+            data["real_features"], data["real_labels"].tolist(),
+            generated_features=features, generated_groups=labels.tolist(),
             divergence=divergence, n_bootstrap=10, seed=0,
         )  # fmt: skip
 

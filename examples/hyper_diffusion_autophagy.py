@@ -161,7 +161,12 @@ def evaluate(classifier, real, images, labels, train_images) -> dict:
     out = {}
     for divergence in ("kl", "frechet"):
         report = egt_report(
-            real["features"], real["labels"], features, labels.tolist(), divergence=divergence, n_bootstrap=0
+            real["features"],
+            real["labels"],
+            generated_features=features,
+            generated_groups=labels.tolist(),
+            divergence=divergence,
+            n_bootstrap=0,
         )
         out[divergence] = {key: report[key] for key in ("per_group", "gap", "worst_group", "overall")}
     out["agreement"] = {c: float((predicted[labels == c] == c).float().mean()) for c in range(10)}

@@ -199,3 +199,23 @@ def test_config_fields_carry_their_choices():
     assert metadata["objective"]["choices"] == list(OBJECTIVE_MODES)
     for name in ("group_sampling", "group_loss_estimate", "group_reference"):
         assert metadata[name]["choices"], name
+
+
+def test_egt_report_takes_the_generated_side_by_keyword_only():
+    """Positional (generated, real) - the `evaluate` order - would swap the two sides of every divergence."""
+    import numpy as np
+
+    from hf_egt.core.metrics import egt_report
+
+    rng = np.random.default_rng(0)
+    real, generated = rng.normal(size=(40, 2)), rng.normal(1.0, 1.0, size=(30, 2))
+    real_groups, generated_groups = ["a", "b"] * 20, ["a", "b"] * 15
+    with pytest.raises(TypeError, match="positional argument"):
+        egt_report(real, real_groups, generated, generated_groups)
+    forward = egt_report(
+        real, real_groups, generated_features=generated, generated_groups=generated_groups, divergence="kl"
+    )
+    swapped = egt_report(
+        generated, generated_groups, generated_features=real, generated_groups=real_groups, divergence="kl"
+    )
+    assert forward["per_group"] != pytest.approx(swapped["per_group"])  # KL is not symmetric: the order matters

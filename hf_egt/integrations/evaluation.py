@@ -198,8 +198,8 @@ def embedding_egt(
     return egt_report(
         real,
         list(real_groups),
-        generated,
-        list(generated_groups),
+        generated_features=generated,
+        generated_groups=list(generated_groups),
         divergence=divergence,
         n_bootstrap=n_bootstrap,
         seed=seed,

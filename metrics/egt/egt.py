@@ -139,8 +139,8 @@ class EGT(evaluate.Metric):
         return egt_report(
             references,
             _labels(reference_groups),
-            predictions,
-            list(prediction_groups),
+            generated_features=predictions,
+            generated_groups=list(prediction_groups),
             divergence=divergence,
             n_bootstrap=n_bootstrap,
             seed=seed,
