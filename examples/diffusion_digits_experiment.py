@@ -103,10 +103,10 @@ def finetune(base: str, output_dir: str, variant: str, seed: int, args):
 
     argv = [
         "--model_name_or_path", base, "--dataset", "digits-imbalanced", "--resolution", "8",
-        "--train_batch_size", str(args.batch_size), "--max_steps", str(args.finetune_steps),
+        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.finetune_steps),
         "--learning_rate", "1e-3", "--lora_r", "8", "--lora_alpha", "8", "--lora_conv",
         "--group_step_size", str(args.group_step_size),
-        "--checkpointing_steps", "0", "--seed", str(seed), "--output_dir", output_dir, *VARIANTS[variant],
+        "--save_steps", "0", "--seed", str(seed), "--output_dir", output_dir, *VARIANTS[variant],
     ]  # fmt: skip
     return main(parse_args(argv)).model
 

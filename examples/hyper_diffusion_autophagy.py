@@ -121,8 +121,8 @@ def fit(base: str, data: str, output_dir: str, method: str, args, probe_sets: li
 
     argv = [
         "--model_name_or_path", base, "--dataset", data, "--resolution", "8",
-        "--train_batch_size", str(args.batch_size), "--max_steps", str(args.fit_steps), "--lora_r", "8",
-        "--lora_alpha", "8", "--lora_conv", "--objective", "erm", "--checkpointing_steps", "0",
+        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.fit_steps), "--lora_r", "8",
+        "--lora_alpha", "8", "--lora_conv", "--objective", "erm", "--save_steps", "0",
         "--seed", str(args.seed), "--output_dir", output_dir, *method_arguments(method, args),
     ]  # fmt: skip
     result = main(parse_args(argv))

@@ -9,7 +9,7 @@ Examples:
     # offline: a class-conditional UNet2DModel on the imbalanced digits, worst class at each of 4 noise levels
     python examples/train_egt_diffusion.py --model_name_or_path ./my-ddpm-digits \\
         --dataset digits-imbalanced --resolution 8 --objective minmax --noise_buckets 4 \\
-        --train_batch_size 64 --max_steps 300 --learning_rate 1e-3 --lora_r 8 --output_dir out/digits-minmax
+        --per_device_train_batch_size 64 --max_steps 300 --learning_rate 1e-3 --lora_r 8 --output_dir out/digits-minmax
 
     # the same with a hypernetwork generating the LoRA (and the PLE self-consumption penalty); the output folder
     # holds the plain peft LoRA of the training set's context and the hypernetwork in hypernetwork/

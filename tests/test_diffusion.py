@@ -266,7 +266,7 @@ def train(model, output_dir, *extra: str):
     from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
-    argv += ["--checkpointing_steps", "0", "--learning_rate", "1e-2", *extra]
+    argv += ["--save_steps", "0", "--learning_rate", "1e-2", *extra]
     return main(parse_args(argv))
 
 
@@ -301,10 +301,18 @@ def assert_same_lora(a, b, **tolerance):
 )
 def test_resume_is_exact(class_conditional_unet, tmp_path, options):
     """4 steps straight == 2 steps, checkpoint, resume, 2 steps: LoRA weights and objective weights."""
-    common = (*DIGITS, "--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--objective", "minmax")
+    common = (
+        *DIGITS,
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--objective",
+        "minmax",
+    )
     common += ("--group_step_size", "1.0", *options)
     straight = train(class_conditional_unet, tmp_path / "straight", *common, "--max_steps", "4")
-    train(class_conditional_unet, tmp_path / "split", *common, "--max_steps", "2", "--checkpointing_steps", "2")
+    train(class_conditional_unet, tmp_path / "split", *common, "--max_steps", "2", "--save_steps", "2")
     resumed = train(
         class_conditional_unet,
         tmp_path / "split",
@@ -339,12 +347,12 @@ def test_gradient_accumulation_is_exact(class_conditional_unet, tmp_path):
         "--max_steps",
         "2",
     )
-    whole = train(class_conditional_unet, tmp_path / "whole", *common, "--train_batch_size", "8")
+    whole = train(class_conditional_unet, tmp_path / "whole", *common, "--per_device_train_batch_size", "8")
     split = train(
         class_conditional_unet,
         tmp_path / "split",
         *common,
-        "--train_batch_size",
+        "--per_device_train_batch_size",
         "4",
         "--gradient_accumulation_steps",
         "2",
@@ -359,7 +367,9 @@ def test_unconditional_unet_lora_loads_with_plain_peft(tmp_path):
     from peft import PeftModel
 
     base = save_tiny_unet2d(tmp_path / "unet", class_conditional=False)
-    result = train(base, tmp_path / "out", *DIGITS, "--train_batch_size", "8", "--max_steps", "2", "--objective", "erm")
+    result = train(
+        base, tmp_path / "out", *DIGITS, "--per_device_train_batch_size", "8", "--max_steps", "2", "--objective", "erm"
+    )
     assert result.kind == "unet2d"
     loaded = PeftModel.from_pretrained(
         UNet2DModel.from_pretrained(base, subfolder="unet"), str(tmp_path / "out")
@@ -381,7 +391,7 @@ def test_stable_diffusion_lora_loads_with_plain_diffusers(tmp_path):
     model = save_tiny_stable_diffusion(tmp_path / "sd")
     data = save_tiny_caption_dataset(tmp_path / "data")
     extra = ("--dataset", data, "--resolution", "16", "--caption_column", "text", "--group_column", "group")
-    extra += ("--train_batch_size", "4", "--max_steps", "2", "--validation_steps", "2")
+    extra += ("--per_device_train_batch_size", "4", "--max_steps", "2", "--validation_steps", "2")
     extra += ("--num_validation_images", "2", "--validation_inference_steps", "2", "--noise_buckets", "2")
     result = train(model, tmp_path / "out", *extra)
     assert result.kind == "stable-diffusion" and result.objective.groups == ["blue", "red"]

@@ -29,7 +29,7 @@ def train(model, output_dir, *extra: str):
     from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
-    argv += ["--checkpointing_steps", "0", "--learning_rate", "3e-3", *extra]
+    argv += ["--save_steps", "0", "--learning_rate", "3e-3", *extra]
     return main(parse_args(argv))
 
 
@@ -54,7 +54,7 @@ def unet_folder(tmp_path_factory):
 def hyper_run(unet_folder, tmp_path_factory):
     """10 --hyper steps with PLE (λ = 0.1, 2 DDIM steps per sampled batch) on the class-conditional tiny UNet."""
     output_dir = tmp_path_factory.mktemp("hyper-out")
-    extra = (*DIGITS, *HYPER, "--lora_conv", "--train_batch_size", "32", "--max_steps", "10")
+    extra = (*DIGITS, *HYPER, "--lora_conv", "--per_device_train_batch_size", "32", "--max_steps", "10")
     extra += ("--objective", "minmax", "--noise_buckets", "2", "--ple_weight", "0.1", "--ple_inference_steps", "2")
     return train(unet_folder, output_dir, *extra), output_dir
 
@@ -131,9 +131,18 @@ def test_saved_hypernetwork_reloads_with_its_context(hyper_run, unet_folder):
 
 def test_hyper_resume_is_exact(unet_folder, tmp_path):
     """4 steps straight == 2 steps, checkpoint (safetensors hypernetwork), resume, 2 steps."""
-    common = (*DIGITS, *HYPER, "--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--noise_buckets", "2")
+    common = (
+        *DIGITS,
+        *HYPER,
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--noise_buckets",
+        "2",
+    )
     straight = train(unet_folder, tmp_path / "straight", *common, "--max_steps", "4")
-    train(unet_folder, tmp_path / "split", *common, "--max_steps", "2", "--checkpointing_steps", "2")
+    train(unet_folder, tmp_path / "split", *common, "--max_steps", "2", "--save_steps", "2")
     assert (tmp_path / "split" / "checkpoint-2" / "model.safetensors").exists()
     resumed = train(unet_folder, tmp_path / "split", *common, "--max_steps", "4", "--resume_from_checkpoint", "latest")
     assert resumed.global_step == 4
@@ -150,7 +159,7 @@ def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
     model = save_tiny_stable_diffusion(tmp_path / "sd")
     data = save_tiny_caption_dataset(tmp_path / "data")
     extra = ("--dataset", data, "--resolution", "16", "--caption_column", "text", "--group_column", "group")
-    extra += (*HYPER, "--train_batch_size", "4", "--max_steps", "2", "--ple_weight", "0.1")
+    extra += (*HYPER, "--per_device_train_batch_size", "4", "--max_steps", "2", "--ple_weight", "0.1")
     extra += ("--ple_inference_steps", "2")
     result = train(model, tmp_path / "out", *extra)
     assert all(logs["ple"] >= 0 for logs in result.log_history)

@@ -20,7 +20,7 @@ def test_stratified_steps_hold_every_digit_and_sizes_come_from_the_training_set(
         class_conditional_unet,
         tmp_path,
         *DIGITS,
-        "--train_batch_size",
+        "--per_device_train_batch_size",
         "6",
         "--gradient_accumulation_steps",
         "2",

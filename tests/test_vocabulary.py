@@ -32,9 +32,17 @@ def required_argv(command: str, leave_out: str | None = None) -> list[str]:
     return [arg for option, value in REQUIRED[command].items() if option != leave_out for arg in (option, value)]
 
 
-# Options shared by name whose defaults differ on purpose: the training recipe of each model family (TrainingArguments'
-# for causal LMs, diffusers' LoRA scripts' for UNets) and each command's own output folder. docs/trainer.md lists them.
-RECIPE_DEFAULTS = {"--output_dir", "--learning_rate", "--max_steps"}
+# Options shared by name whose defaults (and scheduler names) differ on purpose: the training recipe of each family
+# of models (TrainingArguments' for causal LMs, diffusers' LoRA scripts' for UNets) and each command's own output
+# folder. docs/trainer.md ("One vocabulary") lists them.
+RECIPE_OPTIONS = {
+    "--output_dir",
+    "--learning_rate",
+    "--max_steps",
+    "--per_device_train_batch_size",
+    "--lr_scheduler_type",
+    "--weight_decay",
+}
 # Values the old keywords of GroupObjective are tried with (each differs from the default).
 KEYWORD_VALUES = {
     "mode": "ema",
@@ -83,10 +91,10 @@ def test_each_shared_option_has_one_default_and_one_set_of_choices(parsers):
     shared = {option: found for option, found in seen.items() if len(found) > 1}
     assert {"--seed", "--group_column", "--lora_r", "--lora_alpha", "--objective", "--max_length"} <= set(shared)
     for option, found in shared.items():
+        if option in RECIPE_OPTIONS:
+            continue
         choices = {command: action.choices and list(action.choices) for command, action in found.items()}
         assert len({repr(c) for c in choices.values()}) == 1, (option, choices)
-        if option in RECIPE_DEFAULTS:
-            continue
         defaults = {command: action.default for command, action in found.items()}
         assert len({repr(d) for d in defaults.values()}) == 1, (option, defaults)
     demo = options(parsers["demo"])
@@ -219,3 +227,15 @@ def test_egt_report_takes_the_generated_side_by_keyword_only():
         generated, generated_groups, generated_features=real, generated_groups=real_groups, divergence="kl"
     )
     assert forward["per_group"] != pytest.approx(swapped["per_group"])  # KL is not symmetric: the order matters
+
+
+def test_train_reads_an_old_spelling_into_the_new_field(tmp_path):
+    """Through `HfArgumentParser.parse_args_into_dataclasses` (the path `hf-egt train` takes), dashed spelling too."""
+    from hf_egt.apps.cli import parse_train_arguments
+
+    for spelling in ("--max_per_group", "--max-per-group"):
+        with pytest.warns(FutureWarning, match="use --max_train_per_group"):
+            script_args, _ = parse_train_arguments(
+                ["--model_name_or_path", "m", "--dataset", "d", "--output_dir", str(tmp_path), spelling, "3"]
+            )
+        assert script_args.max_train_per_group == 3 and not hasattr(script_args, "max_per_group")

@@ -24,12 +24,12 @@ Two ways to drive it:
 
 Options that make min-max usable on small, noisy batches (each from a named source):
 
-- ``loss_estimate`` (``batch`` | ``last`` | ``ema``): what the update sees of each group. ``batch`` is the reference
-  update (kohpangwei/group_DRO ``loss.py``: an absent group has loss 0, so its weight shrinks). ``last`` keeps an
-  absent group's last score (DoReMi, ``doremi/trainer.py``: ``perdomain_scores`` are only overwritten for the domains
-  present); ``ema`` is a moving average updated for the present groups only (group_DRO's ``--btl`` loss tracking,
-  decay ``ema_decay``). A group never seen yet is left out of the update.
-- ``weight_floor`` ``c`` (DoReMi's ``reweight_eps``): after each update ``q <- (1 - c) q + c / k``, so no group's
+- ``group_loss_estimate`` (``batch`` | ``last`` | ``ema``): what the update sees of each group. ``batch`` is the
+  reference update (kohpangwei/group_DRO ``loss.py``: an absent group has loss 0, so its weight shrinks). ``last``
+  keeps an absent group's last score (DoReMi, ``doremi/trainer.py``: ``perdomain_scores`` are only overwritten for the
+  domains present); ``ema`` is a moving average updated for the present groups only (group_DRO's ``--btl`` loss
+  tracking, decay ``group_ema_decay``). A group never seen yet is left out of the update.
+- ``group_weight_floor`` ``c`` (DoReMi's ``reweight_eps``): after each update ``q <- (1 - c) q + c / k``, so no group's
   weight falls below ``c / k`` and shared learning does not stop.
 - excess loss (DoReMi): pass ``reference_losses`` (per-example losses of a reference model) with the losses; the update
   then scores each group with the (weighted) mean of ``clip(l - l_ref, min=0)`` instead of its raw loss, so a group is

@@ -91,12 +91,20 @@ RENAMED_OPTIONS = {
     "--dro_adjustment": "--group_adjustment",
     "--ema_decay": "--group_ema_decay",
     "--ema_temperature": "--group_temperature",
+    "--train_batch_size": "--per_device_train_batch_size",
+    "--lr_scheduler": "--lr_scheduler_type",
+    "--lr_warmup_steps": "--warmup_steps",
+    "--adam_weight_decay": "--weight_decay",
+    "--checkpointing_steps": "--save_steps",
+    "--checkpoints_total_limit": "--save_total_limit",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The script's options: the names and defaults of `hf-egt train` for every shared concept (docs/trainer.md,
     "One vocabulary"), the group objective's first; the old spellings of ``RENAMED_OPTIONS`` warn."""
+    from diffusers.optimization import SchedulerType
+
     parser = argparse.ArgumentParser(
         prog="hf-egt train-diffusion",
         description="Min-max (group DRO) LoRA fine-tuning of a diffusers model.",
@@ -146,15 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--caption_column", default=None, help="Captions (required for Stable Diffusion).")
     add("--resolution", type=int, default=64)
     add("--center_crop", action=argparse.BooleanOptionalAction, default=True)
-    add("--train_batch_size", type=int, default=16, help="Per device.")
+    add("--per_device_train_batch_size", type=int, default=16, help="Images per micro-batch and process.")
     add("--gradient_accumulation_steps", type=int, default=1)
     add("--max_steps", type=int, default=1000, help="Optimizer steps.")
     add("--learning_rate", type=float, default=1e-4)
-    add("--lr_scheduler", default="constant")
-    add("--lr_warmup_steps", type=int, default=0)
+    add(
+        "--lr_scheduler_type",
+        default="constant",
+        choices=[scheduler.value for scheduler in SchedulerType],
+        help="Learning-rate schedule (diffusers.optimization.get_scheduler).",
+    )
+    add("--warmup_steps", type=int, default=0)
     add("--adam_beta1", type=float, default=0.9)
     add("--adam_beta2", type=float, default=0.999)
-    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
     add("--adam_epsilon", type=float, default=1e-8)
     add("--max_grad_norm", type=float, default=1.0)
     add("--lora_r", type=int, default=8, help="LoRA rank.")
@@ -163,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--snr_gamma", type=float, default=None, help="Min-SNR weighting of the per-example losses.")
     add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     add("--dataloader_num_workers", type=int, default=0)
-    add("--checkpointing_steps", type=int, default=500)
-    add("--checkpoints_total_limit", type=int, default=None)
+    add("--save_steps", type=int, default=500, help="Save a checkpoint every N steps (0: never).")
+    add("--save_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
     add("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' in --output_dir.")
     add(
         "--overwrite_output_dir",
@@ -215,8 +228,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_required_options(parser, args)
     if args.report_to == "none":
         args.report_to = None
-    if args.train_batch_size < 1 or args.gradient_accumulation_steps < 1 or args.max_steps < 1:
-        parser.error("--train_batch_size, --gradient_accumulation_steps and --max_steps must be >= 1.")
+    if args.per_device_train_batch_size < 1 or args.gradient_accumulation_steps < 1 or args.max_steps < 1:
+        parser.error("--per_device_train_batch_size, --gradient_accumulation_steps and --max_steps must be >= 1.")
     if args.noise_buckets < 1:
         parser.error(f"--noise_buckets must be >= 1, got {args.noise_buckets}.")
     if not args.hyper:
@@ -348,8 +361,8 @@ def fix_hyper_context(components, model, dataset, args, device, dtype) -> torch.
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     indices = order[: args.hyper_context_size].tolist()
     embeddings = []
-    for start in range(0, len(indices), args.train_batch_size):
-        batch = collate([dataset[i] for i in indices[start : start + args.train_batch_size]])
+    for start in range(0, len(indices), args.per_device_train_batch_size):
+        batch = collate([dataset[i] for i in indices[start : start + args.per_device_train_batch_size]])
         latents, _ = latent_distribution(components, batch["pixel_values"].to(device, dtype))
         embeddings.append(model.embed(sample=latents.to(dtype)))
     return model.set_context(context=model.hypernetwork.set_encoder(torch.cat(embeddings)))
@@ -398,12 +411,12 @@ def check_output_dir(args: argparse.Namespace) -> None:
 
 
 def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
-    """``accelerator.save_state`` plus the objective's safetensors file; keep at most ``checkpoints_total_limit``."""
-    if args.checkpoints_total_limit is not None and accelerator.is_main_process:
+    """``accelerator.save_state`` plus the objective's safetensors file; keep at most ``save_total_limit``."""
+    if args.save_total_limit is not None and accelerator.is_main_process:
         folders = sorted(
             (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
         )
-        for folder in folders[: max(0, len(folders) - args.checkpoints_total_limit + 1)]:
+        for folder in folders[: max(0, len(folders) - args.save_total_limit + 1)]:
             shutil.rmtree(os.path.join(args.output_dir, folder))
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
     accelerator.save_state(path)  # a HyperLoRAModel's state dict is its hypernetwork only
@@ -594,19 +607,19 @@ def main(args: argparse.Namespace) -> TrainResult:
     )
     sampler = group_sampler(
         args.group_sampling, train_group_ids, len(group_labels), seed=args.seed,
-        step_size=args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+        step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
     )  # fmt: skip
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collate,
-        num_workers=args.dataloader_num_workers,
+        dataset, batch_size=args.per_device_train_batch_size, shuffle=sampler is None, sampler=sampler,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
     )  # fmt: skip
 
     optimizer = torch.optim.AdamW(
         lora_parameters(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        weight_decay=args.weight_decay, eps=args.adam_epsilon,
     )  # fmt: skip
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_steps * accelerator.num_processes,
     )  # fmt: skip
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
@@ -665,7 +678,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         log_history.append({"step": global_step, **logs})
         if args.report_to:
             accelerator.log(logs, step=global_step)
-        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+        if args.save_steps and global_step % args.save_steps == 0:
             save_checkpoint(accelerator, objective, args, global_step)
         if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
             log_validation(accelerator, components, sampling_model(), group_labels, prompts, args, global_step)
