@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 REMOVAL_VERSION = "0.2.0"  # the release that drops the old spellings
 
 OBJECTIVE_STATE_NAME = "group_objective.safetensors"
-# Names the objective state had before 0.1.0's one vocabulary: still read on resume (with a warning), never written.
+# The names the objective state had in earlier versions (EGTTrainer's): still read on resume (with a warning), never
+# written.
 LEGACY_OBJECTIVE_STATE_NAMES = ("egt_objective.safetensors",)
 
 
@@ -47,7 +48,6 @@ def renamed_keywords(renamed: Mapping[str, str], where: str | None = None) -> Ca
                     kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 
-        wrapper.renamed_keywords = dict(renamed)
         return wrapper
 
     return decorate
