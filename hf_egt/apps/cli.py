@@ -933,7 +933,9 @@ def run_demo_command(args: argparse.Namespace) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands_with_options: Sequence[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The ``hf-egt`` parser; only the sub-commands in ``commands_with_options`` get their options (their ``choices``
+    come from the registries, which import torch: ``hf-egt --help`` stays instant)."""
     parser = argparse.ArgumentParser(
         prog="hf-egt",
         description="Equalized Generative Treatment for Hugging Face models: measure per-group generation quality "
@@ -951,9 +953,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=help_text, description=help_text, add_help=name not in FORWARDED, allow_abbrev=False
         )
-        if name == "evaluate":
+        if name == "evaluate" and name in commands_with_options:
             add_evaluate_arguments(sub)
-        elif name == "demo":
+        elif name == "demo" and name in commands_with_options:
             add_demo_arguments(sub)
     return parser
 
@@ -999,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     bad input (``console_main`` turns that into one ``error:`` line and exit status 2)."""
     argv = _without_global_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = build_parser()
+    parser = build_parser(argv[:1])
     args, rest = parser.parse_known_args(argv[:1] if argv and argv[0] in FORWARDED else argv)
     if args.command not in FORWARDED and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
