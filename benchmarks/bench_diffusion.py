@@ -66,7 +66,8 @@ def run(quick: bool = False) -> list[dict]:
     accelerator, components, model, optimizer = _setup(resolution, channels, device)
     window = _window(batch_size, accumulation, resolution, accelerator.device)
     objectives = {
-        mode: NoiseLevelGroupObjective(4, num_groups=10, mode=mode, step_size=0.5) for mode in ("erm", "minmax")
+        mode: NoiseLevelGroupObjective(4, num_groups=10, objective=mode, group_step_size=0.5)
+        for mode in ("erm", "minmax")
     }
 
     def ours(mode: str):

@@ -232,7 +232,7 @@ def diffusion_rows(quick: bool) -> list[dict]:
         else:
             model = add_unet_lora(components.unet, config)
         optimizer = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
-        objective = NoiseLevelGroupObjective(4, num_groups=10, mode="minmax", step_size=0.5)
+        objective = NoiseLevelGroupObjective(4, num_groups=10, objective="minmax", group_step_size=0.5)
         models[name] = model
 
         def step(index, components=components, model=model, optimizer=optimizer, objective=objective, name=name):

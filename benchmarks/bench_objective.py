@@ -30,7 +30,7 @@ def run(quick: bool = False) -> list[dict]:
             generator = torch.Generator().manual_seed(0)
             losses = torch.rand(batch_size, generator=generator, requires_grad=True)
             ids = torch.randint(0, num_groups, (batch_size,), generator=generator)
-            objective = GroupObjective(num_groups=num_groups, mode="minmax", step_size=0.01)
+            objective = GroupObjective(num_groups=num_groups, objective="minmax", group_step_size=0.01)
 
             def ours(objective=objective, losses=losses, ids=ids):
                 objective(losses, ids).loss.backward()

@@ -649,6 +649,8 @@ def write_results(
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from hf_egt.apps.recipe import DEFAULT
+    from hf_egt.core.objective import OBJECTIVE_MODES
+    from hf_egt.core.vocabulary import add_renamed_options
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -671,7 +673,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=30,
         help="Optimizer steps per cell (demo: 60; 30 so 36 cells fit in ~1 h on a shared 2-core CPU).",
     )
-    parser.add_argument("--batch_size", type=int, default=DEFAULT.batch_size)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=DEFAULT.batch_size)
     parser.add_argument("--learning_rate", type=float, default=DEFAULT.learning_rate)
     parser.add_argument("--max_length", type=int, default=DEFAULT.max_length)
     parser.add_argument(
@@ -680,7 +682,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora_r", type=int, default=DEFAULT.lora_r)
     parser.add_argument("--lora_last_layers", type=int, default=DEFAULT.lora_last_layers)
     parser.add_argument("--group_step_size", type=float, default=DEFAULT.group_step_size)
-    parser.add_argument("--minmax_objective", default=DEFAULT.minmax_objective, help="Objective of the minmax method.")
+    parser.add_argument(
+        "--objective",
+        default=DEFAULT.minmax_objective,
+        choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],
+        help="Objective of the minmax method.",
+    )
     parser.add_argument(
         "--validation_fraction",
         type=float,
@@ -691,6 +698,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--eval_steps", type=int, default=0, help="Evaluate validation and test every N steps (0: only at the end)."
     )
     parser.add_argument("--log_level", default="INFO")
+    # the names of `hf-egt demo` (whose settings these are); the old ones are still read, with a warning
+    add_renamed_options(parser, {"--minmax_objective": "--objective", "--batch_size": "--per_device_train_batch_size"})
     return parser.parse_args(argv)
 
 
@@ -703,14 +712,14 @@ def settings_from_args(args: argparse.Namespace):
         max_eval_per_group=args.max_eval_per_group,
         test_fraction=args.test_fraction,
         max_steps=args.max_steps,
-        batch_size=args.batch_size,
+        batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate,
         max_length=args.max_length,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         lora_last_layers=args.lora_last_layers,
         group_step_size=args.group_step_size,
-        minmax_objective=args.minmax_objective,
+        minmax_objective=args.objective,
         egt=False,
         seed=args.split_seed,
     )

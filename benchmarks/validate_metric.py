@@ -247,8 +247,8 @@ def rates(real, real_groups, generated, generated_groups, name, kwargs, seed, sh
     report = egt_report(
         real,
         real_groups,
-        generated,
-        generated_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
         divergence=name,
         seed=seed,
         n_bootstrap=0,
@@ -378,8 +378,8 @@ def text_section(cells: Cells, out: Path) -> str:
             report = egt_report(
                 real,
                 real_groups,
-                generated,
-                generated_groups,
+                generated_features=generated,
+                generated_groups=generated_groups,
                 divergence=name,
                 seed=seed,
                 n_bootstrap=0,

@@ -37,8 +37,8 @@ VARIANTS = {
     "minmax": ["--objective", "minmax", "--noise_buckets", "4"],  # worst class at each of 4 noise levels
     "minmax-k1": ["--objective", "minmax", "--noise_buckets", "1"],  # one set of class weights for all noise levels
     # with Sagawa et al.'s generalisation adjustment C / sqrt(n_g) (n_g: the class's examples in the batch)
-    "minmax-k1-adj": ["--objective", "minmax", "--noise_buckets", "1", "--dro_adjustment", "0.05"],
-    "ema": ["--objective", "ema", "--noise_buckets", "4", "--ema_temperature", "0.01"],
+    "minmax-k1-adj": ["--objective", "minmax", "--noise_buckets", "1", "--group_adjustment", "0.05"],
+    "ema": ["--objective", "ema", "--noise_buckets", "4", "--group_temperature", "0.01"],
 }
 
 
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--reuse", action="store_true", help="Keep what samples.npz holds; run only what is missing.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--dro_step_size", type=float, default=0.5)
+    parser.add_argument("--group_step_size", type=float, default=0.5)
     parser.add_argument("--samples_per_class", type=int, default=60)
     parser.add_argument("--inference_steps", type=int, default=15)
     parser.add_argument("--divergences", nargs="+", default=["kl", "frechet"], help="of hf_egt.core.metrics.egt_report")
@@ -102,10 +102,11 @@ def finetune(base: str, output_dir: str, variant: str, seed: int, args):
     from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = [
-        "--pretrained_model_name_or_path", base, "--dataset_name", "digits-imbalanced", "--resolution", "8",
-        "--train_batch_size", str(args.batch_size), "--max_train_steps", str(args.finetune_steps),
-        "--learning_rate", "1e-3", "--rank", "8", "--lora_conv", "--dro_step_size", str(args.dro_step_size),
-        "--checkpointing_steps", "0", "--seed", str(seed), "--output_dir", output_dir, *VARIANTS[variant],
+        "--model_name_or_path", base, "--dataset", "digits-imbalanced", "--resolution", "8",
+        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.finetune_steps),
+        "--learning_rate", "1e-3", "--lora_r", "8", "--lora_alpha", "8", "--lora_conv",
+        "--group_step_size", str(args.group_step_size),
+        "--save_steps", "0", "--seed", str(seed), "--output_dir", output_dir, *VARIANTS[variant],
     ]  # fmt: skip
     return main(parse_args(argv)).model
 
@@ -172,7 +173,8 @@ def report(args) -> dict:
 
     def measure(features, labels, divergence):
         return egt_report(
-            data["real_features"], data["real_labels"].tolist(), features, labels.tolist(),
+            data["real_features"], data["real_labels"].tolist(),
+            generated_features=features, generated_groups=labels.tolist(),
             divergence=divergence, n_bootstrap=10, seed=0,
         )  # fmt: skip
 

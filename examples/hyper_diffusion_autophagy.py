@@ -6,7 +6,7 @@ the common starting point of every fit. Each generation fits an adapter on the c
 ``hf_egt.integrations.diffusion.train`` (the script of ``hf-egt train-diffusion``), from the same frozen base and the
 same seed:
 
-* ``lora`` — a plain LoRA (``--rank 8 --lora_conv``);
+* ``lora`` — a plain LoRA (``--lora_r 8 --lora_conv``);
 * ``hyper`` — ``--hyper``: a hypernetwork generating that LoRA from a set of images (the exported LoRA is the one
   generated for the current data set);
 * ``hyper-ple`` — ``--hyper --ple_weight`` (PLE with images sampled from the model; λ = 0.1, the paper's);
@@ -108,8 +108,8 @@ def save_dataset(images: torch.Tensor, labels: torch.Tensor, folder: str) -> str
 
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()
     datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": labels.tolist()},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "group": labels.tolist()},
+        features=datasets.Features({"image": datasets.Image(), "group": datasets.Value("int64")}),
     ).save_to_disk(folder)
     return folder
 
@@ -120,10 +120,10 @@ def fit(base: str, data: str, output_dir: str, method: str, args, probe_sets: li
     from hf_egt.integrations.diffusion.train import main, parse_args
 
     argv = [
-        "--pretrained_model_name_or_path", base, "--dataset_name", data, "--resolution", "8",
-        "--train_batch_size", str(args.batch_size), "--max_train_steps", str(args.fit_steps), "--rank", "8",
-        "--lora_conv", "--objective", "erm", "--checkpointing_steps", "0", "--seed", str(args.seed),
-        "--output_dir", output_dir, *method_arguments(method, args),
+        "--model_name_or_path", base, "--dataset", data, "--resolution", "8",
+        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.fit_steps), "--lora_r", "8",
+        "--lora_alpha", "8", "--lora_conv", "--objective", "erm", "--save_steps", "0",
+        "--seed", str(args.seed), "--output_dir", output_dir, *method_arguments(method, args),
     ]  # fmt: skip
     result = main(parse_args(argv))
     ple = [logs["ple"] for logs in result.log_history if "ple" in logs]
@@ -161,7 +161,12 @@ def evaluate(classifier, real, images, labels, train_images) -> dict:
     out = {}
     for divergence in ("kl", "frechet"):
         report = egt_report(
-            real["features"], real["labels"], features, labels.tolist(), divergence=divergence, n_bootstrap=0
+            real["features"],
+            real["labels"],
+            generated_features=features,
+            generated_groups=labels.tolist(),
+            divergence=divergence,
+            n_bootstrap=0,
         )
         out[divergence] = {key: report[key] for key in ("per_group", "gap", "worst_group", "overall")}
     out["agreement"] = {c: float((predicted[labels == c] == c).float().mean()) for c in range(10)}

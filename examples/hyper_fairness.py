@@ -5,7 +5,7 @@ next = t + 3, both mod V, with 20% random tokens), 90% / 10% of the training set
 with the same LoRA targets and rank by:
 
 * LoRA (ERM) — plain peft LoRA, mean loss;
-* LoRA + up-weighting — the same with `GroupObjective(mode="reweight")` (each group present in a batch weighs
+* LoRA + up-weighting — the same with `GroupObjective(objective="reweight")` (each group present in a batch weighs
   the same: inverse group frequency);
 * HyperLoRA, mixed sets — `HyperLoRAModel`, the i.i.d. training batch is the set;
 * HyperLoRA, group-pure sets — each training batch is drawn from one group (chosen with its training share, so the
@@ -141,7 +141,7 @@ def run_seed(seed: int, steps: int, ple_weights: list[float]) -> dict:
     results["base (no adapter)"] = base_loss
     for name, objective in [
         ("LoRA (ERM)", None),
-        ("LoRA + up-weighting", GroupObjective(num_groups=2, mode="reweight")),
+        ("LoRA + up-weighting", GroupObjective(num_groups=2, objective="reweight")),
     ]:
         model = get_peft_model(tiny_llama(seed), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
         train(model, data, steps, seed, objective)

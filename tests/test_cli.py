@@ -207,7 +207,7 @@ def test_evaluate_command_writes_the_report(tmp_path, tiny_lm, tiny_json):
 
     out = tmp_path / "eval"
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
-    result = _main([*argv, "--feature_model", "none", "--output_dir", out, "--max_per_group", "4"])
+    result = _main([*argv, "--feature_model", "none", "--output_dir", out, "--max_eval_per_group", "4"])
     report = json.loads((out / "report.json").read_text())
     run = report["runs"]["base"]
     assert set(run["per_group"]) == {"a", "b"}
@@ -218,9 +218,10 @@ def test_evaluate_command_writes_the_report(tmp_path, tiny_lm, tiny_json):
     # the command's numbers are those of the library call on the same rows
     from hf_egt.apps.data import load_grouped_dataset
 
-    _, evaluation, _ = load_grouped_dataset(str(tiny_json), group_column="gender", max_eval_per_group=4)
+    # (the command's defaults: seed 42 and max_length 512, as `hf-egt train`'s)
+    _, evaluation, _ = load_grouped_dataset(str(tiny_json), group_column="gender", max_eval_per_group=4, seed=42)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_lm), AutoTokenizer.from_pretrained(tiny_lm)
-    direct = evaluate_causal_lm(model, tokenizer, evaluation["text"], evaluation["gender"])
+    direct = evaluate_causal_lm(model, tokenizer, evaluation["text"], evaluation["gender"], max_length=512)
     assert result["runs"]["base"]["per_group"] == pytest.approx(direct["per_group"])
 
 
@@ -273,7 +274,8 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
 
     out = tmp_path / "demo"
     argv = ["demo", "--quick", "--no_egt", "--output_dir", out, "--model_name_or_path", tiny_lm]
-    argv += ["--max_steps", "2", "--max_train_per_group", "8", "--max_eval_per_group", "3", "--batch_size", "4"]
+    argv += ["--max_steps", "2", "--max_train_per_group", "8", "--max_eval_per_group", "3"]
+    argv += ["--per_device_train_batch_size", "4"]
     _main(argv)
 
     report = json.loads((out / "report.json").read_text())
@@ -305,7 +307,7 @@ def test_console_script_exits_zero_after_a_command(tmp_path, tiny_lm, tiny_json)
     script = f"import sys; from {module} import {function}; sys.argv[0] = 'hf-egt'; sys.exit({function}())"
     out = tmp_path / "eval"
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
-    argv += ["--feature_model", "none", "--output_dir", out, "--max_per_group", "4"]
+    argv += ["--feature_model", "none", "--output_dir", out, "--max_eval_per_group", "4"]
     result = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "report.json").is_file()
@@ -324,7 +326,7 @@ def test_evaluate_command_embedding_egt(tmp_path, tiny_lm, tiny_json):
     tokenizer.save_pretrained(encoder)
     out = tmp_path / "eval"
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
-    argv += ["--split", "train", "--max_per_group", "8", "--feature_model", encoder, "--max_new_tokens", "4"]
+    argv += ["--eval_split", "train", "--max_eval_per_group", "8", "--feature_model", encoder, "--max_new_tokens", "4"]
     _main([*argv, "--max_prompts_per_group", "7", "--divergence", "kl", "--output_dir", out])
 
     egt = json.loads((out / "report.json").read_text())["runs"]["base"]["egt"]

@@ -28,8 +28,8 @@ HYPER = ("--hyper", "--hyper_hidden_size", "32", "--hyper_context_dim", "16", "-
 def train(model, output_dir, *extra: str):
     from hf_egt.integrations.diffusion.train import main, parse_args
 
-    argv = ["--pretrained_model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
-    argv += ["--checkpointing_steps", "0", "--learning_rate", "3e-3", *extra]
+    argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
+    argv += ["--save_steps", "0", "--learning_rate", "3e-3", *extra]
     return main(parse_args(argv))
 
 
@@ -54,7 +54,7 @@ def unet_folder(tmp_path_factory):
 def hyper_run(unet_folder, tmp_path_factory):
     """10 --hyper steps with PLE (λ = 0.1, 2 DDIM steps per sampled batch) on the class-conditional tiny UNet."""
     output_dir = tmp_path_factory.mktemp("hyper-out")
-    extra = (*DIGITS, *HYPER, "--lora_conv", "--train_batch_size", "32", "--max_train_steps", "10")
+    extra = (*DIGITS, *HYPER, "--lora_conv", "--per_device_train_batch_size", "32", "--max_steps", "10")
     extra += ("--objective", "minmax", "--noise_buckets", "2", "--ple_weight", "0.1", "--ple_inference_steps", "2")
     return train(unet_folder, output_dir, *extra), output_dir
 
@@ -131,13 +131,20 @@ def test_saved_hypernetwork_reloads_with_its_context(hyper_run, unet_folder):
 
 def test_hyper_resume_is_exact(unet_folder, tmp_path):
     """4 steps straight == 2 steps, checkpoint (safetensors hypernetwork), resume, 2 steps."""
-    common = (*DIGITS, *HYPER, "--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--noise_buckets", "2")
-    straight = train(unet_folder, tmp_path / "straight", *common, "--max_train_steps", "4")
-    train(unet_folder, tmp_path / "split", *common, "--max_train_steps", "2", "--checkpointing_steps", "2")
-    assert (tmp_path / "split" / "checkpoint-2" / "model.safetensors").exists()
-    resumed = train(
-        unet_folder, tmp_path / "split", *common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"
+    common = (
+        *DIGITS,
+        *HYPER,
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--noise_buckets",
+        "2",
     )
+    straight = train(unet_folder, tmp_path / "straight", *common, "--max_steps", "4")
+    train(unet_folder, tmp_path / "split", *common, "--max_steps", "2", "--save_steps", "2")
+    assert (tmp_path / "split" / "checkpoint-2" / "model.safetensors").exists()
+    resumed = train(unet_folder, tmp_path / "split", *common, "--max_steps", "4", "--resume_from_checkpoint", "latest")
     assert resumed.global_step == 4
     first, second = straight.model.state_dict(), resumed.model.state_dict()
     assert first.keys() == second.keys() and all(k.startswith("hypernetwork.") for k in first)
@@ -151,8 +158,8 @@ def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
 
     model = save_tiny_stable_diffusion(tmp_path / "sd")
     data = save_tiny_caption_dataset(tmp_path / "data")
-    extra = ("--dataset_name", data, "--resolution", "16", "--caption_column", "text", "--group_column", "group")
-    extra += (*HYPER, "--train_batch_size", "4", "--max_train_steps", "2", "--ple_weight", "0.1")
+    extra = ("--dataset", data, "--resolution", "16", "--caption_column", "text", "--group_column", "group")
+    extra += (*HYPER, "--per_device_train_batch_size", "4", "--max_steps", "2", "--ple_weight", "0.1")
     extra += ("--ple_inference_steps", "2")
     result = train(model, tmp_path / "out", *extra)
     assert all(logs["ple"] >= 0 for logs in result.log_history)
@@ -179,14 +186,14 @@ def test_bad_hyper_arguments_name_the_argument(argv, message, capsys):
     from hf_egt.integrations.diffusion.train import parse_args
 
     with pytest.raises(SystemExit):
-        parse_args(["--pretrained_model_name_or_path", "x", "--dataset_name", "digits-imbalanced", *argv])
+        parse_args(["--model_name_or_path", "x", "--dataset", "digits-imbalanced", *argv])
     assert message in capsys.readouterr().err
 
 
 def test_hyper_on_a_unet_without_attention_names_lora_conv(tmp_path):
     no_attention = save_tiny_unet2d(tmp_path / "plain", class_conditional=False, attention=False)
     with pytest.raises(ValueError, match="no attention layers.*--lora_conv"):
-        train(no_attention, tmp_path / "out", *DIGITS, "--hyper", "--max_train_steps", "1")
+        train(no_attention, tmp_path / "out", *DIGITS, "--hyper", "--max_steps", "1")
 
 
 def test_diffusion_sampler_conditions_on_the_real_batch_and_passes_it_on():

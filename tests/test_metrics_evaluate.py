@@ -32,7 +32,14 @@ def test_load_and_compute_with_different_real_and_generated_counts(features):
         divergence="kl",
         n_bootstrap=3,
     )
-    expected = egt_report(real, real_groups, generated, generated_groups, divergence="kl", n_bootstrap=3)
+    expected = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="kl",
+        n_bootstrap=3,
+    )
     assert result["counts"] == {"a": {"real": 70, "generated": 30}, "b": {"real": 50, "generated": 60}}
     for group in ("a", "b"):
         assert result["per_group"][group] == pytest.approx(expected["per_group"][group], rel=1e-5)
@@ -51,7 +58,14 @@ def test_config_name_selects_the_divergence(features):
     }
     result = evaluate.load(MODULE, "hellinger").compute(**inputs)
     assert result["divergence"] == "hellinger"
-    expected = egt_report(real, real_groups, generated, generated_groups, divergence="hellinger", n_bootstrap=0)
+    expected = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="hellinger",
+        n_bootstrap=0,
+    )
     assert result["per_group"]["b"] == pytest.approx(expected["per_group"]["b"], rel=1e-5)
     assert evaluate.load(MODULE).compute(**inputs)["divergence"] == RECOMMENDED_TEXT_DIVERGENCE == "quantized_js"
     # Arrays and tensors of integer labels work on both sides (labels become strings).
@@ -89,7 +103,14 @@ def test_text_inputs_are_embedded_with_the_feature_model():
     real = embed_texts(real_texts, encoder, show_progress=False)
     generated = embed_texts(generated_texts, encoder, show_progress=False)
     assert real.shape == (24, 384)
-    expected = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=0)
+    expected = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="tv",
+        n_bootstrap=0,
+    )
     assert result["per_group"] == pytest.approx(expected["per_group"])
     with pytest.raises(ValueError, match="feature_model"):
         evaluate.load(MODULE).compute(

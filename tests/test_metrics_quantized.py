@@ -138,7 +138,14 @@ def two_groups(shift_b: float, n=240, dim=8, seed=0):
 @pytest.mark.parametrize("divergence", ["quantized_js", "mauve"])
 def test_null_case_sits_within_the_floor_and_its_gap_is_not_significant(divergence):
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.0)
-    report = egt_report(real, real_groups, generated, generated_groups, divergence=divergence, n_permutations=200)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence=divergence,
+        n_permutations=200,
+    )
     assert report["within_floor"] == {"a": True, "b": True}
     assert report["gap_p_value"] > 0.05 and report["gap_significant"] is False
     assert report["num_clusters"] == 24  # MAUVE's n / 10 on the smallest group's side
@@ -151,7 +158,13 @@ def test_quantised_intervals_stay_within_the_range_of_a_divergence():
     around it is clipped at 0, where a divergence of two histograms ends, and still holds the value."""
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.0, n=24)
     report = egt_report(
-        real, real_groups, generated, generated_groups, divergence="quantized_js", n_null=0, n_permutations=0
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="quantized_js",
+        n_null=0,
+        n_permutations=0,
     )
     for group, (low, high) in report["ci"].items():
         assert 0.0 <= low <= report["per_group"][group] <= high
@@ -161,7 +174,13 @@ def test_quantised_intervals_stay_within_the_range_of_a_divergence():
 def test_a_real_shift_is_detected_and_significant(divergence):
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.6)
     report = egt_report(
-        real, real_groups, generated, generated_groups, divergence=divergence, n_permutations=100, n_bootstrap=20
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence=divergence,
+        n_permutations=100,
+        n_bootstrap=20,
     )
     assert report["worst_group"] == "b"
     assert report["within_floor"]["b"] is False
@@ -172,7 +191,14 @@ def test_permuted_groups_share_the_pooled_quality():
     """The p-value counts permutations whose gap reaches the observed one: with identical groups it is not small,
     and its resolution is 1 / (1 + n_permutations)."""
     real, real_groups, generated, generated_groups = two_groups(shift_b=3.0)
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_tv", n_permutations=49)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="quantized_tv",
+        n_permutations=49,
+    )
     assert report["gap_p_value"] == pytest.approx(1 / 50)
 
 
@@ -186,9 +212,18 @@ def test_small_groups_are_rejected_before_any_work(monkeypatch):
     monkeypatch.setattr(report_module, "pooled_codebook", no_work)
     real_groups = real_groups[:-15] + ["tiny"] * 15
     with pytest.raises(ValueError, match=r"Group 'tiny': `real` has 15 sample\(s\).*needs at least 20"):
-        egt_report(real, real_groups, generated, generated_groups, divergence="mauve")
+        egt_report(
+            real, real_groups, generated_features=generated, generated_groups=generated_groups, divergence="mauve"
+        )
     with pytest.raises(ValueError, match=r"at least 60 per group"):
-        egt_report(real, real_groups, generated, generated_groups, divergence="quantized_js", num_clusters=6)
+        egt_report(
+            real,
+            real_groups,
+            generated_features=generated,
+            generated_groups=generated_groups,
+            divergence="quantized_js",
+            num_clusters=6,
+        )
 
 
 def test_minimum_samples_per_estimator():
@@ -219,7 +254,14 @@ def test_radius_counts_match_brute_force(dim):
 
 def test_codebook_is_shared_by_all_groups():
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.3)
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_tv", n_null=0)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="quantized_tv",
+        n_null=0,
+    )
     pooled = torch.cat([real, generated])
     codebook = fit_codebook(pooled, report["num_clusters"], seed=0)
     labels_real, labels_generated = codebook.assign(real), codebook.assign(generated)
@@ -233,7 +275,14 @@ def test_markdown_table_and_plot_mark_floors_and_a_non_significant_gap(tmp_path)
     from hf_egt.core.metrics import plot_report, report_table
 
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.0)
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_js", n_permutations=50)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="quantized_js",
+        n_permutations=50,
+    )
     table = report_table(report)
     assert "| a | 240 | 240 |" in table and "| b | 240 | 240 |" in table
     assert table.count("**yes** (noise)") == 2 and "**not significant**" in table
@@ -251,13 +300,27 @@ def test_text_egt_checks_prompt_counts_before_any_model_work():
     with pytest.raises(ValueError, match=r"\{'a': 10, 'b': 5\} have fewer prompts than the 'mauve'"):
         evaluate_causal_lm(None, None, texts, groups, feature_model="x", max_prompts_per_group=10, divergence="mauve")
     with pytest.raises(ValueError, match=r"\{'b': \(5, 5\)\} \(\(real, generated\) texts\)"):
-        embedding_egt(texts, groups, texts, groups, feature_model="no-such-encoder")
+        embedding_egt(texts, groups, generated_texts=texts, generated_groups=groups, feature_model="no-such-encoder")
 
 
 def test_quantised_floor_is_computed_for_groups_below_twice_the_minimum():
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.0, n=30)
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="quantized_js", n_permutations=0)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="quantized_js",
+        n_permutations=0,
+    )
     assert all(math.isfinite(report["null_floor"][group]) for group in ("a", "b"))  # halves of 15 < 20
     with pytest.warns(UserWarning, match="no null floor, halves of its 11 real samples are below the 6"):
-        few = egt_report(real[:41], real_groups[:41], generated, generated_groups, divergence="kl", n_permutations=0)
+        few = egt_report(
+            real[:41],
+            real_groups[:41],
+            generated_features=generated,
+            generated_groups=generated_groups,
+            divergence="kl",
+            n_permutations=0,
+        )
     assert math.isnan(few["null_floor"]["b"]) and few["within_floor"]["b"] is None

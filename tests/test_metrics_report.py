@@ -35,7 +35,14 @@ def make_groups(seed=0, dim=3):
 
 def test_report_values_are_the_estimator_on_each_group_and_summaries_are_consistent():
     real, real_groups, generated, generated_groups = make_groups()
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="kl", n_bootstrap=0)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="kl",
+        n_bootstrap=0,
+    )
     assert report["per_group"]["a"] == pytest.approx(float(kl_divergence(real[:300], generated[:250])))
     assert report["per_group"]["b"] == pytest.approx(float(kl_divergence(real[300:], generated[250:])))
     assert report["overall"] == pytest.approx(float(kl_divergence(real, generated)))
@@ -49,7 +56,14 @@ def test_report_values_are_the_estimator_on_each_group_and_summaries_are_consist
 
 def test_proportion_criteria():
     real, real_groups, generated, generated_groups = make_groups()
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=0)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="tv",
+        n_bootstrap=0,
+    )
     assert report["generated_share"] == pytest.approx({"a": 250 / 400, "b": 150 / 400})
     assert report["data_share"] == pytest.approx({"a": 0.6, "b": 0.4})
     assert report["ego_gap"] == pytest.approx(250 / 400 - 0.5)
@@ -58,7 +72,14 @@ def test_proportion_criteria():
 
 def test_precision_like_metrics_are_higher_is_better():
     real, real_groups, generated, generated_groups = make_groups()
-    report = egt_report(real, real_groups, generated, generated_groups, divergence="precision", n_bootstrap=0)
+    report = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="precision",
+        n_bootstrap=0,
+    )
     assert report["higher_is_worse"] is False
     assert report["per_group"]["a"] == pytest.approx(float(prdc(real[:300], generated[:250])["precision"]))
     assert report["worst_group"] == "b"  # the shifted group has the lower precision
@@ -71,8 +92,8 @@ def test_every_divergence_name_runs_and_report_is_json_serialisable():
         report = egt_report(
             real,
             real_groups,
-            generated,
-            generated_groups,
+            generated_features=generated,
+            generated_groups=generated_groups,
             divergence=name,
             n_bootstrap=0,
             n_permutations=0,
@@ -83,23 +104,62 @@ def test_every_divergence_name_runs_and_report_is_json_serialisable():
         assert decoded["divergence"] == name and set(decoded["per_group"]) == {"a", "b"}
         assert math.isfinite(report["overall"])
     assert report["estimator_kwargs"] == {}
-    pr = egt_report(real, real_groups, generated, generated_groups, divergence="pr", n_bootstrap=0, pr_lambda=1.0)
+    pr = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="pr",
+        n_bootstrap=0,
+        pr_lambda=1.0,
+    )
     assert pr["per_group"]["a"] == pytest.approx(float(total_variation_distance(real[:300], generated[:250])))
     assert pr["estimator_kwargs"] == {"pr_lambda": 1.0}
 
 
 def test_confidence_intervals_are_seeded_and_bracket_the_value():
     real, real_groups, generated, generated_groups = make_groups()
-    first = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=10, seed=3)
-    second = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=10, seed=3)
-    other = egt_report(real, real_groups, generated, generated_groups, divergence="tv", n_bootstrap=10, seed=4)
+    first = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="tv",
+        n_bootstrap=10,
+        seed=3,
+    )
+    second = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="tv",
+        n_bootstrap=10,
+        seed=3,
+    )
+    other = egt_report(
+        real,
+        real_groups,
+        generated_features=generated,
+        generated_groups=generated_groups,
+        divergence="tv",
+        n_bootstrap=10,
+        seed=4,
+    )
     assert first["ci"] == second["ci"] and first["ci"] != other["ci"]
     for group, (low, high) in first["ci"].items():
         assert low <= first["per_group"][group] <= high
         assert high - low > 0
     few = ["a"] * 300 + ["b"] * 191 + ["few"] * 9  # 9 samples: enough for k=5, not their halves
     with pytest.warns(UserWarning, match="Group 'few': no confidence interval"):
-        report = egt_report(real, few, generated, generated_groups[:-9] + ["few"] * 9, divergence="kl", n_bootstrap=2)
+        report = egt_report(
+            real,
+            few,
+            generated_features=generated,
+            generated_groups=generated_groups[:-9] + ["few"] * 9,
+            divergence="kl",
+            n_bootstrap=2,
+        )
     assert math.isfinite(report["per_group"]["few"]) and all(math.isnan(bound) for bound in report["ci"]["few"])
 
 
@@ -107,7 +167,14 @@ def test_group_on_one_side_only_is_reported_not_dropped():
     real, real_groups, generated, generated_groups = make_groups()
     real_groups = real_groups[:-20] + ["only_real"] * 20
     with pytest.warns(UserWarning, match="only_real"):
-        report = egt_report(real, real_groups, generated, generated_groups, divergence="kl", n_bootstrap=0)
+        report = egt_report(
+            real,
+            real_groups,
+            generated_features=generated,
+            generated_groups=generated_groups,
+            divergence="kl",
+            n_bootstrap=0,
+        )
     assert math.isnan(report["per_group"]["only_real"])
     assert report["missing"] == {"only_real": "generated"}
     assert report["counts"]["only_real"] == {"real": 20, "generated": 0}
@@ -120,21 +187,30 @@ def test_bad_inputs_raise_errors_that_name_the_problem():
     real, real_groups, generated, generated_groups = make_groups()
     small_groups = ["a"] * 300 + ["b"] * 197 + ["tiny"] * 3
     with pytest.raises(ValueError, match=r"Group 'tiny'.*`real` has 3 sample\(s\).*at least 6"):
-        egt_report(real, small_groups, generated, generated_groups[:-3] + ["tiny"] * 3, divergence="kl", n_bootstrap=0)
+        egt_report(
+            real,
+            small_groups,
+            generated_features=generated,
+            generated_groups=generated_groups[:-3] + ["tiny"] * 3,
+            divergence="kl",
+            n_bootstrap=0,
+        )
     bad = generated.clone()
     bad[7, 0] = math.nan
     with pytest.raises(ValueError, match="`generated_features` has 1 row"):
-        egt_report(real, real_groups, bad, generated_groups)
+        egt_report(real, real_groups, generated_features=bad, generated_groups=generated_groups)
     with pytest.raises(ValueError, match="different dimensions: 3 vs 2"):
-        egt_report(real, real_groups, generated[:, :2], generated_groups)
+        egt_report(real, real_groups, generated_features=generated[:, :2], generated_groups=generated_groups)
     with pytest.raises(ValueError, match="`real_groups` has 499 labels"):
-        egt_report(real, real_groups[:-1], generated, generated_groups)
+        egt_report(real, real_groups[:-1], generated_features=generated, generated_groups=generated_groups)
     with pytest.raises(ValueError, match="Unknown `divergence` 'wasserstein'"):
-        egt_report(real, real_groups, generated, generated_groups, divergence="wasserstein")
+        egt_report(
+            real, real_groups, generated_features=generated, generated_groups=generated_groups, divergence="wasserstein"
+        )
     with pytest.raises(ValueError, match="Unknown `divergence`"):
         estimate(real, generated, divergence="nope")
     with pytest.raises(ValueError, match="No group has both"), pytest.warns(UserWarning):
-        egt_report(real, real_groups, generated, ["c"] * len(generated_groups))
+        egt_report(real, real_groups, generated_features=generated, generated_groups=["c"] * len(generated_groups))
 
 
 def test_likelihood_report_matches_token_weighted_means():
@@ -160,7 +236,12 @@ def test_plot_report_writes_a_png(tmp_path):
     real, real_groups, generated, generated_groups = make_groups()
     with pytest.warns(UserWarning):
         report = egt_report(
-            real, real_groups, generated, generated_groups[:-5] + ["new"] * 5, divergence="frechet", n_bootstrap=3
+            real,
+            real_groups,
+            generated_features=generated,
+            generated_groups=generated_groups[:-5] + ["new"] * 5,
+            divergence="frechet",
+            n_bootstrap=3,
         )
     path = plot_report(report, tmp_path / "egt.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

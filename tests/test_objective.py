@@ -27,7 +27,7 @@ def reference_group_dro_step(adv_probs, losses, group_idx, n_groups, step_size):
 
 
 def test_erm_is_plain_mean():
-    out = GroupObjective(groups=["a", "b"], mode="erm")(LOSSES, GROUPS)
+    out = GroupObjective(groups=["a", "b"], objective="erm")(LOSSES, GROUPS)
     assert out.loss.item() == pytest.approx(LOSSES.mean().item())
     assert out.group_losses.tolist() == pytest.approx([2.0, 4.0])
     assert out.weights.tolist() == pytest.approx([2 / 5, 3 / 5])
@@ -37,25 +37,25 @@ def test_erm_with_token_counts_is_token_mean():
     # example_weights = token counts, per-example losses = per-example token means -> global token mean.
     token_means = torch.tensor([1.0, 2.0, 4.0])
     tokens = torch.tensor([1.0, 3.0, 4.0])
-    out = GroupObjective(num_groups=2, mode="erm")(token_means, torch.tensor([0, 0, 1]), example_weights=tokens)
+    out = GroupObjective(num_groups=2, objective="erm")(token_means, torch.tensor([0, 0, 1]), example_weights=tokens)
     assert out.loss.item() == pytest.approx((1 * 1 + 2 * 3 + 4 * 4) / 8)
     assert out.group_losses.tolist() == pytest.approx([(1 + 6) / 4, 4.0])
 
 
 def test_reweight_is_mean_of_group_means():
-    out = GroupObjective(groups=["a", "b"], mode="reweight")(LOSSES, GROUPS)
+    out = GroupObjective(groups=["a", "b"], objective="reweight")(LOSSES, GROUPS)
     assert out.loss.item() == pytest.approx((2.0 + 4.0) / 2)
 
 
 def test_reweight_ignores_absent_groups():
-    out = GroupObjective(groups=["a", "b", "c"], mode="reweight")(LOSSES, GROUPS)
+    out = GroupObjective(groups=["a", "b", "c"], objective="reweight")(LOSSES, GROUPS)
     assert out.loss.item() == pytest.approx(3.0)
     assert out.weights.tolist() == pytest.approx([0.5, 0.5, 0.0])
 
 
 def test_minmax_hand_computed():
     eta = 0.5
-    out = GroupObjective(groups=["a", "b"], mode="minmax", step_size=eta)(LOSSES, GROUPS)
+    out = GroupObjective(groups=["a", "b"], objective="minmax", group_step_size=eta)(LOSSES, GROUPS)
     q = torch.tensor([math.exp(eta * 2.0), math.exp(eta * 4.0)])
     q = q / q.sum()
     assert out.weights.tolist() == pytest.approx(q.tolist())
@@ -65,7 +65,7 @@ def test_minmax_hand_computed():
 def test_minmax_matches_reference_implementation_over_steps():
     torch.manual_seed(0)
     n_groups, eta = 4, 0.3
-    objective = GroupObjective(num_groups=n_groups, mode="minmax", step_size=eta)
+    objective = GroupObjective(num_groups=n_groups, objective="minmax", group_step_size=eta)
     adv_probs = torch.ones(n_groups) / n_groups
     for _ in range(10):
         losses = torch.rand(16) * 3
@@ -77,7 +77,7 @@ def test_minmax_matches_reference_implementation_over_steps():
 
 
 def test_worst_picks_largest_present_group():
-    objective = GroupObjective(groups=["a", "b", "c"], mode="worst")
+    objective = GroupObjective(groups=["a", "b", "c"], objective="worst")
     out = objective(LOSSES, GROUPS)
     assert out.loss.item() == pytest.approx(4.0)
     assert out.weights.tolist() == [0.0, 1.0, 0.0]
@@ -88,7 +88,7 @@ def test_worst_picks_largest_present_group():
 
 def test_ema_hand_computed():
     decay, temperature = 0.5, 2.0
-    objective = GroupObjective(groups=["a", "b"], mode="ema", ema_decay=decay, temperature=temperature)
+    objective = GroupObjective(groups=["a", "b"], objective="ema", group_ema_decay=decay, group_temperature=temperature)
     objective(LOSSES, GROUPS)  # first sight initialises the EMA: (2, 4)
     out = objective(torch.tensor([4.0, 0.0]), ["a", "b"])  # EMA -> (3, 2)
     expected = torch.softmax(torch.tensor([3.0, 2.0]) / temperature, 0)
@@ -98,7 +98,9 @@ def test_ema_hand_computed():
 
 def test_generalization_adjustment_enters_update_only():
     adjustment, eta = 2.0, 1.0
-    out = GroupObjective(groups=["a", "b"], mode="minmax", step_size=eta, adjustment=adjustment)(LOSSES, GROUPS)
+    out = GroupObjective(groups=["a", "b"], objective="minmax", group_step_size=eta, group_adjustment=adjustment)(
+        LOSSES, GROUPS
+    )
     adjusted = torch.tensor([2.0 + adjustment / math.sqrt(2), 4.0 + adjustment / math.sqrt(3)])
     q = torch.softmax(eta * adjusted, 0)
     assert out.weights.tolist() == pytest.approx(q.tolist())
@@ -106,7 +108,7 @@ def test_generalization_adjustment_enters_update_only():
 
 
 def test_overflow_is_finite_and_normalised():
-    objective = GroupObjective(num_groups=3, mode="minmax", step_size=10.0)
+    objective = GroupObjective(num_groups=3, objective="minmax", group_step_size=10.0)
     for _ in range(5):
         out = objective(torch.tensor([1e4, 1e4 - 1, 3.0]), torch.tensor([0, 1, 2]))
     weights = objective.weights
@@ -117,7 +119,7 @@ def test_overflow_is_finite_and_normalised():
 
 def test_gradient_flows_to_losses():
     losses = LOSSES.clone().requires_grad_(True)
-    out = GroupObjective(groups=["a", "b"], mode="reweight")(losses, GROUPS)
+    out = GroupObjective(groups=["a", "b"], objective="reweight")(losses, GROUPS)
     out.loss.backward()
     assert losses.grad.tolist() == pytest.approx([0.25, 0.25, 1 / 6, 1 / 6, 1 / 6])
 
@@ -136,7 +138,7 @@ batches = st.integers(min_value=1, max_value=24).flatmap(
 @given(batch=batches, mode=st.sampled_from(OBJECTIVE_MODES), step_size=st.floats(0.0, 5.0))
 def test_weights_stay_on_simplex(batch, mode, step_size):
     losses, ids = batch
-    objective = GroupObjective(num_groups=5, mode=mode, step_size=step_size)
+    objective = GroupObjective(num_groups=5, objective=mode, group_step_size=step_size)
     for _ in range(3):
         out = objective(torch.tensor(losses), torch.tensor(ids))
         assert (out.weights >= 0).all()
@@ -148,7 +150,7 @@ def test_weights_stay_on_simplex(batch, mode, step_size):
 @given(batch=batches, step_size=st.floats(0.01, 5.0))
 def test_absent_groups_get_no_increment(batch, step_size):
     losses, ids = batch
-    objective = GroupObjective(num_groups=5, mode="minmax", step_size=step_size)
+    objective = GroupObjective(num_groups=5, objective="minmax", group_step_size=step_size)
     before = objective.log_weights.clone()
     objective(torch.tensor(losses), torch.tensor(ids))
     increments = objective.log_weights - before
@@ -166,8 +168,8 @@ def test_absent_groups_get_no_increment(batch, step_size):
 def test_permuting_examples_changes_nothing(batch, mode, seed):
     losses, ids = torch.tensor(batch[0], dtype=torch.float64), torch.tensor(batch[1])
     permutation = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed))
-    first = GroupObjective(num_groups=5, mode=mode, step_size=0.7)(losses, ids)
-    second = GroupObjective(num_groups=5, mode=mode, step_size=0.7)(losses[permutation], ids[permutation])
+    first = GroupObjective(num_groups=5, objective=mode, group_step_size=0.7)(losses, ids)
+    second = GroupObjective(num_groups=5, objective=mode, group_step_size=0.7)(losses[permutation], ids[permutation])
     assert first.loss.item() == pytest.approx(second.loss.item(), rel=1e-9, abs=1e-9)
     assert torch.allclose(first.weights, second.weights)
 
@@ -179,7 +181,7 @@ def run_windows(mode, micro_batches_per_step, steps=4, seed=0):
     """Drive the objective over `steps` optimizer steps of 12 examples, split into micro-batches; return the total
     gradient wrt the losses of each step, the window losses and the final weights."""
     generator = torch.Generator().manual_seed(seed)
-    objective = GroupObjective(num_groups=3, mode=mode, step_size=0.5)
+    objective = GroupObjective(num_groups=3, objective=mode, group_step_size=0.5)
     grads, window_losses = [], []
     for _ in range(steps):
         losses = (torch.rand(12, generator=generator, dtype=torch.float64) * 4).requires_grad_(True)
@@ -214,12 +216,12 @@ def test_window_split_invariance(mode):
 def test_window_with_one_micro_batch_lags_reference_by_one_update():
     """The window order weights step t with the state after step t-1 (documented difference from __call__)."""
     losses, ids = torch.tensor([1.0, 5.0, 2.0]), torch.tensor([0, 1, 1])
-    windowed = GroupObjective(num_groups=2, mode="minmax", step_size=1.0)
+    windowed = GroupObjective(num_groups=2, objective="minmax", group_step_size=1.0)
     weights = windowed.begin_window([ids])
     assert weights.tolist() == pytest.approx([0.5, 0.5])  # initial weights, not yet updated
     windowed.window_loss(losses, ids)
     windowed.end_window()
-    reference = GroupObjective(num_groups=2, mode="minmax", step_size=1.0)
+    reference = GroupObjective(num_groups=2, objective="minmax", group_step_size=1.0)
     reference(losses, ids)
     assert torch.allclose(windowed.weights, reference.weights)
 
@@ -256,13 +258,13 @@ def test_unknown_label_error_names_it_and_known_labels():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_groups": 2, "mode": "dro"}, "`mode` must be one of"),
+        ({"num_groups": 2, "objective": "dro"}, r"`objective` must be one of \('erm', 'reweight', 'minmax'"),
         ({}, "Pass `num_groups` or `groups`"),
         ({"num_groups": 3, "groups": ["a", "b"]}, "`num_groups`=3"),
         ({"groups": ["a", "a"]}, "duplicate"),
-        ({"num_groups": 2, "step_size": -1.0}, "`step_size`"),
-        ({"num_groups": 2, "temperature": 0.0}, "`temperature`"),
-        ({"num_groups": 2, "ema_decay": 1.0}, "`ema_decay`"),
+        ({"num_groups": 2, "group_step_size": -1.0}, "`group_step_size`"),
+        ({"num_groups": 2, "group_temperature": 0.0}, "`group_temperature`"),
+        ({"num_groups": 2, "group_ema_decay": 1.0}, "`group_ema_decay`"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -292,13 +294,13 @@ def test_non_finite_loss_names_step_and_group():
 @pytest.mark.parametrize("mode", OBJECTIVE_MODES)
 def test_state_round_trip(tmp_path, mode):
     generator = torch.Generator().manual_seed(1)
-    objective = GroupObjective(groups=["x", "y", "z"], mode=mode, step_size=0.4, adjustment=0.1)
+    objective = GroupObjective(groups=["x", "y", "z"], objective=mode, group_step_size=0.4, group_adjustment=0.1)
     for _ in range(3):
         objective(torch.rand(9, generator=generator), torch.randint(0, 3, (9,), generator=generator))
     path = tmp_path / "objective.safetensors"
     objective.save(path)
     restored = GroupObjective.from_file(path)
-    in_memory = GroupObjective(groups=["x", "y", "z"], mode=mode, step_size=0.4, adjustment=0.1)
+    in_memory = GroupObjective(groups=["x", "y", "z"], objective=mode, group_step_size=0.4, group_adjustment=0.1)
     in_memory.load_state_dict(objective.state_dict())
     batch = (torch.rand(9, generator=generator), torch.randint(0, 3, (9,), generator=generator))
     expected = objective(*batch)

@@ -20,7 +20,7 @@ def test_stratified_steps_hold_every_digit_and_sizes_come_from_the_training_set(
         class_conditional_unet,
         tmp_path,
         *DIGITS,
-        "--train_batch_size",
+        "--per_device_train_batch_size",
         "6",
         "--gradient_accumulation_steps",
         "2",
@@ -30,13 +30,13 @@ def test_stratified_steps_hold_every_digit_and_sizes_come_from_the_training_set(
         "last",
         "--group_weight_floor",
         "0.1",
-        "--max_train_steps",
+        "--max_steps",
         "3",
     )
     groups = result.objective.groups
     for log in result.log_history:  # 12 images per step, 10 digits: each digit once or twice
         assert sorted(log[f"group_count/{g}"] for g in groups) == [1.0] * 8 + [2.0] * 2
-    labels = load_image_dataset("digits-imbalanced", "train")["label"]
+    labels = load_image_dataset("digits-imbalanced", "train")["group"]
     expected = [float(sum(1 for label in labels if label == g)) for g in groups]
     assert result.objective.objectives[0].group_sizes.tolist() == expected
     assert min(expected) < max(expected) / 2  # imbalanced: the sizes are not the window's

@@ -11,8 +11,8 @@ from tests.distributed_batches import make_batches
 
 
 def single_process_trace(mode):
-    single = GroupObjective(num_groups=4, mode=mode, step_size=0.5)
-    windowed = GroupObjective(num_groups=4, mode=mode, step_size=0.5)
+    single = GroupObjective(num_groups=4, objective=mode, group_step_size=0.5)
+    windowed = GroupObjective(num_groups=4, objective=mode, group_step_size=0.5)
     trace = {"single_loss": [], "single_weights": [], "window_loss": [], "window_weights": []}
     for losses, ids, tokens in make_batches():
         out = single(losses, ids, example_weights=tokens)

@@ -17,8 +17,8 @@ def softmax(values):
 
 def test_batch_estimate_shrinks_an_absent_group_and_last_keeps_its_score():
     eta = 0.5
-    batch = GroupObjective(num_groups=2, step_size=eta, loss_estimate="batch")
-    last = GroupObjective(num_groups=2, step_size=eta, loss_estimate="last")
+    batch = GroupObjective(num_groups=2, group_step_size=eta, group_loss_estimate="batch")
+    last = GroupObjective(num_groups=2, group_step_size=eta, group_loss_estimate="last")
     for objective in (batch, last):
         objective(torch.tensor([3.0, 1.0]), torch.tensor([0, 1]))  # both present: L = (3, 1)
         objective(torch.tensor([2.0]), torch.tensor([1]))  # group 0 absent, group 1 scores 2
@@ -30,7 +30,7 @@ def test_batch_estimate_shrinks_an_absent_group_and_last_keeps_its_score():
 
 def test_ema_estimate_tracks_present_groups_only():
     eta, decay = 0.5, 0.75
-    objective = GroupObjective(num_groups=3, step_size=eta, loss_estimate="ema", ema_decay=decay)
+    objective = GroupObjective(num_groups=3, group_step_size=eta, group_loss_estimate="ema", group_ema_decay=decay)
     objective(torch.tensor([4.0, 2.0]), torch.tensor([0, 1]))  # group 2 never seen: left out of the update
     assert objective.weights[2] == pytest.approx(objective.weights[1] * math.exp(-eta * 2.0))
     objective(torch.tensor([0.0]), torch.tensor([0]))  # estimates: g0 = .75*4 + .25*0 = 3, g1 stays 2
@@ -40,7 +40,7 @@ def test_ema_estimate_tracks_present_groups_only():
 
 def test_weight_floor_is_dorem_mixing_with_uniform():
     eta, floor = 2.0, 0.2
-    objective = GroupObjective(num_groups=2, step_size=eta, weight_floor=floor)
+    objective = GroupObjective(num_groups=2, group_step_size=eta, group_weight_floor=floor)
     objective(torch.tensor([5.0, 0.0]), torch.tensor([0, 1]))
     q = softmax([eta * 5, 0.0])
     first = [(1 - floor) * w + floor / 2 for w in q]
@@ -55,7 +55,7 @@ def test_weight_floor_is_dorem_mixing_with_uniform():
 
 
 def test_floor_applies_to_ema_and_worst_weights():
-    worst = GroupObjective(num_groups=2, mode="worst", weight_floor=0.5)
+    worst = GroupObjective(num_groups=2, objective="worst", group_weight_floor=0.5)
     worst(torch.tensor([1.0, 2.0]), torch.tensor([0, 1]))
     assert worst.weights.tolist() == pytest.approx([0.25, 0.75])
 
@@ -66,7 +66,7 @@ def test_excess_loss_drives_the_update_but_not_the_training_loss():
     reference = torch.tensor([1.0, 2.0, 2.5, 1.0])  # excess clip(l - ref, 0) = 2, 0, 0, 4
     groups = torch.tensor([0, 0, 1, 1])
     tokens = torch.tensor([1.0, 3.0, 1.0, 1.0])
-    objective = GroupObjective(num_groups=2, step_size=eta)
+    objective = GroupObjective(num_groups=2, group_step_size=eta)
     objective.begin_window([groups], [tokens])
     out = objective.window_loss(losses, groups, tokens, reference_losses=reference)
     # the training loss: uniform weights on the raw token-mean group losses (3 + 3) / 4 and (2 + 5) / 2
@@ -84,7 +84,7 @@ def test_excess_loss_window_is_split_invariant_and_single_batch_agrees():
     torch.manual_seed(0)
     losses, reference = torch.rand(12) * 4, torch.rand(12) * 4
     groups, tokens = torch.randint(0, 3, (12,)), torch.randint(1, 5, (12,)).double()
-    whole, split = (GroupObjective(num_groups=3, step_size=0.7) for _ in range(2))
+    whole, split = (GroupObjective(num_groups=3, group_step_size=0.7) for _ in range(2))
     whole.begin_window([groups], [tokens])
     whole.window_loss(losses, groups, tokens, reference_losses=reference)
     whole.end_window()
@@ -94,7 +94,7 @@ def test_excess_loss_window_is_split_invariant_and_single_batch_agrees():
         split.window_loss(losses[p], groups[p], tokens[p], reference_losses=reference[p])
     split.end_window()
     torch.testing.assert_close(whole.weights, split.weights)
-    single = GroupObjective(num_groups=3, step_size=0.7)
+    single = GroupObjective(num_groups=3, group_step_size=0.7)
     single(losses, groups, tokens, reference_losses=reference)
     torch.testing.assert_close(single.weights, whole.weights)
 
@@ -121,7 +121,7 @@ def reference_adjusted_step(adv_probs, losses, group_idx, n_groups, step_size, a
 
 def test_adjustment_with_training_set_sizes_matches_the_reference_for_every_group():
     sizes = torch.tensor([100.0, 4.0, 25.0])
-    objective = GroupObjective(num_groups=3, step_size=0.3, adjustment=2.0, group_sizes=sizes.tolist())
+    objective = GroupObjective(num_groups=3, group_step_size=0.3, group_adjustment=2.0, group_sizes=sizes.tolist())
     adv_probs = torch.full((3,), 1 / 3, dtype=torch.float64)
     torch.manual_seed(0)
     for step in range(5):
@@ -137,7 +137,7 @@ def test_adjustment_with_training_set_sizes_matches_the_reference_for_every_grou
 
 
 def test_observe_updates_from_outside_losses_and_training_windows_can_skip_the_update():
-    objective = GroupObjective(num_groups=2, step_size=0.5, loss_estimate="last")
+    objective = GroupObjective(num_groups=2, group_step_size=0.5, group_loss_estimate="last")
     objective.begin_window([torch.tensor([0, 1])])
     objective.window_loss(torch.tensor([9.0, 1.0]), torch.tensor([0, 1]))
     objective.end_window(update=False)
@@ -162,7 +162,12 @@ def test_track_group_losses_pure_function():
 
 def test_state_round_trip_keeps_the_robust_settings(tmp_path):
     objective = GroupObjective(
-        groups=["a", "b"], step_size=0.2, loss_estimate="ema", weight_floor=0.1, group_sizes=[3, 7], adjustment=1.0
+        groups=["a", "b"],
+        group_step_size=0.2,
+        group_loss_estimate="ema",
+        group_weight_floor=0.1,
+        group_sizes=[3, 7],
+        group_adjustment=1.0,
     )
     objective(torch.tensor([2.0, 1.0]), ["a", "b"])
     objective(torch.tensor([1.0]), ["b"])

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from hf_egt import EGTConfig, EGTTrainer, GroupObjective
 from hf_egt.core.losses import causal_lm_token_losses, sequence_losses
+from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES
 from hf_egt.integrations.trainer import OBJECTIVE_STATE_NAME, DataCollatorForCausalLM
 
 from .conftest import accelerate_launch
@@ -142,12 +143,15 @@ def test_gradient_accumulation_gives_the_same_parameters_and_weights(tmp_path, a
     assert not torch.allclose(whole.objective.weights, torch.full((2,), 0.5, dtype=torch.float64))  # it moved
 
 
-def test_resume_from_checkpoint_continues_exactly(tmp_path):
+@pytest.mark.parametrize("state_name", [OBJECTIVE_STATE_NAME, *LEGACY_OBJECTIVE_STATE_NAMES])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, state_name):
+    """Also from a checkpoint whose objective state has the name it had before `group_objective.safetensors`."""
     straight = train_run(tmp_path / "straight", max_steps=4)
     first = train_run(tmp_path / "resumed", max_steps=2, save_strategy="steps", save_steps=2)
     checkpoint = tmp_path / "resumed" / "checkpoint-2"
     assert (checkpoint / OBJECTIVE_STATE_NAME).is_file()
-    saved = GroupObjective.from_file(str(checkpoint / OBJECTIVE_STATE_NAME))
+    (checkpoint / OBJECTIVE_STATE_NAME).rename(checkpoint / state_name)
+    saved = GroupObjective.from_file(str(checkpoint / state_name))
     torch.testing.assert_close(saved.weights, first.objective.weights)
 
     resumed = EGTTrainer(
@@ -156,7 +160,11 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
         train_dataset=group_dataset({"a": 20, "b": 12}, seed=0),
         peft_config=lora(),
     )
-    resumed.train(resume_from_checkpoint=str(checkpoint))
+    if state_name == OBJECTIVE_STATE_NAME:
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    else:
+        with pytest.warns(FutureWarning, match=rf"{state_name}.*use 'group_objective\.safetensors'"):
+            resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.objective.step == straight.objective.step == 4
     assert_same_params(lora_params(straight), lora_params(resumed))
     torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)

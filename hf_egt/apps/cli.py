@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_egt import __version__
+from hf_egt.core.vocabulary import (
+    LEGACY_OBJECTIVE_STATE_NAMES,
+    OBJECTIVE_STATE_NAME,
+    add_renamed_options,
+)
 
 logger = logging.getLogger("hf_egt.apps.cli")
 
@@ -39,7 +44,8 @@ FORWARDED = ("train", "train-diffusion")
 # Options whose value is a secret, in every spelling argparse accepts (HfArgumentParser adds the dashed alias).
 SECRET_OPTIONS = ("--hub_token", "--hub-token", "--token")
 # What a finished or interrupted run leaves in its output folder: a fresh run must not overwrite it silently.
-RUN_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "report.json", "egt_objective.safetensors")
+RUN_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "report.json", OBJECTIVE_STATE_NAME)
+RUN_OUTPUTS += LEGACY_OBJECTIVE_STATE_NAMES
 TRUE_STRINGS, FALSE_STRINGS = ("true", "yes", "1", "latest"), ("false", "no", "0", "")
 DEBUG_ENV = "HF_EGT_DEBUG"
 
@@ -226,8 +232,12 @@ class TrainScriptArguments:
     eval_split: str | None = field(
         default=None, metadata={"help": "Eval split (default: test/validation if present, else held-out rows)."}
     )
-    max_per_group: int | None = field(default=None, metadata={"help": "At most this many training rows per group."})
-    max_eval_per_group: int | None = field(default=None, metadata={"help": "At most this many eval rows per group."})
+    max_train_per_group: int | None = field(
+        default=None, metadata={"help": "At most this many training rows per group (default: all)."}
+    )
+    max_eval_per_group: int | None = field(
+        default=None, metadata={"help": "At most this many eval rows per group (default: all)."}
+    )
     eval_fraction: float = field(default=0.2, metadata={"help": "Held-out share per group without an eval split."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha."})
@@ -283,18 +293,49 @@ def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str
     )
 
 
+# Old option -> its name on every command (docs/trainer.md, "One vocabulary"); the old ones go in REMOVAL_VERSION.
+TRAIN_RENAMED_OPTIONS = {"--max_per_group": "--max_train_per_group"}
+EVALUATE_RENAMED_OPTIONS = {
+    "--max_per_group": "--max_eval_per_group",
+    "--split": "--eval_split",
+    "--batch_size": "--per_device_eval_batch_size",
+}
+DEMO_RENAMED_OPTIONS = {"--minmax_objective": "--objective", "--batch_size": "--per_device_train_batch_size"}
+
+
 def train_parser():
-    from transformers import HfArgumentParser
+    """``hf-egt train``'s parser: ``TrainScriptArguments`` and ``EGTConfig``, the EGT options first in ``--help``
+    (script, then group objective), then the ~700 lines of ``TrainingArguments``."""
+    from dataclasses import fields
+
+    from transformers import HfArgumentParser, TrainingArguments
 
     from hf_egt.integrations.trainer import EGTConfig
 
-    return HfArgumentParser(
+    parser = HfArgumentParser(
         (TrainScriptArguments, EGTConfig),
         allow_abbrev=False,  # `--hub_tok x` must not silently mean `--hub_token x`
         prog="hf-egt train",
         description="Fine-tune a causal LM with LoRA and a group objective (EGTTrainer); write the per-group report "
         "and a model card; push with --push_to_hub --hub_model_id.",
     )
+    script = {f.name for f in fields(TrainScriptArguments)}
+    egt = {f.name for f in fields(EGTConfig)} - {f.name for f in fields(TrainingArguments)}
+    sections = [
+        (parser.add_argument_group("hf-egt train (model, data, LoRA)"), script),
+        (parser.add_argument_group("group objective and losses (EGTConfig)"), egt),
+    ]
+    general = parser._optionals
+    for group, names in sections:
+        moved = [action for action in general._group_actions if action.dest in names]
+        general._group_actions[:] = [action for action in general._group_actions if action.dest not in names]
+        group._group_actions.extend(moved)
+    general.title = "TrainingArguments"
+    parser.usage = "hf-egt train --model_name_or_path MODEL --dataset DATA [options below]"
+    parser._action_groups.remove(general)
+    parser._action_groups.append(general)  # shown after the EGT sections
+    add_renamed_options(parser, TRAIN_RENAMED_OPTIONS)
+    return parser
 
 
 def parse_train_arguments(argv: Sequence[str]):
@@ -329,7 +370,7 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
         raise ValueError(f"`--lora_alpha` must be > 0, got {script_args.lora_alpha}.")
     if not 0.0 <= script_args.lora_dropout < 1.0:
         raise ValueError(f"`--lora_dropout` must be in [0, 1), got {script_args.lora_dropout}.")
-    for name in ("max_per_group", "max_eval_per_group"):
+    for name in ("max_train_per_group", "max_eval_per_group"):
         value = getattr(script_args, name)
         if value is not None and value < 1:
             raise ValueError(f"`--{name}` must be >= 1 (or left out for all rows), got {value}.")
@@ -446,7 +487,7 @@ def run_train(argv: Sequence[str]) -> dict:
         text_column=training_args.text_column,
         group_column=training_args.group_column,
         groups=training_args.groups,
-        max_per_group=script_args.max_per_group,
+        max_per_group=script_args.max_train_per_group,
         max_eval_per_group=script_args.max_eval_per_group,
         eval_fraction=script_args.eval_fraction,
         train_split=script_args.train_split,
@@ -552,6 +593,8 @@ def append_report_notes(markdown_path: str | Path, held_out: str | None, dropped
 
 # ---------------------------------------------------------------------------------------------------------- evaluate
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from hf_egt.core.metrics import DIVERGENCES, RECOMMENDED_TEXT_DIVERGENCE
+
     parser.add_argument(
         "--model_name_or_path", required=True, help="Hub id, local folder or .gguf file of a causal LM."
     )
@@ -559,11 +602,18 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare_base", action="store_true", help="With --adapter: also report the base model.")
     parser.add_argument("--dataset", required=True, help="bold-<domain>, a local json/csv/parquet file, or a Hub id.")
     parser.add_argument("--dataset_config", default=None)
-    parser.add_argument("--split", default=None, help="Evaluate on this split (default: the eval split).")
+    parser.add_argument(
+        "--eval_split",
+        default=None,
+        help="Evaluate on this split (default: test/validation if present, else held-out "
+        "rows; with --adapter, the rows recorded in its split.json).",
+    )
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--group_column", default="group")
     parser.add_argument("--groups", nargs="+", default=None, help="Only these groups (default: all).")
-    parser.add_argument("--max_per_group", type=int, default=128, help="At most this many rows per group.")
+    parser.add_argument(
+        "--max_eval_per_group", type=int, default=None, help="At most this many eval rows per group (default: all)."
+    )
     parser.add_argument(
         "--feature_model",
         default="minilm",
@@ -572,9 +622,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--divergence",
-        default="quantized_js",  # hf_egt.core.metrics.RECOMMENDED_TEXT_DIVERGENCE (not imported: keeps --help fast)
-        help="Divergence of the EGT report, a name of hf_egt.core.metrics.DIVERGENCES; the default is the one "
-        "docs/metric.md supports at ~100 samples per group.",
+        default=RECOMMENDED_TEXT_DIVERGENCE,
+        choices=list(DIVERGENCES),
+        help="Divergence of the EGT report (hf_egt.core.metrics.DIVERGENCES); the default is the one docs/metric.md "
+        "supports at ~100 samples per group.",
     )
     parser.add_argument(
         "--max_prompts_per_group",
@@ -602,10 +653,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num_prompt_words", type=int, default=4, help="Words of each sentence kept as the prompt.")
     parser.add_argument("--max_new_tokens", type=int, default=24)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=8, help="Rows per forward pass.")
+    parser.add_argument("--max_length", type=int, default=512, help="Truncation length (tokens) of each row.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed of the held-out split, subsampling and generation.")
     parser.add_argument("--output_dir", default="outputs/evaluate")
+    add_renamed_options(parser, EVALUATE_RENAMED_OPTIONS, "hf-egt evaluate")
 
 
 def resolve_feature_model(name: str | None) -> str | None:
@@ -623,7 +675,12 @@ def recorded_split(args: argparse.Namespace) -> dict | None:
     ``--ignore_recorded_split`` given)."""
     from hf_egt.apps.data import read_split_record
 
-    if args.adapter is None or args.split is not None or args.ignore_recorded_split or not Path(args.adapter).is_dir():
+    if (
+        args.adapter is None
+        or args.eval_split is not None
+        or args.ignore_recorded_split
+        or not Path(args.adapter).is_dir()
+    ):
         return None
     return read_split_record(args.adapter)
 
@@ -658,8 +715,9 @@ def check_egt_sample_sizes(groups: Sequence[str], args: argparse.Namespace) -> t
     )
     if not args.skip_unusable_groups:
         raise ValueError(
-            f"{message}; add eval rows (`--max_per_group`, a larger `--eval_fraction`), use `--feature_model none` "
-            "for perplexity only, or pass `--skip_unusable_groups` to leave them out with a warning."
+            f"{message}; add eval rows (`--max_eval_per_group`, a larger `--eval_fraction`), use "
+            "`--feature_model none` for perplexity only, or pass `--skip_unusable_groups` to leave them out with a "
+            "warning."
         )
     logger.warning("Left out of the evaluation: %s.", message)
     return list(small), [f"{message}: left out of the evaluation (perplexity and EGT)"]
@@ -687,7 +745,13 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
             f"`--output_dir`: {args.output_dir!r} already holds a report (report.json); pass `--overwrite_output_dir` "
             "to replace it, or another `--output_dir`."
         )
-    for name in ("max_per_group", "max_prompts_per_group", "max_new_tokens", "batch_size", "max_length"):
+    for name in (
+        "max_eval_per_group",
+        "max_prompts_per_group",
+        "max_new_tokens",
+        "per_device_eval_batch_size",
+        "max_length",
+    ):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}.")
     record = recorded_split(args)
@@ -695,7 +759,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         "text_column": args.text_column,
         "group_column": args.group_column,
         "groups": args.groups,
-        "eval_split": args.split,
+        "eval_split": args.eval_split,
         "config": args.dataset_config,
         "seed": args.seed,
         "eval_fraction": args.eval_fraction,
@@ -731,7 +795,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     else:
         held_out = f"held out: {held_out_sentence(data.split)}"
     logger.info("Evaluation rows %s.", held_out)
-    evaluation = subsample_per_group(evaluation, group_column, args.max_per_group, args.seed)
+    evaluation = subsample_per_group(evaluation, group_column, args.max_eval_per_group, args.seed)
     groups = [str(group) for group in evaluation[group_column]]
     if feature_model is not None:
         too_small, messages = check_egt_sample_sizes(groups, args)
@@ -745,7 +809,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     model, tokenizer = load_checked_causal_lm(args.model_name_or_path)
     texts = list(evaluation[text_column])
     kwargs = {
-        "batch_size": args.batch_size,
+        "batch_size": args.per_device_eval_batch_size,
         "max_length": args.max_length,
         "feature_model": feature_model,
         "num_prompt_words": args.num_prompt_words,
@@ -783,24 +847,33 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------- demo
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options: each overrides its preset (``DEFAULT`` / ``QUICK`` of ``hf_egt.apps.demo``), so they default
+    to ``None``; the names are those of ``hf-egt train`` / ``evaluate``."""
+    from hf_egt.core.objective import OBJECTIVE_MODES
+
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")
     parser.add_argument("--quick", action="store_true", help="Smaller preset (about 5 minutes on 2 CPU cores).")
     parser.add_argument("--no_egt", action="store_true", help="Skip generation and the embedding EGT divergence.")
     advanced = parser.add_argument_group("advanced (override the preset)")
     advanced.add_argument("--model_name_or_path", default=None, help="A causal LM instead of the offline SmolLM2.")
-    advanced.add_argument("--feature_model", default=None, help="Sentence encoder (default: offline MiniLM).")
+    advanced.add_argument(
+        "--feature_model",
+        default="minilm",
+        help="Sentence encoder: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder.",
+    )
     advanced.add_argument("--max_steps", type=int, default=None)
     advanced.add_argument("--max_train_per_group", type=int, default=None)
     advanced.add_argument("--max_eval_per_group", type=int, default=None)
     advanced.add_argument("--max_prompts_per_group", type=int, default=None)
-    advanced.add_argument("--batch_size", type=int, default=None)
+    advanced.add_argument("--per_device_train_batch_size", type=int, default=None)
     advanced.add_argument("--group_step_size", type=float, default=None)
     advanced.add_argument(
-        "--minmax_objective",
+        "--objective",
         default=None,
-        choices=["minmax", "ema", "worst", "reweight"],
+        choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],  # the other run is the ERM baseline
         help="Group objective of the 'minmax' run (default: minmax, exponentiated-gradient group DRO).",
     )
+    add_renamed_options(parser, DEMO_RENAMED_OPTIONS, "hf-egt demo")
 
 
 def run_demo_command(args: argparse.Namespace) -> dict:
@@ -809,19 +882,17 @@ def run_demo_command(args: argparse.Namespace) -> dict:
     from hf_egt.apps.demo import DEFAULT, QUICK, run_demo
 
     settings = QUICK if args.quick else DEFAULT
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "max_steps",
-            "max_train_per_group",
-            "max_eval_per_group",
-            "max_prompts_per_group",
-            "batch_size",
-            "group_step_size",
-            "minmax_objective",
-        )
-        if getattr(args, name) is not None
+    # option -> DemoSettings field (the field names are in the demo's report: kept as they are)
+    fields = {
+        "max_steps": "max_steps",
+        "max_train_per_group": "max_train_per_group",
+        "max_eval_per_group": "max_eval_per_group",
+        "max_prompts_per_group": "max_prompts_per_group",
+        "per_device_train_batch_size": "batch_size",
+        "group_step_size": "group_step_size",
+        "objective": "minmax_objective",
     }
+    overrides = {field: getattr(args, option) for option, field in fields.items() if getattr(args, option) is not None}
     if args.no_egt:
         overrides["egt"] = False
     settings = replace(settings, **overrides)
@@ -838,12 +909,14 @@ def run_demo_command(args: argparse.Namespace) -> dict:
         args.quick,
         settings=settings,
         model_loader=loader,
-        feature_model=resolve_feature_model(args.feature_model) if args.feature_model else None,
+        feature_model=resolve_feature_model(args.feature_model) if settings.egt else None,
     )
 
 
 # -------------------------------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands_with_options: Sequence[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The ``hf-egt`` parser; only the sub-commands in ``commands_with_options`` get their options (their ``choices``
+    come from the registries, which import torch: ``hf-egt --help`` stays instant)."""
     parser = argparse.ArgumentParser(
         prog="hf-egt",
         description="Equalized Generative Treatment for Hugging Face models: measure per-group generation quality "
@@ -861,11 +934,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=help_text, description=help_text, add_help=name not in FORWARDED, allow_abbrev=False
         )
-        if name == "evaluate":
+        if name == "evaluate" and name in commands_with_options:
             add_evaluate_arguments(sub)
-        elif name == "demo":
+        elif name == "demo" and name in commands_with_options:
             add_demo_arguments(sub)
     return parser
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The parser of every command (``train``'s and ``train-diffusion``'s are their own, the others sub-parsers), for
+    ``--help`` and for the test that each shared concept has one name and one default across them."""
+    from hf_egt.integrations.diffusion.train import build_parser as diffusion_parser
+
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    return {
+        "train": train_parser(),
+        "train-diffusion": diffusion_parser(),
+        "evaluate": commands.choices["evaluate"],
+        "demo": commands.choices["demo"],
+    }
 
 
 def _summary(result: Mapping) -> str:
@@ -895,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     bad input (``console_main`` turns that into one ``error:`` line and exit status 2)."""
     argv = _without_global_options(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = build_parser()
+    parser = build_parser(argv[:1])
     args, rest = parser.parse_known_args(argv[:1] if argv and argv[0] in FORWARDED else argv)
     if args.command not in FORWARDED and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

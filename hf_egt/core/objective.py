@@ -24,12 +24,12 @@ Two ways to drive it:
 
 Options that make min-max usable on small, noisy batches (each from a named source):
 
-- ``loss_estimate`` (``batch`` | ``last`` | ``ema``): what the update sees of each group. ``batch`` is the reference
-  update (kohpangwei/group_DRO ``loss.py``: an absent group has loss 0, so its weight shrinks). ``last`` keeps an
-  absent group's last score (DoReMi, ``doremi/trainer.py``: ``perdomain_scores`` are only overwritten for the domains
-  present); ``ema`` is a moving average updated for the present groups only (group_DRO's ``--btl`` loss tracking,
-  decay ``ema_decay``). A group never seen yet is left out of the update.
-- ``weight_floor`` ``c`` (DoReMi's ``reweight_eps``): after each update ``q <- (1 - c) q + c / k``, so no group's
+- ``group_loss_estimate`` (``batch`` | ``last`` | ``ema``): what the update sees of each group. ``batch`` is the
+  reference update (kohpangwei/group_DRO ``loss.py``: an absent group has loss 0, so its weight shrinks). ``last``
+  keeps an absent group's last score (DoReMi, ``doremi/trainer.py``: ``perdomain_scores`` are only overwritten for the
+  domains present); ``ema`` is a moving average updated for the present groups only (group_DRO's ``--btl`` loss
+  tracking, decay ``group_ema_decay``). A group never seen yet is left out of the update.
+- ``group_weight_floor`` ``c`` (DoReMi's ``reweight_eps``): after each update ``q <- (1 - c) q + c / k``, so no group's
   weight falls below ``c / k`` and shared learning does not stop.
 - excess loss (DoReMi): pass ``reference_losses`` (per-example losses of a reference model) with the losses; the update
   then scores each group with the (weighted) mean of ``clip(l - l_ref, min=0)`` instead of its raw loss, so a group is
@@ -48,8 +48,19 @@ from dataclasses import dataclass
 import torch
 
 from hf_egt.core.groups import group_means, group_sums
+from hf_egt.core.vocabulary import renamed_keywords
 
 LOSS_ESTIMATES = ("batch", "last", "ema")
+# Old keyword -> the name every surface uses (EGTConfig, the command line); the old ones go in REMOVAL_VERSION.
+RENAMED_KEYWORDS = {
+    "mode": "objective",
+    "step_size": "group_step_size",
+    "adjustment": "group_adjustment",
+    "ema_decay": "group_ema_decay",
+    "temperature": "group_temperature",
+    "loss_estimate": "group_loss_estimate",
+    "weight_floor": "group_weight_floor",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -324,41 +335,46 @@ class GroupObjective:
 
     Args:
         num_groups: number of groups; optional when ``groups`` is given.
-        mode: one of ``erm``, ``reweight``, ``minmax``, ``worst``, ``ema``.
-        step_size: exponentiated-gradient step size ``eta`` (``minmax``).
+        objective: one of ``OBJECTIVE_MODES``: ``erm``, ``reweight``, ``minmax``, ``worst``, ``ema``.
+        group_step_size: exponentiated-gradient step size ``eta`` (``minmax``).
         groups: the group labels (``str`` or ``int``), in id order. Defaults to ``0 .. num_groups - 1``.
-        adjustment: generalisation adjustment ``C``: ``C / sqrt(n_g)`` is added to ``L_g`` in the update.
-        ema_decay: decay of the moving average of group losses (``ema``).
-        temperature: softmax temperature on the moving average (``ema``).
+        group_adjustment: generalisation adjustment ``C``: ``C / sqrt(n_g)`` is added to ``L_g`` in the update.
+        group_ema_decay: decay of the moving average of group losses (``ema``).
+        group_temperature: softmax temperature on the moving average (``ema``).
         reduce_across_processes: all-reduce group statistics when ``torch.distributed`` is initialised.
-        loss_estimate: what the ``minmax`` update sees of each group: ``batch`` (this step's loss, 0 when absent, as
-            the reference), ``last`` (absent groups keep their last score, as DoReMi) or ``ema`` (moving average of
-            the present groups' scores with ``ema_decay``, as group_DRO's ``--btl``).
-        weight_floor: DoReMi's ``c`` in ``[0, 1)``: the weights are mixed ``(1 - c) q + c / k`` with uniform.
+        group_loss_estimate: what the ``minmax`` update sees of each group: ``batch`` (this step's loss, 0 when
+            absent, as the reference), ``last`` (absent groups keep their last score, as DoReMi) or ``ema`` (moving
+            average of the present groups' scores with ``group_ema_decay``, as group_DRO's ``--btl``).
+        group_weight_floor: DoReMi's ``c`` in ``[0, 1)``: the weights are mixed ``(1 - c) q + c / k`` with uniform.
         group_sizes: training-set size of each group, in id order; the adjustment then uses them for every group.
 
+    The keywords are those of ``EGTConfig`` and the command line; the old names (``mode``, ``step_size``,
+    ``adjustment``, ``ema_decay``, ``temperature``, ``loss_estimate``, ``weight_floor``) still work for one release,
+    with a ``FutureWarning``. The attributes keep the short names (``objective.mode``, ``objective.step_size``...).
+
     Example:
-        >>> objective = GroupObjective(groups=["a", "b"], mode="minmax", step_size=0.1)
+        >>> objective = GroupObjective(groups=["a", "b"], objective="minmax", group_step_size=0.1)
         >>> out = objective(torch.tensor([1.0, 2.0, 3.0]), ["a", "b", "b"])
         >>> out.loss.backward()  # doctest: +SKIP
     """
 
+    @renamed_keywords(RENAMED_KEYWORDS)
     def __init__(
         self,
         num_groups: int | None = None,
-        mode: str = "minmax",
-        step_size: float = 0.01,
+        objective: str = "minmax",
+        group_step_size: float = 0.01,
         groups: Sequence[str | int] | None = None,
-        adjustment: float = 0.0,
-        ema_decay: float = 0.9,
-        temperature: float = 1.0,
+        group_adjustment: float = 0.0,
+        group_ema_decay: float = 0.9,
+        group_temperature: float = 1.0,
         reduce_across_processes: bool = True,
-        loss_estimate: str = "batch",
-        weight_floor: float = 0.0,
+        group_loss_estimate: str = "batch",
+        group_weight_floor: float = 0.0,
         group_sizes: Sequence[float] | torch.Tensor | None = None,
     ):
-        if mode not in OBJECTIVE_MODES:
-            raise ValueError(f"`mode` must be one of {OBJECTIVE_MODES}, got {mode!r}.")
+        if objective not in OBJECTIVE_MODES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVE_MODES}, got {objective!r}.")
         if groups is None and num_groups is None:
             raise ValueError("Pass `num_groups` or `groups`.")
         if groups is None:
@@ -366,18 +382,18 @@ class GroupObjective:
         self.group_labels = GroupLabels(groups)
         if num_groups is not None and num_groups != len(self.group_labels):
             raise ValueError(f"`num_groups`={num_groups} but `groups` names {len(self.group_labels)} groups.")
-        if step_size < 0 or not math.isfinite(step_size):
-            raise ValueError(f"`step_size` must be a finite number >= 0, got {step_size}.")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay}.")
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
-        if adjustment < 0:
-            raise ValueError(f"`adjustment` must be >= 0, got {adjustment}.")
-        if loss_estimate not in LOSS_ESTIMATES:
-            raise ValueError(f"`loss_estimate` must be one of {LOSS_ESTIMATES}, got {loss_estimate!r}.")
-        if not 0.0 <= weight_floor < 1.0:
-            raise ValueError(f"`weight_floor` must be in [0, 1), got {weight_floor}.")
+        if group_step_size < 0 or not math.isfinite(group_step_size):
+            raise ValueError(f"`group_step_size` must be a finite number >= 0, got {group_step_size}.")
+        if not 0.0 <= group_ema_decay < 1.0:
+            raise ValueError(f"`group_ema_decay` must be in [0, 1), got {group_ema_decay}.")
+        if group_temperature <= 0:
+            raise ValueError(f"`group_temperature` must be > 0, got {group_temperature}.")
+        if group_adjustment < 0:
+            raise ValueError(f"`group_adjustment` must be >= 0, got {group_adjustment}.")
+        if group_loss_estimate not in LOSS_ESTIMATES:
+            raise ValueError(f"`group_loss_estimate` must be one of {LOSS_ESTIMATES}, got {group_loss_estimate!r}.")
+        if not 0.0 <= group_weight_floor < 1.0:
+            raise ValueError(f"`group_weight_floor` must be in [0, 1), got {group_weight_floor}.")
         if group_sizes is not None:
             group_sizes = torch.as_tensor(group_sizes, dtype=torch.float64).flatten()
             if group_sizes.numel() != len(self.group_labels) or not (group_sizes > 0).all():
@@ -385,14 +401,14 @@ class GroupObjective:
                     f"`group_sizes` must hold one count > 0 per group ({len(self.group_labels)} groups: "
                     f"{self.group_labels.labels}), got {group_sizes.tolist()}."
                 )
-        self.mode = mode
-        self.step_size = float(step_size)
-        self.adjustment = float(adjustment)
-        self.ema_decay = float(ema_decay)
-        self.temperature = float(temperature)
+        self.mode = objective
+        self.step_size = float(group_step_size)
+        self.adjustment = float(group_adjustment)
+        self.ema_decay = float(group_ema_decay)
+        self.temperature = float(group_temperature)
         self.reduce_across_processes = reduce_across_processes
-        self.loss_estimate = loss_estimate
-        self.weight_floor = float(weight_floor)
+        self.loss_estimate = group_loss_estimate
+        self.weight_floor = float(group_weight_floor)
         self.group_sizes = group_sizes
         self.num_groups = len(self.group_labels)
         self.log_weights = torch.full((self.num_groups,), -math.log(self.num_groups), dtype=torch.float64)
@@ -575,13 +591,14 @@ class GroupObjective:
         save_tensors_with_metadata(tensors, metadata, path)
 
     @classmethod
+    @renamed_keywords(RENAMED_KEYWORDS, "GroupObjective.from_file")
     def from_file(cls, path: str, **overrides) -> GroupObjective:
-        """Rebuild an objective from ``save``'s file."""
+        """Rebuild an objective from ``save``'s file; ``overrides`` are constructor keywords."""
         from hf_egt.core.serialization import load_tensors_with_metadata
 
         tensors, metadata = load_tensors_with_metadata(path)
-        names = ("mode", "step_size", "adjustment", "ema_decay", "temperature", "loss_estimate", "weight_floor")
-        settings = {k: metadata[k] for k in names if k in metadata}
+        # The file keeps the attribute names (its format is unchanged); the constructor takes the new keywords.
+        settings = {new: metadata[old] for old, new in RENAMED_KEYWORDS.items() if old in metadata}
         if metadata.get("group_sizes") is not None:
             settings["group_sizes"] = metadata["group_sizes"]
         objective = cls(groups=metadata["groups"], **{**settings, **overrides})

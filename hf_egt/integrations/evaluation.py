@@ -161,10 +161,10 @@ def generate_continuations(
 def embedding_egt(
     real_texts: Sequence[str],
     real_groups: Sequence[str],
+    *,
     generated_texts: Sequence[str],
     generated_groups: Sequence[str],
     feature_model,
-    *,
     divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
     n_bootstrap: int | None = None,
     batch_size: int = 32,
@@ -203,8 +203,8 @@ def embedding_egt(
     return egt_report(
         real,
         list(real_groups),
-        generated,
-        list(generated_groups),
+        generated_features=generated,
+        generated_groups=list(generated_groups),
         divergence=divergence,
         n_bootstrap=n_bootstrap,
         seed=seed,
@@ -285,7 +285,13 @@ def evaluate_causal_lm(
             desc=f"{name}: generation",
         )
         report = embedding_egt(
-            real, chosen_groups, generated, chosen_groups, feature_model, divergence=divergence, seed=seed
+            real,
+            chosen_groups,
+            generated_texts=generated,
+            generated_groups=chosen_groups,
+            feature_model=feature_model,
+            divergence=divergence,
+            seed=seed,
         )
         result["egt"] = _jsonable(report)
         result["samples"] = {

@@ -135,9 +135,9 @@ class EGT(evaluate.Metric):
         return embedding_egt(
             references,
             _labels(reference_groups),
-            predictions,
-            list(prediction_groups),
-            feature_model,
+            generated_texts=predictions,
+            generated_groups=list(prediction_groups),
+            feature_model=feature_model,
             divergence=divergence,
             n_bootstrap=n_bootstrap,
             batch_size=64,  # embed_texts' default

@@ -16,8 +16,8 @@ rank, world = accelerator.process_index, accelerator.num_processes
 assert world == 2, f"expected 2 processes, got {world}"
 results = {}
 for mode in OBJECTIVE_MODES:
-    single = GroupObjective(num_groups=4, mode=mode, step_size=0.5)
-    windowed = GroupObjective(num_groups=4, mode=mode, step_size=0.5)
+    single = GroupObjective(num_groups=4, objective=mode, group_step_size=0.5)
+    windowed = GroupObjective(num_groups=4, objective=mode, group_step_size=0.5)
     trace = {"single_loss": [], "single_weights": [], "window_loss": [], "window_weights": []}
     for losses, ids, tokens in make_batches():
         shard = slice(rank * len(ids) // world, (rank + 1) * len(ids) // world)

@@ -265,9 +265,10 @@ def _check_group_sizes(divergence: str, counts: dict, estimator_kwargs: dict) ->
 def egt_report(
     real_features,
     real_groups,
+    *,
     generated_features,
     generated_groups,
-    divergence: str = "kl",
+    divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
     n_bootstrap: int | None = None,
     seed: int = 0,
     confidence: float = 0.95,
@@ -279,12 +280,17 @@ def egt_report(
     """Per-group divergence between real and generated samples (EGT), with intervals, each group's noise floor,
     the gap, its permutation p-value, the ratio and the worst group.
 
+    The generated side is keyword-only: ``egt_report(real, real_groups, generated_features=...,
+    generated_groups=...)``. The `evaluate` module takes them the other way round (``predictions`` = generated,
+    ``references`` = real), so a positional call could silently swap the two sides of every divergence.
+
     Args:
         real_features: ``(n, d)`` features of real samples (tensor, array or list of vectors).
         real_groups: ``n`` group labels (str or int) of the real samples.
         generated_features: ``(m, d)`` features of generated samples; ``m`` may differ from ``n``.
         generated_groups: ``m`` group labels of the generated samples.
-        divergence: a name of ``DIVERGENCES``. k-NN family: "kl", "reverse_kl", "js", "tv", "hellinger"
+        divergence: a name of ``DIVERGENCES`` (default ``RECOMMENDED_TEXT_DIVERGENCE``, as the `evaluate` module and
+            ``hf-egt evaluate``). k-NN family: "kl", "reverse_kl", "js", "tv", "hellinger"
             (squared), "chi2", "pr" (with ``pr_lambda``), "frechet", "precision", "recall", "density",
             "coverage". Quantised family (one k-means codebook shared by all groups, exact on histograms):
             "quantized_kl", "quantized_reverse_kl", "quantized_js", "quantized_tv", "quantized_hellinger",

@@ -8,8 +8,8 @@ combines them as
 
     loss = sum_k (n_k / n) * sum_g q_{k,g} L_{k,g}
 
-where ``n_k`` is the number of examples of the window that fell in bucket ``k``. With ``mode="erm"`` this is exactly
-the mean per-example loss, and with one bucket it is the plain group objective. All group-DRO math stays in
+where ``n_k`` is the number of examples of the window that fell in bucket ``k``. With ``objective="erm"`` this is
+exactly the mean per-example loss, and with one bucket it is the plain group objective. All group-DRO math stays in
 ``GroupObjective``; this class only routes examples to buckets, and is exact over accumulation windows and processes
 for the same reason ``GroupObjective``'s windows are.
 """
@@ -28,8 +28,8 @@ class NoiseLevelGroupObjective:
 
     Args:
         num_buckets: number of noise-level buckets (1 gives the plain group objective).
-        **objective_kwargs: arguments of :class:`~hf_egt.core.objective.GroupObjective` (``groups``, ``mode``,
-            ``step_size``, ``ema_decay``, ...), the same for every bucket.
+        **objective_kwargs: arguments of :class:`~hf_egt.core.objective.GroupObjective` (``groups``, ``objective``,
+            ``group_step_size``, ``group_ema_decay``, ...), the same for every bucket.
     """
 
     def __init__(self, num_buckets: int = 1, **objective_kwargs):

@@ -4,8 +4,8 @@
 classes of 174 to 183 images) in which the classes :data:`DIGITS_MINORITY_CLASSES` (2, 5 and 8) are subsampled to
 :data:`DIGITS_MINORITY_FRACTION` (15 %: 27, 27 and 26 images) with ``numpy.random.default_rng(DIGITS_SEED=0)``; the
 other seven classes are kept whole (1264 + 80 = 1344 images in all). The group of an image is its class (column
-``label``); the image is in column ``image`` (a greyscale ``PIL`` image). Pixels are scaled to [-1, 1] and
-resized to ``--resolution`` (8 keeps the native size).
+``group``, the default ``--group_column``); the image is in column ``image`` (a greyscale ``PIL`` image). Pixels are
+scaled to [-1, 1] and resized to ``--resolution`` (8 keeps the native size).
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ def digits_imbalanced_arrays(
 
 def load_digits_imbalanced(**kwargs):
     """The ``digits-imbalanced`` split as a ``datasets.Dataset`` with columns ``image`` (PIL, mode ``L``) and
-    ``label`` (int)."""
+    ``group`` (int, the digit)."""
     import datasets
 
     pixels, labels = digits_imbalanced_arrays(**kwargs)
     return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": labels.tolist()},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "group": labels.tolist()},
+        features=datasets.Features({"image": datasets.Image(), "group": datasets.Value("int64")}),
     )
 
 

@@ -15,7 +15,7 @@ def unet_lora_config(rank: int, alpha: float | None = None, lora_conv: bool = Fa
     from peft import LoraConfig
 
     if rank < 1:
-        raise ValueError(f"`--rank` must be >= 1, got {rank}.")
+        raise ValueError(f"`--lora_r` must be >= 1, got {rank}.")
     targets = list(ATTENTION_TARGETS) + (list(CONV_TARGETS) if lora_conv else [])
     return LoraConfig(
         r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, init_lora_weights="gaussian", target_modules=targets
@@ -69,14 +69,20 @@ def save_unet_lora(model, kind: str, output_dir: str | os.PathLike) -> None:
     """
     os.makedirs(output_dir, exist_ok=True)
     if kind == "stable-diffusion":
-        save_diffusers_unet_lora(lora_state_dict(model), output_dir)
+        save_diffusers_unet_lora(lora_state_dict(model), output_dir, model.peft_config["default"])
     else:
         model.save_pretrained(str(output_dir), save_embedding_layers=False)
 
 
-def save_diffusers_unet_lora(state_dict: dict[str, torch.Tensor], output_dir: str | os.PathLike) -> None:
+def save_diffusers_unet_lora(
+    state_dict: dict[str, torch.Tensor], output_dir: str | os.PathLike, lora_config=None
+) -> None:
     """Write a UNet LoRA state dict in peft naming (``<module>.lora_A.weight``, relative to the UNet) as
-    ``pytorch_lora_weights.safetensors`` in the diffusers format, for ``StableDiffusionPipeline.load_lora_weights``."""
+    ``pytorch_lora_weights.safetensors`` in the diffusers format, for ``StableDiffusionPipeline.load_lora_weights``.
+
+    ``lora_config`` (its ``LoraConfig``) goes into the file's adapter metadata, as diffusers' training scripts do:
+    without it ``load_lora_weights`` takes ``lora_alpha`` equal to the rank, and a LoRA with another alpha would
+    load at the wrong scale."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
@@ -84,6 +90,7 @@ def save_diffusers_unet_lora(state_dict: dict[str, torch.Tensor], output_dir: st
         save_directory=str(output_dir),
         unet_lora_layers=convert_state_dict_to_diffusers(state_dict),
         safe_serialization=True,
+        unet_lora_adapter_metadata=None if lora_config is None else lora_config.to_dict(),
     )
 
 
@@ -94,6 +101,6 @@ def save_hyper_unet_lora(model, kind: str, output_dir: str | os.PathLike) -> Non
     if kind == "stable-diffusion":
         prefix = "base_model.model."
         weights = {name.removeprefix(prefix): tensor.detach() for name, tensor in model.generate_lora_weights().items()}
-        save_diffusers_unet_lora(weights, output_dir)
+        save_diffusers_unet_lora(weights, output_dir, next(iter(model.peft_model.peft_config.values())))
     else:
         model.export_peft(str(output_dir), save_embedding_layers=False)

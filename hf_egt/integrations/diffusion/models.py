@@ -64,7 +64,7 @@ def load_components(pretrained_model_name_or_path: str, revision: str | None = N
     unet_class = index.get("unet", [None, None])[1]
     if unet_class != "UNet2DModel":
         raise ValueError(
-            f"`--pretrained_model_name_or_path`={path!r} holds a {index.get('_class_name')} with a {unet_class}; "
+            f"`--model_name_or_path`={path!r} holds a {index.get('_class_name')} with a {unet_class}; "
             "supported are UNet2DModel repos/pipelines and Stable-Diffusion-style pipelines."
         )
     return DiffusionComponents("unet2d", UNet2DModel.from_pretrained(path, subfolder="unet", **kwargs), scheduler)

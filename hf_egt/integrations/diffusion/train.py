@@ -31,6 +31,12 @@ import torch
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
 from hf_egt.core.samplers import GROUP_SAMPLINGS, group_sampler
 from hf_egt.core.serialization import check_safetensors_files
+from hf_egt.core.vocabulary import (
+    OBJECTIVE_STATE_NAME,
+    add_renamed_options,
+    check_required_options,
+    objective_state_path,
+)
 from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 from hf_egt.integrations.diffusion.data import (
     DIGITS_DATASET_NAME,
@@ -60,7 +66,6 @@ from hf_egt.integrations.diffusion.sampling import image_grid, sample_stable_dif
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_FILE = "group_objective.safetensors"
 HYPERNETWORK_FOLDER = "hypernetwork"
 # Options that only mean something with --hyper: refused without it rather than silently ignored.
 HYPER_OPTIONS = (
@@ -75,72 +80,104 @@ HYPER_OPTIONS = (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+# Old option -> the name `hf-egt train` (EGTConfig) uses for the same concept; the old ones go in REMOVAL_VERSION.
+RENAMED_OPTIONS = {
+    "--pretrained_model_name_or_path": "--model_name_or_path",
+    "--dataset_name": "--dataset",
+    "--dataset_split": "--train_split",
+    "--max_train_steps": "--max_steps",
+    "--rank": "--lora_r",
+    "--dro_step_size": "--group_step_size",
+    "--dro_adjustment": "--group_adjustment",
+    "--ema_decay": "--group_ema_decay",
+    "--ema_temperature": "--group_temperature",
+    "--train_batch_size": "--per_device_train_batch_size",
+    "--lr_scheduler": "--lr_scheduler_type",
+    "--lr_warmup_steps": "--warmup_steps",
+    "--adam_weight_decay": "--weight_decay",
+    "--checkpointing_steps": "--save_steps",
+    "--checkpoints_total_limit": "--save_total_limit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options: the names and defaults of `hf-egt train` for every shared concept (docs/trainer.md,
+    "One vocabulary"), the group objective's first; the old spellings of ``RENAMED_OPTIONS`` warn."""
+    from diffusers.optimization import SchedulerType
+
     parser = argparse.ArgumentParser(
-        description="Min-max (group DRO) LoRA fine-tuning of a diffusers model.", allow_abbrev=False
+        prog="hf-egt train-diffusion",
+        description="Min-max (group DRO) LoRA fine-tuning of a diffusers model.",
+        allow_abbrev=False,
     )
-    add = parser.add_argument
-    add("--pretrained_model_name_or_path", required=True, help="Hub id or folder of a UNet2DModel or SD pipeline.")
-    add("--revision", default=None)
-    add("--dataset_name", required=True, help=f"Hub dataset id, an image folder, or {DIGITS_DATASET_NAME!r}.")
-    add("--dataset_split", default="train")
-    add("--cache_dir", default=None)
-    add("--image_column", default="image")
-    add("--group_column", default="label", help="Sensitive attribute; the class label of a class-conditional UNet.")
-    add("--caption_column", default=None, help="Captions (required for Stable Diffusion).")
-    add("--resolution", type=int, default=64)
-    add("--center_crop", action=argparse.BooleanOptionalAction, default=True)
-    add("--train_batch_size", type=int, default=16, help="Per device.")
-    add("--gradient_accumulation_steps", type=int, default=1)
-    add("--max_train_steps", type=int, default=1000)
-    add("--learning_rate", type=float, default=1e-4)
-    add("--lr_scheduler", default="constant")
-    add("--lr_warmup_steps", type=int, default=0)
-    add("--adam_beta1", type=float, default=0.9)
-    add("--adam_beta2", type=float, default=0.999)
-    add("--adam_weight_decay", type=float, default=1e-2)
-    add("--adam_epsilon", type=float, default=1e-8)
-    add("--max_grad_norm", type=float, default=1.0)
-    add("--rank", type=int, default=4, help="LoRA rank.")
-    add("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank).")
-    add("--lora_conv", action="store_true", help="Also adapt the ResNet convolutions (conv1, conv2).")
-    add("--objective", choices=OBJECTIVE_MODES, default="minmax")
-    add("--dro_step_size", type=float, default=0.01, help="Exponentiated-gradient step size (minmax).")
-    add(
-        "--dro_adjustment",
+    group = parser.add_argument_group("group objective").add_argument
+    group("--objective", choices=OBJECTIVE_MODES, default="minmax", help="Group objective.")
+    group("--group_column", default="group", help="Sensitive attribute; the class label of a class-conditional UNet.")
+    group("--group_step_size", type=float, default=0.01, help="Exponentiated-gradient step size (minmax).")
+    group(
+        "--group_adjustment",
         type=float,
         default=0.0,
         help="Generalisation adjustment C: C / sqrt(n_g) is added to "
         "each group's loss in the weight update (Sagawa et al.), favouring small groups.",
     )
-    add(
+    group(
         "--group_sampling",
         choices=GROUP_SAMPLINGS,
         default="natural",
         help="natural proportions, balanced (weighted sampler N / n_g with replacement, group_DRO's --reweight_groups) "
         "or stratified (every optimizer step holds every group); seeded with --seed and the epoch.",
     )
-    add(
+    group(
         "--group_loss_estimate",
         choices=LOSS_ESTIMATES,
         default="batch",
         help="Group losses seen by the minmax update: batch (absent groups 0, the reference), last (absent groups keep "
-        "their last value, DoReMi) or ema (--ema_decay over present groups, group_DRO's --btl).",
+        "their last value, DoReMi) or ema (--group_ema_decay over present groups, group_DRO's --btl).",
     )
-    add("--group_weight_floor", type=float, default=0.0, help="DoReMi's c: weights mixed (1 - c) q + c / k.")
-    add("--ema_decay", type=float, default=0.9, help="Decay of the group-loss EMA (ema).")
-    add("--ema_temperature", type=float, default=1.0, help="Softmax temperature on the EMA (ema).")
-    add(
+    group("--group_weight_floor", type=float, default=0.0, help="DoReMi's c: weights mixed (1 - c) q + c / k.")
+    group("--group_ema_decay", type=float, default=0.9, help="Decay of the group-loss EMA (ema).")
+    group("--group_temperature", type=float, default=1.0, help="Softmax temperature on the group-loss EMA (ema).")
+    group(
         "--noise_buckets",
         type=int,
         default=1,
         help="Keep the objective per bucket of timesteps (worst group at each noise level).",
     )
+    add = parser.add_argument
+    add("--model_name_or_path", required=True, help="Hub id or folder of a UNet2DModel or SD pipeline.")
+    add("--revision", default=None)
+    add("--dataset", required=True, help=f"Hub dataset id, an image folder, or {DIGITS_DATASET_NAME!r}.")
+    add("--train_split", default="train", help="Training split of a Hub dataset.")
+    add("--cache_dir", default=None)
+    add("--image_column", default="image")
+    add("--caption_column", default=None, help="Captions (required for Stable Diffusion).")
+    add("--resolution", type=int, default=64)
+    add("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    add("--per_device_train_batch_size", type=int, default=16, help="Images per micro-batch and process.")
+    add("--gradient_accumulation_steps", type=int, default=1)
+    add("--max_steps", type=int, default=1000, help="Optimizer steps.")
+    add("--learning_rate", type=float, default=1e-4)
+    add(
+        "--lr_scheduler_type",
+        default="constant",
+        choices=[scheduler.value for scheduler in SchedulerType],
+        help="Learning-rate schedule (diffusers.optimization.get_scheduler).",
+    )
+    add("--warmup_steps", type=int, default=0)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--lora_r", type=int, default=8, help="LoRA rank.")
+    add("--lora_alpha", type=float, default=16.0, help="LoRA alpha.")
+    add("--lora_conv", action="store_true", help="Also adapt the ResNet convolutions (conv1, conv2).")
     add("--snr_gamma", type=float, default=None, help="Min-SNR weighting of the per-example losses.")
     add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     add("--dataloader_num_workers", type=int, default=0)
-    add("--checkpointing_steps", type=int, default=500)
-    add("--checkpoints_total_limit", type=int, default=None)
+    add("--save_steps", type=int, default=500, help="Save a checkpoint every N steps (0: never).")
+    add("--save_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
     add("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' in --output_dir.")
     add(
         "--overwrite_output_dir",
@@ -150,16 +187,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--validation_steps", type=int, default=None, help="Save a per-group image grid every N steps (and at end).")
     add("--num_validation_images", type=int, default=4, help="Images per group in the validation grid.")
     add("--validation_inference_steps", type=int, default=25)
-    add("--report_to", default=None, help="accelerate tracker: tensorboard, wandb, ...")
+    add("--report_to", default="none", help="accelerate tracker: tensorboard, wandb, ... ('none': no tracker).")
     add("--output_dir", default="egt-diffusion-lora")
     add("--push_to_hub", action="store_true")
     add("--hub_model_id", default=None)
-    add("--seed", type=int, default=0)
+    add("--seed", type=int, default=42)
     hyper = parser.add_argument_group("hypernetwork (--hyper)")
     hyper.add_argument(
         "--hyper",
         action="store_true",
-        help="Train a HyperLoRAModel over the frozen UNet: a hypernetwork generating the LoRA factors (of --rank, on "
+        help="Train a HyperLoRAModel over the frozen UNet: a hypernetwork generating the LoRA factors (of --lora_r, on "
         "the same layers) from a set of images, the micro-batch's clean images while training.",
     )
     hyper.add_argument(
@@ -181,9 +218,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1024,
         help="Training images (a seeded random subset) whose encoding is the context of the exported LoRA.",
     )
+    add_renamed_options(parser, RENAMED_OPTIONS)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.train_batch_size < 1 or args.gradient_accumulation_steps < 1 or args.max_train_steps < 1:
-        parser.error("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be >= 1.")
+    check_required_options(parser, args)
+    if args.report_to == "none":
+        args.report_to = None
+    if args.per_device_train_batch_size < 1 or args.gradient_accumulation_steps < 1 or args.max_steps < 1:
+        parser.error("--per_device_train_batch_size, --gradient_accumulation_steps and --max_steps must be >= 1.")
     if args.noise_buckets < 1:
         parser.error(f"--noise_buckets must be >= 1, got {args.noise_buckets}.")
     if not args.hyper:
@@ -298,7 +344,7 @@ def build_hyper_model(components, lora_config, args):
         head_rank=args.hyper_head_rank,
         ple_weight=args.ple_weight,
         ple_every=args.ple_every,
-        base_model_name_or_path=args.pretrained_model_name_or_path,
+        base_model_name_or_path=args.model_name_or_path,
     )
     sampler = None
     if args.ple_weight > 0:
@@ -315,8 +361,8 @@ def fix_hyper_context(components, model, dataset, args, device, dtype) -> torch.
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))
     indices = order[: args.hyper_context_size].tolist()
     embeddings = []
-    for start in range(0, len(indices), args.train_batch_size):
-        batch = collate([dataset[i] for i in indices[start : start + args.train_batch_size]])
+    for start in range(0, len(indices), args.per_device_train_batch_size):
+        batch = collate([dataset[i] for i in indices[start : start + args.per_device_train_batch_size]])
         latents, _ = latent_distribution(components, batch["pixel_values"].to(device, dtype))
         embeddings.append(model.embed(sample=latents.to(dtype)))
     return model.set_context(context=model.hypernetwork.set_encoder(torch.cat(embeddings)))
@@ -338,7 +384,7 @@ def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> str | No
     none: a new run); a path must be a checkpoint folder holding the objective state (a ``FileNotFoundError``
     naming it otherwise, raised before anything is loaded)."""
     if resume_from_checkpoint.lower() not in ("latest", "true"):
-        objective_path = os.path.join(resume_from_checkpoint, OBJECTIVE_FILE)
+        objective_path = objective_state_path(resume_from_checkpoint, warn=False)
         if not os.path.isfile(objective_path):
             raise FileNotFoundError(
                 f"`--resume_from_checkpoint`: {objective_path} does not exist; pass a `checkpoint-<step>` folder of "
@@ -365,17 +411,17 @@ def check_output_dir(args: argparse.Namespace) -> None:
 
 
 def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
-    """``accelerator.save_state`` plus the objective's safetensors file; keep at most ``checkpoints_total_limit``."""
-    if args.checkpoints_total_limit is not None and accelerator.is_main_process:
+    """``accelerator.save_state`` plus the objective's safetensors file; keep at most ``save_total_limit``."""
+    if args.save_total_limit is not None and accelerator.is_main_process:
         folders = sorted(
             (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
         )
-        for folder in folders[: max(0, len(folders) - args.checkpoints_total_limit + 1)]:
+        for folder in folders[: max(0, len(folders) - args.save_total_limit + 1)]:
             shutil.rmtree(os.path.join(args.output_dir, folder))
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
     accelerator.save_state(path)  # a HyperLoRAModel's state dict is its hypernetwork only
     if accelerator.is_main_process:
-        objective.save(os.path.join(path, OBJECTIVE_FILE))
+        objective.save(os.path.join(path, OBJECTIVE_STATE_NAME))
 
 
 def validation_rows(components, model, group_labels, prompts, args, device) -> list[torch.Tensor]:
@@ -433,22 +479,22 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
         else 'PeftModel.from_pretrained(UNet2DModel.from_pretrained(base), "<this repo>")'
     )
     description = (
-        f"LoRA (rank {args.rank}) on `{args.pretrained_model_name_or_path}`, trained on `{args.dataset_name}` for "
+        f"LoRA (rank {args.lora_r}) on `{args.model_name_or_path}`, trained on `{args.dataset}` for "
         f"{objective.step} steps with the `{args.objective}` group objective over `{args.group_column}` "
         f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`."
     )
     if args.hyper:
         description += "\n\n" + hyper_card_text(args, context_size).strip()
     card = build_model_card(
-        base_model=args.pretrained_model_name_or_path,
+        base_model=args.model_name_or_path,
         runs={},
         objective=args.objective,
         model_name=args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
-        dataset=args.dataset_name,
+        dataset=args.dataset,
         group_column=args.group_column,
         library_name="diffusers" if stable_diffusion else "peft",
         pipeline_tag="text-to-image" if stable_diffusion else "unconditional-image-generation",
-        adapter_description=f"LoRA (rank {args.rank})",
+        adapter_description=f"LoRA (rank {args.lora_r})",
         description=description,
         usage=f"```python\n{load}\n```",
         settings={"steps": objective.step, "noise-level buckets": objective.num_buckets},
@@ -499,7 +545,7 @@ def main(args: argparse.Namespace) -> TrainResult:
 
     # Data and group objective first: both are cheap, and a checkpoint saved for other groups must fail before the
     # model is loaded. Images, group ids (the class label of a class-conditional UNet) and, for SD, captions.
-    dataset = load_image_dataset(args.dataset_name, args.dataset_split, args.cache_dir)
+    dataset = load_image_dataset(args.dataset, args.train_split, args.cache_dir)
     check_columns(dataset.column_names, image_column=args.image_column, group_column=args.group_column)
     group_labels = group_labels_of(dataset, args.group_column)
     group_ids = {label: index for index, label in enumerate(group_labels)}
@@ -507,28 +553,28 @@ def main(args: argparse.Namespace) -> TrainResult:
     # Training-set group sizes: the adjustment C / sqrt(n_g) of every group, as the reference (group_DRO).
     sizes = torch.bincount(torch.tensor(train_group_ids), minlength=len(group_labels)).tolist()
     objective = NoiseLevelGroupObjective(
-        args.noise_buckets, groups=group_labels, mode=args.objective, step_size=args.dro_step_size,
-        adjustment=args.dro_adjustment, ema_decay=args.ema_decay, temperature=args.ema_temperature,
-        loss_estimate=args.group_loss_estimate, weight_floor=args.group_weight_floor,
+        args.noise_buckets, groups=group_labels, objective=args.objective, group_step_size=args.group_step_size,
+        group_adjustment=args.group_adjustment, group_ema_decay=args.group_ema_decay,
+        group_temperature=args.group_temperature, group_loss_estimate=args.group_loss_estimate,
+        group_weight_floor=args.group_weight_floor,
         group_sizes=sizes if min(sizes) > 0 else None,
     )  # fmt: skip
     if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored
+        objective_path = objective_state_path(resume_path, "--resume_from_checkpoint")
         try:
-            objective.load(os.path.join(resume_path, OBJECTIVE_FILE))
+            objective.load(objective_path)
         except ValueError as error:
-            raise ValueError(
-                f"`--resume_from_checkpoint`: {os.path.join(resume_path, OBJECTIVE_FILE)}: {error}"
-            ) from error
+            raise ValueError(f"`--resume_from_checkpoint`: {objective_path}: {error}") from error
 
     # Model: frozen base in the training precision, LoRA parameters trained in float32.
-    components = load_components(args.pretrained_model_name_or_path, revision=args.revision)
+    components = load_components(args.model_name_or_path, revision=args.revision)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     for module in (components.unet, components.vae, components.text_encoder):
         if module is not None:
             module.requires_grad_(False).to(accelerator.device)
             if weight_dtype != torch.float32:
                 module.to(dtype=weight_dtype)
-    lora_config = unet_lora_config(args.rank, args.lora_alpha, args.lora_conv)
+    lora_config = unet_lora_config(args.lora_r, args.lora_alpha, args.lora_conv)
     if args.hyper:
         model = build_hyper_model(components, lora_config, args)
     else:
@@ -564,20 +610,20 @@ def main(args: argparse.Namespace) -> TrainResult:
     )
     sampler = group_sampler(
         args.group_sampling, train_group_ids, len(group_labels), seed=args.seed,
-        step_size=args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+        step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
     )  # fmt: skip
     dataloader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.train_batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=collate,
-        num_workers=args.dataloader_num_workers,
+        dataset, batch_size=args.per_device_train_batch_size, shuffle=sampler is None, sampler=sampler,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
     )  # fmt: skip
 
     optimizer = torch.optim.AdamW(
         lora_parameters(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        weight_decay=args.weight_decay, eps=args.adam_epsilon,
     )  # fmt: skip
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_steps * accelerator.num_processes,
     )  # fmt: skip
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
@@ -597,7 +643,7 @@ def main(args: argparse.Namespace) -> TrainResult:
     batches = batches_from(accelerator, dataloader, global_step * accumulation)
     trainable = lora_parameters(model)
     progress = tqdm(
-        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+        range(args.max_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     log_history = []
 
@@ -610,7 +656,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         return unwrapped.peft_model
 
     model.train()
-    while global_step < args.max_train_steps:
+    while global_step < args.max_steps:
         window = [next(batches) for _ in range(accumulation)]
         generator = window_generator(args.seed, global_step, accelerator.process_index)
         inputs = draw_window_inputs(components, window, args.noise_buckets, generator, weight_dtype)
@@ -635,7 +681,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         log_history.append({"step": global_step, **logs})
         if args.report_to:
             accelerator.log(logs, step=global_step)
-        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+        if args.save_steps and global_step % args.save_steps == 0:
             save_checkpoint(accelerator, objective, args, global_step)
         if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
             log_validation(accelerator, components, sampling_model(), group_labels, prompts, args, global_step)
@@ -653,9 +699,9 @@ def main(args: argparse.Namespace) -> TrainResult:
             model.save_pretrained(os.path.join(args.output_dir, HYPERNETWORK_FOLDER))
         else:
             if components.kind == "unet2d":
-                model.peft_config["default"].base_model_name_or_path = args.pretrained_model_name_or_path
+                model.peft_config["default"].base_model_name_or_path = args.model_name_or_path
             save_unet_lora(model, components.kind, args.output_dir)
-        objective.save(os.path.join(args.output_dir, OBJECTIVE_FILE))
+        objective.save(os.path.join(args.output_dir, OBJECTIVE_STATE_NAME))
         if args.validation_steps:
             validation_model = model.peft_model if args.hyper else model
             log_validation(accelerator, components, validation_model, group_labels, prompts, args, global_step)

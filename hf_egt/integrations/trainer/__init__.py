@@ -5,10 +5,10 @@
 on first use, so that TRL stays optional.
 """
 
+from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME
 from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
 from hf_egt.integrations.trainer.config import (
     GROUP_REFERENCES,
-    OBJECTIVE_STATE_NAME,
     EGTConfig,
     GroupArguments,
     TokenLossArguments,

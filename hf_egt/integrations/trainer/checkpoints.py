@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from hf_egt.integrations.trainer.config import OBJECTIVE_STATE_NAME
+from hf_egt.core.vocabulary import objective_state_path
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None,
             json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"`resume_from_checkpoint`: {state_path} is not valid JSON ({error}).") from error
-    objective_path = os.path.join(checkpoint, OBJECTIVE_STATE_NAME)
+    objective_path = objective_state_path(checkpoint)  # older checkpoints: egt_objective.safetensors (warns)
     if not os.path.isfile(objective_path):
         raise FileNotFoundError(
             f"`resume_from_checkpoint`: {checkpoint} has no group objective state {objective_path}."

@@ -13,7 +13,6 @@ from hf_egt.core.samplers import GROUP_SAMPLINGS
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_STATE_NAME = "egt_objective.safetensors"
 GROUP_REFERENCES = ("none", "base", "column")
 
 
@@ -74,7 +73,8 @@ class GroupArguments:
         metadata={"help": "Group labels in id order; defaults to the sorted unique labels of the training set."},
     )
     objective: str = field(
-        default="minmax", metadata={"help": f"Group objective, one of {', '.join(OBJECTIVE_MODES)}."}
+        default="minmax",
+        metadata={"help": "Group objective (hf_egt.core.objective).", "choices": list(OBJECTIVE_MODES)},
     )
     group_step_size: float = field(
         default=0.01, metadata={"help": "Exponentiated-gradient step size of the min-max group weights."}

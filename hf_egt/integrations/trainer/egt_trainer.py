@@ -34,9 +34,10 @@ from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, sequ
 from hf_egt.core.metrics.likelihood import group_likelihood, perplexity
 from hf_egt.core.objective import GroupObjective
 from hf_egt.core.samplers import group_sampler
+from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME, objective_state_path
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
-from hf_egt.integrations.trainer.config import OBJECTIVE_STATE_NAME, EGTConfig, GroupArguments
+from hf_egt.integrations.trainer.config import EGTConfig, GroupArguments
 from hf_egt.integrations.trainer.data_utils import (
     DataCollatorForCausalLM,
     GroupCollator,
@@ -134,14 +135,14 @@ class EGTTrainerMixin:
         if train_labels is not None:  # training-set group sizes, for the adjustment of every group (the reference)
             sizes = [sum(1 for label in train_labels if label == group) for group in groups]
         self.objective = GroupObjective(
-            mode=args.objective,
-            step_size=args.group_step_size,
+            objective=args.objective,
+            group_step_size=args.group_step_size,
             groups=groups,
-            adjustment=args.group_adjustment,
-            ema_decay=args.group_ema_decay,
-            temperature=args.group_temperature,
-            loss_estimate=args.group_loss_estimate,
-            weight_floor=args.group_weight_floor,
+            group_adjustment=args.group_adjustment,
+            group_ema_decay=args.group_ema_decay,
+            group_temperature=args.group_temperature,
+            group_loss_estimate=args.group_loss_estimate,
+            group_weight_floor=args.group_weight_floor,
             group_sizes=sizes,
         )
         self._window_remaining = 0
@@ -416,7 +417,7 @@ class EGTTrainerMixin:
             resume_from_checkpoint = last_checkpoint(self.args.output_dir)
         if isinstance(resume_from_checkpoint, str):
             check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.mode)
-            self.objective.load(os.path.join(resume_from_checkpoint, OBJECTIVE_STATE_NAME))
+            self.objective.load(objective_state_path(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _log_under_output_dir(self) -> None:

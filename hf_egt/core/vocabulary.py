@@ -1,0 +1,132 @@
+"""One name per concept: the deprecation of renamed keywords and command-line options, and the objective's state file.
+
+Every surface (``GroupObjective``, ``EGTConfig``, ``hf-egt train`` / ``evaluate`` / ``train-diffusion`` / ``demo``)
+uses the same name for a concept (docs/trainer.md, "One vocabulary"). A renamed keyword or option keeps working for
+one release: :func:`renamed_keywords` (functions) and :func:`add_renamed_options` (argparse parsers) accept the old
+spelling with a ``FutureWarning`` naming the new one. Pure Python: imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import warnings
+from collections.abc import Callable, Mapping
+
+REMOVAL_VERSION = "0.2.0"  # the release that drops the old spellings
+
+OBJECTIVE_STATE_NAME = "group_objective.safetensors"
+# The names the objective state had in earlier versions (EGTTrainer's): still read on resume (with a warning), never
+# written.
+LEGACY_OBJECTIVE_STATE_NAMES = ("egt_objective.safetensors",)
+
+
+def warn_renamed(old: str, new: str, where: str) -> None:
+    """The one deprecation warning: ``where``'s ``old`` is now ``new``."""
+    warnings.warn(
+        f"{where}: {old} is deprecated and will be removed in hf-egt {REMOVAL_VERSION}; use {new} (same meaning).",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+def renamed_keywords(renamed: Mapping[str, str], where: str | None = None) -> Callable:
+    """Decorator: ``renamed`` maps old keyword names to new ones; a call with an old name warns and passes the value
+    under the new name. Passing both spellings of one keyword is a ``TypeError``."""
+
+    def decorate(function: Callable) -> Callable:
+        owner = where or function.__qualname__.removesuffix(".__init__")
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in renamed.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{owner}: pass `{new}` only (`{old}` is its deprecated name), not both.")
+                    warn_renamed(f"`{old}`", f"`{new}`", owner)
+                    kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+class _RenamedOption(argparse.Action):
+    """A hidden option that warns, then acts as the option it was renamed to."""
+
+    def __init__(self, option_strings, dest, target: argparse.Action, where: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.target, self.where = target, where
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warn_renamed(option_string, self.target.option_strings[0], self.where)
+        self.target(parser, namespace, values, self.target.option_strings[0])
+
+
+def add_renamed_options(parser: argparse.ArgumentParser, renamed: Mapping[str, str], where: str | None = None) -> None:
+    """Accept each old option of ``renamed`` (``{"--old": "--new"}``) as a hidden alias of the new one: same type,
+    choices and number of values, a ``FutureWarning`` when used, absent from ``--help``.
+
+    A required new option is checked by :func:`check_required_options` after parsing instead (argparse would not
+    count the alias as giving it).
+    """
+    where = where or parser.prog
+    dashed = {}  # HfArgumentParser also accepts `--new-name`: the old name's dashed spelling stays accepted too
+    for old, new in renamed.items():
+        if "_" in old and new.replace("_", "-") in parser._option_string_actions:
+            dashed[old.replace("_", "-")] = new
+    for old, new in {**renamed, **dashed}.items():
+        target = parser._option_string_actions[new]
+        if target.required:
+            target.required = False
+            parser.__dict__.setdefault("_renamed_required", []).append(target)
+        parser.add_argument(
+            old,
+            action=_RenamedOption,
+            dest=target.dest,
+            target=target,
+            where=where,
+            nargs=target.nargs,
+            const=target.const,
+            type=target.type,
+            choices=target.choices,
+            metavar=target.metavar,
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
+
+
+def check_required_options(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    """argparse's "required" error for the required options :func:`add_renamed_options` had to relax."""
+    relaxed = parser.__dict__.get("_renamed_required", ())
+    missing = [action.option_strings[0] for action in relaxed if getattr(namespace, action.dest, None) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+
+
+def renamed_options_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{"--old": "--new"}`` of every renamed option of ``parser`` (for tests and docs)."""
+    return {
+        option: action.target.option_strings[0]
+        for action in parser._actions
+        if isinstance(action, _RenamedOption)
+        for option in action.option_strings
+    }
+
+
+def objective_state_path(folder: str | os.PathLike, argument: str = "resume_from_checkpoint", warn: bool = True) -> str:
+    """The group objective's state file in a checkpoint or output ``folder``: ``group_objective.safetensors``, else a
+    legacy name (with a ``FutureWarning`` unless ``warn=False``), else the expected path (for the caller's "missing"
+    error)."""
+    path = os.path.join(folder, OBJECTIVE_STATE_NAME)
+    if os.path.isfile(path):
+        return path
+    for legacy in LEGACY_OBJECTIVE_STATE_NAMES:
+        legacy_path = os.path.join(folder, legacy)
+        if os.path.isfile(legacy_path):
+            if warn:
+                warn_renamed(f"the state file name {legacy!r}", repr(OBJECTIVE_STATE_NAME), f"`{argument}` {folder}")
+            return legacy_path
+    return path
