@@ -443,7 +443,7 @@ def run_train(argv: Sequence[str]) -> dict:
     """
     from hf_egt.apps.data import load_grouped_splits, write_split_record
     from hf_egt.integrations.evaluation import write_report
-    from hf_egt.integrations.hub import build_model_card, push_folder_to_hub, resolve_hub_token
+    from hf_egt.integrations.hub import resolve_hub_token
     from hf_egt.integrations.trainer import EGTTrainer, check_checkpoint, resolve_groups
 
     script_args, training_args = parse_train_arguments(argv)
@@ -456,8 +456,6 @@ def run_train(argv: Sequence[str]) -> dict:
         if not repo_id:
             raise ValueError("`--push_to_hub` needs `--hub_model_id` (e.g. `--hub_model_id you/smollm2-egt`).")
         token = resolve_hub_token(token)
-        # The Trainer would push checkpoints and its own card; we push once, after the card is written.
-        training_args.push_to_hub = False
     if "wandb" in (training_args.report_to or []):
         os.environ.setdefault("WANDB_DIR", str(output_dir))  # wandb's files under output_dir, like TensorBoard's
     data = load_grouped_splits(
@@ -533,13 +531,11 @@ def run_train(argv: Sequence[str]) -> dict:
     )
     append_report_notes(paths["md"], held_out, data.dropped)
     model_name = repo_id or output_dir.name
-    card = build_model_card(
-        base_model=script_args.model_name_or_path,
+    card_kwargs = dict(
         runs=runs,
-        objective=training_args.objective,
         model_name=model_name,
-        dataset=script_args.dataset,
-        group_column=training_args.group_column,
+        dataset_name=script_args.dataset,
+        base_model=script_args.model_name_or_path,
         command=command,
         adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
         if script_args.hyper
@@ -550,12 +546,13 @@ def run_train(argv: Sequence[str]) -> dict:
         dropped=data.dropped,
         held_out=held_out,
     )
-    card.save(output_dir / "README.md")
     result["paths"] = {key: str(path) for key, path in paths.items()}
     result["held_out"] = held_out
-    if push:
-        commit = push_folder_to_hub(output_dir, repo_id, token=token, private=bool(training_args.hub_private_repo))
+    if push:  # the adapter is saved (and, with --hyper, exported) above: upload the folder as it is
+        commit = trainer.push_to_hub(token=token, save_model_first=False, **card_kwargs)
         result["commit_url"] = str(commit.commit_url)
+    else:
+        trainer.create_model_card(**card_kwargs)
     return result
 
 

@@ -268,12 +268,14 @@ def push_folder_to_hub(
     private: bool = False,
     commit_message: str = "Upload hf-egt adapter, model card and EGT report",
     allow_patterns: Sequence[str] = UPLOAD_PATTERNS,
+    revision: str | None = None,
 ):
     """Create ``repo_id`` if needed and upload the files of ``folder`` that match ``allow_patterns`` (the card, the
     reports and what loading needs) in one commit, writing ``card_text`` as its README.md first.
 
     Every file to upload is read first: one holding the token is refused (a ``ValueError`` naming it) before the repo
-    is created. Returns the ``huggingface_hub.CommitInfo`` of the upload.
+    is created. ``revision``: the branch to commit to (default: the main branch). Returns the
+    ``huggingface_hub.CommitInfo`` of the upload.
     """
     from huggingface_hub import HfApi
 
@@ -298,4 +300,5 @@ def push_folder_to_hub(
         folder_path=folder,
         commit_message=commit_message,
         allow_patterns=paths,
+        revision=revision,
     )
