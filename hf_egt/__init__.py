@@ -2,13 +2,16 @@
 
 Names are imported lazily so that the core (the group objective, ``EGTTrainer``, the hypernetwork) imports without
 the optional stacks (diffusers, trl, evaluate, datasets) that only some features need; the ``TYPE_CHECKING`` block
-imports every lazy name for IDEs and type checkers.
+imports every lazy name for IDEs and type checkers. The HyperLoRA peft method is registered with peft when peft is
+imported (``hf_egt.integrations.peft_registration``), so ``import hf_egt`` itself stays light.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from hf_egt.integrations.peft_registration import register_when_peft_is_imported
 
 __version__ = "0.1.0"
 
@@ -58,6 +61,9 @@ if TYPE_CHECKING:
     from hf_egt.integrations.hyper import HyperLoRAConfig, HyperLoRAModel  # noqa: F401
     from hf_egt.integrations.trainer import EGTConfig, EGTTrainer  # noqa: F401
     from hf_egt.integrations.trainer.sft_trainer import EGTSFTConfig, EGTSFTTrainer  # noqa: F401
+
+
+register_when_peft_is_imported()  # HyperLoRA becomes a peft method once peft is imported
 
 
 def __getattr__(name: str):

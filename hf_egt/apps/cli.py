@@ -290,6 +290,7 @@ def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str
             lora_dropout=script_args.lora_dropout,
             ple_weight=script_args.ple_weight,
             base_model_name_or_path=model_name_or_path,
+            task_type="CAUSAL_LM",
         )
     from peft import LoraConfig
 
@@ -411,7 +412,7 @@ def fix_hyper_context(trainer, train_dataset, text_column: str, context_rows: in
 
 
 def save_hyper_artifacts(trainer, output_dir: Path) -> None:
-    """The hypernetwork in ``output_dir/hypernetwork`` (``HyperLoRAModel.from_pretrained``) and, in ``output_dir``,
+    """The hypernetwork in ``output_dir/hypernetwork`` (a HyperLoRA peft adapter) and, in ``output_dir``,
     a plain peft adapter holding the LoRA weights generated for the context ``fix_hyper_context`` fixed."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
@@ -428,11 +429,13 @@ def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
         "training rows (the weights the table's last column measured); it loads with plain peft:\n\n"
         "```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{model_name}")\n```\n\n'
-        "The hypernetwork itself (to generate LoRA weights for another set of examples) loads with hf-egt:\n\n"
-        "```python\nfrom transformers import AutoModelForCausalLM\n"
-        "from hf_egt.integrations.hyper import HyperLoRAModel\n\n"
+        "The hypernetwork itself (to generate LoRA weights for another set of examples) is a peft adapter of the "
+        "HyperLoRA method, which `import hf_egt` registers with peft:\n\n"
+        "```python\nimport hf_egt  # registers the HyperLoRA peft method\n"
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
         f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
-        f'model = HyperLoRAModel.from_pretrained(base, "{model_name}/{HYPERNETWORK_FOLDER}")\n```'
+        f'model = PeftModel.from_pretrained(base, "{model_name}", subfolder="{HYPERNETWORK_FOLDER}")\n'
+        'model.set_context(**tokenizer(texts, return_tensors="pt", padding=True))  # a new set of examples\n```'
     )
 
 

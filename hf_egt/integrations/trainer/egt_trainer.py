@@ -564,8 +564,8 @@ class EGTTrainer(EGTTrainerMixin, Trainer):
         train_dataset, eval_dataset: datasets with `input_ids` (or raw text in `text_column`) and `group_column`;
             `eval_dataset` may be a dict of them.
         processing_class: the tokenizer (pads batches; tokenizes raw text).
-        peft_config: a `peft` config (e.g. `LoraConfig`) to wrap `model` with, or a
-        `hf_egt.integrations.hyper.HyperLoRAConfig`. data_collator: defaults to [`DataCollatorForCausalLM`] with the
+        peft_config: a `peft` config (e.g. `LoraConfig`, or hf-egt's `HyperLoRAConfig`) to wrap `model` with.
+        data_collator: defaults to [`DataCollatorForCausalLM`] with the
         tokenizer's pad token.
         **kwargs: passed to [`~transformers.Trainer`].
 
