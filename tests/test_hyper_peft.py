@@ -157,3 +157,40 @@ def test_command_line_options_come_from_the_config_fields():
         parser.parse_args(["--ple_reduction", "median"])  # the config's choices
     with pytest.raises(ValueError, match="not `HyperLoRAConfig` fields"):
         add_config_arguments(argparse.ArgumentParser(), ["hyper_context_dim"])
+
+
+def test_egt_trainer_checkpoints_are_peft_adapters_and_resume_exactly(tmp_path):
+    """Through peft's path, EGTTrainer's checkpoints are HyperLoRA adapter folders; resuming from one reproduces the
+    uninterrupted run's hypernetwork exactly."""
+    from hf_egt import EGTConfig, EGTTrainer
+    from tests.trainer_utils import group_dataset
+    from tests.trainer_utils import tiny_llama as tiny_group_llama
+
+    def trainer():
+        args = EGTConfig(
+            output_dir=str(tmp_path),
+            objective="minmax",
+            per_device_train_batch_size=4,
+            max_steps=3,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=1,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        config = HyperLoRAConfig(r=2, target_modules=["q_proj", "v_proj"], hidden_size=16, task_type="CAUSAL_LM")
+        data = group_dataset({"a": 8, "b": 4})
+        return EGTTrainer(model=tiny_group_llama(), args=args, train_dataset=data, peft_config=config)
+
+    uninterrupted = trainer()
+    initial = {k: v.clone() for k, v in uninterrupted.model.base_model.hypernetwork.state_dict().items()}
+    uninterrupted.train()
+    saved = json.loads((tmp_path / "checkpoint-1" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "HYPER_LORA"
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    final = uninterrupted.model.base_model.hypernetwork.state_dict()
+    assert any(not torch.equal(final[k], initial[k]) for k in final)
+    for key, value in resumed.model.base_model.hypernetwork.state_dict().items():
+        torch.testing.assert_close(value, final[key], rtol=0, atol=0)
