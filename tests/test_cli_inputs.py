@@ -119,6 +119,10 @@ MATRIX = [
     # options
     ("max-steps-0", "train", lambda t, o, d: ["--max_steps", "0"], r"`--max_steps` 0 .* trains nothing"),
     ("ple-without-hyper", "train", lambda t, o, d: ["--ple_weight", "0.1"], r"`--ple_weight` 0\.1 .* needs `--hyper`"),
+    ("hyper-option-without-hyper", "train", lambda t, o, d: ["--hyper_context_dim", "8"],
+     r"`--hyper_context_dim` 8 is a HyperLoRA option: it needs `--hyper`"),
+    ("hyper-option-value", "train", lambda t, o, d: ["--hyper", "--ple_every", "0"],
+     r"`--ple_every` must be a positive integer, got 0"),
     ("abbreviated-secret", "train", lambda t, o, d: ["--hub_tok", "hf_abbrev_secret"],
      r"unrecognized arguments: --hub_tok \(run"),
     ("unknown-objective", "train", lambda t, o, d: ["--objective", "fair"], r"`objective` must be one of .*minmax"),

@@ -194,3 +194,19 @@ def test_egt_trainer_checkpoints_are_peft_adapters_and_resume_exactly(tmp_path):
     assert any(not torch.equal(final[k], initial[k]) for k in final)
     for key, value in resumed.model.base_model.hypernetwork.state_dict().items():
         torch.testing.assert_close(value, final[key], rtol=0, atol=0)
+
+
+def test_train_and_train_diffusion_declare_the_config_options():
+    """`hf-egt train` and the diffusion script take their HyperLoRA options from the config: one name, default and
+    help for each option the two share."""
+    from hf_egt.apps.cli import TRAIN_HYPER_FIELDS, train_parser
+    from hf_egt.integrations.diffusion.train import HYPER_CONFIG_FIELDS
+
+    by_name = {f.name: f for f in fields(HyperLoRAConfig)}
+    actions = {action.dest: action for action in train_parser()._actions}
+    for name in TRAIN_HYPER_FIELDS:
+        action = actions[option_name(name)]
+        assert (action.default, action.help) == (by_name[name].default, by_name[name].metadata["help"])
+    assert {"ple_weight", "ple_every", "context_dim", "hidden_size", "head_rank"} <= set(TRAIN_HYPER_FIELDS) & set(
+        HYPER_CONFIG_FIELDS
+    )

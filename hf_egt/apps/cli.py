@@ -255,9 +255,6 @@ class TrainScriptArguments:
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (default: all-linear)."}
     )
     hyper: bool = field(default=False, metadata={"help": "Generate the LoRA factors with a hypernetwork (HyperLoRA)."})
-    ple_weight: float = field(
-        default=0.0, metadata={"help": "HyperLoRA self-consumption (PLE) penalty weight (needs --hyper)."}
-    )
     hyper_context_rows: int = field(
         default=64,
         metadata={"help": "With --hyper: training rows whose set fixes the context of the exported peft adapter."},
@@ -274,6 +271,21 @@ class TrainScriptArguments:
             "groups that cannot be split or evaluated (default: an error naming them)."
         },
     )
+    # The HyperLoRAConfig options (`--ple_weight`, `--hyper_context_dim`...), declared by `train_parser` from the
+    # config's own fields and set by `parse_train_arguments`: field name -> value.
+    hyper_options: dict = field(default_factory=dict, init=False)
+
+
+# HyperLoRAConfig fields `hf-egt train --hyper` exposes (as `--ple_*` / `--hyper_<field>`).
+TRAIN_HYPER_FIELDS = (
+    "ple_weight",
+    "ple_every",
+    "set_encoder_input",
+    "context_dim",
+    "set_encoder_hidden",
+    "hidden_size",
+    "head_rank",
+)
 
 
 def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str):
@@ -288,9 +300,9 @@ def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str
             lora_alpha=script_args.lora_alpha,
             target_modules=target,
             lora_dropout=script_args.lora_dropout,
-            ple_weight=script_args.ple_weight,
             base_model_name_or_path=model_name_or_path,
             task_type="CAUSAL_LM",
+            **script_args.hyper_options,
         )
     from peft import LoraConfig
 
@@ -306,26 +318,32 @@ def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str
 def train_parser():
     from transformers import HfArgumentParser
 
+    from hf_egt.integrations.hyper.config import add_config_arguments
     from hf_egt.integrations.trainer import EGTConfig
 
-    return HfArgumentParser(
+    parser = HfArgumentParser(
         (TrainScriptArguments, EGTConfig),
         allow_abbrev=False,  # `--hub_tok x` must not silently mean `--hub_token x`
         prog="hf-egt train",
         description="Fine-tune a causal LM with LoRA and a group objective (EGTTrainer); write the per-group report "
         "and a model card; push with --push_to_hub --hub_model_id.",
     )
+    add_config_arguments(parser.add_argument_group("HyperLoRA (with --hyper)"), TRAIN_HYPER_FIELDS)
+    return parser
 
 
 def parse_train_arguments(argv: Sequence[str]):
     """``(TrainScriptArguments, EGTConfig)`` from the command line; unknown options are a ``ValueError`` that names
     them without their values (a mistyped secret option must not be echoed)."""
-    script_args, training_args, unknown = train_parser().parse_args_into_dataclasses(
+    from hf_egt.integrations.hyper.config import config_values
+
+    script_args, training_args, hyper_namespace, unknown = train_parser().parse_args_into_dataclasses(
         args=list(argv), return_remaining_strings=True
     )
     if unknown:
         options = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")] or ["<positional values>"]
         raise ValueError(f"unrecognized arguments: {' '.join(options)} (run `hf-egt train --help` for the options).")
+    script_args.hyper_options = config_values(hyper_namespace, TRAIN_HYPER_FIELDS)
     return script_args, training_args
 
 
@@ -336,13 +354,23 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
             f"`--max_steps` {training_args.max_steps} with `--num_train_epochs` {training_args.num_train_epochs} "
             "trains nothing; pass a positive `--max_steps`, or `--max_steps -1` with a positive `--num_train_epochs`."
         )
-    if script_args.ple_weight and not script_args.hyper:
-        raise ValueError(
-            f"`--ple_weight` {script_args.ple_weight} is the HyperLoRA self-consumption penalty: it needs `--hyper` "
-            "(or drop `--ple_weight`)."
-        )
-    if script_args.ple_weight < 0:
-        raise ValueError(f"`--ple_weight` must be >= 0, got {script_args.ple_weight}.")
+    from hf_egt.integrations.hyper.config import HyperLoRAConfig, option_name
+
+    defaults = HyperLoRAConfig()
+    for name, value in script_args.hyper_options.items():
+        if value != getattr(defaults, name) and not script_args.hyper:
+            raise ValueError(
+                f"`--{option_name(name)}` {value} is a HyperLoRA option: it needs `--hyper` (or drop "
+                f"`--{option_name(name)}`)."
+            )
+    if script_args.hyper:
+        try:
+            HyperLoRAConfig(**script_args.hyper_options)
+        except ValueError as error:  # name the option, not the field
+            message = str(error)
+            for name in script_args.hyper_options:
+                message = message.replace(f"`{name}`", f"`--{option_name(name)}`")
+            raise ValueError(message) from None
     if script_args.lora_r < 1:
         raise ValueError(f"`--lora_r` must be a positive integer (the LoRA rank), got {script_args.lora_r}.")
     if script_args.lora_alpha <= 0:
@@ -378,7 +406,7 @@ def training_settings(training_args, script_args: TrainScriptArguments, num_proc
     if training_args.group_adjustment:
         settings["group adjustment"] = training_args.group_adjustment
     if script_args.hyper:
-        settings["PLE weight"] = script_args.ple_weight
+        settings["PLE weight"] = script_args.hyper_options["ple_weight"]
     return {key: value for key, value in settings.items() if value is not None}
 
 
