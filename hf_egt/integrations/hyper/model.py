@@ -66,11 +66,12 @@ class HyperLoRAModel(nn.Module):
         base_model: a transformers causal LM or a diffusers `UNet2DModel` (anything peft's LoRA can adapt, given an
             `embed_fn`). Like `peft.get_peft_model`, this injects LoRA layers into it in place.
         config: the [`HyperLoRAConfig`] (or peft's `{adapter_name: config}`).
+        adapter_name: the adapter's name (peft's; one adapter per model).
         embed_fn: optional custom set embedder `(peft_model, args, kwargs) -> (N, D)`; needs `embed_dim`.
         embed_dim: `D` of `embed_fn`.
-        ple_sampler: draws the synthetic batch Y for the PLE penalty (see `hf_egt.integrations.hyper.sampling`); causal
-        LMs
-            default to `CausalLMSampler`, UNets need e.g. `DiffusionSampler(scheduler)` when `ple_weight > 0`.
+        ple_sampler: draws the synthetic batch Y for the PLE penalty (see `hf_egt.integrations.hyper.sampling`);
+            causal LMs default to `CausalLMSampler`, UNets need e.g. `DiffusionSampler(scheduler)` when
+            `ple_weight > 0`.
     """
 
     prefix = "hyper_lora_"
@@ -80,7 +81,6 @@ class HyperLoRAModel(nn.Module):
         base_model: nn.Module,
         config: HyperLoRAConfig | Mapping[str, HyperLoRAConfig],
         adapter_name: str = "default",
-        low_cpu_mem_usage: bool = False,
         *,
         embed_fn: SetEmbedder | Callable | None = None,
         embed_dim: int | None = None,
