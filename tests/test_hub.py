@@ -247,6 +247,7 @@ def test_trainer_push_to_hub_sends_the_egt_card_and_only_the_allow_list(fake_hub
     """`EGTTrainer.push_to_hub` (Trainer's API, with `push_to_hub=True` and checkpoints every step): one commit, at
     the end, holding the EGT card of the last evaluation and the allow-listed files; no checkpoint, no token."""
     from hf_egt.integrations.hub import UPLOAD_PATTERNS, files_to_upload
+    from hf_egt.integrations.trainer.egt_trainer import OBJECTIVE_STATE_NAME
 
     trainer = _tiny_trainer(tmp_path, push_to_hub=True, hub_model_id="me/tiny-egt", hub_token="hf_test_token")
     trainer.train()
@@ -259,7 +260,7 @@ def test_trainer_push_to_hub_sends_the_egt_card_and_only_the_allow_list(fake_hub
     out = tmp_path / "out"
     assert (out / "checkpoint-1").is_dir()
     assert set(fake_hub.files) == set(files_to_upload(out, UPLOAD_PATTERNS))
-    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "egt_objective.safetensors"} <= set(
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", OBJECTIVE_STATE_NAME} <= set(
         fake_hub.files
     )
     assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in fake_hub.files)
