@@ -220,8 +220,8 @@ def diffusion_rows(quick: bool) -> list[dict]:
         }
     ]
     hyper_args = argparse.Namespace(
-        hyper_pool_size=4, hyper_hidden_size=128, hyper_context_dim=64, hyper_head_rank=32, ple_weight=0.0,
-        ple_every=1, ple_inference_steps=10, pretrained_model_name_or_path=None,
+        hyper_unet_pool_size=4, hyper_set_encoder_hidden=128, hyper_hidden_size=128, hyper_context_dim=64,
+        hyper_head_rank=32, ple_weight=0.0, ple_every=1, ple_inference_steps=10, model_name_or_path=None,
     )  # fmt: skip
     models, steps = {}, {}
     for name in ("lora", "hyper"):

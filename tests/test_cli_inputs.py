@@ -119,6 +119,10 @@ MATRIX = [
     # options
     ("max-steps-0", "train", lambda t, o, d: ["--max_steps", "0"], r"`--max_steps` 0 .* trains nothing"),
     ("ple-without-hyper", "train", lambda t, o, d: ["--ple_weight", "0.1"], r"`--ple_weight` 0\.1 .* needs `--hyper`"),
+    ("hyper-option-without-hyper", "train", lambda t, o, d: ["--hyper_context_dim", "8"],
+     r"`--hyper_context_dim` 8 is a HyperLoRA option: it needs `--hyper`"),
+    ("hyper-option-value", "train", lambda t, o, d: ["--hyper", "--ple_every", "0"],
+     r"`--ple_every` must be a positive integer, got 0"),
     ("abbreviated-secret", "train", lambda t, o, d: ["--hub_tok", "hf_abbrev_secret"],
      r"unrecognized arguments: --hub_tok \(run"),
     ("eval-fraction", "train", lambda t, o, d: ["--eval_fraction", "1.5"], r"`--eval_fraction` must be in \(0, 1\)"),
@@ -430,7 +434,7 @@ def test_evaluate_reuses_the_held_out_rows_of_training(tmp_path, tiny_lm, tiny_j
 def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_json):
     """`--hyper`: the exported plain-peft adapter and the hypernetwork load with the card's snippets, give the same
     logits, and are what the report's last column measured."""
-    from peft import AutoPeftModelForCausalLM
+    from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM
 
     from hf_egt.integrations.hyper import HyperLoRAModel
@@ -439,13 +443,18 @@ def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_jso
     argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--hyper"]
     _train([*argv, "--eval_base", "false", "--hyper_context_rows", "8"])
     card = (out / "README.md").read_text()
-    assert "AutoPeftModelForCausalLM.from_pretrained" in card and "HyperLoRAModel.from_pretrained" in card
+    assert "AutoPeftModelForCausalLM.from_pretrained" in card and 'subfolder="hypernetwork")' in card
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert json.loads((out / "hypernetwork" / "adapter_config.json").read_text())["peft_type"] == "HYPER_LORA"
     plain = AutoPeftModelForCausalLM.from_pretrained(out)
-    hyper = HyperLoRAModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), out / "hypernetwork")
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    hyper_on_base = PeftModel.from_pretrained(base, str(out), subfolder="hypernetwork")  # the card's snippet
+    hyper = AutoPeftModelForCausalLM.from_pretrained(out / "hypernetwork")
+    assert isinstance(hyper.base_model, HyperLoRAModel) and isinstance(hyper_on_base.base_model, HyperLoRAModel)
     ids = torch.tensor([[1, 5, 9, 3, 7]])
-    with torch.no_grad():
-        hyper.eval()
-        torch.testing.assert_close(hyper(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the saved context generates exactly the exported LoRA weights
+        for model in (hyper.eval(), hyper_on_base.eval()):
+            torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     from transformers import AutoTokenizer
 
     from hf_egt.apps.data import load_grouped_splits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -233,3 +234,85 @@ def test_push_uploads_only_the_allow_list_and_refuses_a_file_with_the_token(fake
     with pytest.raises(ValueError, match=r"\['report.json'\] contain the Hub token"):
         push_folder_to_hub(folder, "me/allow")
     assert len(fake_hub.requests) == requests  # refused before the repo is created
+
+
+# ------------------------------------------------------------------------------------- EGTTrainer.push_to_hub
+def _tiny_trainer(tmp_path, **overrides):
+    from peft import LoraConfig
+
+    from hf_egt.integrations.trainer import EGTConfig, EGTTrainer
+    from tests.trainer_utils import group_dataset, tiny_llama
+
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        objective="minmax",
+        per_device_train_batch_size=4,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    model = tiny_llama()
+    model.config._name_or_path = "me/tiny-base"  # as `from_pretrained("me/tiny-base")` records it
+    return EGTTrainer(
+        model=model,
+        args=EGTConfig(**settings),
+        train_dataset=group_dataset({"a": 6, "b": 2}),
+        eval_dataset=group_dataset({"a": 4, "b": 4}, seed=1),
+        peft_config=LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+
+
+def test_trainer_push_to_hub_sends_the_egt_card_and_only_the_allow_list(fake_hub, tmp_path):
+    """`EGTTrainer.push_to_hub` (Trainer's API, with `push_to_hub=True` and checkpoints every step): one commit, at
+    the end, holding the EGT card of the last evaluation and the allow-listed files; no checkpoint, no token."""
+    from hf_egt.integrations.hub import UPLOAD_PATTERNS, files_to_upload
+    from hf_egt.integrations.trainer.egt_trainer import OBJECTIVE_STATE_NAME
+
+    trainer = _tiny_trainer(tmp_path, push_to_hub=True, hub_model_id="me/tiny-egt", hub_token="hf_test_token")
+    trainer.train()
+    metrics = trainer.evaluate()
+    commits_before = [path for _, path in fake_hub.requests if "/commit/" in path]
+    commit = trainer.push_to_hub(dataset_name="synthetic two-group task")
+
+    assert commits_before == []  # checkpoints were saved locally, not pushed
+    assert commit.oid == "0123456789abcdef0123456789abcdef01234567"
+    out = tmp_path / "out"
+    assert (out / "checkpoint-1").is_dir()
+    assert set(fake_hub.files) == set(files_to_upload(out, UPLOAD_PATTERNS))
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", OBJECTIVE_STATE_NAME} <= set(
+        fake_hub.files
+    )
+    assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in fake_hub.files)
+    assert [name for name, content in fake_hub.files.items() if b"hf_test_token" in content] == []
+    card = fake_hub.files["README.md"].decode()
+    front = _front_matter(card)
+    assert "hf-egt" in front["tags"] and front["library_name"] == "peft"
+    assert front["base_model"] == "me/tiny-base"
+    pushed = {r["name"]: r["value"] for r in front["model-index"][0]["results"][0]["metrics"]}
+    for group in ("a", "b"):  # the card's numbers are exp(the evaluation's per-group token-mean loss)
+        expected = math.exp(metrics[f"eval_group_loss/{group}"])
+        assert pushed[f"perplexity ({group})"] == pytest.approx(expected, abs=1e-4)
+        assert f"| {group} | {expected:.2f} |" in card
+    assert "Trainer" not in card.split("---\n", 2)[2][:200]  # not transformers' default card
+
+
+def test_trainer_push_refuses_a_file_holding_the_token(fake_hub, tmp_path):
+    trainer = _tiny_trainer(tmp_path, save_strategy="no", hub_model_id="me/leak")
+    trainer.evaluate()
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "report.md").write_text("token: hf_test_token")
+    with pytest.raises(ValueError, match=r"\['report.md'\] contain the Hub token"):
+        trainer.push_to_hub()
+    assert not any("/commit/" in path for _, path in fake_hub.requests)
+
+
+def test_create_model_card_writes_the_given_runs(tmp_path):
+    trainer = _tiny_trainer(tmp_path, save_strategy="no")
+    trainer.create_model_card(model_name="me/cols", runs=RUNS, settings={"seed": 0})
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| A | 12.00 | 11.00 |" in card and "- seed: `0`" in card
+    assert card.split("---\n", 2)[2].lstrip().startswith("# me/cols")

@@ -116,7 +116,7 @@ def test_parameter_count_barely_grows_with_depth():
     assert deep.num_hypernetwork_parameters() < 1.5 * shallow.num_hypernetwork_parameters()
     # exactly one embedding vector per extra layer
     extra = deep.num_hypernetwork_parameters() - shallow.num_hypernetwork_parameters()
-    assert extra == 6 * shallow.config.embedding_dim
+    assert extra == 6 * shallow.hyper_config.embedding_dim
 
 
 def test_ple_is_exactly_zero_when_synthetic_equals_real():
@@ -175,7 +175,7 @@ def test_save_and_load_roundtrip(tmp_path):
         expected = model(**data).logits
     model.save_pretrained(tmp_path)
     loaded = HyperLoRAModel.from_pretrained(tiny_llama(), tmp_path).eval()
-    assert loaded.config == model.config
+    assert loaded.hyper_config == model.hyper_config
     with torch.no_grad():
         torch.testing.assert_close(loaded(**data).logits, expected)
     assert set(model.state_dict()) == {f"hypernetwork.{k}" for k in model.hypernetwork.state_dict()}

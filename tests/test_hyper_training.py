@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from peft import PeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -77,7 +78,7 @@ def test_training_a_few_steps_in_transformers_trainer_lowers_the_loss(tmp_path):
     trainer.save_model(str(tmp_path / "final"))
     saved = load_file(str(tmp_path / "final" / "model.safetensors"))
     assert set(saved) == set(model.state_dict())
-    fresh = HyperLoRAModel(tiny_llama(), model.config)
+    fresh = HyperLoRAModel(tiny_llama(), model.hyper_config)
     fresh.load_state_dict(saved)
     assert mean_loss(fresh, pattern_dataset()) == pytest.approx(after, abs=1e-5)
 
@@ -87,7 +88,13 @@ def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
 
     rows = [{**row, "group": "even" if index % 4 else "odd"} for index, row in enumerate(pattern_dataset())]
     config = HyperLoRAConfig(
-        r=4, target_modules=["q_proj", "v_proj"], hidden_size=32, ple_weight=0.1, ple_every=2, ple_max_new_tokens=4
+        r=4,
+        target_modules=["q_proj", "v_proj"],
+        hidden_size=32,
+        ple_weight=0.1,
+        ple_every=2,
+        ple_max_new_tokens=4,
+        task_type="CAUSAL_LM",
     )
     args = EGTConfig(
         objective="minmax",
@@ -101,8 +108,8 @@ def test_training_with_ple_inside_egt_trainer_lowers_the_loss(tmp_path):
         use_cpu=True,
     )
     trainer = EGTTrainer(model=tiny_llama(), args=args, train_dataset=rows, peft_config=config)
-    model = trainer.model
-    assert isinstance(model, HyperLoRAModel)
+    model = trainer.model  # peft's normal path: get_peft_model -> PeftModelForCausalLM over the HyperLoRA tuner
+    assert isinstance(model, PeftModelForCausalLM) and isinstance(model.base_model, HyperLoRAModel)
     before = mean_loss(model, pattern_dataset())
     trainer.train()
     after = mean_loss(model, pattern_dataset())

@@ -211,17 +211,17 @@ def test_worst_group_perplexity_selects_the_best_model(tmp_path):
 
 
 def test_cli_parses_the_robust_options_and_worst_group_selection():
-    from hf_egt.apps.cli import train_parser
+    from hf_egt.apps.cli import parse_train_arguments
 
     argv = ["--model_name_or_path", "m", "--dataset", "d", "--output_dir", "o"]
     argv += ["--group_sampling", "stratified", "--group_loss_estimate", "last", "--group_weight_floor", "0.1"]
     argv += ["--metric_for_best_model", "eval_worst_group_perplexity", "--load_best_model_at_end", "true"]
     argv += ["--eval_strategy", "steps", "--save_strategy", "steps"]
-    _, args = train_parser().parse_args_into_dataclasses(args=argv)
+    _, args = parse_train_arguments(argv)
     assert (args.group_sampling, args.group_loss_estimate, args.group_weight_floor) == ("stratified", "last", 0.1)
     assert args.greater_is_better is False
     with pytest.raises(SystemExit):
-        train_parser().parse_args_into_dataclasses(args=[*argv, "--group_sampling", "uniform"])
+        parse_train_arguments([*argv, "--group_sampling", "uniform"])
 
 
 @pytest.mark.parametrize(

@@ -246,9 +246,6 @@ class TrainScriptArguments:
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (default: all-linear)."}
     )
     hyper: bool = field(default=False, metadata={"help": "Generate the LoRA factors with a hypernetwork (HyperLoRA)."})
-    ple_weight: float = field(
-        default=0.0, metadata={"help": "HyperLoRA self-consumption (PLE) penalty weight (needs --hyper)."}
-    )
     hyper_context_rows: int = field(
         default=64,
         metadata={"help": "With --hyper: training rows whose set fixes the context of the exported peft adapter."},
@@ -265,6 +262,21 @@ class TrainScriptArguments:
             "groups that cannot be split or evaluated (default: an error naming them)."
         },
     )
+    # The HyperLoRAConfig options (`--ple_weight`, `--hyper_context_dim`...), declared by `train_parser` from the
+    # config's own fields and set by `parse_train_arguments`: field name -> value.
+    hyper_options: dict = field(default_factory=dict, init=False)
+
+
+# HyperLoRAConfig fields `hf-egt train --hyper` exposes (as `--ple_*` / `--hyper_<field>`).
+TRAIN_HYPER_FIELDS = (
+    "ple_weight",
+    "ple_every",
+    "set_encoder_input",
+    "context_dim",
+    "set_encoder_hidden",
+    "hidden_size",
+    "head_rank",
+)
 
 
 def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str):
@@ -279,8 +291,9 @@ def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str
             lora_alpha=script_args.lora_alpha,
             target_modules=target,
             lora_dropout=script_args.lora_dropout,
-            ple_weight=script_args.ple_weight,
             base_model_name_or_path=model_name_or_path,
+            task_type="CAUSAL_LM",
+            **script_args.hyper_options,
         )
     from peft import LoraConfig
 
@@ -310,6 +323,7 @@ def train_parser():
 
     from transformers import HfArgumentParser, TrainingArguments
 
+    from hf_egt.integrations.hyper.config import add_config_arguments
     from hf_egt.integrations.trainer import EGTConfig
 
     parser = HfArgumentParser(
@@ -325,6 +339,7 @@ def train_parser():
         (parser.add_argument_group("hf-egt train (model, data, LoRA)"), script),
         (parser.add_argument_group("group objective and losses (EGTConfig)"), egt),
     ]
+    add_config_arguments(parser.add_argument_group("HyperLoRA (with --hyper)"), TRAIN_HYPER_FIELDS)
     general = parser._optionals
     for group, names in sections:
         moved = [action for action in general._group_actions if action.dest in names]
@@ -341,12 +356,15 @@ def train_parser():
 def parse_train_arguments(argv: Sequence[str]):
     """``(TrainScriptArguments, EGTConfig)`` from the command line; unknown options are a ``ValueError`` that names
     them without their values (a mistyped secret option must not be echoed)."""
-    script_args, training_args, unknown = train_parser().parse_args_into_dataclasses(
+    from hf_egt.integrations.hyper.config import config_values
+
+    script_args, training_args, hyper_namespace, unknown = train_parser().parse_args_into_dataclasses(
         args=list(argv), return_remaining_strings=True
     )
     if unknown:
         options = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")] or ["<positional values>"]
         raise ValueError(f"unrecognized arguments: {' '.join(options)} (run `hf-egt train --help` for the options).")
+    script_args.hyper_options = config_values(hyper_namespace, TRAIN_HYPER_FIELDS)
     return script_args, training_args
 
 
@@ -357,13 +375,23 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
             f"`--max_steps` {training_args.max_steps} with `--num_train_epochs` {training_args.num_train_epochs} "
             "trains nothing; pass a positive `--max_steps`, or `--max_steps -1` with a positive `--num_train_epochs`."
         )
-    if script_args.ple_weight and not script_args.hyper:
-        raise ValueError(
-            f"`--ple_weight` {script_args.ple_weight} is the HyperLoRA self-consumption penalty: it needs `--hyper` "
-            "(or drop `--ple_weight`)."
-        )
-    if script_args.ple_weight < 0:
-        raise ValueError(f"`--ple_weight` must be >= 0, got {script_args.ple_weight}.")
+    from hf_egt.integrations.hyper.config import HyperLoRAConfig, option_name
+
+    defaults = HyperLoRAConfig()
+    for name, value in script_args.hyper_options.items():
+        if value != getattr(defaults, name) and not script_args.hyper:
+            raise ValueError(
+                f"`--{option_name(name)}` {value} is a HyperLoRA option: it needs `--hyper` (or drop "
+                f"`--{option_name(name)}`)."
+            )
+    if script_args.hyper:
+        try:
+            HyperLoRAConfig(**script_args.hyper_options)
+        except ValueError as error:  # name the option, not the field
+            message = str(error)
+            for name in script_args.hyper_options:
+                message = message.replace(f"`{name}`", f"`--{option_name(name)}`")
+            raise ValueError(message) from None
     if script_args.lora_r < 1:
         raise ValueError(f"`--lora_r` must be a positive integer (the LoRA rank), got {script_args.lora_r}.")
     if script_args.lora_alpha <= 0:
@@ -399,7 +427,7 @@ def training_settings(training_args, script_args: TrainScriptArguments, num_proc
     if training_args.group_adjustment:
         settings["group adjustment"] = training_args.group_adjustment
     if script_args.hyper:
-        settings["PLE weight"] = script_args.ple_weight
+        settings["PLE weight"] = script_args.hyper_options["ple_weight"]
     return {key: value for key, value in settings.items() if value is not None}
 
 
@@ -433,7 +461,7 @@ def fix_hyper_context(trainer, train_dataset, text_column: str, context_rows: in
 
 
 def save_hyper_artifacts(trainer, output_dir: Path) -> None:
-    """The hypernetwork in ``output_dir/hypernetwork`` (``HyperLoRAModel.from_pretrained``) and, in ``output_dir``,
+    """The hypernetwork in ``output_dir/hypernetwork`` (a HyperLoRA peft adapter) and, in ``output_dir``,
     a plain peft adapter holding the LoRA weights generated for the context ``fix_hyper_context`` fixed."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
@@ -450,11 +478,13 @@ def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
         "training rows (the weights the table's last column measured); it loads with plain peft:\n\n"
         "```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{model_name}")\n```\n\n'
-        "The hypernetwork itself (to generate LoRA weights for another set of examples) loads with hf-egt:\n\n"
-        "```python\nfrom transformers import AutoModelForCausalLM\n"
-        "from hf_egt.integrations.hyper import HyperLoRAModel\n\n"
+        "The hypernetwork itself (to generate LoRA weights for another set of examples) is a peft adapter of the "
+        "HyperLoRA method, which `import hf_egt` registers with peft:\n\n"
+        "```python\nimport hf_egt  # registers the HyperLoRA peft method\n"
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
         f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
-        f'model = HyperLoRAModel.from_pretrained(base, "{model_name}/{HYPERNETWORK_FOLDER}")\n```'
+        f'model = PeftModel.from_pretrained(base, "{model_name}", subfolder="{HYPERNETWORK_FOLDER}")\n'
+        'model.set_context(**tokenizer(texts, return_tensors="pt", padding=True))  # a new set of examples\n```'
     )
 
 
@@ -465,7 +495,7 @@ def run_train(argv: Sequence[str]) -> dict:
     """
     from hf_egt.apps.data import load_grouped_splits, write_split_record
     from hf_egt.integrations.evaluation import write_report
-    from hf_egt.integrations.hub import build_model_card, push_folder_to_hub, resolve_hub_token
+    from hf_egt.integrations.hub import resolve_hub_token
     from hf_egt.integrations.trainer import EGTTrainer, check_checkpoint, resolve_groups
 
     script_args, training_args = parse_train_arguments(argv)
@@ -478,8 +508,6 @@ def run_train(argv: Sequence[str]) -> dict:
         if not repo_id:
             raise ValueError("`--push_to_hub` needs `--hub_model_id` (e.g. `--hub_model_id you/smollm2-egt`).")
         token = resolve_hub_token(token)
-        # The Trainer would push checkpoints and its own card; we push once, after the card is written.
-        training_args.push_to_hub = False
     if "wandb" in (training_args.report_to or []):
         os.environ.setdefault("WANDB_DIR", str(output_dir))  # wandb's files under output_dir, like TensorBoard's
     data = load_grouped_splits(
@@ -555,13 +583,11 @@ def run_train(argv: Sequence[str]) -> dict:
     )
     append_report_notes(paths["md"], held_out, data.dropped)
     model_name = repo_id or output_dir.name
-    card = build_model_card(
-        base_model=script_args.model_name_or_path,
+    card_kwargs = dict(
         runs=runs,
-        objective=training_args.objective,
         model_name=model_name,
-        dataset=script_args.dataset,
-        group_column=training_args.group_column,
+        dataset_name=script_args.dataset,
+        base_model=script_args.model_name_or_path,
         command=command,
         adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
         if script_args.hyper
@@ -572,12 +598,13 @@ def run_train(argv: Sequence[str]) -> dict:
         dropped=data.dropped,
         held_out=held_out,
     )
-    card.save(output_dir / "README.md")
     result["paths"] = {key: str(path) for key, path in paths.items()}
     result["held_out"] = held_out
-    if push:
-        commit = push_folder_to_hub(output_dir, repo_id, token=token, private=bool(training_args.hub_private_repo))
+    if push:  # the adapter is saved (and, with --hyper, exported) above: upload the folder as it is
+        commit = trainer.push_to_hub(token=token, save_model_first=False, **card_kwargs)
         result["commit_url"] = str(commit.commit_url)
+    else:
+        trainer.create_model_card(**card_kwargs)
     return result
 
 

@@ -61,6 +61,7 @@ def lora_config(model, settings: DemoSettings, hyper: bool = False):
             target_modules=rf".*\.layers\.({depth})\.[^.]+\.({modules})",
             lora_dropout=0.0,
             base_model_name_or_path=model.config.name_or_path or None,
+            task_type="CAUSAL_LM",
         )
     from peft import LoraConfig
 

@@ -247,10 +247,8 @@ UPLOAD_PATTERNS = (
     "pytorch_lora_weights.safetensors",
     "egt_objective.safetensors",
     "group_objective.safetensors",
-    "hyper_config.json",
-    "hyper_model.safetensors",
-    "hypernetwork/hyper_config.json",
-    "hypernetwork/hyper_model.safetensors",
+    "hypernetwork/adapter_config.json",
+    "hypernetwork/adapter_model.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -278,12 +276,14 @@ def push_folder_to_hub(
     private: bool = False,
     commit_message: str = "Upload hf-egt adapter, model card and EGT report",
     allow_patterns: Sequence[str] = UPLOAD_PATTERNS,
+    revision: str | None = None,
 ):
     """Create ``repo_id`` if needed and upload the files of ``folder`` that match ``allow_patterns`` (the card, the
     reports and what loading needs) in one commit, writing ``card_text`` as its README.md first.
 
     Every file to upload is read first: one holding the token is refused (a ``ValueError`` naming it) before the repo
-    is created. Returns the ``huggingface_hub.CommitInfo`` of the upload.
+    is created. ``revision``: the branch to commit to (default: the main branch). Returns the
+    ``huggingface_hub.CommitInfo`` of the upload.
     """
     from huggingface_hub import HfApi
 
@@ -308,4 +308,5 @@ def push_folder_to_hub(
         folder_path=folder,
         commit_message=commit_message,
         allow_patterns=paths,
+        revision=revision,
     )

@@ -63,21 +63,23 @@ from hf_egt.integrations.diffusion.models import (
     tokenize_captions,
 )
 from hf_egt.integrations.diffusion.sampling import image_grid, sample_stable_diffusion, sample_unet2d
+from hf_egt.integrations.hyper.config import add_config_arguments, config_values, option_name
 
 logger = logging.getLogger(__name__)
 
 HYPERNETWORK_FOLDER = "hypernetwork"
-# Options that only mean something with --hyper: refused without it rather than silently ignored.
-HYPER_OPTIONS = (
+# The HyperLoRAConfig fields the script exposes, declared from the config (type, default, help, choices).
+HYPER_CONFIG_FIELDS = (
     "ple_weight",
     "ple_every",
-    "ple_inference_steps",
-    "hyper_context_dim",
-    "hyper_hidden_size",
-    "hyper_head_rank",
-    "hyper_pool_size",
-    "hyper_context_size",
+    "context_dim",
+    "set_encoder_hidden",
+    "hidden_size",
+    "head_rank",
+    "unet_pool_size",
 )
+# Options that only mean something with --hyper: refused without it rather than silently ignored.
+HYPER_OPTIONS = (*(option_name(name) for name in HYPER_CONFIG_FIELDS), "ple_inference_steps", "hyper_context_size")
 
 
 # Old option -> the name `hf-egt train` (EGTConfig) uses for the same concept; the old ones go in REMOVAL_VERSION.
@@ -199,19 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Train a HyperLoRAModel over the frozen UNet: a hypernetwork generating the LoRA factors (of --lora_r, on "
         "the same layers) from a set of images, the micro-batch's clean images while training.",
     )
-    hyper.add_argument(
-        "--ple_weight",
-        type=float,
-        default=0.0,
-        help="λ of the PLE self-consumption penalty λ·||H(Y) - H(X)||² (mean over entries), Y sampled from the "
-        "model with weights H(X) (paper: 0.1); logged as `ple`. 0 disables it.",
-    )
-    hyper.add_argument("--ple_every", type=int, default=1, help="Sample a fresh PLE batch Y every N micro-batches.")
+    add_config_arguments(hyper, HYPER_CONFIG_FIELDS)
     hyper.add_argument("--ple_inference_steps", type=int, default=10, help="DDIM steps to sample the PLE batch Y.")
-    hyper.add_argument("--hyper_context_dim", type=int, default=64, help="Size of the set encoding (context).")
-    hyper.add_argument("--hyper_hidden_size", type=int, default=128, help="Width of the set encoder and trunk.")
-    hyper.add_argument("--hyper_head_rank", type=int, default=32, help="Bottleneck of each module-type head.")
-    hyper.add_argument("--hyper_pool_size", type=int, default=4, help="Images are pooled to N x N for the set.")
     hyper.add_argument(
         "--hyper_context_size",
         type=int,
@@ -337,14 +328,8 @@ def build_hyper_model(components, lora_config, args):
         lora_alpha=lora_config.lora_alpha,
         target_modules=sorted(lora_config.target_modules),
         set_encoder_input="unet_pooled",
-        unet_pool_size=args.hyper_pool_size,
-        set_encoder_hidden=args.hyper_hidden_size,
-        context_dim=args.hyper_context_dim,
-        hidden_size=args.hyper_hidden_size,
-        head_rank=args.hyper_head_rank,
-        ple_weight=args.ple_weight,
-        ple_every=args.ple_every,
         base_model_name_or_path=args.model_name_or_path,
+        **config_values(args, HYPER_CONFIG_FIELDS),
     )
     sampler = None
     if args.ple_weight > 0:

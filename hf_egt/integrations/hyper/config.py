@@ -1,74 +1,112 @@
-"""Configuration of the hypernetwork LoRA adapter (a peft-like dataclass, saved as JSON)."""
+"""Configuration of the HyperLoRA peft method: a ``peft.PeftConfig`` subclass, saved and loaded by peft itself."""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, fields
+import argparse
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields
 
-CONFIG_NAME = "hyper_config.json"
+from peft.config import PeftConfig
 
+# The peft type of the method (`adapter_config.json`'s "peft_type"). peft's enum `PeftType` is closed: a method outside
+# peft cannot be one of its members (`peft.utils.peft_types.register_peft_method` refuses other names), so it is the
+# plain string, which peft's mappings (dicts keyed by the `str` enum) look up the same way.
+HYPER_LORA = "HYPER_LORA"
 SET_ENCODER_INPUTS = ("auto", "input_embeddings", "last_hidden", "unet_pooled")
 PLE_REDUCTIONS = ("mean", "sum")
+POSITIVE_INTEGERS = (
+    "ple_every",
+    "unet_pool_size",
+    "set_encoder_hidden",
+    "context_dim",
+    "embedding_dim",
+    "hidden_size",
+    "head_rank",
+)
+_ARGUMENT_TYPES = {"int": int, "float": float, "str": str}
 
 
 @dataclass
-class HyperLoRAConfig:
+class HyperLoRAConfig(PeftConfig):
     """Settings of [`HyperLoRAModel`]: which layers get LoRA factors, and the hypernetwork that emits them.
 
     The LoRA fields (`r`, `lora_alpha`, `target_modules`, `lora_dropout`) mean what they mean in `peft.LoraConfig`:
     the generated weights are plugged into a frozen peft LoRA model, and `export_peft` writes a plain peft adapter.
-
-    Args:
-        r: LoRA rank of every adapted layer.
-        lora_alpha: LoRA scaling numerator (the update is `lora_alpha / r * B @ A`).
-        target_modules: module names (or a regex) peft adapts, e.g. `["q_proj", "v_proj"]` or `["to_q", "conv1"]`.
-        lora_dropout: dropout on the LoRA branch's input (peft semantics).
-        set_encoder_input: how a per-example embedding is taken from the frozen base model. `"input_embeddings"`
-            (causal LMs): masked mean of the input token embeddings, free (a table lookup). `"last_hidden"` (causal
-            LMs): masked mean of the base model's last hidden state, one extra no-grad forward with adapters off.
-            `"unet_pooled"` (diffusers UNets): the batch of images average-pooled to `unet_pool_size`². `"auto"`
-            picks `"input_embeddings"` for language models and `"unet_pooled"` for UNets. A custom callable can be
-            passed to `HyperLoRAModel(embed_fn=...)` instead.
-        unet_pool_size: side of the pooled image for `"unet_pooled"`.
-        set_encoder_hidden: width of the DeepSets per-example network h1 and of the context network h2.
-        context_dim: size of the set encoding (the context vector).
-        embedding_dim: size of the learned per-layer and per-module-type embeddings.
-        hidden_size: width of the shared trunk that mixes context, layer and module-type embeddings.
-        head_rank: bottleneck of each module-type head (Text-to-LoRA style low-rank output layer).
-        ple_weight: λ of the self-consumption (PLE) penalty λ·D(H(Y), H(X)); 0 disables it (paper: 0.1).
-        ple_every: draw fresh synthetic samples Y every this many training forwards; in between, the cached
-            (X, Y) embeddings are reused with the current hypernetwork (cheap: no generation).
-        ple_reduction: `"mean"` (mean squared difference over all generated entries, independent of model size) or
-            `"sum"` (the paper's squared Euclidean norm).
-        ple_detach_real: stop the penalty's gradient through H(X) (the real-data estimate is the target; see
-            `docs/hypernetwork.md`).
-        ple_prompt_length: causal LMs: tokens of each real example kept as the prompt of its synthetic continuation.
-        ple_max_new_tokens: causal LMs: length of the sampled continuation (None: the batch's remaining length).
-        base_model_name_or_path: recorded for `export_peft` (the exported adapter names its base model).
+    Saved as `adapter_config.json` by peft (`save_pretrained` / `from_pretrained`); after `import hf_egt`,
+    `peft.get_peft_model(model, HyperLoRAConfig(...))` and `PeftModel.from_pretrained` build a [`HyperLoRAModel`].
+    Set `task_type="CAUSAL_LM"` for a causal LM (as for `LoraConfig`): it selects `PeftModelForCausalLM`, whose
+    forward runs the hypernetwork.
     """
 
-    r: int = 8
-    lora_alpha: float = 16
-    target_modules: list[str] | str | None = None
-    lora_dropout: float = 0.0
-    set_encoder_input: str = "auto"
-    unet_pool_size: int = 4
-    set_encoder_hidden: int = 128
-    context_dim: int = 64
-    embedding_dim: int = 32
-    hidden_size: int = 128
-    head_rank: int = 32
-    ple_weight: float = 0.0
-    ple_every: int = 1
-    ple_reduction: str = "mean"
-    ple_detach_real: bool = True
-    ple_prompt_length: int = 4
-    ple_max_new_tokens: int | None = None
-    base_model_name_or_path: str | None = None
-    peft_type: str = field(default="HYPER_LORA", init=False)
+    r: int = field(default=8, metadata={"help": "LoRA rank of every adapted layer."})
+    lora_alpha: float = field(
+        default=16, metadata={"help": "LoRA scaling numerator (the update is `lora_alpha / r * B @ A`)."}
+    )
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Module names (or a regex) peft adapts, e.g. `['q_proj', 'v_proj']` or `['to_q', 'conv1']`."},
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch's input (peft semantics)."})
+    set_encoder_input: str = field(
+        default="auto",
+        metadata={
+            "help": "How a per-example embedding is taken from the frozen base model: `input_embeddings` (causal LMs: "
+            "masked mean of the input token embeddings, free), `last_hidden` (causal LMs: masked mean of the last "
+            "hidden state, one extra no-grad forward with adapters off), `unet_pooled` (diffusers UNets: the images "
+            "average-pooled to `unet_pool_size`²), `auto` (`input_embeddings` for language models, `unet_pooled` for "
+            "UNets). A custom callable can be passed to `HyperLoRAModel(embed_fn=...)` instead.",
+            "choices": list(SET_ENCODER_INPUTS),
+        },
+    )
+    unet_pool_size: int = field(default=4, metadata={"help": "Side of the pooled image for `unet_pooled`."})
+    set_encoder_hidden: int = field(
+        default=128, metadata={"help": "Width of the DeepSets per-example network h1 and of the context network h2."}
+    )
+    context_dim: int = field(default=64, metadata={"help": "Size of the set encoding (the context vector)."})
+    embedding_dim: int = field(
+        default=32, metadata={"help": "Size of the learned per-layer and per-module-type embeddings."}
+    )
+    hidden_size: int = field(
+        default=128,
+        metadata={"help": "Width of the shared trunk that mixes context, layer and module-type embeddings."},
+    )
+    head_rank: int = field(
+        default=32, metadata={"help": "Bottleneck of each module-type head (Text-to-LoRA style low-rank output layer)."}
+    )
+    ple_weight: float = field(
+        default=0.0,
+        metadata={"help": "λ of the self-consumption (PLE) penalty λ·D(H(Y), H(X)); 0 disables it (paper: 0.1)."},
+    )
+    ple_every: int = field(
+        default=1,
+        metadata={
+            "help": "Draw fresh synthetic samples Y every this many training forwards; in between, the cached (X, Y) "
+            "embeddings are reused with the current hypernetwork (no generation)."
+        },
+    )
+    ple_reduction: str = field(
+        default="mean",
+        metadata={
+            "help": "`mean`: mean squared difference over all generated entries (independent of model size); `sum`: "
+            "the paper's squared Euclidean norm.",
+            "choices": list(PLE_REDUCTIONS),
+        },
+    )
+    ple_detach_real: bool = field(
+        default=True,
+        metadata={"help": "Stop the penalty's gradient through H(X) (the real-data estimate is the target)."},
+    )
+    ple_prompt_length: int = field(
+        default=4, metadata={"help": "Causal LMs: tokens of each real example kept as the prompt of its continuation."}
+    )
+    ple_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Causal LMs: length of the sampled continuation (None: the batch's remaining length)."},
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = HYPER_LORA
         if self.r < 1:
             raise ValueError(f"`r` must be a positive integer, got {self.r}.")
         if self.set_encoder_input not in SET_ENCODER_INPUTS:
@@ -79,38 +117,38 @@ class HyperLoRAConfig:
             raise ValueError(f"`ple_reduction` must be one of {PLE_REDUCTIONS}, got {self.ple_reduction!r}.")
         if self.ple_weight < 0:
             raise ValueError(f"`ple_weight` must be >= 0, got {self.ple_weight}.")
-        if self.ple_every < 1:
-            raise ValueError(f"`ple_every` must be >= 1, got {self.ple_every}.")
-        for name in ("set_encoder_hidden", "context_dim", "embedding_dim", "hidden_size", "head_rank"):
+        for name in POSITIVE_INTEGERS:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if isinstance(self.target_modules, (tuple, set)):
             self.target_modules = sorted(self.target_modules)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    def get_text_config(self, *args, **kwargs) -> HyperLoRAConfig:
-        """`transformers.Trainer.train` aligns the tokenizer's special-token ids into
-        `model.config.get_text_config()`, and a `HyperLoRAModel`'s `config` is this config. The hypernetwork uses no
-        token ids, so the ids land here harmlessly (as plain attributes: `to_dict` and `save_pretrained` keep only the
-        fields) instead of failing with an `AttributeError`."""
-        return self
+def option_name(field_name: str) -> str:
+    """The command-line spelling of a `HyperLoRAConfig` field: `ple_*` as is, the others under `hyper_`."""
+    return field_name if field_name.startswith("ple_") else f"hyper_{field_name}"
 
-    @classmethod
-    def from_dict(cls, values: dict) -> HyperLoRAConfig:
-        known = {f.name for f in fields(cls) if f.init}
-        return cls(**{key: value for key, value in values.items() if key in known})
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        os.makedirs(save_directory, exist_ok=True)
-        with open(os.path.join(save_directory, CONFIG_NAME), "w") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+def add_config_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Declare `--<option_name(field)>` for each `HyperLoRAConfig` field in `names` on `parser` (or an argument
+    group), with the field's type, default, help and choices: one declaration of each option, the config's."""
+    by_name = {f.name: f for f in fields(HyperLoRAConfig)}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"{unknown} are not `HyperLoRAConfig` fields; its fields are {sorted(by_name)}.")
+    for name in names:
+        spec = by_name[name]
+        default = spec.default if spec.default is not MISSING else None
+        kwargs = {"default": default, "help": spec.metadata["help"], "dest": option_name(name)}
+        if "choices" in spec.metadata:
+            kwargs["choices"] = spec.metadata["choices"]
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:  # the annotation's first type: "int | None" -> int
+            kwargs["type"] = _ARGUMENT_TYPES[str(spec.type).split("|")[0].strip()]
+        parser.add_argument(f"--{option_name(name)}", **kwargs)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> HyperLoRAConfig:
-        path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No {CONFIG_NAME} in {directory!r}: not a HyperLoRAModel directory.")
-        with open(path) as handle:
-            return cls.from_dict(json.load(handle))
+
+def config_values(namespace: argparse.Namespace, names: Sequence[str]) -> dict:
+    """The `HyperLoRAConfig` keyword arguments `add_config_arguments(parser, names)` parsed into `namespace`."""
+    return {name: getattr(namespace, option_name(name)) for name in names}

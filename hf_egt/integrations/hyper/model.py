@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -13,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_egt.core.serialization import load_tensors_with_metadata, save_tensors_with_metadata
-from hf_egt.integrations.hyper.config import HyperLoRAConfig
+from hf_egt.integrations.hyper.config import HYPER_LORA, HyperLoRAConfig
 from hf_egt.integrations.hyper.encoders import SetEmbedder, SetEncoder, build_embedder, is_unet
 from hf_egt.integrations.hyper.generator import LoRAGenerator, slots_from_shapes
 from hf_egt.integrations.hyper.ple import context_sensitivity, ple_penalty
@@ -22,26 +22,34 @@ from hf_egt.integrations.hyper.sampling import CausalLMSampler
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "hyper_model.safetensors"
-CONTEXT_KEY = "__context__"
+HYPERNETWORK_KEY = "hypernetwork."  # saved state-dict keys: "hypernetwork.<parameter or buffer>"
 
 Sampler = Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]
 
 
 class HyperNetwork(nn.Module):
-    """The trainable part: DeepSets set encoder, then the shared LoRA heads."""
+    """The trainable part: DeepSets set encoder, then the shared LoRA heads; and the context fixed for inference
+    (`context`, valid when `has_context`), saved with the parameters."""
 
-    def __init__(self, set_encoder: SetEncoder, generator: LoRAGenerator):
+    def __init__(self, set_encoder: SetEncoder, generator: LoRAGenerator, context_dim: int):
         super().__init__()
         self.set_encoder = set_encoder
         self.generator = generator
+        self.register_buffer("context", torch.zeros(context_dim))
+        self.register_buffer("has_context", torch.tensor(False))
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.generator(self.set_encoder(embeddings))
 
 
 class HyperLoRAModel(nn.Module):
-    """A frozen base model adapted by LoRA factors that a hypernetwork generates from a set of examples.
+    """A frozen base model adapted by LoRA factors that a hypernetwork generates from a set of examples; the peft
+    tuner of the `HYPER_LORA` method (registered with peft on `import hf_egt.integrations.hyper`, and on `import
+    hf_egt` as soon as peft is imported).
+
+    Like `peft.LoraModel`, it can be built directly (`HyperLoRAModel(model, config)`, which also takes the set
+    embedder and PLE sampler) or by peft (`get_peft_model(model, config)`, `PeftModel.from_pretrained(model, dir)`,
+    `AutoPeftModelForCausalLM.from_pretrained(dir)`), which wrap it as the `base_model` of a `PeftModel`.
 
     The base model is wrapped with `peft.get_peft_model` (all of it frozen, the peft LoRA parameters are
     placeholders) and run with `torch.func.functional_call`, substituting the generated factors so that gradients
@@ -49,32 +57,50 @@ class HyperLoRAModel(nn.Module):
     unchanged; while training with `ple_weight > 0` the output also holds `"ple"`, the weighted self-consumption
     penalty (already multiplied by λ) for the trainer to add to the loss.
 
+    It is not a `peft.tuners.tuners_utils.BaseTuner`: a BaseTuner's adapter weights are parameters of the layers it
+    injects, while these LoRA factors are a function of the batch, substituted with `torch.func.functional_call`
+    into the placeholders of a frozen peft LoRA model; it implements the part of the tuner interface `PeftModel` uses
+    (`peft_config`, `model`, `prefix`, the state-dict hooks of `peft.utils.save_and_load`, adapter enable/disable).
+
     Args:
         base_model: a transformers causal LM or a diffusers `UNet2DModel` (anything peft's LoRA can adapt, given an
             `embed_fn`). Like `peft.get_peft_model`, this injects LoRA layers into it in place.
-        config: the [`HyperLoRAConfig`].
+        config: the [`HyperLoRAConfig`] (or peft's `{adapter_name: config}`).
+        adapter_name: the adapter's name (peft's; one adapter per model).
         embed_fn: optional custom set embedder `(peft_model, args, kwargs) -> (N, D)`; needs `embed_dim`.
         embed_dim: `D` of `embed_fn`.
-        ple_sampler: draws the synthetic batch Y for the PLE penalty (see `hf_egt.integrations.hyper.sampling`); causal
-        LMs
-            default to `CausalLMSampler`, UNets need e.g. `DiffusionSampler(scheduler)` when `ple_weight > 0`.
+        ple_sampler: draws the synthetic batch Y for the PLE penalty (see `hf_egt.integrations.hyper.sampling`);
+            causal LMs default to `CausalLMSampler`, UNets need e.g. `DiffusionSampler(scheduler)` when
+            `ple_weight > 0`.
     """
+
+    prefix = "hyper_lora_"
 
     def __init__(
         self,
         base_model: nn.Module,
-        config: HyperLoRAConfig,
+        config: HyperLoRAConfig | Mapping[str, HyperLoRAConfig],
+        adapter_name: str = "default",
+        *,
         embed_fn: SetEmbedder | Callable | None = None,
         embed_dim: int | None = None,
         ple_sampler: Sampler | None = None,
-        adapter_name: str = "default",
     ):
         from peft import LoraConfig, get_peft_model
         from peft.tuners.lora import LoraLayer
 
         super().__init__()
-        self.config = config
-        self.adapter_name = adapter_name
+        if isinstance(config, Mapping):
+            if set(config) != {adapter_name}:
+                raise ValueError(
+                    f"A HyperLoRAModel holds one adapter, {adapter_name!r}; got configs for {list(config)}."
+                )
+            config = config[adapter_name]
+        if not isinstance(config, HyperLoRAConfig):
+            raise TypeError(f"`config` must be a HyperLoRAConfig, got {type(config).__name__}.")
+        self.peft_config = {adapter_name: config}
+        self.adapter_name = self.active_adapter = adapter_name
+        self._forward_ran = False
         causal_lm = type(base_model).__name__.endswith("ForCausalLM")
         lora_config = LoraConfig(
             r=config.r,
@@ -109,6 +135,7 @@ class HyperLoRAModel(nn.Module):
         self.hypernetwork = HyperNetwork(
             SetEncoder(embed_dim, config.set_encoder_hidden, config.context_dim),
             LoRAGenerator(slots, config.context_dim, config.embedding_dim, config.hidden_size, config.head_rank),
+            config.context_dim,
         )
         if ple_sampler is None and not is_unet(base_model):
             ple_sampler = CausalLMSampler(config.ple_prompt_length, config.ple_max_new_tokens)
@@ -122,7 +149,7 @@ class HyperLoRAModel(nn.Module):
         if parameter is not None:
             self.hypernetwork.to(parameter.device)
         self._expose_base_signature(base_model)
-        self.register_buffer("_context", None, persistent=False)  # follows .to(); saved by save_pretrained
+        self.hypernetwork.register_load_state_dict_post_hook(self._after_load)
         self._ple_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._ple_calls = 0
 
@@ -150,8 +177,41 @@ class HyperLoRAModel(nn.Module):
     # ----------------------------------------------------------------------------------------------------------------
     # names and counts
 
-    def get_base_model(self) -> nn.Module:
+    @property
+    def hyper_config(self) -> HyperLoRAConfig:
+        return self.peft_config[self.adapter_name]
+
+    @property
+    def model(self) -> nn.Module:
+        """The base model (with the LoRA placeholder layers), as `PeftModel.get_base_model` expects of a tuner."""
         return self.peft_model.get_base_model()
+
+    @property
+    def config(self):
+        """The base model's config (as a peft tuner's `config`); the method's settings are `hyper_config`."""
+        return self.model.config
+
+    def get_base_model(self) -> nn.Module:
+        return self.model
+
+    def __getattr__(self, name: str):
+        """Other attributes come from the base model (`generation_config`, ...), as for a peft `BaseTuner`."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name in ("peft_model", "hypernetwork", "peft_config"):
+                raise  # not built yet (during `__init__`), or private
+            return getattr(self.model, name)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        return self.model.prepare_inputs_for_generation(*args, **kwargs)
+
+    def disable_adapter_layers(self) -> None:
+        """Run the base model alone (`PeftModel.disable_adapter`): the LoRA layers are skipped."""
+        self.peft_model.base_model.disable_adapter_layers()
+
+    def enable_adapter_layers(self) -> None:
+        self.peft_model.base_model.enable_adapter_layers()
 
     @property
     def slots(self):
@@ -185,6 +245,10 @@ class HyperLoRAModel(nn.Module):
         """`{"<module>.lora_A": A, "<module>.lora_B": B}` for a context, differentiable."""
         return self.hypernetwork.generator(context)
 
+    @property
+    def _context(self) -> torch.Tensor | None:
+        return self.hypernetwork.context if bool(self.hypernetwork.has_context) else None
+
     def _current_context(self) -> torch.Tensor:
         if self._context is None:
             raise ValueError("No context is set: call `set_context(**batch)` or `set_context(context=...)` first.")
@@ -202,15 +266,23 @@ class HyperLoRAModel(nn.Module):
                 if not args and not kwargs:
                     raise ValueError("`set_context` needs a batch or `context=`.")
                 context = self.encode(*args, **kwargs)
-            expected = self.config.context_dim
+            expected = self.hyper_config.context_dim
             if context.shape != (expected,):
                 raise ValueError(f"`context` must have shape ({expected},), got {tuple(context.shape)}.")
-            self._context = context.detach().to(next(self.hypernetwork.parameters()).device)
-            self._load_into_peft(self.generate_factors(self._context))
-        return self._context
+            self.hypernetwork.context.copy_(context.detach())
+            self.hypernetwork.has_context.fill_(True)
+            self._load_into_peft(self.generate_factors(self.hypernetwork.context))
+        return self.hypernetwork.context
 
     def clear_context(self) -> None:
-        self._context = None
+        self.hypernetwork.has_context.fill_(False)
+
+    def _after_load(self, module: nn.Module, incompatible_keys) -> None:
+        """After the hypernetwork's state is loaded: the placeholders hold the weights of its saved context, so a
+        call that runs the base model directly (a `PeftModel` without task type, e.g. over a UNet) uses them."""
+        if self._context is not None:
+            with torch.no_grad():
+                self._load_into_peft(self.generate_factors(self._context))
 
     @torch.no_grad()
     def _load_into_peft(self, factors: Mapping[str, torch.Tensor]) -> None:
@@ -237,6 +309,7 @@ class HyperLoRAModel(nn.Module):
         The set is `set_inputs` (a batch as a dict, e.g. the clean images of a diffusion step) when given; else the
         batch itself while training, or when no context is fixed; else the context fixed by `set_context`.
         """
+        self._forward_ran = True
         if set_inputs is not None:
             embeddings = self.embedder(self.peft_model, (), dict(set_inputs))
         elif self.training or self._context is None:
@@ -248,9 +321,9 @@ class HyperLoRAModel(nn.Module):
         else:
             factors = self.generate_factors(self.hypernetwork.set_encoder(embeddings))
         output = torch.func.functional_call(self.peft_model, self._functional_parameters(factors), args, kwargs)
-        if self.training and self.config.ple_weight > 0 and embeddings is not None and torch.is_grad_enabled():
+        if self.training and self.hyper_config.ple_weight > 0 and embeddings is not None and torch.is_grad_enabled():
             sample_args, sample_kwargs = ((), dict(set_inputs)) if set_inputs is not None else (args, kwargs)
-            penalty = self.config.ple_weight * self._ple_term(embeddings, factors, sample_args, sample_kwargs)
+            penalty = self.hyper_config.ple_weight * self._ple_term(embeddings, factors, sample_args, sample_kwargs)
             if isinstance(output, Mapping):
                 output["ple"] = penalty
             else:
@@ -261,7 +334,7 @@ class HyperLoRAModel(nn.Module):
         self, embeddings_x: torch.Tensor, factors_x: dict[str, torch.Tensor], args: tuple, kwargs: dict
     ) -> torch.Tensor:
         """D(H(Y), H(X)); Y is re-sampled every `ple_every` calls, otherwise the cached (X, Y) embeddings are used."""
-        resample = self._ple_cache is None or self._ple_calls % self.config.ple_every == 0
+        resample = self._ple_cache is None or self._ple_calls % self.hyper_config.ple_every == 0
         self._ple_calls += 1
         if resample:
             with torch.no_grad():
@@ -281,8 +354,8 @@ class HyperLoRAModel(nn.Module):
         return ple_penalty(
             weights_synthetic,
             weights_real,
-            reduction=self.config.ple_reduction,
-            detach_real=self.config.ple_detach_real,
+            reduction=self.hyper_config.ple_reduction,
+            detach_real=self.hyper_config.ple_detach_real,
         )
 
     @torch.no_grad()
@@ -302,46 +375,84 @@ class HyperLoRAModel(nn.Module):
         return context_sensitivity(generated)
 
     # ----------------------------------------------------------------------------------------------------------------
-    # persistence
+    # persistence: peft's adapter files (`adapter_config.json`, `adapter_model.safetensors`), read and written by
+    # peft's own `save_pretrained` / `load_adapter` through the hooks below
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Only the hypernetwork: like a peft adapter's, the state dict leaves out the frozen base model."""
+        """Only the hypernetwork (and its fixed context): like a peft adapter's, the state dict leaves out the frozen
+        base model."""
         return self.hypernetwork.state_dict(
-            destination=destination, prefix=prefix + "hypernetwork.", keep_vars=keep_vars
+            destination=destination, prefix=prefix + HYPERNETWORK_KEY, keep_vars=keep_vars
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        prefix = "hypernetwork."
-        own = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        own = {k.removeprefix(HYPERNETWORK_KEY): v for k, v in state_dict.items() if k.startswith(HYPERNETWORK_KEY)}
         if strict and len(own) != len(state_dict):
-            unexpected = sorted(k for k in state_dict if not k.startswith(prefix))
+            unexpected = sorted(k for k in state_dict if not k.startswith(HYPERNETWORK_KEY))
             raise RuntimeError(f"Unexpected keys in the HyperLoRAModel state dict: {unexpected[:5]}")
         return self.hypernetwork.load_state_dict(own, strict=strict, assign=assign)
 
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """peft's save hook (`get_peft_model_state_dict`): the hypernetwork's entries of the wrapping model's state
+        dict, keyed `hypernetwork.<name>` wherever the tuner sits."""
+        marker = f".{HYPERNETWORK_KEY}"
+        return {
+            HYPERNETWORK_KEY + f".{key}".split(marker, 1)[1]: value
+            for key, value in state_dict.items()
+            if marker in f".{key}"
+        }
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        return key  # one adapter per model: the saved keys carry no adapter name
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """peft's load hook (`set_peft_model_state_dict`): `hypernetwork.<name>` -> the key in `model`."""
+        (prefix,) = [name for name, module in model.named_modules() if isinstance(module, HyperNetwork)]
+        return {f"{prefix}.{key.removeprefix(HYPERNETWORK_KEY)}": value for key, value in state_dict.items()}
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """Entered by every `PeftModel.forward` / `generate`. `PeftModelForCausalLM` calls this tuner's `forward`
+        (the hypernetwork runs); a `PeftModel` without task type calls the base model directly, with the LoRA weights
+        of the fixed context: right for inference, but training that way would not reach the hypernetwork, so a
+        training forward that skipped this tuner is an error."""
+        self._forward_ran = False
+        yield
+        if self.training and torch.is_grad_enabled() and not self._forward_ran:
+            raise RuntimeError(
+                "This PeftModel called the base model without the HyperLoRA hypernetwork (a `PeftModel` without "
+                "`task_type`): train through `get_peft_model(model, HyperLoRAConfig(task_type='CAUSAL_LM', ...))` for "
+                "a causal LM, or call the tuner itself (`peft_model.base_model(...)`, or a `HyperLoRAModel`)."
+            )
+
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write `hyper_config.json` and `hyper_model.safetensors` (hypernetwork parameters and the fixed context)."""
+        """Write `adapter_config.json` and `adapter_model.safetensors` (the hypernetwork and its fixed context), the
+        files `PeftModel.save_pretrained` writes for this method: `PeftModel.from_pretrained(base, save_directory)`
+        (after `import hf_egt`) and [`HyperLoRAModel.from_pretrained`] load them."""
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import save_file
+
         os.makedirs(save_directory, exist_ok=True)
-        self.config.save_pretrained(save_directory)
-        tensors = dict(self.hypernetwork.state_dict())
-        if self._context is not None:
-            tensors[CONTEXT_KEY] = self._context
-        save_tensors_with_metadata(
-            tensors,
-            {"format": "hyper_lora", "adapter_name": self.adapter_name},
-            os.path.join(save_directory, WEIGHTS_NAME),
-        )
+        self.hyper_config.save_pretrained(str(save_directory))
+        tensors = {key: value.detach().contiguous() for key, value in self.state_dict().items()}
+        save_file(tensors, os.path.join(save_directory, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, path: str | os.PathLike, **kwargs) -> HyperLoRAModel:
-        """Rebuild a saved `HyperLoRAModel` on `base_model` (extra kwargs go to the constructor)."""
-        config = HyperLoRAConfig.from_pretrained(path)
-        tensors, metadata = load_tensors_with_metadata(os.path.join(path, WEIGHTS_NAME))
-        model = cls(base_model, config, adapter_name=metadata.get("adapter_name", "default"), **kwargs)
-        context = tensors.pop(CONTEXT_KEY, None)
+        """Rebuild a saved HyperLoRA adapter on `base_model` as a `HyperLoRAModel` (extra kwargs go to the
+        constructor, e.g. `ple_sampler=`); `PeftModel.from_pretrained` gives the same model wrapped in a
+        `PeftModel`."""
+        from peft.utils import load_peft_weights
+
+        config = HyperLoRAConfig.from_pretrained(str(path))
+        if config.peft_type != HYPER_LORA:
+            raise ValueError(f"{path} holds a {config.peft_type} adapter, not a HyperLoRA one.")
+        model = cls(base_model, config, **kwargs)
         device = next(model.hypernetwork.parameters()).device
-        model.hypernetwork.load_state_dict({k: v.to(device) for k, v in tensors.items()})
-        if context is not None:
-            model.set_context(context=context.to(device))
+        model.load_state_dict(load_peft_weights(str(path), device=str(device)))
         return model
 
     def export_peft(
@@ -359,3 +470,15 @@ class HyperLoRAModel(nn.Module):
 
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         self.get_base_model().gradient_checkpointing_enable(**kwargs)
+
+
+def register_with_peft() -> None:
+    """Make `HYPER_LORA` a peft method: its config, tuner and prefix in peft's registries, the entries
+    `peft.utils.register_peft_method` writes (which cannot be used here: it refuses names outside peft's closed enum
+    `PeftType`). Then `PeftConfig.from_pretrained`, `get_peft_model`, `PeftModel.from_pretrained` and
+    `AutoPeftModel*` dispatch on `peft_type` to [`HyperLoRAConfig`] and [`HyperLoRAModel`]. Idempotent."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    PEFT_TYPE_TO_CONFIG_MAPPING[HYPER_LORA] = HyperLoRAConfig
+    PEFT_TYPE_TO_TUNER_MAPPING[HYPER_LORA] = HyperLoRAModel
+    PEFT_TYPE_TO_PREFIX_MAPPING[HYPER_LORA] = HyperLoRAModel.prefix

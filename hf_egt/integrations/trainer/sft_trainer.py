@@ -18,27 +18,21 @@ import torch
 from trl import SFTTrainer
 
 from hf_egt.integrations.trainer.egt_trainer import EGTTrainerMixin
-from hf_egt.integrations.trainer.modeling import wrap_model
 from hf_egt.integrations.trainer.sft_config import EGTSFTConfig
 
 
 class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
     """[`~trl.SFTTrainer`] with a group objective (min-max by default) over `args.group_column`.
 
-    Takes the arguments of [`~trl.SFTTrainer`]; `args` must be an [`EGTSFTConfig`]. `peft_config` may also be a
-    `hf_egt.integrations.hyper.HyperLoRAConfig`.
+    Takes the arguments of [`~trl.SFTTrainer`]; `args` must be an [`EGTSFTConfig`]. `peft_config` is any peft
+    config, `hf_egt.integrations.hyper.HyperLoRAConfig` included (TRL wraps the model with `get_peft_model`).
     """
 
     def __init__(self, model, args: EGTSFTConfig | None = None, train_dataset=None, eval_dataset=None, **kwargs):
         if args is None:
             args = EGTSFTConfig(output_dir="egt-sft-output")
-        peft_config = kwargs.pop("peft_config", None)
-        if peft_config is not None and not isinstance(model, str) and _is_hyper_config(peft_config):
-            model, peft_config = wrap_model(model, peft_config, seed=args.seed), None
         self._setup_objective(args, train_dataset, eval_dataset)
-        super().__init__(
-            model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, peft_config=peft_config, **kwargs
-        )
+        super().__init__(model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         self._finish_setup()
 
     def _token_losses(self, model, inputs):
@@ -72,11 +66,3 @@ class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
         with torch.no_grad():
             outputs = model(**{k: v for k, v in inputs.items() if k not in dropped})
         return loss, outputs
-
-
-def _is_hyper_config(config) -> bool:
-    try:
-        from hf_egt.integrations.hyper import HyperLoRAConfig
-    except ImportError:
-        return False
-    return isinstance(config, HyperLoRAConfig)
