@@ -13,8 +13,8 @@ Offline dry run (no Hub access, nothing pushed): `--model_name_or_path` a local 
 bold-gender`, and leave out `--hub_model_id`. Multi-GPU: `accelerate launch examples/finetune_and_push.py ...`.
 
 This is the library's loop, in the few calls a user copies (`EGTTrainer.evaluate_groups`, `write_report`,
-`build_model_card`, `push_folder_to_hub`). `hf-egt train ... --push_to_hub` runs the same loop with every check a
-command line needs (output folder, resume, split record, left-out groups) before the model loads.
+`EGTTrainer.create_model_card`, `EGTTrainer.push_to_hub`). `hf-egt train ... --push_to_hub` runs the same loop with
+every check a command line needs (output folder, resume, split record, left-out groups) before the model loads.
 """
 
 import argparse
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from peft import LoraConfig
 
-from hf_egt import EGTConfig, EGTTrainer
+from hf_egt import OBJECTIVE_MODES, EGTConfig, EGTTrainer
 from hf_egt.apps.data import load_grouped_dataset
 from hf_egt.apps.offline import load_causal_lm
 from hf_egt.integrations.evaluation import write_report
-from hf_egt.integrations.hub import build_model_card, push_folder_to_hub, resolve_hub_token
+from hf_egt.integrations.hub import resolve_hub_token
 
 logger = logging.getLogger("finetune_and_push")
 
@@ -42,9 +42,11 @@ def parse_args(argv=None):
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--group_column", default="group")
     parser.add_argument("--groups", nargs="+", default=None, help="Only these groups (default: all).")
-    parser.add_argument("--max_per_group", type=int, default=None, help="At most this many training rows per group.")
+    parser.add_argument(
+        "--max_train_per_group", type=int, default=None, help="At most this many training rows per group."
+    )
     parser.add_argument("--max_eval_per_group", type=int, default=200)
-    parser.add_argument("--objective", default="minmax", help="erm | reweight | minmax | worst | ema")
+    parser.add_argument("--objective", default="minmax", choices=OBJECTIVE_MODES, help="The group objective.")
     parser.add_argument("--group_step_size", type=float, default=0.01, help="Min-max step size (eta).")
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--lora_alpha", type=float, default=32)
@@ -54,7 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--learning_rate", type=float, default=2e-4)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (GPU).")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--output_dir", default="outputs/finetune_and_push")
     parser.add_argument("--hub_model_id", default=None, help="Push the adapter to this repo (e.g. you/model-egt).")
     parser.add_argument("--hub_token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
@@ -73,7 +75,7 @@ def main(argv=None):
         text_column=args.text_column,
         group_column=args.group_column,
         groups=args.groups,
-        max_per_group=args.max_per_group,
+        max_train_per_group=args.max_train_per_group,
         max_eval_per_group=args.max_eval_per_group,
         config=args.dataset_config,
         token=token,
@@ -96,6 +98,7 @@ def main(argv=None):
         save_strategy="no",
         report_to="none",
         seed=args.seed,
+        hub_model_id=args.hub_model_id,
     )
     peft_config = LoraConfig(
         r=args.lora_r,
@@ -124,19 +127,13 @@ def main(argv=None):
     shown = [a if previous != "--hub_token" else "<redacted>" for previous, a in zip([None, *argv], argv)]
     command = "python examples/finetune_and_push.py " + shlex.join(shown)
     write_report(runs, output_dir, title=f"{args.model_name_or_path} on {args.dataset}", command=command)
-    card = build_model_card(
-        base_model=args.model_name_or_path,
-        runs=runs,
-        objective=args.objective,
-        model_name=args.hub_model_id or output_dir.name,
-        dataset=args.dataset,
-        group_column=args.group_column,
-        command=command,
-    )
-    card.save(output_dir / "README.md")  # after save_model: peft's save_pretrained rewrites the card's tags
+    # The EGT card (per-group table, settings, what was held out) and one filtered upload: only the card, reports
+    # and adapter go up (never checkpoints or training arguments), and no file holding the token.
+    card = {"runs": runs, "dataset_name": args.dataset, "command": command}
+    trainer.create_model_card(**card)
     logger.info("Adapter, report and card in %s", output_dir)
     if args.hub_model_id:
-        commit = push_folder_to_hub(output_dir, args.hub_model_id, token=token, private=args.private)
+        commit = trainer.push_to_hub(token=token, private=args.private, save_model_first=False, **card)
         logger.info("Pushed to %s", commit.commit_url)
     return runs
 

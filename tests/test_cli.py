@@ -150,7 +150,7 @@ def test_model_without_causal_lm_head_is_rejected(tmp_path):
 def test_builtin_bold_race_splits_by_person():
     from hf_egt.apps.data import load_grouped_dataset
 
-    train, evaluation, groups = load_grouped_dataset("bold-race", max_per_group=30, max_eval_per_group=10)
+    train, evaluation, groups = load_grouped_dataset("bold-race", max_train_per_group=30, max_eval_per_group=10)
     assert groups == ["African_Americans", "Asian_Americans", "European_Americans", "Hispanic_and_Latino_Americans"]
     assert {g: train["group"].count(g) for g in groups} == dict.fromkeys(groups, 30)
     assert {g: evaluation["group"].count(g) for g in groups} == dict.fromkeys(groups, 10)

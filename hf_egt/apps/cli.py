@@ -515,7 +515,7 @@ def run_train(argv: Sequence[str]) -> dict:
         text_column=training_args.text_column,
         group_column=training_args.group_column,
         groups=training_args.groups,
-        max_per_group=script_args.max_train_per_group,
+        max_train_per_group=script_args.max_train_per_group,
         max_eval_per_group=script_args.max_eval_per_group,
         eval_fraction=script_args.eval_fraction,
         train_split=script_args.train_split,
@@ -802,7 +802,8 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
             config=record["dataset_config"],
             seed=record["seed"],
             eval_fraction=record["eval_fraction"],
-            max_per_group=record["max_per_group"],
+            # split records written before the rename name it max_per_group
+            max_train_per_group=record.get("max_train_per_group", record.get("max_per_group")),
             max_eval_per_group=record["max_eval_per_group"],
             # what training left out (and recorded) is left out again, and the report repeats it
             skip_unusable_groups=args.skip_unusable_groups or bool(record["dropped"]),

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hf_egt.apps.offline import BOLD_DOMAINS, load_bold_records, split_by_person
 from hf_egt.core.groups import label_counts
+from hf_egt.core.vocabulary import renamed_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +164,14 @@ class GroupedSplits:
     split: dict = field(default_factory=dict)
 
 
+@renamed_keywords({"max_per_group": "max_train_per_group"})
 def load_grouped_splits(
     name: str,
     *,
     text_column: str = "text",
     group_column: str = "group",
     groups: Sequence[str] | None = None,
-    max_per_group: int | None = None,
+    max_train_per_group: int | None = None,
     max_eval_per_group: int | None = None,
     eval_fraction: float = 0.2,
     train_split: str = "train",
@@ -190,7 +192,7 @@ def load_grouped_splits(
         text_column: the column of the text to model.
         group_column: the column of the sensitive group of each row (labels are turned into strings).
         groups: keep only these groups (all by default); each must have rows in both splits.
-        max_per_group: keep at most this many training rows per group (random, with ``seed``).
+        max_train_per_group: keep at most this many training rows per group (random, with ``seed``).
         max_eval_per_group: same, for the eval split.
         eval_fraction: share of each group held out for evaluation when the dataset has no eval split (built-ins
             hold out whole people).
@@ -278,7 +280,7 @@ def load_grouped_splits(
         train = train.filter(lambda row: str(row[group_column]) in keep)
     if keep != set(group_counts(evaluation, group_column)):
         evaluation = evaluation.filter(lambda row: str(row[group_column]) in keep)
-    train = subsample_per_group(train, group_column, max_per_group, seed)
+    train = subsample_per_group(train, group_column, max_train_per_group, seed)
     evaluation = subsample_per_group(evaluation, group_column, max_eval_per_group, seed)
     train_counts, eval_counts = group_counts(train, group_column), group_counts(evaluation, group_column)
     logger.info("Dataset %r: train %s, eval %s.", name, train_counts, eval_counts)
@@ -294,7 +296,7 @@ def load_grouped_splits(
         "text_column": text_column,
         "group_column": group_column,
         "groups": list(groups),
-        "max_per_group": max_per_group,
+        "max_train_per_group": max_train_per_group,
         "max_eval_per_group": max_eval_per_group,
         "train_counts": train_counts,
         "eval_counts": eval_counts,
