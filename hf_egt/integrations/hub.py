@@ -11,6 +11,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES, OBJECTIVE_STATE_NAME
+
 logger = logging.getLogger(__name__)
 
 BASE_TAGS = ("hf-egt", "fairness", "lora", "group-dro")
@@ -245,8 +247,8 @@ UPLOAD_PATTERNS = (
     "adapter_config.json",
     "adapter_model.safetensors",
     "pytorch_lora_weights.safetensors",
-    "egt_objective.safetensors",
-    "group_objective.safetensors",
+    *LEGACY_OBJECTIVE_STATE_NAMES,
+    OBJECTIVE_STATE_NAME,
     "hypernetwork/adapter_config.json",
     "hypernetwork/adapter_model.safetensors",
     "tokenizer.json",
