@@ -127,14 +127,16 @@ def main(argv=None):
     shown = [a if previous != "--hub_token" else "<redacted>" for previous, a in zip([None, *argv], argv)]
     command = "python examples/finetune_and_push.py " + shlex.join(shown)
     write_report(runs, output_dir, title=f"{args.model_name_or_path} on {args.dataset}", command=command)
-    # The EGT card (per-group table, settings, what was held out) and one filtered upload: only the card, reports
-    # and adapter go up (never checkpoints or training arguments), and no file holding the token.
+    # The EGT card (per-group table, settings, what was held out); push_to_hub writes it, then makes one filtered
+    # upload: only the card, reports and adapter go up (never checkpoints or training arguments), no file holding
+    # the token.
     card = {"runs": runs, "dataset_name": args.dataset, "command": command}
-    trainer.create_model_card(**card)
-    logger.info("Adapter, report and card in %s", output_dir)
     if args.hub_model_id:
         commit = trainer.push_to_hub(token=token, private=args.private, save_model_first=False, **card)
         logger.info("Pushed to %s", commit.commit_url)
+    else:
+        trainer.create_model_card(**card)
+    logger.info("Adapter, report and card in %s", output_dir)
     return runs
 
 
