@@ -47,31 +47,39 @@ from pathlib import Path
 
 logger = logging.getLogger("quality_bold")
 
-# method -> (EGTTrainer objective, HyperLoRA adapter?, further EGTConfig fields). The `dro_*` variants are the
-# group-robust recipes of issue #14 (see hf_egt.core.objective and hf_egt.core.samplers for where each option comes
-# from).
+# method -> (EGTTrainer objective, HyperLoRAConfig fields of a HyperLoRA adapter or None for LoRA, further EGTConfig
+# fields). The `dro_*` variants are the group-robust recipes of issue #14 (see hf_egt.core.objective and
+# hf_egt.core.samplers for where each option comes from).
 ROBUST = {"group_sampling": "stratified", "group_loss_estimate": "last", "group_weight_floor": 0.1}
 METHOD_SPECS = {
-    "erm": ("erm", False, {}),
-    "reweight": ("reweight", False, {}),
-    "minmax": ("minmax", False, {}),
-    "hyper": ("erm", True, {}),
+    "erm": ("erm", None, {}),
+    "reweight": ("reweight", None, {}),
+    "minmax": ("minmax", None, {}),
+    "hyper": ("erm", {}, {}),
+    # HyperLoRA at LoRA's trainable-parameter count (head_rank chosen so the hypernetwork is no larger)
+    "hyper_matched": ("erm", {"match_lora_parameters": True}, {}),
     # balanced ERM: group_DRO's --reweight_groups sampler with the plain mean
-    "balanced_erm": ("erm", False, {"group_sampling": "balanced"}),
+    "balanced_erm": ("erm", None, {"group_sampling": "balanced"}),
     # the reference group DRO: balanced sampler, eta 0.01, batch losses
-    "dro_reference": ("minmax", False, {"group_sampling": "balanced", "group_step_size": 0.01}),
+    "dro_reference": ("minmax", None, {"group_sampling": "balanced", "group_step_size": 0.01}),
     # every step holds every group, absent-safe estimates, DoReMi's floor
-    "dro_stratified": ("minmax", False, {**ROBUST, "group_step_size": 0.03}),
+    "dro_stratified": ("minmax", None, {**ROBUST, "group_step_size": 0.03}),
     # the same, scored by the excess loss over the same seed's ERM run (its per-example training losses at the end)
-    "dro_excess": ("minmax", False, {**ROBUST, "group_step_size": 0.3, "group_reference": "column"}),
+    "dro_excess": ("minmax", None, {**ROBUST, "group_step_size": 0.3, "group_reference": "column"}),
     # weights driven by the validation split's group losses every 20 steps (natural sampling)
     "dro_heldout": (
         "minmax",
-        False,
+        None,
         {"group_update_dataset": "validation", "group_update_steps": 20, "group_step_size": 0.3},
     ),
 }
 METHODS = tuple(METHOD_SPECS)
+TABLE_METHODS = (
+    "erm",
+    "reweight",
+    "minmax",
+    "hyper",
+)  # the paper-style table; the dro_* variants need a validation split
 
 
 # ------------------------------------------------------------------------------------------------------ aggregation
@@ -301,15 +309,15 @@ def domain_data(records: list[dict], settings, split_seed: int, validation_fract
     return train, validation, test
 
 
-def fit_hyper_context(model, tokenizer, texts: Sequence[str], max_length: int):
-    """Fix a ``HyperLoRAModel``'s inference context to the encoding of the whole training set.
+def hyper_context_batch(tokenizer, texts: Sequence[str], settings) -> dict:
+    """The whole training set, tokenized: the set whose encoding fixes a HyperLoRA model's inference context.
 
     Left unset, the model would generate each evaluation batch's LoRA weights from that batch's own (test) sentences;
     a fixed context from the training data makes it one adapter, evaluated like the LoRA ones.
     """
-    device = next(model.parameters()).device
-    batch = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    return model.set_context(**batch.to(device))
+    return dict(
+        tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length)
+    )
 
 
 def run_cell(
@@ -338,7 +346,8 @@ def run_cell(
     from hf_egt.apps.recipe import lora_config, train_adapter
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
-    objective, hyper, overrides = METHOD_SPECS[method]
+    objective, hyper_fields, overrides = METHOD_SPECS[method]
+    hyper = hyper_fields is not None
     seeded = replace(settings, seed=seed)
     if hyper and hyper_learning_rate is not None:
         seeded = replace(seeded, learning_rate=hyper_learning_rate)
@@ -354,6 +363,10 @@ def run_cell(
             "load_best_model_at_end": True,
             "metric_for_best_model": "eval_validation_worst_group_perplexity",
         }
+        if hyper:  # every evaluation measures the adapter of the training set's context, as the final one below
+            from hf_egt.integrations.hyper import FixedContextCallback
+
+            selection["callbacks"] = [FixedContextCallback(hyper_context_batch(tokenizer, train["text"], settings))]
     elif "group_update_dataset" in overrides:
         raise ValueError(f"Method {method!r} needs a validation split: pass `eval_steps` > 0 and `validation`.")
     if overrides.get("group_reference") == "column":
@@ -371,7 +384,7 @@ def run_cell(
         seeded,
         objective=settings.minmax_objective if method == "minmax" else objective,
         output_dir=output_dir,
-        peft_config=lora_config(model, seeded, hyper=hyper),
+        peft_config=lora_config(model, seeded, hyper=hyper, **(hyper_fields or {})),
         **{**selection, **overrides},
     )
     train_s = time.perf_counter() - started
@@ -379,7 +392,9 @@ def run_cell(
         losses = trainer.reference_losses(trainer.train_dataset).tolist()
         _write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
-        fit_hyper_context(trainer.model, tokenizer, train["text"], settings.max_length)
+        from hf_egt.integrations.hyper import fix_context
+
+        fix_context(trainer.model, hyper_context_batch(tokenizer, train["text"], settings))
     result = evaluate_causal_lm(
         trainer.model,
         tokenizer,
@@ -401,6 +416,8 @@ def run_cell(
         "seed": seed,
         "objective": objective,
         "hyper": hyper,
+        "hyper_fields": hyper_fields,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "overrides": overrides,
         "learning_rate": seeded.learning_rate,
         "result": result,
@@ -660,7 +677,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--held_out_domain", default="religious_ideology", help="BOLD axis run last and reported apart ('' for none)."
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="Training seeds (default 0 1 2).")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Methods to compare.")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(TABLE_METHODS),
+        choices=METHODS,
+        help=f"Methods to compare (default: {' '.join(TABLE_METHODS)}).",
+    )
     parser.add_argument("--output_dir", default="outputs/quality_bold", help="Where cells and tables go.")
     parser.add_argument("--resume", action="store_true", help="Skip the cells whose JSON file already exists.")
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the by-person split and subsampling.")

@@ -19,7 +19,7 @@ from transformers import LlamaForCausalLM
 
 from hf_egt.integrations.hyper import HYPER_LORA, HyperLoRAConfig, HyperLoRAModel
 from hf_egt.integrations.hyper.config import add_config_arguments, config_values, option_name
-from tests.test_hyper import batch, hyper_config, tiny_llama
+from tests.test_hyper import TARGETS, batch, hyper_config, tiny_llama
 
 
 def trained_like(model) -> None:
@@ -210,3 +210,126 @@ def test_train_and_train_diffusion_declare_the_config_options():
     assert {"ple_weight", "ple_every", "context_dim", "hidden_size", "head_rank"} <= set(TRAIN_HYPER_FIELDS) & set(
         HYPER_CONFIG_FIELDS
     )
+
+
+def test_match_lora_parameters_keeps_the_hypernetwork_within_the_lora_budget(tmp_path):
+    """`match_lora_parameters` picks the largest `head_rank` whose hypernetwork is no larger than the plain LoRA of the
+    same rank on the same modules; the choice is saved, so the adapter reloads with the same sizes."""
+    from peft import LoraConfig
+
+    from hf_egt.integrations.hyper.model import build_hypernetwork
+
+    def trainable(model) -> int:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    sizes = dict(r=4, set_encoder_hidden=8, context_dim=4, embedding_dim=4, hidden_size=8)
+    lora = trainable(get_peft_model(tiny_llama(num_layers=6), LoraConfig(r=4, target_modules=TARGETS)))
+    config = hyper_config(task_type="CAUSAL_LM", match_lora_parameters=True, head_rank=512, **sizes)
+    model = get_peft_model(tiny_llama(num_layers=6), config)
+    hyper = model.base_model
+    chosen = hyper.hyper_config.head_rank
+    assert hyper.num_generated_parameters() == lora
+    assert 1 < chosen < 512 and trainable(model) == hyper.num_hypernetwork_parameters() <= lora
+    embed_dim = tiny_llama().config.hidden_size  # the input-embeddings set encoder's input
+    larger = build_hypernetwork(hyper.slots, embed_dim, hyper.hyper_config, chosen + 1)
+    assert sum(p.numel() for p in larger.parameters()) > lora  # the largest that fits
+    model.save_pretrained(str(tmp_path))
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["head_rank"] == chosen
+    reloaded = PeftModel.from_pretrained(tiny_llama(num_layers=6), str(tmp_path))
+    assert reloaded.base_model.num_hypernetwork_parameters() == hyper.num_hypernetwork_parameters()
+    with pytest.raises(ValueError, match="match_lora_parameters.*head_rank=1.*hidden_size"):
+        get_peft_model(
+            tiny_llama(), hyper_config(task_type="CAUSAL_LM", match_lora_parameters=True, r=1, hidden_size=512)
+        )
+
+
+def pad_batch(rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids` and `attention_mask` of token rows (pad id 0)."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.tensor([row + [0] * (width - len(row)) for row in rows])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _hyper_trainer(tmp_path, **overrides):
+    from hf_egt import EGTConfig, EGTTrainer
+    from tests.trainer_utils import group_dataset
+    from tests.trainer_utils import tiny_llama as tiny_group_llama
+
+    settings = dict(
+        output_dir=str(tmp_path),
+        objective="erm",
+        per_device_train_batch_size=4,
+        max_steps=6,
+        learning_rate=5e-2,
+        eval_strategy="steps",
+        eval_steps=1,
+        per_device_eval_batch_size=1,  # unfixed, each held-out row would generate its own weights
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    args = EGTConfig(**{**settings, **overrides})
+    # a wide context and small layer embeddings: the generated weights depend visibly on the set
+    config = HyperLoRAConfig(
+        r=2, target_modules=["q_proj", "v_proj"], hidden_size=16, context_dim=32, embedding_dim=2, task_type="CAUSAL_LM"
+    )
+    train = group_dataset({"a": 8, "b": 4})
+    trainer = EGTTrainer(
+        model=tiny_group_llama(),
+        args=args,
+        train_dataset=train,
+        eval_dataset=group_dataset({"a": 4, "b": 4}, seed=1),
+        peft_config=config,
+    )
+    return trainer, train
+
+
+def test_fixed_context_callback_evaluates_the_adapter_of_the_training_set(tmp_path):
+    """With the callback, every evaluation during training measures the adapter of the training set's context (what
+    is exported); without it, each evaluation batch generates its own weights from its own rows."""
+    from hf_egt.integrations.hyper import FixedContextCallback, fix_context
+
+    trainer, train = _hyper_trainer(tmp_path / "fixed")
+    set_batch = pad_batch(train["input_ids"])
+    trainer.add_callback(FixedContextCallback(set_batch))
+    trainer.train()
+    logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(logged) == 6
+    fix_context(trainer.model, set_batch)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(logged[-1], rel=1e-6)
+    trainer.model.base_model.clear_context()  # each evaluation batch's own rows: another adapter
+    assert abs(trainer.evaluate()["eval_loss"] - logged[-1]) > 5e-5  # 50x the tolerance above
+
+    unfixed, _ = _hyper_trainer(tmp_path / "unfixed")
+    unfixed.train()
+    assert not bool(unfixed.model.base_model.hypernetwork.has_context)
+    with pytest.raises(ValueError, match="input_ids"):
+        FixedContextCallback({"pixel_values": set_batch["input_ids"]})
+
+
+def test_best_checkpoint_restores_the_context_it_was_measured_with(tmp_path):
+    """`load_best_model_at_end`: the checkpoints hold the context fixed before them, so the restored model gives the
+    best step's evaluation again without fixing the context anew."""
+    from hf_egt.integrations.hyper import FixedContextCallback
+
+    # "best" = highest loss, so that the restored checkpoint is an early one, not the last
+    overrides = dict(
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+    )
+    trainer, train = _hyper_trainer(tmp_path, **overrides)
+    set_batch = pad_batch(train["input_ids"])
+    trainer.add_callback(FixedContextCallback(set_batch))
+    trainer.train()
+    logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    hyper = trainer.model.base_model
+    assert bool(hyper.hypernetwork.has_context)
+    with torch.no_grad():  # the restored context is the restored hypernetwork's encoding of the set
+        torch.testing.assert_close(hyper.hypernetwork.context, hyper.encode(**set_batch))
+    assert max(logged) > logged[-1] + 5e-5  # the selected step is not the last: its context is not the last one
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(max(logged), rel=1e-6)

@@ -174,7 +174,7 @@ def test_each_method_at_its_own_best_validation_step(tmp_path, tiny_model_and_to
     """With a validation split, every cell keeps the adapter of its lowest validation worst-group perplexity, stores
     its curve, and dro_excess reads the erm cell's reference losses."""
     model, tokenizer = tiny_model_and_tokenizer
-    methods = ["erm", "balanced_erm", "dro_stratified", "dro_excess", "dro_heldout"]
+    methods = ["erm", "balanced_erm", "dro_stratified", "dro_excess", "dro_heldout", "hyper"]
     results = run_quality(
         tmp_path,
         domains=["dev"],
@@ -203,3 +203,11 @@ def test_each_method_at_its_own_best_validation_step(tmp_path, tiny_model_and_to
         run_quality(
             tmp_path, domains=["dev"], held_out_domain=None, seeds=[0], methods=["dro_heldout"], settings=SETTINGS
         )
+
+
+def test_the_default_methods_run_without_a_validation_split():
+    """The documented default command (no validation split) must not pick a method that needs one."""
+    from benchmarks.quality_bold import METHOD_SPECS, TABLE_METHODS, parse_args
+
+    assert parse_args([]).methods == list(TABLE_METHODS)
+    assert all("group_update_dataset" not in METHOD_SPECS[method][2] for method in TABLE_METHODS)

@@ -276,6 +276,7 @@ TRAIN_HYPER_FIELDS = (
     "set_encoder_hidden",
     "hidden_size",
     "head_rank",
+    "match_lora_parameters",
 )
 
 
@@ -442,27 +443,17 @@ def held_out_sentence(record: Mapping) -> str:
     return f"{how} ({sum(record['eval_counts'].values())} rows)"
 
 
-def fix_hyper_context(trainer, train_dataset, text_column: str, context_rows: int) -> int:
-    """With ``--hyper``: fix the hypernetwork's context to the set of the first ``context_rows`` training rows (on
-    every process), so that the final evaluation measures exactly the adapter ``save_hyper_artifacts`` exports.
-    Returns the number of rows in the set."""
-    import torch
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
+def hyper_context_batch(tokenizer, train_dataset, text_column: str, context_rows: int, max_length: int) -> dict:
+    """With ``--hyper``: the tokenized first ``context_rows`` training rows, the set whose encoding fixes the
+    hypernetwork's context for every evaluation (during and after training) and for the exported adapter."""
     texts = list(train_dataset[text_column][:context_rows])
-    batch = trainer.processing_class(
-        texts, return_tensors="pt", padding=True, truncation=True, max_length=trainer.args.max_length
-    )
-    device = next(model.hypernetwork.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        model.set_context(**{key: value.to(device) for key, value in batch.items()})
-    return len(texts)
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length))
 
 
 def save_hyper_artifacts(trainer, output_dir: Path) -> None:
     """The hypernetwork in ``output_dir/hypernetwork`` (a HyperLoRA peft adapter) and, in ``output_dir``,
-    a plain peft adapter holding the LoRA weights generated for the context ``fix_hyper_context`` fixed."""
+    a plain peft adapter holding the LoRA weights generated for the context fixed after training (the set of
+    ``hyper_context_batch``)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
     model.export_peft(output_dir)
@@ -533,6 +524,13 @@ def run_train(argv: Sequence[str]) -> dict:
     check_target_modules(script_args.model_name_or_path, script_args.lora_target_modules)
     peft_config = build_peft_config(script_args, script_args.model_name_or_path)
     model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
+    context_batch = None
+    if script_args.hyper:
+        from hf_egt.integrations.hyper import FixedContextCallback
+
+        context_batch = hyper_context_batch(
+            tokenizer, train, training_args.text_column, script_args.hyper_context_rows, training_args.max_length
+        )
     trainer = EGTTrainer(
         model=model,
         args=training_args,
@@ -540,6 +538,7 @@ def run_train(argv: Sequence[str]) -> dict:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[FixedContextCallback(context_batch)] if context_batch is not None else None,
     )
     if trainer.is_world_process_zero():
         if replaced:
@@ -550,8 +549,12 @@ def run_train(argv: Sequence[str]) -> dict:
         runs["base"] = trainer.evaluate_groups()
     trainer.train(resume_from_checkpoint=resume)
     context_rows = None
-    if script_args.hyper:
-        context_rows = fix_hyper_context(trainer, train, training_args.text_column, script_args.hyper_context_rows)
+    if context_batch is not None:
+        from hf_egt.integrations.hyper import fix_context
+
+        # on every process, so that the final evaluation measures exactly the adapter `save_hyper_artifacts` exports
+        fix_context(trainer.accelerator.unwrap_model(trainer.model), context_batch)
+        context_rows = len(context_batch["input_ids"])
     runs[training_args.objective] = trainer.evaluate_groups()
     trainer.save_model(str(output_dir))
     result = {"runs": runs, "output_dir": str(output_dir), "dropped": data.dropped, "split": data.split}

@@ -45,10 +45,13 @@ DEFAULT = DemoSettings()
 QUICK = replace(DEFAULT, max_train_per_group=150, max_eval_per_group=16, max_steps=20, egt=False)
 
 
-def lora_config(model, settings: DemoSettings, hyper: bool = False):
+def lora_config(model, settings: DemoSettings, hyper: bool = False, **hyper_fields):
     """The demo's adapter: a ``peft.LoraConfig`` on ``settings.lora_target_modules`` of the top
     ``settings.lora_last_layers`` decoder layers, or (``hyper=True``) a ``HyperLoRAConfig`` whose generated LoRA factors
-    sit on exactly the same layers (selected with a regex, since ``HyperLoRAConfig`` has no ``layers_to_transform``)."""
+    sit on exactly the same layers (selected with a regex, since ``HyperLoRAConfig`` has no ``layers_to_transform``);
+    ``hyper_fields`` are further ``HyperLoRAConfig`` fields (e.g. ``match_lora_parameters=True``)."""
+    if hyper_fields and not hyper:
+        raise ValueError(f"{sorted(hyper_fields)} are HyperLoRAConfig fields: they need `hyper=True`.")
     layers = _last_layers(model, settings.lora_last_layers)
     if hyper:
         from hf_egt.integrations.hyper import HyperLoRAConfig
@@ -62,6 +65,7 @@ def lora_config(model, settings: DemoSettings, hyper: bool = False):
             lora_dropout=0.0,
             base_model_name_or_path=model.config.name_or_path or None,
             task_type="CAUSAL_LM",
+            **hyper_fields,
         )
     from peft import LoraConfig
 
@@ -85,6 +89,7 @@ def train_adapter(
     peft_config=None,
     eval_dataset=None,
     eval_steps: int | None = None,
+    callbacks=None,
     **config_overrides,
 ):
     """Train an adapter on a copy of ``model`` (left untouched) with ``EGTTrainer`` and the group ``objective``.
@@ -92,8 +97,8 @@ def train_adapter(
     ``settings.seed`` seeds the adapter's initialisation and the data order. ``peft_config`` defaults to
     ``lora_config(model, settings)``. With ``eval_dataset`` (a dataset or a dict of them) and ``eval_steps``, the
     per-group evaluation runs every ``eval_steps`` steps (its metrics land in ``trainer.state.log_history``).
-    ``config_overrides`` are further ``EGTConfig`` fields (``group_sampling``, ``group_loss_estimate``, ...).
-    Returns the trainer; ``trainer.model`` is the adapted model.
+    ``callbacks`` are further ``TrainerCallback``s; ``config_overrides`` are further ``EGTConfig`` fields
+    (``group_sampling``, ``group_loss_estimate``, ...). Returns the trainer; ``trainer.model`` is the adapted model.
     """
     from hf_egt.integrations.trainer import EGTConfig, EGTTrainer
 
@@ -127,6 +132,7 @@ def train_adapter(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config or lora_config(model, settings),
+        callbacks=callbacks,
     )
     trainer.train()
     return trainer

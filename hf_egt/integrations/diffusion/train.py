@@ -76,6 +76,7 @@ HYPER_CONFIG_FIELDS = (
     "set_encoder_hidden",
     "hidden_size",
     "head_rank",
+    "match_lora_parameters",
     "unet_pool_size",
 )
 # Options that only mean something with --hyper: refused without it rather than silently ignored.
@@ -229,9 +230,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{changed[0]} only applies to a hypernetwork: add --hyper (or drop --{changed[0]}).")
     if args.ple_weight < 0:
         parser.error(f"--ple_weight must be >= 0, got {args.ple_weight}.")
-    for name in HYPER_OPTIONS[1:]:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    for name in HYPER_OPTIONS[1:]:  # the sizes and counts (ple_weight, a float, is checked above)
+        value = getattr(args, name)
+        if not isinstance(value, bool) and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}.")
     return args
 
 

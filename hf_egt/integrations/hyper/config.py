@@ -73,6 +73,14 @@ class HyperLoRAConfig(PeftConfig):
     head_rank: int = field(
         default=32, metadata={"help": "Bottleneck of each module-type head (Text-to-LoRA style low-rank output layer)."}
     )
+    match_lora_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Choose `head_rank` (overriding it) as the largest whose hypernetwork has at most as many "
+            "trainable parameters as the plain LoRA it generates (same `r`, same modules): for comparisons with "
+            "LoRA at an equal parameter budget. The chosen `head_rank` is saved in the config."
+        },
+    )
     ple_weight: float = field(
         default=0.0,
         metadata={"help": "λ of the self-consumption (PLE) penalty λ·D(H(Y), H(X)); 0 disables it (paper: 0.1)."},

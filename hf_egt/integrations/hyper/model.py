@@ -42,6 +42,45 @@ class HyperNetwork(nn.Module):
         return self.generator(self.set_encoder(embeddings))
 
 
+def build_hypernetwork(
+    slots: list, embed_dim: int, config: HyperLoRAConfig, head_rank: int | None = None
+) -> HyperNetwork:
+    """The set encoder and LoRA generator that `config` describes (`head_rank` overrides the config's)."""
+    return HyperNetwork(
+        SetEncoder(embed_dim, config.set_encoder_hidden, config.context_dim),
+        LoRAGenerator(
+            slots, config.context_dim, config.embedding_dim, config.hidden_size, head_rank or config.head_rank
+        ),
+        config.context_dim,
+    )
+
+
+def head_rank_within(slots: list, embed_dim: int, config: HyperLoRAConfig, budget: int) -> int:
+    """The largest `head_rank` whose hypernetwork (other sizes from `config`) has at most `budget` parameters.
+
+    Sizes are counted on the meta device (nothing is allocated); the count grows with `head_rank`, so a doubling
+    then bisection search finds it.
+    """
+
+    def size(head_rank: int) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_hypernetwork(slots, embed_dim, config, head_rank).parameters())
+
+    if size(1) > budget:
+        raise ValueError(
+            f"`match_lora_parameters`: even `head_rank=1` gives {size(1)} hypernetwork parameters, more than the "
+            f"{budget} of the LoRA it generates; lower `hidden_size`, `set_encoder_hidden`, `context_dim` or "
+            "`embedding_dim`, or raise `r`."
+        )
+    low, high = 1, 2
+    while size(high) <= budget:
+        low, high = high, 2 * high
+    while high - low > 1:  # size(low) <= budget < size(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if size(middle) <= budget else (low, middle)
+    return low
+
+
 class HyperLoRAModel(nn.Module):
     """A frozen base model adapted by LoRA factors that a hypernetwork generates from a set of examples; the peft
     tuner of the `HYPER_LORA` method (registered with peft on `import hf_egt.integrations.hyper`, and on `import
@@ -132,11 +171,13 @@ class HyperLoRAModel(nn.Module):
         else:
             self.embedder = build_embedder(config.set_encoder_input, base_model, config.unet_pool_size)
             embed_dim = self.embedder.dim(base_model)
-        self.hypernetwork = HyperNetwork(
-            SetEncoder(embed_dim, config.set_encoder_hidden, config.context_dim),
-            LoRAGenerator(slots, config.context_dim, config.embedding_dim, config.hidden_size, config.head_rank),
-            config.context_dim,
-        )
+        if config.match_lora_parameters:
+            budget = sum(math.prod(slot.a_shape) + math.prod(slot.b_shape) for slot in slots)
+            config.head_rank = head_rank_within(slots, embed_dim, config, budget)
+            logger.info(
+                "HyperLoRA: head_rank %d keeps the hypernetwork within LoRA's %d parameters.", config.head_rank, budget
+            )
+        self.hypernetwork = build_hypernetwork(slots, embed_dim, config)
         if ple_sampler is None and not is_unet(base_model):
             ple_sampler = CausalLMSampler(config.ple_prompt_length, config.ple_max_new_tokens)
         if ple_sampler is None and config.ple_weight > 0:
