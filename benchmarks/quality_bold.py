@@ -18,6 +18,8 @@ perplexity (each method at its own best step, the held-out people never used to 
 ``results.md`` then lists the best steps, and ``quality_bold_curves.png`` plots worst-group perplexity against steps
 and the group weights. The ``dro_*`` and ``balanced_erm`` methods are the robust min-max variants of issue #14
 (``METHOD_SPECS``); ``dro_heldout`` needs the validation split and ``dro_excess`` the ``erm`` cell of the same seed.
+``hyper_matched`` is HyperLoRA at LoRA's trainable-parameter count (``match_lora_parameters``); every HyperLoRA
+evaluation, during training too, uses the context of the whole training set (``FixedContextCallback``).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_bold.py \\
         --output_dir outputs/screen --resume --domains race --held_out_domain '' --seeds 0 \\
