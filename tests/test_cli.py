@@ -269,7 +269,7 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_egt.apps.demo import QUICK, demo_data
+    from hf_egt.apps.demo import QUICK, demo_data, minmax_note
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     out = tmp_path / "demo"
@@ -284,7 +284,9 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
         assert set(run) >= {"per_group", "gap", "worst_group", "overall"}
         assert len(run["per_group"]) == 4
     assert (out / "report.png").stat().st_size > 1000
-    assert "| **gap (max − min)** |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| **gap (max − min)** |" in markdown
+    assert minmax_note(report["runs"]["erm"], report["runs"]["minmax"], 2) in markdown
     # the base row is the untouched model's evaluation on the same held-out rows
     settings = replace(QUICK, max_train_per_group=8, max_eval_per_group=3, egt=False)
     _, test = demo_data(settings)
@@ -297,6 +299,20 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     assert report["runs"]["minmax"]["per_group"] == pytest.approx(again["per_group"], rel=1e-5)
     assert report["runs"]["minmax"]["per_group"] != pytest.approx(report["runs"]["erm"]["per_group"])
     assert "library_name: peft" in (out / "adapters" / "minmax" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("minmax_worst", "minmax_overall", "says"), [(60.48, 57.47, "higher (worse)"), (50.0, 49.0, "lower (better)")]
+)
+def test_demo_note_reads_the_direction_from_the_numbers(minmax_worst, minmax_overall, says):
+    from hf_egt.apps.demo import minmax_note
+
+    erm = {"per_group": {"a": 56.50, "b": 49.61}, "worst_group": "a", "overall": 54.03}
+    minmax = {"per_group": {"a": minmax_worst, "b": 40.0}, "worst_group": "a", "overall": minmax_overall}
+    note = minmax_note(erm, minmax, 60)
+    assert f"is {says} under min-max ({minmax_worst:.2f}, a) than under ERM (56.50, a)" in note
+    assert ("overall perplexity is higher" in note) == (minmax_overall > 54.03)
+    assert "fixed budget of 60 steps" in note
 
 
 def test_console_script_exits_zero_after_a_command(tmp_path, tiny_lm, tiny_json):

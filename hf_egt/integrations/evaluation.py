@@ -356,8 +356,10 @@ def write_report(
     metric: str = "perplexity",
     config: Mapping | None = None,
     command: str | None = None,
+    notes: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs; return their paths."""
+    """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs; return their paths.
+    ``notes`` (markdown) is printed under the per-group table."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
@@ -366,7 +368,8 @@ def write_report(
         payload["command"] = command
     paths["json"].write_text(json.dumps(payload, indent=2), encoding="utf-8")
     plot_runs(runs, paths["png"], metric=metric)
-    paths["md"].write_text(report_markdown(runs, title=title, metric=metric, command=command), encoding="utf-8")
+    markdown = report_markdown(runs, title=title, metric=metric, command=command, notes=notes)
+    paths["md"].write_text(markdown, encoding="utf-8")
     return paths
 
 
@@ -396,10 +399,18 @@ def egt_markdown(runs: Mapping[str, Mapping]) -> str:
 
 
 def report_markdown(
-    runs: Mapping[str, Mapping], *, title: str, metric: str = "perplexity", command: str | None = None
+    runs: Mapping[str, Mapping],
+    *,
+    title: str,
+    metric: str = "perplexity",
+    command: str | None = None,
+    notes: str | None = None,
 ) -> str:
-    """The markdown body of a report: the per-group table, the EGT table when present, the plot and the command."""
+    """The markdown body of a report: the per-group table, ``notes``, the EGT table when present, the plot and the
+    command."""
     parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
+    if notes:
+        parts += [notes, ""]
     parts += [egt_markdown(runs), "![per-group results](report.png)", ""]
     if command:
         parts += ["Reproduce with:", "", "```bash", command, "```", ""]
