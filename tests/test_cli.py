@@ -287,6 +287,10 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     markdown = (out / "report.md").read_text()
     assert "| **gap (max − min)** |" in markdown
     assert minmax_note(report["runs"]["erm"], report["runs"]["minmax"], 2) in markdown
+    weights = report["config"]["minmax_group_weights"]
+    assert sorted(weights) == sorted(report["runs"]["erm"]["per_group"])
+    assert sum(points[-1][1] for points in weights.values()) == pytest.approx(1.0, abs=1e-5)
+    assert "](weights.png)" in markdown and (out / "weights.png").stat().st_size > 1000
     # the base row is the untouched model's evaluation on the same held-out rows
     settings = replace(QUICK, max_train_per_group=8, max_eval_per_group=3, egt=False)
     _, test = demo_data(settings)
@@ -313,6 +317,17 @@ def test_demo_note_reads_the_direction_from_the_numbers(minmax_worst, minmax_ove
     assert f"is {says} under min-max ({minmax_worst:.2f}, a) than under ERM (56.50, a)" in note
     assert ("overall perplexity is higher" in note) == (minmax_overall > 54.03)
     assert "fixed budget of 60 steps" in note
+
+
+def test_group_weight_history_reads_the_logged_weights_in_step_order():
+    from hf_egt.integrations.evaluation import group_weight_history
+
+    log = [
+        {"step": 4, "loss": 1.0, "group_weight/b": 0.6, "group_weight/a": 0.4},
+        {"step": 2, "loss": 1.2, "group_weight/a": 0.5, "group_weight/b": 0.5},
+        {"step": 4, "eval_loss": 1.1},
+    ]
+    assert group_weight_history(log) == {"a": [(2, 0.5), (4, 0.4)], "b": [(2, 0.5), (4, 0.6)]}
 
 
 def test_console_script_exits_zero_after_a_command(tmp_path, tiny_lm, tiny_json):

@@ -81,7 +81,13 @@ def run_demo(
     """
     from hf_egt.apps.offline import load_cached_smollm2, minilm_path
     from hf_egt.core.groups import label_counts
-    from hf_egt.integrations.evaluation import egt_markdown, evaluate_causal_lm, write_report
+    from hf_egt.integrations.evaluation import (
+        egt_markdown,
+        evaluate_causal_lm,
+        group_weight_history,
+        plot_group_weights,
+        write_report,
+    )
     from hf_egt.integrations.features import load_text_encoder
     from hf_egt.integrations.hub import build_model_card
 
@@ -106,6 +112,7 @@ def run_demo(
     texts, groups = list(test["text"]), list(test["group"])
     runs = {"base": evaluate_causal_lm(model, tokenizer, texts, groups, name="base", **eval_kwargs)}
     timings = {"base_eval_s": time.perf_counter() - started}
+    minmax_weights: dict[str, list[tuple[int, float]]] = {}
     for objective in DEMO_OBJECTIVES:
         run_started = time.perf_counter()
         trainer = train_adapter(
@@ -117,6 +124,8 @@ def run_demo(
             output_dir=output_dir / "trainer" / objective,
         )
         runs[objective] = evaluate_causal_lm(trainer.model, tokenizer, texts, groups, name=objective, **eval_kwargs)
+        if objective == "minmax":
+            minmax_weights = group_weight_history(trainer.state.log_history)
         adapter_dir = output_dir / "adapters" / objective
         trainer.model.save_pretrained(adapter_dir)
         timings[f"{objective}_s"] = time.perf_counter() - run_started
@@ -126,14 +135,26 @@ def run_demo(
     config = {"settings": asdict(settings), "quick": quick, "base_model": base_model_name, "timings": timings}
     config["train_counts"] = label_counts(train["group"])
     config["eval_counts"] = label_counts(groups)
+    config["minmax_group_weights"] = {
+        group: [list(point) for point in points] for group, points in minmax_weights.items()
+    }
+    weights_png = plot_group_weights(
+        minmax_weights, output_dir / "weights.png", title="min-max group weights over training"
+    )
+    final = ", ".join(f"{group} {points[-1][1]:.3f}" for group, points in minmax_weights.items())
+    notes = minmax_note(runs["erm"], runs["minmax"], settings.max_steps)
+    notes += (
+        f"\n\n![min-max group weights over training](weights.png)\n\nMin-max weights at the last logged step: {final}."
+    )
     paths = write_report(
         runs,
         output_dir,
         title="hf-egt offline demo: SmolLM2-135M-Instruct on BOLD race",
         config=config,
         command=command,
-        notes=minmax_note(runs["erm"], runs["minmax"], settings.max_steps),
+        notes=notes,
     )
+    paths["weights_png"] = weights_png
     for objective in DEMO_OBJECTIVES:
         adapter_dir = output_dir / "adapters" / objective
         shutil.copy(paths["png"], adapter_dir / "report.png")

@@ -314,6 +314,41 @@ def _prompt_rows(groups: Sequence[str], max_per_group: int | None, seed: int) ->
     return sorted(chosen)
 
 
+def group_weight_history(log_history: Sequence[Mapping]) -> dict[str, list[tuple[int, float]]]:
+    """Per group, the ``(step, weight)`` pairs of the ``group_weight/<group>`` entries ``EGTTrainer`` logs (a
+    ``Trainer``'s ``state.log_history``), in step order."""
+    history: dict[str, list[tuple[int, float]]] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key.startswith("group_weight/"):
+                history.setdefault(key.split("/", 1)[1], []).append((int(entry["step"]), float(value)))
+    return {group: sorted(points) for group, points in sorted(history.items())}
+
+
+def plot_group_weights(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str) -> Path:
+    """The group weights over training (one line per group; ``group_weight_history``'s output), with uniform dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    for group, points in history.items():
+        axes.plot([step for step, _ in points], [weight for _, weight in points], marker=".", label=group)
+    if history:
+        axes.axhline(1 / len(history), color="gray", linestyle=":", linewidth=1, label="uniform")
+    axes.set_xlabel("step")
+    axes.set_ylabel("group weight")
+    axes.set_ylim(bottom=0)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
 def plot_runs(
     runs: Mapping[str, Mapping], path: str | Path, metric: str = "perplexity", title: str | None = None
 ) -> Path:
