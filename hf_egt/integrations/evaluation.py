@@ -342,11 +342,7 @@ def plot_group_weights(history: Mapping[str, Sequence[tuple[int, float]]], path:
     axes.set_ylim(bottom=0)
     axes.set_title(title)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def plot_runs(
@@ -376,6 +372,13 @@ def plot_runs(
     axes.set_ylabel(f"{metric} per group (lower is better)")
     axes.set_title(title or f"{metric} per group; dotted lines: each run's best and worst group")
     axes.legend(fontsize=8)
+    return _save_figure(figure, path)
+
+
+def _save_figure(figure, path: str | Path) -> Path:
+    """Lay out, write (PNG at 90 dpi) and close a matplotlib figure; return its path."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=90)
