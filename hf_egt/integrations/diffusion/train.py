@@ -63,7 +63,7 @@ from hf_egt.integrations.diffusion.models import (
     tokenize_captions,
 )
 from hf_egt.integrations.diffusion.sampling import image_grid, sample_stable_diffusion, sample_unet2d
-from hf_egt.integrations.hyper.config import add_config_arguments, config_values, option_name
+from hf_egt.integrations.hyper.config import POSITIVE_INTEGERS, add_config_arguments, config_values, option_name
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,12 @@ HYPER_CONFIG_FIELDS = (
 )
 # Options that only mean something with --hyper: refused without it rather than silently ignored.
 HYPER_OPTIONS = (*(option_name(name) for name in HYPER_CONFIG_FIELDS), "ple_inference_steps", "hyper_context_size")
+# The sizes and counts among them, each >= 1 (the config's own positive fields, and the script's two).
+POSITIVE_HYPER_OPTIONS = (
+    *(option_name(name) for name in HYPER_CONFIG_FIELDS if name in POSITIVE_INTEGERS),
+    "ple_inference_steps",
+    "hyper_context_size",
+)
 
 
 # Old option -> the name `hf-egt train` (EGTConfig) uses for the same concept; the old ones go in REMOVAL_VERSION.
@@ -230,10 +236,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{changed[0]} only applies to a hypernetwork: add --hyper (or drop --{changed[0]}).")
     if args.ple_weight < 0:
         parser.error(f"--ple_weight must be >= 0, got {args.ple_weight}.")
-    for name in HYPER_OPTIONS[1:]:  # the sizes and counts (ple_weight, a float, is checked above)
-        value = getattr(args, name)
-        if not isinstance(value, bool) and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}.")
+    for name in POSITIVE_HYPER_OPTIONS:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     return args
 
 
