@@ -76,12 +76,8 @@ METHOD_SPECS = {
     ),
 }
 METHODS = tuple(METHOD_SPECS)
-TABLE_METHODS = (
-    "erm",
-    "reweight",
-    "minmax",
-    "hyper",
-)  # the paper-style table; the dro_* variants need a validation split
+# the paper-style table's methods (the default); the dro_* variants need a validation split
+TABLE_METHODS = ("erm", "reweight", "minmax", "hyper")
 
 
 # ------------------------------------------------------------------------------------------------------ aggregation
@@ -311,17 +307,6 @@ def domain_data(records: list[dict], settings, split_seed: int, validation_fract
     return train, validation, test
 
 
-def hyper_context_batch(tokenizer, texts: Sequence[str], settings) -> dict:
-    """The whole training set, tokenized: the set whose encoding fixes a HyperLoRA model's inference context.
-
-    Left unset, the model would generate each evaluation batch's LoRA weights from that batch's own (test) sentences;
-    a fixed context from the training data makes it one adapter, evaluated like the LoRA ones.
-    """
-    return dict(
-        tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=settings.max_length)
-    )
-
-
 def run_cell(
     model,
     tokenizer,
@@ -350,6 +335,12 @@ def run_cell(
 
     objective, hyper_fields, overrides = METHOD_SPECS[method]
     hyper = hyper_fields is not None
+    if hyper:
+        # The whole training set fixes the HyperLoRA context of every evaluation: left unset, each evaluation batch
+        # would generate its LoRA weights from its own (test) sentences; fixed, it is one adapter like the LoRA ones.
+        from hf_egt.integrations.hyper import FixedContextCallback, context_batch, fix_context
+
+        hyper_set = context_batch(tokenizer, train["text"], settings.max_length)
     seeded = replace(settings, seed=seed)
     if hyper and hyper_learning_rate is not None:
         seeded = replace(seeded, learning_rate=hyper_learning_rate)
@@ -366,9 +357,7 @@ def run_cell(
             "metric_for_best_model": "eval_validation_worst_group_perplexity",
         }
         if hyper:  # every evaluation measures the adapter of the training set's context, as the final one below
-            from hf_egt.integrations.hyper import FixedContextCallback
-
-            selection["callbacks"] = [FixedContextCallback(hyper_context_batch(tokenizer, train["text"], settings))]
+            selection["callbacks"] = [FixedContextCallback(hyper_set)]
     elif "group_update_dataset" in overrides:
         raise ValueError(f"Method {method!r} needs a validation split: pass `eval_steps` > 0 and `validation`.")
     if overrides.get("group_reference") == "column":
@@ -394,9 +383,7 @@ def run_cell(
         losses = trainer.reference_losses(trainer.train_dataset).tolist()
         _write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
-        from hf_egt.integrations.hyper import fix_context
-
-        fix_context(trainer.model, hyper_context_batch(tokenizer, train["text"], settings))
+        fix_context(trainer.model, hyper_set)
     result = evaluate_causal_lm(
         trainer.model,
         tokenizer,
@@ -667,7 +654,7 @@ def write_results(
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from hf_egt.apps.recipe import DEFAULT
+    from hf_egt.apps.recipe import DEFAULT, DEMO_RENAMED_OPTIONS
     from hf_egt.core.objective import OBJECTIVE_MODES
     from hf_egt.core.vocabulary import add_renamed_options
 
@@ -724,7 +711,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log_level", default="INFO")
     # the names of `hf-egt demo` (whose settings these are); the old ones are still read, with a warning
-    add_renamed_options(parser, {"--minmax_objective": "--objective", "--batch_size": "--per_device_train_batch_size"})
+    add_renamed_options(parser, DEMO_RENAMED_OPTIONS)
     return parser.parse_args(argv)
 
 

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from hf_egt.apps.cli import DEMO_RENAMED_OPTIONS, EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
+from hf_egt.apps.cli import EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
+from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
 from hf_egt.core.vocabulary import renamed_options_of
 from hf_egt.integrations.diffusion.train import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS

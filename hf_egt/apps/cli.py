@@ -314,7 +314,6 @@ EVALUATE_RENAMED_OPTIONS = {
     "--split": "--eval_split",
     "--batch_size": "--per_device_eval_batch_size",
 }
-DEMO_RENAMED_OPTIONS = {"--minmax_objective": "--objective", "--batch_size": "--per_device_train_batch_size"}
 
 
 def train_parser():
@@ -443,17 +442,10 @@ def held_out_sentence(record: Mapping) -> str:
     return f"{how} ({sum(record['eval_counts'].values())} rows)"
 
 
-def hyper_context_batch(tokenizer, train_dataset, text_column: str, context_rows: int, max_length: int) -> dict:
-    """With ``--hyper``: the tokenized first ``context_rows`` training rows, the set whose encoding fixes the
-    hypernetwork's context for every evaluation (during and after training) and for the exported adapter."""
-    texts = list(train_dataset[text_column][:context_rows])
-    return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length))
-
-
 def save_hyper_artifacts(trainer, output_dir: Path) -> None:
     """The hypernetwork in ``output_dir/hypernetwork`` (a HyperLoRA peft adapter) and, in ``output_dir``,
     a plain peft adapter holding the LoRA weights generated for the context fixed after training (the set of
-    ``hyper_context_batch``)."""
+    the first ``--hyper_context_rows`` training rows)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
     model.export_peft(output_dir)
@@ -524,13 +516,12 @@ def run_train(argv: Sequence[str]) -> dict:
     check_target_modules(script_args.model_name_or_path, script_args.lora_target_modules)
     peft_config = build_peft_config(script_args, script_args.model_name_or_path)
     model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
-    context_batch = None
-    if script_args.hyper:
-        from hf_egt.integrations.hyper import FixedContextCallback
+    hyper_set = None
+    if script_args.hyper:  # the set whose encoding fixes the context of every evaluation and of the exported adapter
+        from hf_egt.integrations.hyper import FixedContextCallback, context_batch
 
-        context_batch = hyper_context_batch(
-            tokenizer, train, training_args.text_column, script_args.hyper_context_rows, training_args.max_length
-        )
+        texts = train[training_args.text_column][: script_args.hyper_context_rows]
+        hyper_set = context_batch(tokenizer, texts, training_args.max_length)
     trainer = EGTTrainer(
         model=model,
         args=training_args,
@@ -538,7 +529,7 @@ def run_train(argv: Sequence[str]) -> dict:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[FixedContextCallback(context_batch)] if context_batch is not None else None,
+        callbacks=[FixedContextCallback(hyper_set)] if hyper_set is not None else None,
     )
     if trainer.is_world_process_zero():
         if replaced:
@@ -549,12 +540,12 @@ def run_train(argv: Sequence[str]) -> dict:
         runs["base"] = trainer.evaluate_groups()
     trainer.train(resume_from_checkpoint=resume)
     context_rows = None
-    if context_batch is not None:
+    if hyper_set is not None:
         from hf_egt.integrations.hyper import fix_context
 
         # on every process, so that the final evaluation measures exactly the adapter `save_hyper_artifacts` exports
-        fix_context(trainer.accelerator.unwrap_model(trainer.model), context_batch)
-        context_rows = len(context_batch["input_ids"])
+        fix_context(trainer.accelerator.unwrap_model(trainer.model), hyper_set)
+        context_rows = len(hyper_set["input_ids"])
     runs[training_args.objective] = trainer.evaluate_groups()
     trainer.save_model(str(output_dir))
     result = {"runs": runs, "output_dir": str(output_dir), "dropped": data.dropped, "split": data.split}
@@ -880,6 +871,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options: each overrides its preset (``DEFAULT`` / ``QUICK`` of ``hf_egt.apps.demo``), so they default
     to ``None``; the names are those of ``hf-egt train`` / ``evaluate``."""
+    from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
     from hf_egt.core.objective import OBJECTIVE_MODES
 
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")

@@ -41,6 +41,10 @@ class DemoSettings:
     seed: int = 0
 
 
+# Old option -> the name the demo's settings have on `hf-egt demo` and in benchmarks/quality_bold.py (docs/trainer.md,
+# "One vocabulary"); the old ones are still read, with a warning.
+DEMO_RENAMED_OPTIONS = {"--minmax_objective": "--objective", "--batch_size": "--per_device_train_batch_size"}
+
 DEFAULT = DemoSettings()
 QUICK = replace(DEFAULT, max_train_per_group=150, max_eval_per_group=16, max_steps=20, egt=False)
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import TrainerCallback
+
+
+def context_batch(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    """``texts`` tokenized as one padded batch (truncated to ``max_length`` tokens): a set of examples whose
+    encoding fixes a HyperLoRA model's context (``fix_context``, ``FixedContextCallback``)."""
+    return dict(tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length))
 
 
 def fix_context(model: torch.nn.Module, set_batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -27,6 +27,11 @@ class LoRASlot:
     b_shape: tuple[int, ...]
 
 
+def generated_parameters(slots: list[LoRASlot]) -> int:
+    """How many LoRA entries the slots hold (A and B of every adapted layer): a plain LoRA's trainable count."""
+    return sum(math.prod(slot.a_shape) + math.prod(slot.b_shape) for slot in slots)
+
+
 def group_key(module_name: str, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> str:
     """Module type (last name component) and factor shapes, as a valid `nn.ModuleDict` key."""
     leaf = re.sub(r"\W", "_", module_name.rsplit(".", 1)[-1])

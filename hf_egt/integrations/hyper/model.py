@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
 import os
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,7 @@ from torch import nn
 
 from hf_egt.integrations.hyper.config import HYPER_LORA, HyperLoRAConfig
 from hf_egt.integrations.hyper.encoders import SetEmbedder, SetEncoder, build_embedder, is_unet
-from hf_egt.integrations.hyper.generator import LoRAGenerator, slots_from_shapes
+from hf_egt.integrations.hyper.generator import LoRAGenerator, generated_parameters, slots_from_shapes
 from hf_egt.integrations.hyper.ple import context_sensitivity, ple_penalty
 from hf_egt.integrations.hyper.sampling import CausalLMSampler
 
@@ -66,9 +65,10 @@ def head_rank_within(slots: list, embed_dim: int, config: HyperLoRAConfig, budge
         with torch.device("meta"):
             return sum(p.numel() for p in build_hypernetwork(slots, embed_dim, config, head_rank).parameters())
 
-    if size(1) > budget:
+    smallest = size(1)
+    if smallest > budget:
         raise ValueError(
-            f"`match_lora_parameters`: even `head_rank=1` gives {size(1)} hypernetwork parameters, more than the "
+            f"`match_lora_parameters`: even `head_rank=1` gives {smallest} hypernetwork parameters, more than the "
             f"{budget} of the LoRA it generates; lower `hidden_size`, `set_encoder_hidden`, `context_dim` or "
             "`embedding_dim`, or raise `r`."
         )
@@ -172,7 +172,7 @@ class HyperLoRAModel(nn.Module):
             self.embedder = build_embedder(config.set_encoder_input, base_model, config.unet_pool_size)
             embed_dim = self.embedder.dim(base_model)
         if config.match_lora_parameters:
-            budget = sum(math.prod(slot.a_shape) + math.prod(slot.b_shape) for slot in slots)
+            budget = generated_parameters(slots)
             config.head_rank = head_rank_within(slots, embed_dim, config, budget)
             logger.info(
                 "HyperLoRA: head_rank %d keeps the hypernetwork within LoRA's %d parameters.", config.head_rank, budget
@@ -269,7 +269,7 @@ class HyperLoRAModel(nn.Module):
         return sum(p.numel() for p in self.hypernetwork.parameters())
 
     def num_generated_parameters(self) -> int:
-        return sum(math.prod(s.a_shape) + math.prod(s.b_shape) for s in self.slots)
+        return generated_parameters(self.slots)
 
     # ----------------------------------------------------------------------------------------------------------------
     # set encoding and weight generation
