@@ -119,33 +119,19 @@ def test_every_divergence_name_runs_and_report_is_json_serialisable():
 
 def test_confidence_intervals_are_seeded_and_bracket_the_value():
     real, real_groups, generated, generated_groups = make_groups()
-    first = egt_report(
-        real,
-        real_groups,
-        generated_features=generated,
-        generated_groups=generated_groups,
-        divergence="tv",
-        n_bootstrap=10,
-        seed=3,
-    )
-    second = egt_report(
-        real,
-        real_groups,
-        generated_features=generated,
-        generated_groups=generated_groups,
-        divergence="tv",
-        n_bootstrap=10,
-        seed=3,
-    )
-    other = egt_report(
-        real,
-        real_groups,
-        generated_features=generated,
-        generated_groups=generated_groups,
-        divergence="tv",
-        n_bootstrap=10,
-        seed=4,
-    )
+
+    def report(seed: int) -> dict:
+        return egt_report(
+            real,
+            real_groups,
+            generated_features=generated,
+            generated_groups=generated_groups,
+            divergence="tv",
+            n_bootstrap=10,
+            seed=seed,
+        )
+
+    first, second, other = report(3), report(3), report(4)
     assert first["ci"] == second["ci"] and first["ci"] != other["ci"]
     for group, (low, high) in first["ci"].items():
         assert low <= first["per_group"][group] <= high
