@@ -29,3 +29,4 @@ if trainer.accelerator.is_main_process:
     with open(f"{output_dir}/result.json", "w") as handle:
         json.dump({"weights": trainer.objective.weights.tolist(), "chunked": trainer._chunked_token_losses}, handle)
 trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit

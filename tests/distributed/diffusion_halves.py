@@ -22,3 +22,4 @@ if accelerator.is_main_process:
     with open(f"{sys.argv[1]}/weights.json", "w") as handle:
         json.dump(weights, handle)
 accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit

@@ -38,3 +38,4 @@ if accelerator.is_main_process:
     with open(sys.argv[1], "w") as handle:
         json.dump(results, handle)
 accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit

@@ -27,3 +27,4 @@ if accelerator.is_main_process:
     with open(output, "w") as handle:
         json.dump({"0": gathered[0], "1": gathered[1]}, handle)
 accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit

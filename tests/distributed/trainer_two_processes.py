@@ -30,3 +30,4 @@ if trainer.accelerator.is_main_process:
     with open(f"{output_dir}/weights.json", "w") as handle:
         json.dump(trainer.objective.weights.tolist(), handle)
 trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
