@@ -325,6 +325,7 @@ def run_cell(
     test_in_curve: bool = True,
     n_bootstrap: int = 0,
     store_reference: bool = True,
+    test_prefixes: Sequence[str] | None = None,
 ) -> dict:
     """Train one (method, seed) adapter on ``train`` and measure per-group perplexity on ``test``; return the cell.
 
@@ -332,6 +333,7 @@ def run_cell(
     is the ``metric_for_best_model`` of best-step selection; ``test_in_curve=False`` evaluates only the validation
     split during training (``test`` once, at the end; ``test=None``: not at all, for screening on validation).
     ``store_reference=False`` skips the erm cell's pass over the training set for ``dro_excess``'s reference.
+    ``test_prefixes`` condition each test text on a prefix (a group-conditional model; ``evaluate_causal_lm``).
 
     ``hyper_learning_rate`` (default ``settings.learning_rate``) is the hypernetwork's learning rate. With
     ``validation`` and ``eval_steps`` > 0, both splits are evaluated every ``eval_steps`` steps (the cell's
@@ -406,6 +408,7 @@ def run_cell(
             max_length=settings.max_length,
             name=f"{domain}/{method}/seed{seed}",
             n_bootstrap=n_bootstrap,
+            prefixes=test_prefixes,
         )
     weights = trainer.objective.weights.detach().cpu().tolist()
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]

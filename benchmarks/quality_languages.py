@@ -66,6 +66,12 @@ LANGUAGE_METHODS = {
         for temperature in (20, 50, 100)
     },
 }
+# group-conditional training (the EGT paper's baseline): every verse follows its language tag, the tag is not scored
+# (training, validation and test score exactly the tokens the other methods score, given the tag). Its control,
+# neutral_tag_erm, puts the same tag before every language: any token before the verse already helps a model that
+# gets no BOS token, so only the difference between the two is the language information.
+TAGGED_METHODS = {"tag_erm": ("erm", None, {}), "neutral_tag_erm": ("erm", None, {})}
+LANGUAGE_METHODS |= TAGGED_METHODS
 FAMILIES = {
     "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm"),
     "ema_sequence": ("ema_sequence_20", "ema_sequence_50", "ema_sequence_100"),
@@ -93,6 +99,28 @@ def language_data(args: argparse.Namespace):
     kept = set(verses)
     validation = [row for row in splits["validation"] if row["verse"] in kept]
     return tuple(Dataset.from_list(rows) for rows in (splits["train"], validation, splits["test"]))
+
+
+def language_tag(method: str, language: str) -> str:
+    """The prefix of a verse under ``method`` (``TAGGED_METHODS``): its language's tag, or one tag for all."""
+    return "<text>" if method == "neutral_tag_erm" else f"<{language}>"
+
+
+def tagged(dataset, tokenizer, max_length: int, method: str):
+    """``dataset`` tokenized as ``tag + verse`` with labels ``-100`` on the tag and the verse's first token
+    (``hf_egt.integrations.evaluation.prefixed_batch``): the same scored tokens as the untagged text."""
+    from datasets import Dataset
+
+    from hf_egt.integrations.evaluation import prefixed_batch
+
+    rows = []
+    for row in dataset:
+        prefix = language_tag(method, row["group"])
+        inputs, labels = prefixed_batch(tokenizer, [prefix], [row["text"]], max_length)
+        rows.append(
+            {**{k: v[0].tolist() for k, v in inputs.items()}, "labels": labels[0].tolist(), "group": row["group"]}
+        )
+    return Dataset.from_list(rows)
 
 
 def cell_path(output_dir: Path, stage: str, method: str, seed: int) -> Path:
@@ -246,17 +274,19 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
             base |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(dataset["group"])}
             _write_json(base_file, base)
         for method, seed in tqdm(todo, desc="cells"):
+            conditional = method in TAGGED_METHODS
             cell = run_cell(
                 model,
                 tokenizer,
-                train,
+                tagged(train, tokenizer, settings.max_length, method) if conditional else train,
                 test if args.stage == "test" else None,
                 settings,
                 "languages",
                 method,
                 seed,
                 output_dir / "work",
-                validation=validation,
+                validation=tagged(validation, tokenizer, settings.max_length, method) if conditional else validation,
+                test_prefixes=[language_tag(method, group) for group in test["group"]] if conditional else None,
                 eval_steps=args.eval_steps,
                 specs=LANGUAGE_METHODS,
                 selection_metric=SELECTION_METRIC,

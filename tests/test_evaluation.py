@@ -55,3 +55,23 @@ def test_evaluate_reports_nll_per_text_and_bits_per_byte(model_and_tokenizer):
     worst = max(result["sequence_nll"]["per_group"], key=result["sequence_nll"]["per_group"].get)
     assert result["sequence_nll"]["worst_group"] == worst
     assert result["counts"]["de"] == {"examples": 2, "tokens": int(tokens[2] * 2), "bytes": int(counts[2] * 2)}
+
+
+def test_prefixes_condition_the_same_scored_tokens(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    texts, prefixes = TEXTS[:4], ["<fr> ", "<en> ", "<de> ", "<es> "]
+    plain_nll, plain_tokens = sequence_nll(model, tokenizer, texts, batch_size=3, max_length=6, chunk_size=None)
+    nll, tokens = sequence_nll(model, tokenizer, texts, batch_size=3, max_length=6, prefixes=prefixes, chunk_size=4)
+    torch.testing.assert_close(tokens, plain_tokens)  # the same targets, conditioned on more
+    for row, (prefix, text) in enumerate(zip(prefixes, texts)):
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        text_ids = tokenizer(text, truncation=True, max_length=6)["input_ids"]
+        ids = torch.tensor([prefix_ids + text_ids])
+        with torch.no_grad():
+            log_probs = model(input_ids=ids).logits.double().log_softmax(-1)[0]
+        targets = range(len(prefix_ids) + 1, len(prefix_ids) + len(text_ids))  # text tokens after its first
+        expected = -sum(log_probs[t - 1, ids[0, t]].item() for t in targets)
+        assert nll[row].item() == pytest.approx(expected, rel=1e-4)
+    assert not torch.allclose(nll, plain_nll)
+    with pytest.raises(ValueError, match="`prefixes` must have one entry per text, got 1 for 4 texts"):
+        sequence_nll(model, tokenizer, texts, prefixes=prefixes[:1])

@@ -43,13 +43,20 @@ def sequence_nll(
     max_length: int = 128,
     desc: str = "perplexity",
     chunk_size: int | None = 256,
+    prefixes: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL and number of predicted tokens of each text, as two float tensors of shape ``(N,)``.
+
+    With ``prefixes`` (one per text, e.g. a group tag), each text is scored *given* its prefix: the prefix's tokens
+    come first and are not scored, and neither is the text's first token, so exactly the same tokens are scored as
+    without prefixes (a conditional and an unconditional model compare on the same targets).
 
     With ``chunk_size`` (tokens), the losses come from the hidden states through the output embedding in chunks
     (``hf_egt.integrations.output_head``; no ``(batch, seq_len, vocab)`` logits) when the model allows it and the two
     paths agree on the first batch; otherwise, or with ``chunk_size=None``, from the full logits (the reason is logged).
     """
+    if prefixes is not None and len(prefixes) != len(texts):
+        raise ValueError(f"`prefixes` must have one entry per text, got {len(prefixes)} for {len(texts)} texts.")
     model.eval()
     chunked = chunk_size is not None
     if chunked:
@@ -64,15 +71,16 @@ def sequence_nll(
     tokenizer.padding_side = "right"
     try:
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-            batch = tokenizer(
-                list(texts[start : start + batch_size]),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-            ).to(device)
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+            rows = slice(start, start + batch_size)
+            if prefixes is None:
+                batch = tokenizer(
+                    list(texts[rows]), return_tensors="pt", padding=True, truncation=True, max_length=max_length
+                )
+                inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+            else:
+                inputs, labels = prefixed_batch(tokenizer, prefixes[rows], texts[rows], max_length)
+            inputs, labels = {k: v.to(device) for k, v in inputs.items()}, labels.to(device)
             if chunked and start == 0:
                 reason = check_token_loss_forward(model, inputs, labels)
                 if reason is not None:
@@ -83,12 +91,30 @@ def sequence_nll(
                 token_losses, mask = outputs["token_losses"], outputs["label_mask"]
             else:
                 token_losses, mask = causal_lm_token_losses(model(**inputs).logits, labels)
-            rows = slice(start, start + len(labels))
             total_nll[rows] = token_losses.sum(dim=1).double().cpu()
             total_tokens[rows] = mask.sum(dim=1).double().cpu()
     finally:
         tokenizer.padding_side = padding_side
     return total_nll, total_tokens
+
+
+def prefixed_batch(
+    tokenizer, prefixes: Sequence[str], texts: Sequence[str], max_length: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(inputs, labels)`` of ``prefix + text`` rows, right-padded: each part tokenized on its own (the text exactly
+    as without a prefix, truncated to ``max_length``), labels ``-100`` on the prefix and on the text's first token."""
+    prefix_ids = tokenizer(list(prefixes), add_special_tokens=False)["input_ids"]
+    text_ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    rows = [prefix + text for prefix, text in zip(prefix_ids, text_ids)]
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for row, (prefix, text) in enumerate(zip(prefix_ids, text_ids)):
+        scored = slice(len(prefix) + 1, len(prefix) + len(text))
+        labels[row, scored] = input_ids[row, scored]
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
 
 
 def predicted_byte_counts(tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
@@ -292,6 +318,7 @@ def evaluate_causal_lm(
     seed: int = 0,
     name: str = "model",
     n_bootstrap: int = 0,
+    prefixes: Sequence[str] | None = None,
 ) -> dict:
     """Per-group perplexity (and, with ``feature_model``, the EGT divergence of generated vs real text) of a model.
 
@@ -299,6 +326,8 @@ def evaluate_causal_lm(
     "overall_loss", "metric": "perplexity"}``, the per-text and per-byte units ``"sequence_nll"`` and
     ``"bits_per_byte"`` (each ``per_group``, ``gap``, ``worst_group``, ``overall`` and a 95 % bootstrap ``ci`` over
     texts with ``n_bootstrap`` > 0), ``"counts"``, plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
+    With ``prefixes`` (e.g. a group tag per text, for a group-conditional model), the likelihood of each text is taken
+    given its prefix, on the same scored tokens (``sequence_nll``); generation prompts stay the texts' first words.
     """
     groups = [str(group) for group in groups]
     if feature_model is not None:  # before any work: the estimator's minimum sample size per group
@@ -309,7 +338,13 @@ def evaluate_causal_lm(
                 "pass more texts per group, a larger `max_prompts_per_group`, or `feature_model=None`."
             )
     nll, tokens = sequence_nll(
-        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
+        model,
+        tokenizer,
+        texts,
+        batch_size=batch_size,
+        max_length=max_length,
+        desc=f"{name}: perplexity",
+        prefixes=prefixes,
     )
     byte_counts = predicted_byte_counts(tokenizer, texts, max_length) if getattr(tokenizer, "is_fast", False) else None
     perplexity = group_perplexity(nll, tokens, groups, byte_counts, n_bootstrap=n_bootstrap, seed=seed)
