@@ -258,8 +258,16 @@ class TrainScriptArguments:
     skip_unusable_groups: bool = field(
         default=False,
         metadata={
-            "help": "Leave out, with a warning repeated in the report and card, rows without group or text and "
-            "groups that cannot be split or evaluated (default: an error naming them)."
+            "help": "Leave out, with a warning repeated in the report, card and split.json, rows without group or "
+            "text, groups that cannot be split or evaluated, and groups not listed in --groups (default: an error "
+            "naming them)."
+        },
+    )
+    resume_allow_changes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With --resume_from_checkpoint: options whose value may differ from the checkpoint's run (e.g. "
+            "dataset, group_step_size, lora_dropout); any other difference is refused before the model loads."
         },
     )
     # The HyperLoRAConfig options (`--ple_weight`, `--hyper_context_dim`...), declared by `train_parser` from the
@@ -406,6 +414,154 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
         raise ValueError(f"`--hyper_context_rows` must be >= 1, got {script_args.hyper_context_rows}.")
 
 
+def check_training_arguments(training_args) -> None:
+    """The ``TrainingArguments`` values that ``Trainer`` rejects only once training starts (after the model is loaded
+    and evaluated): the optimizer's numbers and class, the learning-rate schedule and the ``--report_to``
+    integrations, each error naming its option. The optimizer and scheduler are built on a one-parameter stand-in."""
+    import torch
+    from transformers import Trainer, get_scheduler
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    bounds = (
+        ("learning_rate", training_args.learning_rate >= 0, ">= 0"),
+        ("weight_decay", training_args.weight_decay >= 0, ">= 0"),
+        ("adam_beta1", 0 <= training_args.adam_beta1 < 1, "in [0, 1)"),
+        ("adam_beta2", 0 <= training_args.adam_beta2 < 1, "in [0, 1)"),
+        ("adam_epsilon", training_args.adam_epsilon >= 0, ">= 0"),
+        ("warmup_steps", training_args.warmup_steps >= 0, ">= 0"),
+    )
+    for name, valid, rule in bounds:
+        if not valid:
+            raise ValueError(f"`--{name}` must be {rule}, got {getattr(training_args, name)}.")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
+        optimizer = optimizer_cls([parameter], **optimizer_kwargs)
+    except (ValueError, ImportError, RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`--optim`: {_value(training_args.optim)!r} cannot be built with these options ({_first_line(error)})."
+        ) from error
+    steps = training_args.max_steps if training_args.max_steps > 0 else 1000
+    try:
+        get_scheduler(
+            training_args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=training_args.get_warmup_steps(steps),
+            num_training_steps=steps,
+            scheduler_specific_kwargs=training_args.lr_scheduler_kwargs or {},
+        )
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"`--lr_scheduler_type`: {_value(training_args.lr_scheduler_type)!r} cannot be built with "
+            f"`--lr_scheduler_kwargs` {training_args.lr_scheduler_kwargs or {}} ({_first_line(error)})."
+        ) from error
+    installed = get_available_reporting_integrations()
+    for name in training_args.report_to or []:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(
+                f"`--report_to`: unknown integration {name!r}; valid: {sorted(INTEGRATION_TO_CALLBACK)}, all, none."
+            )
+        if name not in installed:
+            raise ValueError(
+                f"`--report_to`: {name!r} is not installed in this environment (installed integrations: "
+                f"{installed or 'none'}); install it, or pass `--report_to none`."
+            )
+
+
+def check_hub_reachable(token: str) -> None:
+    """``--push_to_hub``: the Hub must be online and accept ``token`` (a ``whoami`` call), checked before any data or
+    model is loaded; the upload itself happens at the end of training."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            "`--push_to_hub`: the Hub is offline (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or drop "
+            "`--push_to_hub` and upload the output folder later."
+        )
+    try:
+        HfApi(token=token).whoami()
+    except Exception as error:  # noqa: BLE001 - connection, HTTP and authentication errors alike
+        raise ValueError(
+            f"`--push_to_hub`: the Hub at {constants.ENDPOINT} cannot be reached with this token "
+            f"({_first_line(error)}); check the network and `--hub_token`, or drop `--push_to_hub`."
+        ) from error
+
+
+def _value(option) -> str:
+    """An option's value as typed (the value of a ``TrainingArguments`` enum)."""
+    return str(getattr(option, "value", option))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def resolved_model_path(model_name_or_path: str) -> str:
+    """An existing local folder or file as an absolute path (what an adapter's ``base_model_name_or_path`` and the
+    card's snippets must hold to work from another folder); a Hub id as it is."""
+    path = Path(model_name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else model_name_or_path
+
+
+# What a resumed `hf-egt train` must share with the run that saved the checkpoint (`hf_egt.core.resume`).
+TRAIN_RECORD_FIELDS = {
+    "model_name_or_path": ("--model_name_or_path", True),
+    "dataset": ("--dataset", True),
+    "groups": ("--groups", False),
+    "lora_r": ("--lora_r", False),
+    "lora_target_modules": ("--lora_target_modules", False),
+    "lora_alpha": ("--lora_alpha", True),
+    "lora_dropout": ("--lora_dropout", True),
+    "hyper": ("--hyper", False),
+    "objective": ("--objective", False),
+    "group_step_size": ("--group_step_size", True),
+    "group_adjustment": ("--group_adjustment", True),
+    "group_ema_decay": ("--group_ema_decay", True),
+    "group_temperature": ("--group_temperature", True),
+    "group_sampling": ("--group_sampling", True),
+    "group_loss_estimate": ("--group_loss_estimate", True),
+    "group_weight_floor": ("--group_weight_floor", True),
+    "group_reference": ("--group_reference", True),
+}
+# HyperLoRA options that set the shape of the saved hypernetwork (the others, PLE's, may change on request).
+HYPER_SHAPE_FIELDS = ("set_encoder_input", "context_dim", "set_encoder_hidden", "hidden_size", "head_rank")
+
+
+def train_record_fields() -> dict:
+    """``TRAIN_RECORD_FIELDS`` and the HyperLoRA options, as ``hf_egt.core.resume.RecordField``s."""
+    from hf_egt.core.resume import RecordField
+    from hf_egt.integrations.hyper.config import option_name
+
+    fields = {key: RecordField(option, may_change) for key, (option, may_change) in TRAIN_RECORD_FIELDS.items()}
+    for name in TRAIN_HYPER_FIELDS:
+        fields[f"hyper_{name}"] = RecordField(f"--{option_name(name)}", name not in HYPER_SHAPE_FIELDS)
+    return fields
+
+
+def train_run_record(script_args: TrainScriptArguments, training_args, split: Mapping) -> dict:
+    """This run's compatibility record (written into every checkpoint; compared on resume)."""
+    from hf_egt.core.resume import dataset_entry
+
+    record = {
+        "model_name_or_path": resolved_model_path(script_args.model_name_or_path),
+        "dataset": dataset_entry(script_args.dataset, split["train_sha256"]),
+        "groups": list(split["groups"]),
+        "lora_r": script_args.lora_r,
+        "lora_target_modules": list(script_args.lora_target_modules),
+        "lora_alpha": script_args.lora_alpha,
+        "lora_dropout": script_args.lora_dropout,
+        "hyper": script_args.hyper,
+    }
+    record.update({key: getattr(training_args, key) for key in TRAIN_RECORD_FIELDS if key not in record})
+    if script_args.hyper:
+        record.update({f"hyper_{name}": value for name, value in script_args.hyper_options.items()})
+    return record
+
+
 def training_settings(training_args, script_args: TrainScriptArguments, num_processes: int) -> dict:
     """The settings behind a run's numbers, for its card and report."""
     settings = {
@@ -477,20 +633,25 @@ def run_train(argv: Sequence[str]) -> dict:
     Every check that can fail (options, output folder, checkpoint, data, model path) runs before the model is loaded.
     """
     from hf_egt.apps.data import load_grouped_splits, write_split_record
+    from hf_egt.core.resume import check_run_record
     from hf_egt.integrations.evaluation import write_report
     from hf_egt.integrations.hub import resolve_hub_token
-    from hf_egt.integrations.trainer import EGTTrainer, check_checkpoint, resolve_groups
+    from hf_egt.integrations.trainer import EGTTrainer, RunRecordCallback, check_checkpoint, resolve_groups
 
     script_args, training_args = parse_train_arguments(argv)
     check_train_arguments(script_args, training_args)
+    check_training_arguments(training_args)
     output_dir = Path(training_args.output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, str(output_dir))
+    if script_args.resume_allow_changes and resume is None:
+        raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
     replaced = check_output_dir(output_dir, resume, script_args.overwrite_output_dir)
     push, repo_id, token = training_args.push_to_hub, training_args.hub_model_id, training_args.hub_token
     if push:
         if not repo_id:
             raise ValueError("`--push_to_hub` needs `--hub_model_id` (e.g. `--hub_model_id you/smollm2-egt`).")
         token = resolve_hub_token(token)
+        check_hub_reachable(token)
     if "wandb" in (training_args.report_to or []):
         os.environ.setdefault("WANDB_DIR", str(output_dir))  # wandb's files under output_dir, like TensorBoard's
     data = load_grouped_splits(
@@ -509,13 +670,22 @@ def run_train(argv: Sequence[str]) -> dict:
         skip_unusable_groups=script_args.skip_unusable_groups,
     )
     train, evaluation, groups = data.train, data.evaluation, data.groups
+    run_record = train_run_record(script_args, training_args, data.split)
+    resume_changes = []
     if resume is not None:
         trainer_groups = resolve_groups(training_args.groups, list(train[training_args.group_column]), {})
         check_checkpoint(resume, trainer_groups, training_args.objective)
+        resume_changes = check_run_record(
+            resume, run_record, train_record_fields(), script_args.resume_allow_changes, "--resume_from_checkpoint"
+        )
     check_model_path(script_args.model_name_or_path)
     check_target_modules(script_args.model_name_or_path, script_args.lora_target_modules)
-    peft_config = build_peft_config(script_args, script_args.model_name_or_path)
+    base_model = resolved_model_path(script_args.model_name_or_path)
+    peft_config = build_peft_config(script_args, base_model)
     model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
+    # peft records the model's `name_or_path` as the adapter's `base_model_name_or_path`: a local folder must be
+    # recorded absolute, so that the adapter (and the card's snippet) loads from any working directory
+    model.config._name_or_path = base_model
     hyper_set = None
     if script_args.hyper:  # the set whose encoding fixes the context of every evaluation and of the exported adapter
         from hf_egt.integrations.hyper import FixedContextCallback, context_batch
@@ -529,15 +699,17 @@ def run_train(argv: Sequence[str]) -> dict:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[FixedContextCallback(hyper_set)] if hyper_set is not None else None,
+        callbacks=[RunRecordCallback(run_record)]
+        + ([FixedContextCallback(hyper_set)] if hyper_set is not None else []),
     )
+    runs = {}
+    if script_args.eval_base:
+        runs["base"] = trainer.evaluate_groups()
+    # Every check has passed: only now does `--overwrite_output_dir` remove the earlier run's checkpoints.
     if trainer.is_world_process_zero():
         if replaced:
             remove_checkpoints(output_dir)
         write_split_record(data.split, output_dir)
-    runs = {}
-    if script_args.eval_base:
-        runs["base"] = trainer.evaluate_groups()
     trainer.train(resume_from_checkpoint=resume)
     context_rows = None
     if hyper_set is not None:
@@ -555,6 +727,8 @@ def run_train(argv: Sequence[str]) -> dict:
         save_hyper_artifacts(trainer, output_dir)
     command = redacted_command("hf-egt train", argv)
     settings = training_settings(training_args, script_args, trainer.accelerator.num_processes)
+    if resume_changes:
+        settings["changed on resume"] = "; ".join(resume_changes)
     held_out = f"held out: {held_out_sentence(data.split)}; recorded in split.json"
     config = {
         "model_name_or_path": script_args.model_name_or_path,
@@ -567,6 +741,7 @@ def run_train(argv: Sequence[str]) -> dict:
         "held_out": held_out,
         "dropped": data.dropped,
         "resumed_from": resume,
+        "resume_changes": resume_changes,
     }
     paths = write_report(
         runs,
@@ -581,12 +756,12 @@ def run_train(argv: Sequence[str]) -> dict:
         runs=runs,
         model_name=model_name,
         dataset_name=script_args.dataset,
-        base_model=script_args.model_name_or_path,
+        base_model=base_model,
         command=command,
         adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
         if script_args.hyper
         else None,
-        usage=hyper_usage(script_args.model_name_or_path, model_name, context_rows) if script_args.hyper else None,
+        usage=hyper_usage(base_model, model_name, context_rows) if script_args.hyper else None,
         eval_counts=data.split["eval_counts"],
         settings=settings,
         dropped=data.dropped,

@@ -107,6 +107,15 @@ def _load_builtin(name: str, seed: int, eval_fraction: float):
     return {"train": Dataset.from_list(train), "test": Dataset.from_list(test)}
 
 
+def _is_blank(path: Path) -> bool:
+    """Whether the file at ``path`` holds nothing but whitespace (read until its first other byte)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _load_external(name: str, config: str | None, token: str | None):
     from datasets import load_dataset
 
@@ -117,6 +126,8 @@ def _load_external(name: str, config: str | None, token: str | None):
                 f"`--dataset`: unsupported file type {path.suffix!r} for {name!r}; "
                 f"valid local formats are {sorted(LOCAL_FORMATS)}."
             )
+        if _is_blank(path):  # `datasets` fails on an empty file with a bare StopIteration
+            raise ValueError(f"`--dataset`: {name!r} is empty; pass a {path.suffix} file with one row per example.")
         return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path))
     if path.is_dir():
         return load_dataset(str(path), config)
@@ -191,7 +202,9 @@ def load_grouped_splits(
         name: a built-in (``bold-race``...), a local file or folder, or a Hub dataset id.
         text_column: the column of the text to model.
         group_column: the column of the sensitive group of each row (labels are turned into strings).
-        groups: keep only these groups (all by default); each must have rows in both splits.
+        groups: the groups to train and evaluate (all by default); each must have rows in both splits. A group of
+            the data that is not listed is a ``ValueError`` naming it and its rows, or, with
+            ``skip_unusable_groups``, left out with a warning and recorded in ``dropped``.
         max_train_per_group: keep at most this many training rows per group (random, with ``seed``).
         max_eval_per_group: same, for the eval split.
         eval_fraction: share of each group held out for evaluation when the dataset has no eval split (built-ins
@@ -258,6 +271,24 @@ def load_grouped_splits(
     if requested:
         check_groups(train, group_column, groups, "train")
         check_groups(evaluation, group_column, groups, "eval")
+        train_counts, eval_counts = group_counts(train, group_column), group_counts(evaluation, group_column)
+        unlisted = sorted((set(train_counts) | set(eval_counts)) - set(groups))
+        if unlisted:
+            rows = [i for i, g in enumerate(splits[train_split][group_column]) if str(g) in set(unlisted)]
+            message = (
+                f"`--groups` {groups} leaves out group(s) {unlisted} of column {group_column!r}: "
+                f"{sum(train_counts.get(g, 0) for g in unlisted)} train row(s) (rows {rows[:10]}"
+                f"{' ...' if len(rows) > 10 else ''} of the {train_split} split) and "
+                f"{sum(eval_counts.get(g, 0) for g in unlisted)} eval row(s)"
+            )
+            if not skip_unusable_groups:
+                raise ValueError(
+                    f"{message}; list every group in `--groups` (or leave it out for all), or pass "
+                    "`--skip_unusable_groups` to train and evaluate the listed groups only (the rest recorded as "
+                    "left out)."
+                )
+            logger.warning("Left out: %s.", message)
+            dropped.append(f"{message}, not in `--groups`")
     else:
         eval_counts = group_counts(evaluation, group_column)
         only_eval = sorted(set(eval_counts) - set(groups))
@@ -302,6 +333,10 @@ def load_grouped_splits(
         "eval_counts": eval_counts,
         "dropped": list(dropped),
         "eval_sha256": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
+        # the training rows' content (a resumed run must see the same rows: `hf-egt train --resume_from_checkpoint`)
+        "train_sha256": hashlib.sha256(
+            "\n".join(sorted(row_hashes(train[text_column], [str(g) for g in train[group_column]]))).encode()
+        ).hexdigest(),
         "eval_row_ids": hashes,
     }
     return GroupedSplits(train, evaluation, list(groups), dropped, record)
