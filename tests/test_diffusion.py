@@ -313,6 +313,11 @@ def test_resume_is_exact(class_conditional_unet, tmp_path, options):
     common += ("--group_step_size", "1.0", *options)
     straight = train(class_conditional_unet, tmp_path / "straight", *common, "--max_steps", "4")
     train(class_conditional_unet, tmp_path / "split", *common, "--max_steps", "2", "--save_steps", "2")
+    record = json.loads((tmp_path / "split" / "checkpoint-2" / "hf_egt_run.json").read_text())
+    assert record["lora_r"] == 8 and record["groups"] == [str(g) for g in range(10)] and record["dataset"]["sha256"]
+    with pytest.raises(ValueError, match=r"`--lora_r`: .*checkpoint-2 was saved with 8, this run has 4"):
+        train(class_conditional_unet, tmp_path / "split", *common, "--max_steps", "4", "--resume_from_checkpoint",
+              "latest", "--lora_r", "4")  # fmt: skip
     resumed = train(
         class_conditional_unet,
         tmp_path / "split",

@@ -324,6 +324,13 @@ EVALUATE_RENAMED_OPTIONS = {
 }
 
 
+GROUPS_HELP = (
+    "Train and evaluate these groups only (their ids follow this order; default: every group of the data). A group "
+    "of the data not listed is an error naming its rows, unless --skip_unusable_groups, which leaves it out with a "
+    "warning recorded in the report, card and split.json."
+)
+
+
 def train_parser():
     """``hf-egt train``'s parser: ``TrainScriptArguments`` and ``EGTConfig``, the EGT options first in ``--help``
     (script, then group objective), then the ~700 lines of ``TrainingArguments``."""
@@ -354,6 +361,9 @@ def train_parser():
         general._group_actions[:] = [action for action in general._group_actions if action.dest not in names]
         group._group_actions.extend(moved)
     general.title = "TrainingArguments"
+    for action in parser._actions:
+        if action.dest == "groups":  # EGTConfig's help describes the trainer API; the command also filters the data
+            action.help = GROUPS_HELP
     parser.usage = "hf-egt train --model_name_or_path MODEL --dataset DATA [options below]"
     parser._action_groups.remove(general)
     parser._action_groups.append(general)  # shown after the EGT sections
@@ -806,7 +816,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--text_column", default="text")
     parser.add_argument("--group_column", default="group")
-    parser.add_argument("--groups", nargs="+", default=None, help="Only these groups (default: all).")
+    parser.add_argument("--groups", nargs="+", default=None, help=GROUPS_HELP.replace("Train and evaluate", "Evaluate"))
     parser.add_argument(
         "--max_eval_per_group", type=int, default=None, help="At most this many eval rows per group (default: all)."
     )

@@ -271,16 +271,15 @@ def load_grouped_splits(
     if requested:
         check_groups(train, group_column, groups, "train")
         check_groups(evaluation, group_column, groups, "eval")
-        train_counts, eval_counts = group_counts(train, group_column), group_counts(evaluation, group_column)
-        unlisted = sorted((set(train_counts) | set(eval_counts)) - set(groups))
+        present = set(group_counts(train, group_column)) | set(group_counts(evaluation, group_column))
+        unlisted = sorted(present - set(groups))
         if unlisted:
-            rows = [i for i, g in enumerate(splits[train_split][group_column]) if str(g) in set(unlisted)]
-            message = (
-                f"`--groups` {groups} leaves out group(s) {unlisted} of column {group_column!r}: "
-                f"{sum(train_counts.get(g, 0) for g in unlisted)} train row(s) (rows {rows[:10]}"
-                f"{' ...' if len(rows) > 10 else ''} of the {train_split} split) and "
-                f"{sum(eval_counts.get(g, 0) for g in unlisted)} eval row(s)"
-            )
+            message = f"`--groups` {groups} leaves out group(s) {unlisted} of column {group_column!r}: "
+            for split in dict.fromkeys([train_split, eval_split or train_split]):
+                rows = [i for i, g in enumerate(splits[split][group_column]) if str(g) in set(unlisted)]
+                more = " ..." if len(rows) > 10 else ""
+                message += f"{'' if split == train_split else ' and '}{len(rows)} row(s) of the {split} split "
+                message += f"(rows {rows[:10]}{more})"
             if not skip_unusable_groups:
                 raise ValueError(
                     f"{message}; list every group in `--groups` (or leave it out for all), or pass "
