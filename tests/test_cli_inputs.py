@@ -286,6 +286,8 @@ MATRIX = [
      r"`--resume_from_checkpoint`: .*checkpoint-2/random_states_0\.pkl is unreadable or truncated"),
     ("diffusion-learning-rate", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and
      "--overwrite_output_dir", "--learning_rate", "-0.1"], r"`--learning_rate` must be >= 0, got -0\.1"),
+    ("diffusion-report-to", "train-diffusion", lambda t, o, d: ["--report_to", "tensorboard"],
+     r"`--report_to`: 'tensorboard' is not installed .*`--report_to none`"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
      r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
 ]  # fmt: skip
@@ -318,6 +320,7 @@ def test_bad_input_is_one_error_line_before_any_work(
     monkeypatch.setattr("hf_egt.integrations.diffusion.train.load_components", no_model)
     # as where tensorboard is not installed, whatever this environment has
     monkeypatch.setattr("transformers.integrations.integration_utils.get_available_reporting_integrations", lambda: [])
+    monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("an earlier run's notes")

@@ -253,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"`--{name}` must be {rule}, got {getattr(args, name)}.")
     if args.resume_allow_changes and not args.resume_from_checkpoint:
         raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
+    if args.report_to is not None:
+        check_report_to(args.report_to)
     if not args.hyper:
         changed = [name for name in HYPER_OPTIONS if getattr(args, name) != parser.get_default(name)]
         if changed:
@@ -263,6 +265,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     return args
+
+
+def check_report_to(report_to: str) -> None:
+    """``--report_to`` must name an accelerate tracker that is installed (``Accelerator`` would otherwise log nothing,
+    with a warning only, or fail with an error that does not name the option)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    valid = [tracker.value for tracker in LoggerType]
+    if report_to not in valid:
+        raise ValueError(f"`--report_to`: unknown tracker {report_to!r}; valid: {valid}, none.")
+    installed = [str(getattr(tracker, "value", tracker)) for tracker in get_available_trackers()]
+    if report_to != "all" and report_to not in installed or not installed:
+        raise ValueError(
+            f"`--report_to`: {report_to!r} is not installed in this environment (installed trackers: "
+            f"{installed or 'none'}); install it, or pass `--report_to none`."
+        )
 
 
 @dataclass
