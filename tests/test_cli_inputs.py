@@ -536,6 +536,27 @@ def test_overwrite_output_dir_replaces_an_earlier_run(tmp_path, tiny_lm, tiny_js
     assert json.loads((out / "split.json").read_text())["seed"] == 7
 
 
+def test_adapter_of_a_relative_model_path_loads_from_another_folder(tmp_path, tiny_lm, tiny_json, monkeypatch):
+    """`--model_name_or_path models/tiny` (relative): the adapter records the folder as an absolute path, so the
+    card's snippet loads it from any working directory."""
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+
+    shutil.copytree(tiny_lm, tmp_path / "models" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    _train(["--model_name_or_path", "models/tiny", "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", "out",
+            "--eval_base", "false"])  # fmt: skip
+    recorded = json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str((tmp_path / "models" / "tiny").resolve())
+    assert 'from_pretrained("out")' in (tmp_path / "out" / "README.md").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.peft_config["default"].base_model_name_or_path == recorded
+
+
 def test_token_is_in_no_output_file_and_no_upload(tmp_path, tiny_lm, tiny_json, monkeypatch):
     """Train (with checkpoints) + push: the token string is absent from every file written and every file
     uploaded; only the allow-listed files are uploaded."""

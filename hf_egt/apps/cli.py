@@ -630,10 +630,12 @@ def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
         "The hypernetwork itself (to generate LoRA weights for another set of examples) is a peft adapter of the "
         "HyperLoRA method, which `import hf_egt` registers with peft:\n\n"
         "```python\nimport hf_egt  # registers the HyperLoRA peft method\n"
-        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")\n'
         f'model = PeftModel.from_pretrained(base, "{model_name}", subfolder="{HYPERNETWORK_FOLDER}")\n'
-        'model.set_context(**tokenizer(texts, return_tensors="pt", padding=True))  # a new set of examples\n```'
+        'texts = ["a first example of the new set", "a second example"]  # a new set of examples\n'
+        'model.set_context(**tokenizer(texts, return_tensors="pt", padding=True))\n```'
     )
 
 
@@ -695,7 +697,7 @@ def run_train(argv: Sequence[str]) -> dict:
     model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
     # peft records the model's `name_or_path` as the adapter's `base_model_name_or_path`: a local folder must be
     # recorded absolute, so that the adapter (and the card's snippet) loads from any working directory
-    model.config._name_or_path = base_model
+    model.name_or_path = model.config._name_or_path = base_model
     hyper_set = None
     if script_args.hyper:  # the set whose encoding fixes the context of every evaluation and of the exported adapter
         from hf_egt.integrations.hyper import FixedContextCallback, context_batch

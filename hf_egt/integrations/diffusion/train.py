@@ -557,15 +557,26 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
     weights = objective.weights.mean(0).tolist()
     rows = "\n".join(f"| {g} | {w:.4f} |" for g, w in zip(objective.groups, weights))
     stable_diffusion = kind == "stable-diffusion"
-    load = (
-        'pipeline.load_lora_weights("<this repo>")'
-        if stable_diffusion
-        else 'PeftModel.from_pretrained(UNet2DModel.from_pretrained(base), "<this repo>")'
-    )
+    repo = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
+    path = os.path.expanduser(args.model_name_or_path)
+    base = os.path.abspath(path) if os.path.exists(path) else args.model_name_or_path
+    if stable_diffusion:
+        load = (
+            "from diffusers import StableDiffusionPipeline\n\n"
+            f'pipeline = StableDiffusionPipeline.from_pretrained("{base}")\n'
+            f'pipeline.load_lora_weights("{repo}")'
+        )
+    else:  # a UNet2DModel repo, or a pipeline folder holding one under unet/
+        subfolder = ', subfolder="unet"' if os.path.isfile(os.path.join(path, "model_index.json")) else ""
+        load = (
+            "from diffusers import UNet2DModel\nfrom peft import PeftModel\n\n"
+            f'unet = UNet2DModel.from_pretrained("{base}"{subfolder})\n'
+            f'model = PeftModel.from_pretrained(unet, "{repo}")'
+        )
     description = (
         f"LoRA (rank {args.lora_r}) on `{args.model_name_or_path}`, trained on `{args.dataset}` for "
         f"{objective.step} steps with the `{args.objective}` group objective over `{args.group_column}` "
-        f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`."
+        f"({objective.num_buckets} noise-level bucket(s)). Load it as shown under Use."
     )
     if args.hyper:
         description += "\n\n" + hyper_card_text(args, context_size).strip()
@@ -573,7 +584,7 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
         base_model=args.model_name_or_path,
         runs={},
         objective=args.objective,
-        model_name=args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+        model_name=repo,
         dataset=args.dataset,
         group_column=args.group_column,
         library_name="diffusers" if stable_diffusion else "peft",
