@@ -247,6 +247,10 @@ MATRIX = [
      r"'kl' estimator needs at least 6 .*--feature_model none"),
     ("evaluate-max-per-group", "evaluate", lambda t, o, d: ["--max_eval_per_group", "0"],
      r"`--max_eval_per_group` must be >= 1"),
+    ("evaluate-dashed-spelling", "evaluate", lambda t, o, d: ["--max-eval-per-group", "0"],
+     r"`--max_eval_per_group` must be >= 1"),
+    ("evaluate-groups-leave-out", "evaluate", lambda t, o, d: ["--groups", "a"],
+     r"`--groups` \['a'\] leaves out group\(s\) \['b'\] of column 'gender': 12 row\(s\) of the train split"),
     ("evaluate-split-json", "evaluate", lambda t, o, d: ["--adapter", (o / "adapter_config.json").write_text("{}")
      and (o / "split.json").write_text("{oops") and o], r"`--adapter`: the split record .*split\.json is not valid"),
     ("evaluate-output-dir", "evaluate", lambda t, o, d: [(o / "report.json").write_text("{}") and "--seed", "1"],

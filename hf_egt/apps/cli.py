@@ -29,6 +29,8 @@ from hf_egt import __version__
 from hf_egt.core.vocabulary import (
     LEGACY_OBJECTIVE_STATE_NAMES,
     OBJECTIVE_STATE_NAME,
+    DefaultsHelpFormatter,
+    add_dashed_aliases,
     add_renamed_options,
 )
 
@@ -809,16 +811,22 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, help="A peft adapter (folder or Hub id) to apply to the model.")
     parser.add_argument("--compare_base", action="store_true", help="With --adapter: also report the base model.")
     parser.add_argument("--dataset", required=True, help="bold-<domain>, a local json/csv/parquet file, or a Hub id.")
-    parser.add_argument("--dataset_config", default=None)
+    parser.add_argument("--dataset_config", default=None, help="Configuration of a Hub dataset.")
     parser.add_argument(
         "--eval_split",
         default=None,
         help="Evaluate on this split (default: test/validation if present, else held-out "
         "rows; with --adapter, the rows recorded in its split.json).",
     )
-    parser.add_argument("--text_column", default="text")
-    parser.add_argument("--group_column", default="group")
-    parser.add_argument("--groups", nargs="+", default=None, help=GROUPS_HELP.replace("Train and evaluate", "Evaluate"))
+    parser.add_argument("--text_column", default="text", help="Column of the text to evaluate.")
+    parser.add_argument("--group_column", default="group", help="Column of each row's group.")
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        default=None,
+        help="Evaluate these groups only (default: every group of the data). A group of the data not listed is an "
+        "error naming its rows, unless --skip_unusable_groups, which leaves it out with a warning in the report.",
+    )
     parser.add_argument(
         "--max_eval_per_group", type=int, default=None, help="At most this many eval rows per group (default: all)."
     )
@@ -850,8 +858,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip_unusable_groups",
         action="store_true",
-        help="Leave out, with a warning repeated in the report, groups too small to evaluate and rows without "
-        "group or text (default: an error naming them).",
+        help="Leave out, with a warning repeated in the report, groups too small to evaluate, groups not listed in "
+        "--groups and rows without group or text (default: an error naming them).",
     )
     parser.add_argument("--eval_fraction", type=float, default=0.2, help="Held-out share without an eval split.")
     parser.add_argument(
@@ -860,11 +868,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="Replace the report of an earlier evaluation in --output_dir (refused otherwise).",
     )
     parser.add_argument("--num_prompt_words", type=int, default=4, help="Words of each sentence kept as the prompt.")
-    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--max_new_tokens", type=int, default=24, help="Tokens generated per prompt (EGT).")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=8, help="Rows per forward pass.")
     parser.add_argument("--max_length", type=int, default=512, help="Truncation length (tokens) of each row.")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the held-out split, subsampling and generation.")
-    parser.add_argument("--output_dir", default="outputs/evaluate")
+    parser.add_argument("--output_dir", default="outputs/evaluate", help="Where report.json/.md/.png go.")
+    add_dashed_aliases(parser)  # `--max-eval-per-group`, as `hf-egt train` accepts its options
+    parser.formatter_class = DefaultsHelpFormatter
     add_renamed_options(parser, EVALUATE_RENAMED_OPTIONS, "hf-egt evaluate")
 
 
