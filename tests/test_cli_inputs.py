@@ -292,6 +292,8 @@ MATRIX = [
      "--overwrite_output_dir", "--learning_rate", "-0.1"], r"`--learning_rate` must be >= 0, got -0\.1"),
     ("diffusion-report-to", "train-diffusion", lambda t, o, d: ["--report_to", "tensorboard"],
      r"`--report_to`: 'tensorboard' is not installed .*`--report_to none`"),
+    ("diffusion-push-without-token", "train-diffusion", lambda t, o, d: ["--push_to_hub", "--hub_model_id", "me/x"],
+     r"Pushing to the Hub needs a token"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
      r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
 ]  # fmt: skip

@@ -483,25 +483,6 @@ def check_training_arguments(training_args) -> None:
             )
 
 
-def check_hub_reachable(token: str) -> None:
-    """``--push_to_hub``: the Hub must be online and accept ``token`` (a ``whoami`` call), checked before any data or
-    model is loaded; the upload itself happens at the end of training."""
-    from huggingface_hub import HfApi, constants
-
-    if constants.HF_HUB_OFFLINE:
-        raise ValueError(
-            "`--push_to_hub`: the Hub is offline (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or drop "
-            "`--push_to_hub` and upload the output folder later."
-        )
-    try:
-        HfApi(token=token).whoami()
-    except Exception as error:  # noqa: BLE001 - connection, HTTP and authentication errors alike
-        raise ValueError(
-            f"`--push_to_hub`: the Hub at {constants.ENDPOINT} cannot be reached with this token "
-            f"({_first_line(error)}); check the network and `--hub_token`, or drop `--push_to_hub`."
-        ) from error
-
-
 def _value(option) -> str:
     """An option's value as typed (the value of a ``TrainingArguments`` enum)."""
     return str(getattr(option, "value", option))
@@ -649,7 +630,7 @@ def run_train(argv: Sequence[str]) -> dict:
     from hf_egt.apps.data import load_grouped_splits, write_split_record
     from hf_egt.core.resume import check_run_record
     from hf_egt.integrations.evaluation import write_report
-    from hf_egt.integrations.hub import resolve_hub_token
+    from hf_egt.integrations.hub import check_hub_reachable, resolve_hub_token
     from hf_egt.integrations.trainer import EGTTrainer, RunRecordCallback, check_checkpoint, resolve_groups
 
     script_args, training_args = parse_train_arguments(argv)
@@ -665,7 +646,7 @@ def run_train(argv: Sequence[str]) -> dict:
         if not repo_id:
             raise ValueError("`--push_to_hub` needs `--hub_model_id` (e.g. `--hub_model_id you/smollm2-egt`).")
         token = resolve_hub_token(token)
-        check_hub_reachable(token)
+        check_hub_reachable(token)  # before any data or model is loaded; the upload is at the end
     if "wandb" in (training_args.report_to or []):
         os.environ.setdefault("WANDB_DIR", str(output_dir))  # wandb's files under output_dir, like TensorBoard's
     data = load_grouped_splits(

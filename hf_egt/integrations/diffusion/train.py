@@ -622,6 +622,10 @@ def main(args: argparse.Namespace) -> TrainResult:
     from tqdm.auto import tqdm
 
     check_output_dir(args)
+    if args.push_to_hub:  # a missing token or an unreachable Hub fails now, not after training
+        from hf_egt.integrations.hub import check_hub_reachable, resolve_hub_token
+
+        check_hub_reachable(resolve_hub_token())
     resume_path = (
         resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     )
