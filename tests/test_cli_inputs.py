@@ -230,6 +230,8 @@ MATRIX = [
      r"\(rows \[36, 37, 38, 39, 40, 41\]\); list every group in `--groups` .*--skip_unusable_groups"),
     ("empty-data-file", "train", lambda t, o, d: ["--dataset", (t / "e.jsonl").write_text("\n") and t / "e.jsonl"],
      r"`--dataset`: '.*e\.jsonl' is empty"),
+    ("header-only-csv", "train", lambda t, o, d: ["--dataset", (t / "h.csv").write_text("text,gender\n") and
+     t / "h.csv"], r"`--dataset`: cannot read '.*h\.csv' as csv \(no rows, or malformed\)"),
     ("none-label", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": "x y", "gender": None,
      "id": 7}]))], r"1 row\(s\) of the train split have no group label .*rows \[36\].*--skip_unusable_groups"),
     ("empty-text", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": " ", "gender": "a",

@@ -128,7 +128,13 @@ def _load_external(name: str, config: str | None, token: str | None):
             )
         if _is_blank(path):  # `datasets` fails on an empty file with a bare StopIteration
             raise ValueError(f"`--dataset`: {name!r} is empty; pass a {path.suffix} file with one row per example.")
-        return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path))
+        try:
+            return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path))
+        except Exception as err:  # noqa: BLE001 - e.g. a header-only csv: "Instruction 'train' corresponds to no data"
+            raise ValueError(
+                f"`--dataset`: cannot read {name!r} as {LOCAL_FORMATS[path.suffix]} (no rows, or malformed): "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            ) from err
     if path.is_dir():
         return load_dataset(str(path), config)
     try:
