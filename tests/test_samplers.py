@@ -9,9 +9,11 @@ import torch
 from hf_egt.core.samplers import (
     BalancedGroupSampler,
     StratifiedGroupSampler,
+    TemperatureGroupSampler,
     balanced_example_weights,
     group_sampler,
     stratified_quotas,
+    temperature_example_weights,
 )
 
 from .conftest import accelerate_launch
@@ -24,6 +26,37 @@ def test_balanced_weights_are_n_over_group_size():
     assert weights.tolist() == pytest.approx([42 / 30] * 30 + [42 / 9] * 9 + [42 / 3] * 3)
     per_group = [weights[torch.tensor(GROUP_IDS) == g].sum().item() for g in range(3)]
     assert per_group == pytest.approx([42.0] * 3)  # each group carries the same total weight
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.3, 0.5, 1.0])
+def test_temperature_weights_give_each_group_n_to_the_alpha(exponent):
+    ids = torch.tensor(GROUP_IDS)
+    weights = temperature_example_weights(ids, 3, exponent)
+    per_group = torch.stack([weights[ids == g].sum() for g in range(3)])
+    sizes = torch.tensor([30.0, 9.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(per_group / per_group.sum(), sizes**exponent / (sizes**exponent).sum())
+    if exponent == 0.0:  # the balanced sampler is the alpha = 0 case
+        torch.testing.assert_close(weights, balanced_example_weights(ids, 3))
+
+
+def test_temperature_sampler_draws_groups_in_proportion_to_n_to_the_alpha():
+    sampler = group_sampler("temperature", GROUP_IDS, 3, seed=0, exponent=0.5)
+    assert isinstance(sampler, TemperatureGroupSampler)
+    draws = []
+    for epoch in range(100):
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    expected = torch.tensor([30.0, 9.0, 3.0]).sqrt()
+    expected = (4200 * expected / expected.sum()).tolist()  # ~2208, 1210, 699
+    counts = Counter(GROUP_IDS[i] for i in draws)
+    for group in range(3):  # binomial std <= 33: 5 std
+        assert abs(counts[group] - expected[group]) < 165
+
+
+@pytest.mark.parametrize("exponent", [-0.1, 1.5])
+def test_temperature_exponent_outside_zero_one_is_refused(exponent):
+    with pytest.raises(ValueError, match=r"`group_sampling_exponent` must be in \[0, 1\]"):
+        TemperatureGroupSampler(GROUP_IDS, 3, exponent=exponent)
 
 
 def test_balanced_sampler_draws_groups_uniformly_with_replacement():

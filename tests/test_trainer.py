@@ -215,6 +215,51 @@ def test_logs_group_stats_and_evaluates_per_group_against_a_reference(tmp_path):
     assert metrics["eval_worst_group"] == ("a" if losses[0] > losses[1] else "b")
 
 
+def test_evaluation_reports_nll_per_sequence_against_a_reference(tmp_path):
+    held_out = group_dataset({"a": 5, "b": 4}, seed=1)
+    trainer = EGTTrainer(
+        model=tiny_llama(), args=config(tmp_path), train_dataset=held_out, eval_dataset=held_out, peft_config=lora()
+    )
+    metrics = trainer.evaluate()
+    model = trainer.model.eval()
+    per_sequence = {}
+    for group in ("a", "b"):  # reference: the mean over the group's rows of each row's summed NLL, one row at a time
+        sums = []
+        for row in (row for row in held_out.to_list() if row["group"] == group):
+            batch = DataCollatorForCausalLM()([row])
+            with torch.no_grad():
+                sums.append(model(**batch).loss.item() * (len(row["input_ids"]) - 1))
+        per_sequence[group] = sum(sums) / len(sums)
+        assert math.isclose(metrics[f"eval_group_sequence_nll/{group}"], per_sequence[group], rel_tol=1e-5)
+    assert math.isclose(metrics["eval_worst_group_sequence_nll"], max(per_sequence.values()), rel_tol=1e-5)
+    gap = abs(per_sequence["a"] - per_sequence["b"])
+    assert math.isclose(metrics["eval_group_sequence_nll_gap"], gap, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("unit", ["token", "sequence"])
+def test_group_loss_unit_sets_what_a_group_loss_averages(tmp_path, unit):
+    train = group_dataset({"a": 5, "b": 3}, seed=2)
+    trainer = EGTTrainer(
+        model=tiny_llama(),
+        args=config(tmp_path, objective="reweight", group_loss_unit=unit),
+        train_dataset=train,
+        peft_config=lora(),
+    )
+    batch = trainer.data_collator(train.to_list())
+    model = trainer.model.train()
+    loss = trainer.compute_loss(model, batch).item()
+    group_means = []  # reference: each group's mean in the unit, then the plain mean over groups (reweight)
+    for group in ("a", "b"):
+        rows = [row for row in train.to_list() if row["group"] == group]
+        with torch.no_grad():
+            sums = [model(**DataCollatorForCausalLM()([r])).loss.item() * (len(r["input_ids"]) - 1) for r in rows]
+        tokens = [len(r["input_ids"]) - 1 for r in rows]
+        group_means.append(sum(sums) / (len(rows) if unit == "sequence" else sum(tokens)))
+    assert math.isclose(loss, sum(group_means) / 2, rel_tol=1e-5)
+    with pytest.raises(ValueError, match=r"`group_loss_unit` must be one of \('token', 'sequence'\), got 'byte'"):
+        config(tmp_path, group_loss_unit="byte")
+
+
 def test_integer_labels_explicit_group_order_and_raw_text(tmp_path):
     from datasets import Dataset
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -225,8 +225,8 @@ class TrainScriptArguments:
     model_name_or_path: str = field(metadata={"help": "Hub id, local folder, or .gguf file of a causal LM."})
     dataset: str = field(
         metadata={
-            "help": "bold-<domain> (offline: bold-race, bold-gender, ...), a local json/jsonl/csv/parquet "
-            "file, or a Hub dataset id."
+            "help": "bold-<domain> or bible-<language>-... (offline: bold-race, bible-en-fr-es-de, ...), a local "
+            "json/jsonl/csv/parquet file, or a Hub dataset id."
         }
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration of a Hub dataset."})
@@ -516,6 +516,8 @@ TRAIN_RECORD_FIELDS = {
     "group_ema_decay": ("--group_ema_decay", True),
     "group_temperature": ("--group_temperature", True),
     "group_sampling": ("--group_sampling", True),
+    "group_sampling_exponent": ("--group_sampling_exponent", True),
+    "group_loss_unit": ("--group_loss_unit", True),
     "group_loss_estimate": ("--group_loss_estimate", True),
     "group_weight_floor": ("--group_weight_floor", True),
     "group_reference": ("--group_reference", True),
@@ -791,7 +793,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--adapter", default=None, help="A peft adapter (folder or Hub id) to apply to the model.")
     parser.add_argument("--compare_base", action="store_true", help="With --adapter: also report the base model.")
-    parser.add_argument("--dataset", required=True, help="bold-<domain>, a local json/csv/parquet file, or a Hub id.")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="bold-<domain>, bible-<language>-..., a local json/csv/parquet file, or a Hub id.",
+    )
     parser.add_argument("--dataset_config", default=None, help="Configuration of a Hub dataset.")
     parser.add_argument(
         "--eval_split",

@@ -3,7 +3,8 @@
 A dataset is one of:
 
 - an offline built-in, ``bold-<domain>`` (BOLD Wikipedia sentences, e.g. ``bold-race``, ``bold-gender``), split by
-  person so that no biography has sentences on both sides;
+  person so that no biography has sentences on both sides, or ``bible-<language>-...`` (the parallel Bible, languages
+  as groups, e.g. ``bible-en-fr-es-de``; ``hf_egt.apps.bible``), split by verse id once for all languages;
 - a local ``.json`` / ``.jsonl`` / ``.csv`` / ``.parquet`` file (or a folder that ``datasets`` can read);
 - a Hub dataset id.
 
@@ -20,13 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_egt.apps.bible import BIBLE_PREFIX, load_bible_splits, parse_bible_name
 from hf_egt.apps.offline import BOLD_DOMAINS, load_bold_records, split_by_person
 from hf_egt.core.groups import label_counts
 from hf_egt.core.vocabulary import renamed_keywords
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DATASETS = tuple(f"bold-{domain}" for domain in BOLD_DOMAINS)
+BUILTIN_DATASETS = (*(f"bold-{domain}" for domain in BOLD_DOMAINS), f"{BIBLE_PREFIX}-<language>-...")
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 EVAL_SPLIT_NAMES = ("test", "validation", "eval")
 SPLIT_RECORD_NAME = "split.json"
@@ -97,9 +99,17 @@ def split_per_group(dataset, group_column: str, eval_fraction: float, seed: int 
     return dataset.select(train), dataset.select(sorted(eval_indices))
 
 
+def is_builtin(name: str) -> bool:
+    """Whether ``--dataset`` names an offline built-in (``bold-<domain>`` or ``bible[-<language>...]``)."""
+    return name.startswith("bold-") or name == BIBLE_PREFIX or name.startswith(f"{BIBLE_PREFIX}-")
+
+
 def _load_builtin(name: str, seed: int, eval_fraction: float):
     from datasets import Dataset
 
+    if not name.startswith("bold-"):  # the Bible: its own train / validation / test split of verse ids
+        splits = load_bible_splits(parse_bible_name(name), seed=seed)
+        return {split: Dataset.from_list(rows) for split, rows in splits.items()}
     domain = name.removeprefix("bold-")
     if domain not in BOLD_DOMAINS:
         raise ValueError(f"Unknown built-in dataset {name!r}; valid built-ins are {list(BUILTIN_DATASETS)}.")
@@ -205,7 +215,7 @@ def load_grouped_splits(
     ``skip_unusable_groups``, left out with a warning and listed in ``dropped`` (for the report and the card).
 
     Args:
-        name: a built-in (``bold-race``...), a local file or folder, or a Hub dataset id.
+        name: a built-in (``bold-race``..., ``bible-en-fr-es-de``...), a local file or folder, or a Hub dataset id.
         text_column: the column of the text to model.
         group_column: the column of the sensitive group of each row (labels are turned into strings).
         groups: the groups to train and evaluate (all by default); each must have rows in both splits. A group of
@@ -213,8 +223,8 @@ def load_grouped_splits(
             ``skip_unusable_groups``, left out with a warning and recorded in ``dropped``.
         max_train_per_group: keep at most this many training rows per group (random, with ``seed``).
         max_eval_per_group: same, for the eval split.
-        eval_fraction: share of each group held out for evaluation when the dataset has no eval split (built-ins
-            hold out whole people).
+        eval_fraction: share of each group held out for evaluation when the dataset has no eval split (``bold-*``
+            holds out whole people; ``bible-*`` has its own validation and test verses).
         train_split: the training split's name.
         eval_split: the eval split's name; by default the first of ``test``/``validation``/``eval`` present, or a
             per-group split of the training rows.
@@ -226,7 +236,7 @@ def load_grouped_splits(
     """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"`--eval_fraction` must be in (0, 1), got {eval_fraction}.")
-    if name.startswith("bold-"):
+    if is_builtin(name):
         splits = _load_builtin(name, seed, eval_fraction)
     else:
         splits = dict(_load_external(name, config, token))
@@ -326,7 +336,7 @@ def load_grouped_splits(
         "dataset_config": config,
         "train_split": train_split,
         "eval_split": eval_split,
-        "held_out": "by person" if name.startswith("bold-") else ("split" if eval_split else "rows of each group"),
+        "held_out": _held_out(name, eval_split),
         "seed": seed,
         "eval_fraction": eval_fraction,
         "text_column": text_column,
@@ -345,6 +355,15 @@ def load_grouped_splits(
         "eval_row_ids": hashes,
     }
     return GroupedSplits(train, evaluation, list(groups), dropped, record)
+
+
+def _held_out(name: str, eval_split: str | None) -> str:
+    """How the eval rows were held out, for ``split.json`` and the card."""
+    if name.startswith("bold-"):
+        return "by person"
+    if is_builtin(name):
+        return "by verse id, the same verses in every language"
+    return "split" if eval_split else "rows of each group"
 
 
 def load_grouped_dataset(name: str, **kwargs):

@@ -84,6 +84,28 @@ def sequence_losses(token_losses: torch.Tensor, mask: torch.Tensor) -> tuple[tor
     return masked_mean(token_losses, mask)
 
 
+GROUP_LOSS_UNITS = ("token", "sequence")
+
+
+def group_loss_inputs(
+    means: torch.Tensor, counts: torch.Tensor, unit: str = "token"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(per_example_losses, example_weights)`` for the group objective, from ``sequence_losses``' token means and
+    token counts, so that each group's loss is a mean in ``unit``:
+
+    - ``token``: ``(means, counts)``: the mean over the group's tokens (a causal LM's own normalisation).
+    - ``sequence``: ``(means * counts, 1)``: the mean over the group's sequences of each sequence's summed NLL. Groups
+      whose texts carry the same content in different numbers of tokens (parallel verses in several languages) get
+      comparable losses; per token, the group with the most tokens per text is chased (CTC-DRO, Bartelds et al.).
+    A sequence with no counted token gets weight 0 in both.
+    """
+    if unit == "token":
+        return means, counts
+    if unit == "sequence":
+        return means * counts.to(means.dtype), (counts > 0).to(counts.dtype)
+    raise ValueError(f"`group_loss_unit` must be one of {GROUP_LOSS_UNITS}, got {unit!r}.")
+
+
 def count_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Number of counted next-token targets of each sequence (``labels[:, 1:] != ignore_index``)."""
     return (labels[..., 1:] != ignore_index).sum(dim=-1)

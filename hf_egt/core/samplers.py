@@ -1,9 +1,12 @@
-"""Group-aware training samplers: natural, balanced (weighted, with replacement) and stratified.
+"""Group-aware training samplers: natural, balanced and temperature (weighted, with replacement) and stratified.
 
 - ``natural``: the dataset's own proportions (the trainer's usual random sampler).
 - ``balanced``: every example drawn with probability proportional to ``N / n_g`` and with replacement, so each batch is
   group-balanced *in expectation*: kohpangwei/group_DRO's ``--reweight_groups`` (``data/dro_dataset.py``,
   ``WeightedRandomSampler``), which every command of its README uses and WILDS' GroupDRO asserts.
+- ``temperature``: group ``g`` drawn with probability ``p_g ∝ n_g ** alpha`` (``group_sampling_exponent``), with
+  replacement: the multilingual baseline (XLM, Conneau & Lample 2019; mBART, mT5 use alpha 0.3-0.7). ``alpha = 1`` is
+  the natural proportions (drawn with replacement), ``alpha = 0`` is ``balanced``.
 - ``stratified``: the index stream is cut into chunks of one optimizer step (``step_size`` examples over all
   micro-batches and processes); every chunk holds ``step_size // k`` examples of each group plus one more for
   ``step_size % k`` groups drawn at random, so *every* step holds every group (DoReMi's proxy samples domains
@@ -21,13 +24,21 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-GROUP_SAMPLINGS = ("natural", "balanced", "stratified")
+GROUP_SAMPLINGS = ("natural", "balanced", "temperature", "stratified")
 
 
 def balanced_example_weights(group_ids: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Per-example weights ``N / n_g`` (group_DRO's ``--reweight_groups``): each group gets the same total weight."""
+    return temperature_example_weights(group_ids, num_groups, 0.0)
+
+
+def temperature_example_weights(group_ids: torch.Tensor, num_groups: int, exponent: float) -> torch.Tensor:
+    """Per-example weights ``N * n_g ** (alpha - 1)``: group ``g``'s total weight is ``N * n_g ** alpha``, so a
+    weighted draw picks group ``g`` with probability ``n_g ** alpha / sum_h n_h ** alpha``."""
+    if not 0.0 <= exponent <= 1.0:
+        raise ValueError(f"`group_sampling_exponent` must be in [0, 1] (0: balanced, 1: natural), got {exponent}.")
     counts = torch.bincount(group_ids, minlength=num_groups).double()
-    return len(group_ids) / counts[group_ids]
+    return len(group_ids) * counts[group_ids].pow(exponent - 1.0)
 
 
 def stratified_quotas(num_groups: int, step_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -61,15 +72,26 @@ class _GroupSampler(torch.utils.data.Sampler[int]):
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
 
-class BalancedGroupSampler(_GroupSampler):
-    """``len(group_ids)`` indices drawn with replacement with probability ``∝ N / n_g`` (see the module docstring)."""
+class TemperatureGroupSampler(_GroupSampler):
+    """``len(group_ids)`` indices drawn with replacement, group ``g`` with probability ``∝ n_g ** exponent`` (see the
+    module docstring)."""
+
+    def __init__(self, group_ids, num_groups: int | None = None, seed: int = 0, exponent: float = 0.0):
+        super().__init__(group_ids, num_groups, seed)
+        self.weights = temperature_example_weights(self.group_ids, self.num_groups, exponent)
 
     def __len__(self) -> int:
         return len(self.group_ids)
 
     def __iter__(self) -> Iterator[int]:
-        weights = balanced_example_weights(self.group_ids, self.num_groups)
-        yield from torch.multinomial(weights, len(self), replacement=True, generator=self._generator()).tolist()
+        yield from torch.multinomial(self.weights, len(self), replacement=True, generator=self._generator()).tolist()
+
+
+class BalancedGroupSampler(TemperatureGroupSampler):
+    """``len(group_ids)`` indices drawn with replacement with probability ``∝ N / n_g`` (exponent 0)."""
+
+    def __init__(self, group_ids, num_groups: int | None = None, seed: int = 0):
+        super().__init__(group_ids, num_groups, seed, exponent=0.0)
 
 
 class StratifiedGroupSampler(_GroupSampler):
@@ -113,15 +135,23 @@ class StratifiedGroupSampler(_GroupSampler):
 
 
 def group_sampler(
-    sampling: str, group_ids, num_groups: int, seed: int, step_size: int | None = None
+    sampling: str,
+    group_ids,
+    num_groups: int,
+    seed: int,
+    step_size: int | None = None,
+    exponent: float = 0.5,
 ) -> torch.utils.data.Sampler | None:
-    """The sampler for ``sampling`` (``None`` for ``natural``: keep the caller's default random sampler)."""
+    """The sampler for ``sampling`` (``None`` for ``natural``: keep the caller's default random sampler); ``exponent``
+    is ``temperature``'s alpha."""
     if sampling not in GROUP_SAMPLINGS:
         raise ValueError(f"`group_sampling` must be one of {GROUP_SAMPLINGS}, got {sampling!r}.")
     if sampling == "natural":
         return None
     if sampling == "balanced":
         return BalancedGroupSampler(group_ids, num_groups, seed)
+    if sampling == "temperature":
+        return TemperatureGroupSampler(group_ids, num_groups, seed, exponent)
     if step_size is None:
         raise ValueError("Stratified sampling needs `step_size` (examples per optimizer step over all processes).")
     return StratifiedGroupSampler(group_ids, step_size, num_groups, seed)

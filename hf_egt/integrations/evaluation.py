@@ -1,6 +1,8 @@
 """Per-group evaluation of a causal language model: perplexity per group and the embedding-based EGT divergence.
 
-- Perplexity: token-weighted ``exp(sum NLL / tokens)`` of each group's real sentences.
+- Perplexity: token-weighted ``exp(sum NLL / tokens)`` of each group's real sentences; beside it the units that are
+  comparable across groups that tokenize differently (languages): NLL per text (``sequence_nll``) and bits per UTF-8
+  byte of the scored tokens (``bits_per_byte``).
 - EGT: each group's sentences are cut to a prefix (the first words), the model continues the prefix, and the real and
   generated sentences of each group are embedded with a sentence encoder and compared with
   ``hf_egt.core.metrics.egt_report`` (per-group divergence, gap, worst group).
@@ -89,13 +91,38 @@ def sequence_nll(
     return total_nll, total_tokens
 
 
-def group_perplexity(nll: torch.Tensor, tokens: torch.Tensor, groups: Sequence[str]) -> dict:
+def predicted_byte_counts(tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """UTF-8 bytes of the text that each text's *predicted* tokens cover (float tensor ``(N,)``), under the same
+    truncation as ``sequence_nll``: from the end of the first token (never predicted; a special token such as BOS covers
+    no text) to the end of the last token kept. Needs a fast tokenizer (character offsets); a character whose bytes are
+    split between tokens counts whole to the token where it starts (offsets are in characters)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"Bits per byte need a fast tokenizer (character offsets); {type(tokenizer).__name__} is not.")
+    counts = torch.zeros(len(texts), dtype=torch.float64)
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    for row, (text, offsets) in enumerate(zip(texts, encoded["offset_mapping"])):
+        if len(offsets) > 1:
+            first_end, last_end = offsets[0][1], max(end for _, end in offsets)
+            counts[row] = len(text[:last_end].encode("utf-8")) - len(text[:first_end].encode("utf-8"))
+    return counts
+
+
+def group_perplexity(
+    nll: torch.Tensor,
+    tokens: torch.Tensor,
+    groups: Sequence[str],
+    byte_counts: torch.Tensor | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+) -> dict:
     """Per-group token-weighted mean NLL and perplexity from per-text sums (``hf_egt.core.metrics.likelihood_report``),
-    groups in sorted order, with the overall values.
+    groups in sorted order, with the overall values, and the NLL per text (and bits per byte with ``byte_counts``).
 
     A text of a single token has no predicted token and carries no likelihood: it is left out.
 
-    Returns ``{"loss_per_group", "per_group" (perplexity), "overall_loss", "overall" (perplexity)}``.
+    Returns ``{"loss_per_group", "per_group" (perplexity), "overall_loss", "overall" (perplexity), "sequence_nll"}``
+    (and ``"bits_per_byte"``), the last ones ``likelihood_report``'s summaries (``per_group``, ``gap``,
+    ``worst_group``, ``overall``, ``ci`` with ``n_bootstrap`` > 0), plus ``"counts"``.
     """
     scored = (tokens > 0).tolist()
     kept = [group for group, keep in zip(groups, scored) if keep]
@@ -103,14 +130,26 @@ def group_perplexity(nll: torch.Tensor, tokens: torch.Tensor, groups: Sequence[s
     if unscored:
         raise ValueError(f"Groups {unscored} have no text with a predicted token (texts of at least 2 tokens needed).")
     rows = torch.tensor(scored)
-    report = likelihood_report(nll[rows], tokens[rows], kept, n_bootstrap=0)
+    report = likelihood_report(
+        nll[rows],
+        tokens[rows],
+        kept,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        byte_counts=None if byte_counts is None else byte_counts[rows],
+    )
     order = sorted(report["nll"]["per_group"])
-    return {
+    result = {
         "loss_per_group": {group: report["nll"]["per_group"][group] for group in order},
         "per_group": {group: report["perplexity"]["per_group"][group] for group in order},
         "overall_loss": report["nll"]["overall"],
         "overall": report["perplexity"]["overall"],
     }
+    for unit in ("sequence_nll", "bits_per_byte"):
+        if unit in report:
+            result[unit] = {**report[unit], "per_group": {g: report[unit]["per_group"][g] for g in order}}
+    result["counts"] = {group: report["counts"][group] for group in order}
+    return result
 
 
 def sentence_prefixes(texts: Sequence[str], num_words: int = 4) -> list[str]:
@@ -252,11 +291,14 @@ def evaluate_causal_lm(
     divergence: str = RECOMMENDED_TEXT_DIVERGENCE,
     seed: int = 0,
     name: str = "model",
+    n_bootstrap: int = 0,
 ) -> dict:
     """Per-group perplexity (and, with ``feature_model``, the EGT divergence of generated vs real text) of a model.
 
     Returns ``{"per_group", "gap", "ratio", "worst_group", "best_group", "overall", "loss_per_group",
-    "overall_loss", "metric": "perplexity"}`` plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
+    "overall_loss", "metric": "perplexity"}``, the per-text and per-byte units ``"sequence_nll"`` and
+    ``"bits_per_byte"`` (each ``per_group``, ``gap``, ``worst_group``, ``overall`` and a 95 % bootstrap ``ci`` over
+    texts with ``n_bootstrap`` > 0), ``"counts"``, plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     """
     groups = [str(group) for group in groups]
     if feature_model is not None:  # before any work: the estimator's minimum sample size per group
@@ -269,7 +311,8 @@ def evaluate_causal_lm(
     nll, tokens = sequence_nll(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
     )
-    perplexity = group_perplexity(nll, tokens, groups)
+    byte_counts = predicted_byte_counts(tokenizer, texts, max_length) if getattr(tokenizer, "is_fast", False) else None
+    perplexity = group_perplexity(nll, tokens, groups, byte_counts, n_bootstrap=n_bootstrap, seed=seed)
     result = {**summarize_groups(perplexity["per_group"]), **perplexity, "metric": "perplexity"}
     if feature_model is not None:
         chosen = _prompt_rows(groups, max_prompts_per_group, seed)

@@ -136,8 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--group_sampling",
         choices=GROUP_SAMPLINGS,
         default="natural",
-        help="natural proportions, balanced (weighted sampler N / n_g with replacement, group_DRO's --reweight_groups) "
-        "or stratified (every optimizer step holds every group); seeded with --seed and the epoch.",
+        help="natural proportions, balanced (weighted sampler N / n_g with replacement, group_DRO's "
+        "--reweight_groups), temperature (p_g ∝ n_g ** --group_sampling_exponent) or stratified (every optimizer "
+        "step holds every group); seeded with --seed and the epoch.",
+    )
+    group(
+        "--group_sampling_exponent",
+        type=float,
+        default=0.5,
+        help="alpha of temperature sampling (p_g ∝ n_g ** alpha): 1 natural, 0 balanced.",
     )
     group(
         "--group_loss_estimate",
@@ -240,6 +247,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--per_device_train_batch_size, --gradient_accumulation_steps and --max_steps must be >= 1.")
     if args.noise_buckets < 1:
         parser.error(f"--noise_buckets must be >= 1, got {args.noise_buckets}.")
+    if not 0.0 <= args.group_sampling_exponent <= 1.0:
+        parser.error(
+            f"--group_sampling_exponent must be in [0, 1] (0: balanced, 1: natural), got "
+            f"{args.group_sampling_exponent}."
+        )
     # what AdamW and the scheduler would reject only after the model is loaded
     for name, valid, rule in (
         ("learning_rate", args.learning_rate >= 0, ">= 0"),
@@ -481,6 +493,7 @@ RECORD_FIELDS = {
     "group_ema_decay": ("--group_ema_decay", True),
     "group_temperature": ("--group_temperature", True),
     "group_sampling": ("--group_sampling", True),
+    "group_sampling_exponent": ("--group_sampling_exponent", True),
     "group_loss_estimate": ("--group_loss_estimate", True),
     "group_weight_floor": ("--group_weight_floor", True),
     "resolution": ("--resolution", True),
@@ -712,6 +725,7 @@ def main(args: argparse.Namespace) -> TrainResult:
     sampler = group_sampler(
         args.group_sampling, train_group_ids, len(group_labels), seed=args.seed,
         step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
+        exponent=args.group_sampling_exponent,
     )  # fmt: skip
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.per_device_train_batch_size, shuffle=sampler is None, sampler=sampler,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_egt.core.losses import GROUP_LOSS_UNITS
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
 from hf_egt.core.samplers import GROUP_SAMPLINGS
 
@@ -43,8 +44,16 @@ class GroupArguments:
             Softmax temperature on the moving average of group losses (`"ema"`).
         group_sampling (`str`, *optional*, defaults to `"natural"`):
             `"natural"` (the data's proportions), `"balanced"` (weighted sampler with replacement, per-example weight
-            `N / n_g`, as group_DRO's `--reweight_groups`) or `"stratified"` (every optimizer step holds every group);
-            see `hf_egt.core.samplers`. Seeded with `data_seed` (else `seed`) and the epoch, so resuming is exact.
+            `N / n_g`, as group_DRO's `--reweight_groups`), `"temperature"` (group `g` drawn with probability
+            `∝ n_g ** group_sampling_exponent`, the multilingual baseline) or `"stratified"` (every optimizer step
+            holds every group); see `hf_egt.core.samplers`. Seeded with `data_seed` (else `seed`) and the epoch, so
+            resuming is exact.
+        group_sampling_exponent (`float`, *optional*, defaults to `0.5`):
+            The `alpha` of `"temperature"` sampling, in [0, 1]: 1 is the natural proportions, 0 is balanced.
+        group_loss_unit (`str`, *optional*, defaults to `"token"`):
+            What a group's loss averages over, in the objective and the weight update: `"token"` (the mean over the
+            group's tokens) or `"sequence"` (the mean over its sequences of each one's summed NLL, comparable across
+            groups whose texts say the same thing in different numbers of tokens, e.g. languages on parallel text).
         group_loss_estimate (`str`, *optional*, defaults to `"batch"`):
             What the `"minmax"` update sees of each group: `"batch"` (the step's loss, 0 when absent, as the
             reference), `"last"` (absent groups keep their last value, as DoReMi) or `"ema"` (moving average with
@@ -63,8 +72,8 @@ class GroupArguments:
         group_update_steps (`int`, *optional*, defaults to `10`):
             Optimizer steps between two updates from `group_update_dataset`.
 
-    With `metric_for_best_model` naming a loss or perplexity (e.g. `"worst_group_perplexity"`, emitted by the
-    per-group evaluation), `greater_is_better` defaults to `False`.
+    With `metric_for_best_model` naming a loss, NLL or perplexity (e.g. `"worst_group_perplexity"` or
+    `"worst_group_sequence_nll"`, emitted by the per-group evaluation), `greater_is_better` defaults to `False`.
     """
 
     group_column: str = field(default="group", metadata={"help": "Dataset column holding each row's group label."})
@@ -92,6 +101,18 @@ class GroupArguments:
             "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g) or "
             "stratified (every optimizer step holds every group).",
             "choices": list(GROUP_SAMPLINGS),
+        },
+    )
+    group_sampling_exponent: float = field(
+        default=0.5,
+        metadata={"help": "alpha of temperature sampling (p_g ∝ n_g ** alpha): 1 natural, 0 balanced."},
+    )
+    group_loss_unit: str = field(
+        default="token",
+        metadata={
+            "help": "What a group's loss averages over: token (mean over its tokens) or sequence (mean over its "
+            "sequences of each one's summed NLL; comparable across languages on parallel text).",
+            "choices": list(GROUP_LOSS_UNITS),
         },
     )
     group_loss_estimate: str = field(
@@ -134,15 +155,25 @@ class GroupArguments:
             ("group_sampling", GROUP_SAMPLINGS),
             ("group_loss_estimate", LOSS_ESTIMATES),
             ("group_reference", GROUP_REFERENCES),
+            ("group_loss_unit", GROUP_LOSS_UNITS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.group_sampling_exponent <= 1.0:
+            raise ValueError(
+                f"`group_sampling_exponent` must be in [0, 1] (0: balanced, 1: natural), got "
+                f"{self.group_sampling_exponent}."
+            )
         if not 0.0 <= self.group_weight_floor < 1.0:
             raise ValueError(f"`group_weight_floor` must be in [0, 1), got {self.group_weight_floor}.")
         if self.group_update_steps < 1:
             raise ValueError(f"`group_update_steps` must be >= 1, got {self.group_update_steps}.")
         metric = self.metric_for_best_model
-        if metric is not None and self.greater_is_better is None and ("perplexity" in metric or "loss" in metric):
+        if (
+            metric is not None
+            and self.greater_is_better is None
+            and any(k in metric for k in ("perplexity", "loss", "nll"))
+        ):
             self.greater_is_better = False  # Trainer would default to True for a name not ending in "loss"
         super().__post_init__()
 

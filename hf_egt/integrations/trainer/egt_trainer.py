@@ -30,7 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from hf_egt.core.groups import group_means, group_sums
-from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, sequence_losses
+from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, group_loss_inputs, sequence_losses
 from hf_egt.core.metrics.likelihood import group_likelihood, perplexity
 from hf_egt.core.objective import GroupObjective
 from hf_egt.core.samplers import group_sampler
@@ -80,6 +80,14 @@ def eval_metrics_from_likelihood(likelihood: dict, prefix: str) -> dict[str, Any
         metrics[f"{prefix}_worst_group_loss"] = losses["per_group"][worst]
         metrics[f"{prefix}_worst_group_perplexity"] = perplexities["per_group"][worst]
         metrics[f"{prefix}_worst_group"] = worst
+    for unit in ("sequence_nll", "bits_per_byte"):  # the worst group in these units may be another one
+        values = likelihood.get(unit)
+        if values is None:
+            continue
+        metrics.update({f"{prefix}_group_{unit}/{g}": value for g, value in values["per_group"].items()})
+        if "worst_group" in values:
+            metrics[f"{prefix}_group_{unit}_gap"] = values["gap"]
+            metrics[f"{prefix}_worst_group_{unit}"] = values["per_group"][values["worst_group"]]
     return metrics
 
 
@@ -148,8 +156,9 @@ class EGTTrainerMixin:
         self._window_remaining = 0
         self._group_log: dict[str, float] = {}
         self._ple_values: list[float] = []
-        self._eval_sums: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last_eval_group_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        # per group: summed NLL, scored tokens, scored sequences (during an evaluation, then of the last one)
+        self._eval_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._last_eval_group_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # metric_key_prefix -> `hf_egt.core.metrics.group_likelihood` of the last evaluation under that prefix
         self.group_evaluations: dict[str, dict] = {}
 
@@ -226,6 +235,7 @@ class EGTTrainerMixin:
             self.objective.num_groups,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            exponent=args.group_sampling_exponent,
         )
 
     def update_weights_from_eval(self) -> torch.Tensor:
@@ -238,11 +248,19 @@ class EGTTrainerMixin:
         should_log = self.control.should_log
         self.log(output.metrics)  # the losses behind the update, in the log history
         self.control.should_log = should_log  # `log` clears it: the step's own training log must still happen
-        return self.update_weights_from_group_sums(*self._last_eval_group_sums)
+        return self.update_weights_from_last_eval()
 
-    def update_weights_from_group_sums(self, sums: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Update the group weights from an evaluation's per-group loss sums and token counts; returns them."""
-        weights = self.objective.observe(group_means(sums, tokens), tokens)
+    def update_weights_from_last_eval(self) -> torch.Tensor:
+        """Update the group weights from the last evaluation's group losses, in `group_loss_unit`; returns them."""
+        sums, tokens, sequences = self._last_eval_group_sums
+        return self.update_weights_from_group_sums(
+            sums, sequences if self.args.group_loss_unit == "sequence" else tokens
+        )
+
+    def update_weights_from_group_sums(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Update the group weights from an evaluation's per-group loss sums and counts (tokens, or sequences for
+        `group_loss_unit="sequence"`); returns them."""
+        weights = self.objective.observe(group_means(sums, counts), counts)
         for group, weight in zip(self.objective.groups, weights):
             self._group_log[f"group_weight/{group}"] = weight.item()
         return weights
@@ -287,10 +305,10 @@ class EGTTrainerMixin:
             column = self.args.group_column
             if any("labels" not in batch for batch in batch_samples):
                 raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
-            self.objective.begin_window(
-                [batch[column] for batch in batch_samples],
-                [count_target_tokens(batch["labels"]) for batch in batch_samples],
-            )
+            unit = self.args.group_loss_unit
+            tokens = [count_target_tokens(batch["labels"]) for batch in batch_samples]
+            weights = [group_loss_inputs(count.double(), count, unit)[1] for count in tokens]
+            self.objective.begin_window([batch[column] for batch in batch_samples], weights)
             self._window_remaining = len(batch_samples)
         return batch_samples, num_items_in_batch
 
@@ -310,8 +328,10 @@ class EGTTrainerMixin:
                     f"`group_reference`={self.args.group_reference!r} but the training batch has no "
                     f"{self.args.group_reference_column!r}: the reference losses did not reach the batch."
                 )
-            reference = None if reference is None else reference.to(losses.device)
-            loss = self._training_loss(losses, group_ids, counts, reference)
+            if reference is not None:  # per-example token means, like `losses`: the same unit below
+                reference = group_loss_inputs(reference.to(losses.device), counts, self.args.group_loss_unit)[0]
+            losses, weights = group_loss_inputs(losses, counts, self.args.group_loss_unit)
+            loss = self._training_loss(losses, group_ids, weights, reference)
         else:
             loss = self._eval_loss(losses, group_ids, counts)
         ple = output_field(outputs, "ple")
@@ -363,21 +383,22 @@ class EGTTrainerMixin:
     def _eval_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         if self._eval_sums is not None:
             sums, tokens = group_sums(losses.detach().double(), group_ids, self.objective.num_groups, counts.double())
-            self._eval_sums[0].add_(sums.cpu())
-            self._eval_sums[1].add_(tokens.cpu())
+            sequences, _ = group_sums((counts > 0).double(), group_ids, self.objective.num_groups)
+            for total, part in zip(self._eval_sums, (sums, tokens, sequences)):
+                total.add_(part.cpu())
         return (losses * counts).sum() / counts.sum().clamp_min(1)
 
     def evaluation_loop(self, *args, **kwargs):
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
         num_groups = self.objective.num_groups
-        self._eval_sums = (torch.zeros(num_groups, dtype=torch.float64), torch.zeros(num_groups, dtype=torch.float64))
+        self._eval_sums = tuple(torch.zeros(num_groups, dtype=torch.float64) for _ in range(3))
         try:
             output = super().evaluation_loop(*args, **kwargs)
-            sums, tokens = (self._reduce_sum(t) for t in self._eval_sums)
+            sums, tokens, sequences = (self._reduce_sum(t) for t in self._eval_sums)
         finally:
             self._eval_sums = None
-        self._last_eval_group_sums = (sums, tokens)
-        likelihood = group_likelihood(sums, tokens, self.objective.groups)
+        self._last_eval_group_sums = (sums, tokens, sequences)
+        likelihood = group_likelihood(sums, tokens, self.objective.groups, group_sequences=sequences)
         self.group_evaluations[prefix] = likelihood
         output.metrics.update(eval_metrics_from_likelihood(likelihood, prefix))
         return output
@@ -439,7 +460,8 @@ class EGTTrainerMixin:
         `per_group`, `gap`, `worst_group`, `overall` = perplexity of all evaluated tokens)."""
         if self._last_eval_group_sums is None:
             raise ValueError("No evaluation yet: call `evaluate()` first.")
-        return group_likelihood(*self._last_eval_group_sums, self.objective.groups)["perplexity"]
+        sums, tokens, sequences = self._last_eval_group_sums
+        return group_likelihood(sums, tokens, self.objective.groups, group_sequences=sequences)["perplexity"]
 
     def _base_model_id(self) -> str:
         """The Hub id or path of the model the adapter applies to (peft's record, else the model config's)."""
@@ -588,7 +610,7 @@ class GroupWeightsFromEvalCallback(TrainerCallback):
         of_update_split = f"{self.trainer.group_update_prefix}_group_loss/{groups[0]}" in (metrics or {})
         if self._waiting_step == state.global_step and of_update_split:
             self._waiting_step = None
-            self.trainer.update_weights_from_group_sums(*self.trainer._last_eval_group_sums)
+            self.trainer.update_weights_from_last_eval()
         return control
 
     def on_train_end(self, args, state, control, **kwargs):

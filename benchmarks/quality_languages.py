@@ -1,0 +1,369 @@
+"""Languages as groups: SmolLM2-135M fine-tuned on the parallel Bible where English dominates (issue #23).
+
+The setting in which group-robust training is known to help language models (Oren et al. 2019; Zhou et al. 2021;
+DoReMi; CTC-DRO): groups with genuinely different distributions (languages), real under-representation (English 6,000
+training verses, French / Spanish / German 400 each by default), hundreds of held-out verses per group, and a quality
+that is comparable across groups — the NLL of a whole verse (nats per verse), since the verses are parallel (the same
+content in every language) while tokenizer fertility is not (SmolLM2 spends ~1.6x more tokens on a French verse).
+
+Every cell trains one (method, seed) LoRA adapter with the demo's recipe (``hf_egt.apps.recipe.train_adapter``),
+evaluates the validation verses every ``--eval_steps`` steps and keeps the step with the lowest validation worst-group
+NLL per verse (``metric_for_best_model="eval_validation_worst_group_sequence_nll"``): each method at its own best step.
+``--stage screen`` stops there (choose on validation); ``--stage test`` also measures the kept adapter once on the test
+verses (per-verse NLL with 95 % bootstrap intervals over verses, bits per byte, perplexity). The split of verse ids is
+drawn once (``--split_seed``) for all languages and all cells (``hf_egt.apps.bible``).
+
+Outputs in ``--output_dir``: ``cells/<stage>/<method>/seed<k>.json`` (``--resume`` skips the cells whose file exists;
+a killed run loses at most the cell in progress), ``cells/<stage>/base.json``, ``results.json``, ``results.md`` and
+``languages_frontier.png`` (each method's worst-language NLL per verse against English's: the cost of helping the
+small languages, compared at equal majority cost).
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_languages.py \\
+        --output_dir outputs/languages --resume --stage screen --seeds 0 --methods erm balanced_erm minmax_reference
+
+Development languages: en (majority), fr, es, de. Other languages (``--languages en it ru ro``...) are for confirming
+a choice: do not tune on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from benchmarks.quality_bold import _read_json, _write_json, mean_std, run_cell
+
+logger = logging.getLogger("quality_languages")
+
+STRATIFIED = {"group_sampling": "stratified", "group_loss_unit": "sequence"}
+# method -> (EGTTrainer objective, HyperLoRA fields or None, further EGTConfig fields); see docs/results.md for the
+# source of each. `family` groups the methods that differ by one knob, drawn as one line on the frontier plot.
+LANGUAGE_METHODS = {
+    "erm": ("erm", None, {}),
+    "reweight": ("reweight", None, {}),
+    # temperature sampling p_g ∝ n_g^alpha (multilingual MT / XLM); alpha 0 is balanced sampling
+    "temperature_0.5": ("erm", None, {"group_sampling": "temperature", "group_sampling_exponent": 0.5}),
+    "temperature_0.3": ("erm", None, {"group_sampling": "temperature", "group_sampling_exponent": 0.3}),
+    "balanced_erm": ("erm", None, {"group_sampling": "balanced"}),
+    # the reference group DRO update on per-token losses: eta 0.01, natural sampling
+    "minmax_reference": ("minmax", None, {"group_step_size": 0.01}),
+    # exponentiated gradient on per-verse losses, every step holding every language, absent-safe, DoReMi's floor
+    "minmax_sequence": (
+        "minmax",
+        None,
+        {**STRATIFIED, "group_step_size": 0.001, "group_loss_estimate": "last", "group_weight_floor": 0.1},
+    ),
+    # smoothed min-max: q = softmax(EMA of per-verse losses / T), the KL-regularised worst case; T is the knob
+    **{
+        f"ema_sequence_{temperature}": ("ema", None, {**STRATIFIED, "group_temperature": float(temperature)})
+        for temperature in (20, 50, 100)
+    },
+}
+FAMILIES = {
+    "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm"),
+    "ema_sequence": ("ema_sequence_20", "ema_sequence_50", "ema_sequence_100"),
+}
+STAGES = ("screen", "test")
+SELECTION_METRIC = "eval_validation_worst_group_sequence_nll"
+
+
+def language_data(args: argparse.Namespace):
+    """``(train, validation, test)`` ``datasets.Dataset``s of the Bible split (``hf_egt.apps.bible``); validation keeps
+    the first ``--eval_validation_verses`` verse ids of the split's validation set, in every language."""
+    from datasets import Dataset
+
+    from hf_egt.apps.bible import load_bible_splits
+
+    splits = load_bible_splits(
+        args.languages,
+        majority_verses=args.majority_verses,
+        minority_verses=args.minority_verses,
+        test_verses=args.test_verses,
+        validation_verses=args.validation_verses,
+        seed=args.split_seed,
+    )
+    verses = list(dict.fromkeys(row["verse"] for row in splits["validation"]))[: args.eval_validation_verses]
+    kept = set(verses)
+    validation = [row for row in splits["validation"] if row["verse"] in kept]
+    return tuple(Dataset.from_list(rows) for rows in (splits["train"], validation, splits["test"]))
+
+
+def cell_path(output_dir: Path, stage: str, method: str, seed: int) -> Path:
+    return output_dir / "cells" / stage / method / f"seed{seed}.json"
+
+
+def best_validation(cell: Mapping) -> dict[str, float]:
+    """Per-language validation NLL per verse at the cell's best step (the step it kept)."""
+    for row in cell["curve"]:
+        if row["step"] == cell["best_step"]:
+            return row["validation"]["sequence_nll"]["per_group"]
+    raise ValueError(
+        f"Cell {cell['method']}/seed{cell['seed']} has no evaluation at its best step {cell['best_step']}."
+    )
+
+
+def summarize(cells: Sequence[Mapping], majority: str, source: str) -> dict:
+    """Per method: mean ± std over seeds of each language's NLL per verse, the worst language, the worst minority,
+    the group mean, and the best step; ``source`` is ``validation`` (at the best step) or ``test``."""
+    by_method: dict[str, list[Mapping]] = {}
+    for cell in cells:
+        by_method.setdefault(cell["method"], []).append(cell)
+    summary = {}
+    for method, found in by_method.items():
+        rows = [
+            best_validation(cell) if source == "validation" else cell["result"]["sequence_nll"]["per_group"]
+            for cell in found
+        ]
+        languages = list(rows[0])
+        summary[method] = {
+            "seeds": [cell["seed"] for cell in found],
+            "per_group": {g: mean_std([row[g] for row in rows]) for g in languages},
+            "worst": mean_std([max(row.values()) for row in rows]),
+            "worst_minority": mean_std([max(v for g, v in row.items() if g != majority) for row in rows]),
+            "group_mean": mean_std([statistics.fmean(row.values()) for row in rows]),
+            "best_step": [cell["best_step"] for cell in found],
+            "train_s": mean_std([cell["train_s"] for cell in found]),
+        }
+    return summary
+
+
+def markdown_table(summary: Mapping, base: Mapping | None, majority: str) -> str:
+    """One row per method (and the base model): each language's NLL per verse (majority first), the worst minority,
+    the group mean (mean ± std over seeds; a single seed shows its value), the best steps and the seeds."""
+    found = list(next(iter(summary.values()))["per_group"]) if summary else []
+    languages = [majority, *sorted(g for g in found if g != majority)]
+
+    def pm(value: tuple[float, float], seeds: int) -> str:
+        return f"{value[0]:.1f} ± {value[1]:.1f}" if seeds > 1 else f"{value[0]:.1f}"
+
+    header = ["method", *languages, "worst minority", "group mean", "best step", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" + " ---: |" * (len(header) - 1)]
+    if base is not None:
+        per_group = base["per_group"]
+        minority = max(v for g, v in per_group.items() if g != majority)
+        cells = [f"{per_group[g]:.1f}" for g in languages] + [
+            f"{minority:.1f}",
+            f"{statistics.fmean(per_group.values()):.1f}",
+        ]
+        lines.append("| base | " + " | ".join(cells) + " | | |")
+    for method, row in summary.items():
+        seeds = len(row["seeds"])
+        cells = [pm(row["per_group"][g], seeds) for g in languages]
+        cells += [pm(row["worst_minority"], seeds), pm(row["group_mean"], seeds)]
+        cells += [" / ".join(str(step) for step in row["best_step"]), " ".join(map(str, row["seeds"]))]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: Path, title: str) -> Path:
+    """Worst-minority NLL per verse against the majority's, one point per method (error bars: std over seeds), the
+    methods of one family joined by a line in knob order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for family, members in FAMILIES.items():
+        points = [summary[m] for m in members if m in summary]
+        if len(points) > 1:
+            axis.plot(
+                [p["per_group"][majority][0] for p in points],
+                [p["worst_minority"][0] for p in points],
+                "-",
+                color="0.7",
+                label=f"{family} ({' → '.join(m for m in members if m in summary)})",
+            )
+    for method, row in summary.items():
+        (x, dx), (y, dy) = row["per_group"][majority], row["worst_minority"]
+        axis.errorbar(x, y, xerr=dx if dx == dx else None, yerr=dy if dy == dy else None, fmt="o", capsize=3)
+        axis.annotate(method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if base is not None:
+        per_group = base["per_group"]
+        minority = max(v for g, v in per_group.items() if g != majority)
+        axis.annotate(f"base ({per_group[majority]:.0f}, {minority:.0f})", (0.02, 0.02), xycoords="axes fraction")
+    axis.set_xlabel(f"{majority} (majority) NLL per verse, nats — lower is better")
+    axis.set_ylabel("worst minority language NLL per verse, nats")
+    axis.set_title(title, fontsize=10)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: int) -> dict:
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
+
+    started = time.perf_counter()
+    result = evaluate_causal_lm(
+        model,
+        tokenizer,
+        list(dataset["text"]),
+        list(dataset["group"]),
+        batch_size=settings.eval_batch_size,
+        max_length=settings.max_length,
+        name=name,
+        n_bootstrap=n_bootstrap,
+    )
+    return {"result": result, "per_group": result["sequence_nll"]["per_group"], "eval_s": time.perf_counter() - started}
+
+
+def run_languages(args: argparse.Namespace, command: str) -> dict:
+    """Run every missing cell of ``args.stage``, then write the results of every finished cell; return them."""
+    from tqdm.auto import tqdm
+
+    from hf_egt.apps.offline import load_cached_smollm2
+    from hf_egt.core.groups import label_counts
+
+    unknown = sorted(set(args.methods) - set(LANGUAGE_METHODS))
+    if unknown:
+        raise ValueError(f"`--methods` has unknown entries {unknown}; valid: {list(LANGUAGE_METHODS)}.")
+    output_dir = Path(args.output_dir)
+    settings = settings_from_args(args)
+    train, validation, test = language_data(args)  # before the model: a bad language or size fails here
+    todo = [
+        (method, seed)
+        for method in args.methods
+        for seed in args.seeds
+        if not (args.resume and cell_path(output_dir, args.stage, method, seed).is_file())
+    ]
+    base_file = output_dir / "cells" / args.stage / "base.json"
+    started = time.perf_counter()
+    if todo or not base_file.is_file():
+        model, tokenizer = load_cached_smollm2()
+        if not base_file.is_file():
+            dataset = validation if args.stage == "screen" else test
+            base = evaluate_base(model, tokenizer, dataset, settings, f"base/{args.stage}", args.n_bootstrap)
+            base |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(dataset["group"])}
+            _write_json(base_file, base)
+        for method, seed in tqdm(todo, desc="cells"):
+            cell = run_cell(
+                model,
+                tokenizer,
+                train,
+                test if args.stage == "test" else None,
+                settings,
+                "languages",
+                method,
+                seed,
+                output_dir / "work",
+                validation=validation,
+                eval_steps=args.eval_steps,
+                specs=LANGUAGE_METHODS,
+                selection_metric=SELECTION_METRIC,
+                test_in_curve=False,
+                n_bootstrap=args.n_bootstrap,
+                store_reference=False,
+            )
+            cell["stage"] = args.stage
+            _write_json(cell_path(output_dir, args.stage, method, seed), cell)
+            logger.info(
+                "%s/seed%d: best step %s, validation %s", method, seed, cell["best_step"], best_validation(cell)
+            )
+    return write_results(output_dir, args, command, time.perf_counter() - started, asdict(settings))
+
+
+def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall_s: float, settings: dict) -> dict:
+    majority = args.languages[0]
+    payload = {"command": command, "settings": settings, "args": vars(args), "wall_s_this_invocation": wall_s}
+    parts = ["# Languages as groups: NLL per verse on the parallel Bible", "", "```bash", command, "```", ""]
+    for stage in STAGES:
+        cells = [
+            cell
+            for method in LANGUAGE_METHODS
+            for path in sorted((output_dir / "cells" / stage / method).glob("seed*.json"))
+            if (cell := _read_json(path)) is not None
+        ]
+        if not cells:
+            continue
+        base = _read_json(output_dir / "cells" / stage / "base.json")
+        source = "validation" if stage == "screen" else "test"
+        summary = summarize(cells, majority, source)
+        payload[stage] = {"summary": summary, "base": base, "cells": cells}
+        parts += [f"## {stage}: {source} NLL per verse (nats), each method at its own best validation step", ""]
+        if base is not None:
+            parts += [f"Training verses per language: {base['train_counts']}; {source}: {base['eval_counts']}.", ""]
+        parts += [markdown_table(summary, base, majority), ""]
+        figure = plot_frontier(
+            summary, base, majority, output_dir / f"languages_frontier_{stage}.png", f"{stage} ({source})"
+        )
+        parts += [f"![worst minority vs {majority}]({figure.name})", ""]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    (output_dir / "results.md").write_text("\n".join(parts), encoding="utf-8")
+    payload["paths"] = {"md": str(output_dir / "results.md"), "json": str(output_dir / "results.json")}
+    return payload
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from hf_egt.apps.bible import DEFAULT_LANGUAGES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", default="outputs/languages", help="Where cells and tables go.")
+    parser.add_argument("--resume", action="store_true", help="Skip the cells whose JSON file already exists.")
+    parser.add_argument("--stage", choices=STAGES, default="screen", help="screen: validation only; test: also test.")
+    parser.add_argument("--methods", nargs="+", default=["erm", "balanced_erm", "minmax_reference"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--languages", nargs="+", default=list(DEFAULT_LANGUAGES), help="The majority first.")
+    parser.add_argument("--majority_verses", type=int, default=6000)
+    parser.add_argument("--minority_verses", type=int, default=400)
+    parser.add_argument("--test_verses", type=int, default=1000)
+    parser.add_argument("--validation_verses", type=int, default=300, help="Validation verse ids of the split.")
+    parser.add_argument(
+        "--eval_validation_verses", type=int, default=100, help="Of which evaluated during training (per language)."
+    )
+    parser.add_argument("--split_seed", type=int, default=0)
+    parser.add_argument("--max_steps", type=int, default=200)
+    parser.add_argument("--eval_steps", type=int, default=40)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--max_length", type=int, default=80, help="Tokens; verses of <= 160 bytes fit whole.")
+    parser.add_argument("--lora_r", type=int, default=8)
+    parser.add_argument("--n_bootstrap", type=int, default=1000, help="Bootstrap resamples of the test intervals.")
+    parser.add_argument("--log_level", default="INFO")
+    args = parser.parse_args(argv)
+    for name in ("max_steps", "eval_steps", "per_device_train_batch_size", "eval_validation_verses"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    return args
+
+
+def settings_from_args(args: argparse.Namespace):
+    from hf_egt.apps.recipe import DEFAULT
+
+    return replace(
+        DEFAULT,
+        max_steps=args.max_steps,
+        batch_size=args.per_device_train_batch_size,
+        learning_rate=args.learning_rate,
+        max_length=args.max_length,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        egt=False,
+        seed=args.split_seed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = (
+        "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_languages.py"
+    )
+    command += "".join(f" {shlex.quote(str(arg))}" for arg in argv)
+    return run_languages(args, command)
+
+
+if __name__ == "__main__":
+    results = main()
+    print(Path(results["paths"]["md"]).read_text(encoding="utf-8"))
