@@ -7,8 +7,10 @@
 
 ``train`` parses every ``transformers.TrainingArguments`` option (through ``EGTConfig``), and runs unchanged under
 ``accelerate launch -m hf_egt.apps.cli train ...``. Bad input (unknown dataset, column or group, a model without a
-causal-LM head, a push without a token, a missing or foreign checkpoint, an output folder holding another run) fails
-before any model is loaded or trained. From the ``hf-egt`` console script (or ``python -m hf_egt``) such an error
+causal-LM head, a push without a token or to an unreachable Hub, an optimizer, schedule or ``--report_to``
+integration Trainer would reject, a missing, truncated or foreign checkpoint, one whose compatibility record differs
+from the run's, an output folder holding another run) fails before any model is loaded or trained, and before
+``--overwrite_output_dir`` removes anything. From the ``hf-egt`` console script (or ``python -m hf_egt``) such an error
 prints one ``error: ...`` line and exits with status 2; ``hf-egt --debug ...`` (or ``HF_EGT_DEBUG=1``) shows the
 traceback.
 """
