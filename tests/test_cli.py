@@ -49,6 +49,29 @@ def test_train_help_has_group_and_training_arguments(capsys):
         assert option in out
 
 
+def test_evaluate_takes_the_dashed_spellings_and_its_help_shows_the_defaults(capsys):
+    """Every `hf-egt evaluate` option also has the dashed spelling `hf-egt train` (HfArgumentParser) accepts, and
+    `--help` shows each default that is not already in the text."""
+    from hf_egt.apps.cli import command_parsers, train_parser
+
+    parser = command_parsers()["evaluate"]
+    underscored = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and "_" in o]
+    visible = [o for o in underscored if parser._option_string_actions[o].help != "==SUPPRESS=="]
+    assert "--max_eval_per_group" in visible
+    for option in visible:
+        assert parser._option_string_actions[option.replace("_", "-")] is parser._option_string_actions[option]
+    argv = ["--model-name-or-path", "m", "--dataset", "d", "--max-eval-per-group", "3", "--feature-model", "none"]
+    args = parser.parse_args([*argv, "--per-device-eval-batch-size", "2", "--overwrite-output-dir"])
+    assert (args.model_name_or_path, args.max_eval_per_group, args.feature_model) == ("m", 3, "none")
+    assert args.per_device_eval_batch_size == 2 and args.overwrite_output_dir is True
+    text = " ".join(parser.format_help().split())
+    for default in ("(default: 100)", "(default: 42)", "(default: outputs/evaluate)", "(default: quantized_js)"):
+        assert default in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    train_help = " ".join(train_parser().format_help().split())
+    assert "A group of the data not listed is an error naming its rows" in train_help
+
+
 def test_unknown_command_and_option_fail(capsys):
     with pytest.raises(SystemExit):
         _main(["fly"])

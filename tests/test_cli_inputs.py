@@ -31,11 +31,21 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objective: bool = True) -> Path:
-    """A hand-made checkpoint folder: trainer state, a LoRA weights file and the group objective's state."""
+def _checkpoint(
+    folder: Path,
+    groups=("a", "b"),
+    truncate: bool = False,
+    objective: bool = True,
+    record: dict | None = None,
+    truncated_state: str | None = None,
+) -> Path:
+    """A hand-made checkpoint folder: trainer state, a LoRA weights file, the optimizer / scheduler / RNG states
+    (``torch.save`` archives; ``truncated_state`` names one to cut short), the group objective's state and, given,
+    a compatibility ``record``."""
     from safetensors.torch import save_file
 
     from hf_egt.core.objective import GroupObjective
+    from hf_egt.core.resume import write_run_record
 
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
@@ -43,23 +53,48 @@ def _checkpoint(folder: Path, groups=("a", "b"), truncate: bool = False, objecti
     save_file({"lora_A": torch.zeros(64, 64)}, str(weights))
     if truncate:
         weights.write_bytes(weights.read_bytes()[:200])
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "optimizer.bin", "random_states_0.pkl"):
+        torch.save({"state": torch.zeros(64)}, folder / name)
+    if truncated_state is not None:
+        (folder / truncated_state).write_bytes((folder / truncated_state).read_bytes()[:300])
     if objective:
         GroupObjective(groups=list(groups), objective="minmax").save(str(folder / "group_objective.safetensors"))
+    if record is not None:
+        write_run_record(record, folder)
     return folder
 
 
-def _diffusion_checkpoint(folder: Path, truncated: bool = True) -> Path:
-    """A diffusion-script checkpoint saved for groups [0, 1], with a ``model.safetensors`` (truncated by default)."""
+def _diffusion_checkpoint(
+    folder: Path,
+    truncated: bool = True,
+    groups=(0, 1),
+    record: dict | None = None,
+    truncated_state: str | None = None,
+) -> Path:
+    """A diffusion-script checkpoint saved for ``groups`` (default [0, 1]), with a ``model.safetensors`` (truncated by
+    default), accelerate's optimizer / RNG states (``truncated_state`` names one to cut short) and, given, a
+    compatibility ``record``."""
     from safetensors.torch import save_file
 
+    from hf_egt.core.resume import write_run_record
     from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 
     folder.mkdir(parents=True)
-    NoiseLevelGroupObjective(1, groups=[0, 1], objective="minmax").save(str(folder / "group_objective.safetensors"))
+    objective = NoiseLevelGroupObjective(1, groups=list(groups), objective="minmax")
+    objective.save(str(folder / "group_objective.safetensors"))
     save_file({"weight": torch.zeros(64, 64)}, str(folder / "model.safetensors"))
     if truncated:
         (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
+        torch.save({"state": torch.zeros(64)}, folder / name)
+    if truncated_state is not None:
+        (folder / truncated_state).write_bytes((folder / truncated_state).read_bytes()[:300])
+    if record is not None:
+        write_run_record(record, folder)
     return folder
+
+
+DIGITS = tuple(range(10))  # the groups of `digits-imbalanced`
 
 
 def _split_folder(tmp: Path) -> Path:
@@ -116,7 +151,38 @@ MATRIX = [
      r"`--output_dir`: .* already holds the outputs of a run \(checkpoint-4.*--overwrite_output_dir"),
     ("output-dir-has-adapter", "train", lambda t, o, d: [(o / "report.json").write_text("{}") and "--seed", "1"],
      r"`--output_dir`: .* already holds the outputs of a run \(report\.json\)"),
+    ("resume-other-dataset", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
+     record={"dataset": {"name": "other.jsonl", "sha256": "0" * 64}})],
+     r"`--dataset`: .*checkpoint-2 was saved with 'other\.jsonl' \(training rows sha256 000000000000\), this run has "
+     r"'.*bios\.jsonl' .*--resume_allow_changes dataset"),
+    ("resume-other-lora-r", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
+     record={"lora_r": 4})], r"`--lora_r`: .*checkpoint-2 was saved with 4, this run has 2; resume with the saved"),
+    ("resume-other-step-size", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
+     record={"group_step_size": 0.5})], r"`--group_step_size`: .* saved with 0\.5, this run has 0\.01.*"
+     r"--resume_allow_changes group_step_size"),
+    ("resume-allow-shape", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2"),
+     "--resume_allow_changes", "lora_r"], r"`--resume_allow_changes`: 'lora_r' is not an option a resume may change"),
+    ("resume-allow-without-resume", "train", lambda t, o, d: ["--resume_allow_changes", "dataset"],
+     r"`--resume_allow_changes` only applies with `--resume_from_checkpoint`"),
+    ("resume-truncated-optimizer", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(
+     o / "checkpoint-2", truncated_state="optimizer.pt")], r"checkpoint-2/optimizer\.pt is unreadable or truncated"),
+    ("resume-truncated-rng", "train", lambda t, o, d: ["--resume_from_checkpoint", "true", _checkpoint(
+     o / "checkpoint-2", truncated_state="rng_state.pth") and "--seed", "42"],
+     r"checkpoint-2/rng_state\.pth is unreadable or truncated"),
+    ("overwrite-bad-learning-rate", "train", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and
+     "--overwrite_output_dir", "--learning_rate", "-1"], r"`--learning_rate` must be >= 0, got -1\.0"),
     # options
+    ("scheduler-kwargs", "train", lambda t, o, d: ["--lr_scheduler_type", "cosine_with_min_lr"],
+     r"`--lr_scheduler_type`: 'cosine_with_min_lr' cannot be built with `--lr_scheduler_kwargs` \{\}"),
+    ("optim-not-installed", "train", lambda t, o, d: ["--optim", "adamw_bnb_8bit"],
+     r"`--optim`: 'adamw_bnb_8bit' cannot be built .*bitsandbytes"),
+    ("adam-beta", "train", lambda t, o, d: ["--adam_beta2", "1.5"], r"`--adam_beta2` must be in \[0, 1\)"),
+    ("report-to-not-installed", "train", lambda t, o, d: ["--report_to", "tensorboard"],
+     r"`--report_to`: 'tensorboard' is not installed .*`--report_to none`"),
+    ("report-to-unknown", "train", lambda t, o, d: ["--report_to", "tensorbored"],
+     r"`--report_to`: unknown integration 'tensorbored'; valid: .*'tensorboard'"),
+    ("push-offline", "train", lambda t, o, d: ["--push_to_hub", "--hub_model_id", "me/x", "--hub_token", "hf_x"],
+     r"`--push_to_hub`: the Hub is offline \(HF_HUB_OFFLINE is set\)"),
     ("max-steps-0", "train", lambda t, o, d: ["--max_steps", "0"], r"`--max_steps` 0 .* trains nothing"),
     ("ple-without-hyper", "train", lambda t, o, d: ["--ple_weight", "0.1"], r"`--ple_weight` 0\.1 .* needs `--hyper`"),
     ("hyper-option-without-hyper", "train", lambda t, o, d: ["--hyper_context_dim", "8"],
@@ -158,6 +224,14 @@ MATRIX = [
     ("text-column-type", "train", lambda t, o, d: ["--text_column", "id"],
      r"`--text_column`: column 'id' of the train split holds int values"),
     ("unknown-group", "train", lambda t, o, d: ["--groups", "a", "c"], r"Group\(s\) \['c'\] have no rows"),
+    ("groups-leave-out", "train", lambda t, o, d: ["--groups", "a", "b", "--dataset", _jsonl(t / "d.jsonl", _rows(
+     [{"text": f"third group row {i}", "gender": "c", "id": 200 + i} for i in range(6)]))],
+     r"`--groups` \['a', 'b'\] leaves out group\(s\) \['c'\] of column 'gender': 6 row\(s\) of the train split "
+     r"\(rows \[36, 37, 38, 39, 40, 41\]\); list every group in `--groups` .*--skip_unusable_groups"),
+    ("empty-data-file", "train", lambda t, o, d: ["--dataset", (t / "e.jsonl").write_text("\n") and t / "e.jsonl"],
+     r"`--dataset`: '.*e\.jsonl' is empty"),
+    ("header-only-csv", "train", lambda t, o, d: ["--dataset", (t / "h.csv").write_text("text,gender\n") and
+     t / "h.csv"], r"`--dataset`: cannot read '.*h\.csv' as csv \(no rows, or malformed\)"),
     ("none-label", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": "x y", "gender": None,
      "id": 7}]))], r"1 row\(s\) of the train split have no group label .*rows \[36\].*--skip_unusable_groups"),
     ("empty-text", "train", lambda t, o, d: ["--dataset", _jsonl(t / "d.jsonl", _rows([{"text": " ", "gender": "a",
@@ -175,6 +249,10 @@ MATRIX = [
      r"'kl' estimator needs at least 6 .*--feature_model none"),
     ("evaluate-max-per-group", "evaluate", lambda t, o, d: ["--max_eval_per_group", "0"],
      r"`--max_eval_per_group` must be >= 1"),
+    ("evaluate-dashed-spelling", "evaluate", lambda t, o, d: ["--max-eval-per-group", "0"],
+     r"`--max_eval_per_group` must be >= 1"),
+    ("evaluate-groups-leave-out", "evaluate", lambda t, o, d: ["--groups", "a"],
+     r"`--groups` \['a'\] leaves out group\(s\) \['b'\] of column 'gender': 12 row\(s\) of the train split"),
     ("evaluate-split-json", "evaluate", lambda t, o, d: ["--adapter", (o / "adapter_config.json").write_text("{}")
      and (o / "split.json").write_text("{oops") and o], r"`--adapter`: the split record .*split\.json is not valid"),
     ("evaluate-output-dir", "evaluate", lambda t, o, d: [(o / "report.json").write_text("{}") and "--seed", "1"],
@@ -197,6 +275,27 @@ MATRIX = [
     ("diffusion-resume-groups", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
      _diffusion_checkpoint(o / "checkpoint-2", truncated=False)],
      r"`--resume_from_checkpoint`: .*checkpoint-2/group_objective\.safetensors: .*groups"),
+    ("diffusion-resume-lora-r", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     _diffusion_checkpoint(o / "checkpoint-2", truncated=False, groups=DIGITS, record={"lora_r": 4})],
+     r"`--lora_r`: .*checkpoint-2 was saved with 4, this run has 8; resume with the saved value"),
+    ("diffusion-resume-dataset", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     _diffusion_checkpoint(o / "checkpoint-2", truncated=False, groups=DIGITS,
+     record={"dataset": {"name": "my-images", "sha256": "f" * 64}})],
+     r"`--dataset`: .* saved with 'my-images' \(training rows sha256 ffffffffffff\), this run has "
+     r"'digits-imbalanced' .*--resume_allow_changes dataset"),
+    ("diffusion-resume-optimizer", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     _diffusion_checkpoint(o / "checkpoint-2", truncated=False, groups=DIGITS, truncated_state="optimizer.bin")],
+     r"`--resume_from_checkpoint`: .*checkpoint-2/optimizer\.bin is unreadable or truncated"),
+    ("diffusion-resume-latest-rng", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", "latest",
+     _diffusion_checkpoint(o / "checkpoint-2", truncated=False, groups=DIGITS,
+     truncated_state="random_states_0.pkl") and "--seed", "1"],
+     r"`--resume_from_checkpoint`: .*checkpoint-2/random_states_0\.pkl is unreadable or truncated"),
+    ("diffusion-learning-rate", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and
+     "--overwrite_output_dir", "--learning_rate", "-0.1"], r"`--learning_rate` must be >= 0, got -0\.1"),
+    ("diffusion-report-to", "train-diffusion", lambda t, o, d: ["--report_to", "tensorboard"],
+     r"`--report_to`: 'tensorboard' is not installed .*`--report_to none`"),
+    ("diffusion-push-without-token", "train-diffusion", lambda t, o, d: ["--push_to_hub", "--hub_model_id", "me/x"],
+     r"Pushing to the Hub needs a token"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
      r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
 ]  # fmt: skip
@@ -227,6 +326,9 @@ def test_bad_input_is_one_error_line_before_any_work(
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.setattr("hf_egt.integrations.diffusion.train.load_components", no_model)
+    # as where tensorboard is not installed, whatever this environment has
+    monkeypatch.setattr("transformers.integrations.integration_utils.get_available_reporting_integrations", lambda: [])
+    monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("an earlier run's notes")
@@ -309,6 +411,44 @@ def test_skip_unusable_groups_warns_and_reports_what_was_left_out(tmp_path):
         load_grouped_splits(str(data), group_column="gender")
 
 
+def test_groups_leaving_out_a_group_is_refused_or_recorded_the_same_in_the_api(tmp_path, caplog):
+    """`groups` listing fewer groups than the data has: an error naming the group and its rows, or, with
+    `skip_unusable_groups`, the listed groups only, with a warning and the rest in `dropped` and the split record."""
+    from hf_egt.apps.data import load_grouped_splits
+
+    third = [{"text": f"third group row {i}", "gender": "c", "id": 200 + i} for i in range(6)]
+    data = _jsonl(tmp_path / "d.jsonl", _rows(third))
+    with pytest.raises(ValueError, match=r"leaves out group\(s\) \['c'\] .*6 row\(s\) of the train split"):
+        load_grouped_splits(str(data), group_column="gender", groups=["a", "b"])
+    with caplog.at_level("WARNING", logger="hf_egt.apps.data"):
+        splits = load_grouped_splits(str(data), group_column="gender", groups=["a", "b"], skip_unusable_groups=True)
+    assert set(splits.train["gender"]) == set(splits.evaluation["gender"]) == {"a", "b"}
+    assert len(splits.dropped) == 1 and "['c']" in splits.dropped[0] and "not in `--groups`" in splits.dropped[0]
+    assert splits.split["dropped"] == splits.dropped and splits.split["groups"] == ["a", "b"]
+    assert any("['c']" in record.getMessage() for record in caplog.records)
+    # every group listed: nothing left out, nothing recorded
+    assert load_grouped_splits(str(data), group_column="gender", groups=["a", "b", "c"]).dropped == []
+
+
+def test_push_to_an_unreachable_hub_fails_before_any_work(monkeypatch, capsys, tmp_path, tiny_lm, tiny_json):
+    from huggingface_hub import constants
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded before the Hub is checked")
+
+    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.apps.data.load_grouped_splits", no_model)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    out = tmp_path / "out"
+    argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--output_dir", out, *BASE_TRAIN]
+    code = _run_console([*argv, "--push_to_hub", "--hub_model_id", "me/x", "--hub_token", "hf_unreachable"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("hf-egt: error:")]
+    assert code == 2 and len(lines) == 1
+    assert "`--push_to_hub`: the Hub at http://127.0.0.1:9 cannot be reached" in lines[0]
+    assert "hf_unreachable" not in lines[0] and not out.exists()
+
+
 def test_trainer_api_names_rows_without_group():
     from hf_egt.integrations.trainer import resolve_groups
 
@@ -360,6 +500,36 @@ def test_resume_two_plus_two_steps_equals_four(tmp_path, tiny_lm, tiny_json):
     assert json.loads((resumed / "report.json").read_text())["config"]["resumed_from"].endswith("checkpoint-2")
 
 
+def test_resume_checks_the_run_record_of_a_real_checkpoint(tmp_path, tiny_lm, tiny_json, monkeypatch):
+    """Every checkpoint holds the run's record; a resume on other data or another LoRA rank is refused before the
+    model loads (nothing in the folder changes), and other data is accepted with `--resume_allow_changes dataset`,
+    which the report and the card then say."""
+    from hf_egt.core.resume import RUN_RECORD_NAME
+
+    out = tmp_path / "out"
+    common = ["--model_name_or_path", tiny_lm, *BASE_TRAIN, "--eval_base", "false", "--output_dir", out]
+    _train([*common, "--dataset", tiny_json, "--save_steps", "1"])
+    record = json.loads((out / "checkpoint-2" / RUN_RECORD_NAME).read_text())
+    assert record["dataset"]["sha256"] == json.loads((out / "split.json").read_text())["train_sha256"]
+    assert record["lora_r"] == 2 and record["groups"] == ["a", "b"] and record["objective"] == "minmax"
+    assert Path(record["model_name_or_path"]).is_absolute()
+    other = _jsonl(tmp_path / "other.jsonl", _rows([{"text": "one more row of group a", "gender": "a", "id": -1}]))
+    before = _snapshot(out)
+    resume = ["--resume_from_checkpoint", "true", "--max_steps", "3"]
+    with monkeypatch.context() as patch:
+        patch.setattr("hf_egt.apps.cli.load_checked_causal_lm", lambda *a: pytest.fail("the model was loaded"))
+        with pytest.raises(ValueError, match=r"`--dataset`: .*checkpoint-2 was saved with '.*bios\.jsonl' .*other"):
+            _train([*common, "--dataset", other, *resume])
+        with pytest.raises(ValueError, match=r"`--lora_r`: .*checkpoint-2 was saved with 2, this run has 4"):
+            _train([*common, "--dataset", tiny_json, *resume, "--lora_r", "4"])
+    assert _snapshot(out) == before
+    _train([*common, "--dataset", other, *resume, "--resume_allow_changes", "dataset"])
+    changes = json.loads((out / "report.json").read_text())["config"]["resume_changes"]
+    assert len(changes) == 1 and changes[0].startswith("`--dataset` changed on resume")
+    assert "changed on resume" in (out / "README.md").read_text()
+    assert json.loads((out / "checkpoint-3" / RUN_RECORD_NAME).read_text())["dataset"]["name"] == str(other)
+
+
 def test_overwrite_output_dir_replaces_an_earlier_run(tmp_path, tiny_lm, tiny_json):
     out = tmp_path / "out"
     common = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--eval_base", "false"]
@@ -372,6 +542,27 @@ def test_overwrite_output_dir_replaces_an_earlier_run(tmp_path, tiny_lm, tiny_js
     _train([*common, "--output_dir", out, "--seed", "7", "--overwrite_output_dir", "--save_strategy", "no"])
     assert not list(out.glob("checkpoint-*"))  # the earlier run's checkpoints cannot be resumed by mistake
     assert json.loads((out / "split.json").read_text())["seed"] == 7
+
+
+def test_adapter_of_a_relative_model_path_loads_from_another_folder(tmp_path, tiny_lm, tiny_json, monkeypatch):
+    """`--model_name_or_path models/tiny` (relative): the adapter records the folder as an absolute path, so the
+    card's snippet loads it from any working directory."""
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+
+    shutil.copytree(tiny_lm, tmp_path / "models" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    _train(["--model_name_or_path", "models/tiny", "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", "out",
+            "--eval_base", "false"])  # fmt: skip
+    recorded = json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str((tmp_path / "models" / "tiny").resolve())
+    assert 'from_pretrained("out")' in (tmp_path / "out" / "README.md").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.peft_config["default"].base_model_name_or_path == recorded
 
 
 def test_token_is_in_no_output_file_and_no_upload(tmp_path, tiny_lm, tiny_json, monkeypatch):
@@ -537,7 +728,9 @@ def test_library_evaluation_checks_sample_sizes_before_any_work():
 def test_what_training_left_out_is_repeated_in_report_card_and_evaluate(tmp_path, tiny_lm):
     from hf_egt.apps.cli import main
 
-    data = _jsonl(tmp_path / "d.jsonl", _rows([{"text": "lonely row", "gender": "c", "id": 7}]))
+    rows = [{"text": "lonely row", "gender": "c", "id": 7}]
+    rows += [{"text": f"a row of group d number {i}", "gender": "d", "id": 300 + i} for i in range(6)]
+    data = _jsonl(tmp_path / "d.jsonl", _rows(rows))
     out = tmp_path / "out"
     argv = [
         "--model_name_or_path",
@@ -550,11 +743,14 @@ def test_what_training_left_out_is_repeated_in_report_card_and_evaluate(tmp_path
         "--eval_base",
         "false",
     ]
-    result = _train([*argv, "--skip_unusable_groups"])
-    assert len(result["dropped"]) == 1 and "['c']" in result["dropped"][0]
+    result = _train([*argv, "--skip_unusable_groups", "--groups", "a", "b"])  # c: one row; d: not in --groups
+    assert len(result["dropped"]) == 2 and "['c']" in result["dropped"][0] and "['d']" in result["dropped"][1]
+    assert "`--groups` ['a', 'b'] leaves out group(s) ['d']" in result["dropped"][1]
     for name in ("README.md", "report.md"):
-        assert result["dropped"][0] in (out / name).read_text(), name
+        for item in result["dropped"]:
+            assert item in (out / name).read_text(), name
     assert json.loads((out / "report.json").read_text())["config"]["dropped"] == result["dropped"]
+    assert json.loads((out / "split.json").read_text())["dropped"] == result["dropped"]
     assert set(json.loads((out / "report.json").read_text())["runs"]["minmax"]["per_group"]) == {"a", "b"}
     argv = ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", data, "--adapter", out, "--feature_model", "none"]
     evaluated = main([str(arg) for arg in [*argv, "--output_dir", tmp_path / "eval"]])

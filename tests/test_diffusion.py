@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -313,6 +314,11 @@ def test_resume_is_exact(class_conditional_unet, tmp_path, options):
     common += ("--group_step_size", "1.0", *options)
     straight = train(class_conditional_unet, tmp_path / "straight", *common, "--max_steps", "4")
     train(class_conditional_unet, tmp_path / "split", *common, "--max_steps", "2", "--save_steps", "2")
+    record = json.loads((tmp_path / "split" / "checkpoint-2" / "hf_egt_run.json").read_text())
+    assert record["lora_r"] == 8 and record["groups"] == [str(g) for g in range(10)] and record["dataset"]["sha256"]
+    with pytest.raises(ValueError, match=r"`--lora_r`: .*checkpoint-2 was saved with 8, this run has 4"):
+        train(class_conditional_unet, tmp_path / "split", *common, "--max_steps", "4", "--resume_from_checkpoint",
+              "latest", "--lora_r", "4")  # fmt: skip
     resumed = train(
         class_conditional_unet,
         tmp_path / "split",
@@ -421,15 +427,24 @@ def test_clear_errors_on_bad_columns_and_unet_without_attention(class_conditiona
 def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_unet, tmp_path, monkeypatch):
     from hf_egt.integrations.diffusion import train as train_module
 
-    calls = []
+    calls, checked = [], []
     monkeypatch.setattr(train_module, "push_to_hub", lambda *args: calls.append(args))
+    monkeypatch.setattr("hf_egt.integrations.hub.check_hub_reachable", lambda token: checked.append(token))
+    monkeypatch.setenv("HF_TOKEN", "hf_diffusion_test")
     extra = ("--max_steps", "1", "--objective", "reweight", "--push_to_hub", "--hub_model_id", "me/digits-lora")
     train(class_conditional_unet, tmp_path / "out", *DIGITS, *extra)
+    assert checked == ["hf_diffusion_test"]  # the Hub was checked before training
     [(folder, repo_id, card)] = calls
     assert (folder, repo_id) == (str(tmp_path / "out"), "me/digits-lora")
     assert f"base_model: {class_conditional_unet}" in card and "`reweight` group objective" in card
     assert "# me/digits-lora" in card and "| group | final weight (mean over noise buckets) |" in card
-    assert "library_name: peft" in card and "PeftModel.from_pretrained(UNet2DModel" in card
+    assert "library_name: peft" in card and "`reweight` group objective" in card
+    # the card's snippet, run as written (the repo id replaced by the local folder), loads the adapter
+    [snippet] = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert f'UNet2DModel.from_pretrained("{class_conditional_unet}", subfolder="unet")' in snippet
+    namespace = {}
+    exec(snippet.replace('"me/digits-lora"', repr(str(tmp_path / "out"))), namespace)  # noqa: S102
+    assert "default" in namespace["model"].peft_config
     assert (tmp_path / "out" / "README.md").read_text() == card
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
 

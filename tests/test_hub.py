@@ -316,3 +316,54 @@ def test_create_model_card_writes_the_given_runs(tmp_path):
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| A | 12.00 | 11.00 |" in card and "- seed: `0`" in card
     assert card.split("---\n", 2)[2].lstrip().startswith("# me/cols")
+
+
+def _undefined_names(code: str) -> list[str]:
+    """Names a snippet reads but neither imports, assigns nor gets from builtins (what ruff's F821 reports)."""
+    import ast
+    import builtins
+
+    tree = ast.parse(code)
+    defined = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            defined |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    return sorted(used - defined)
+
+
+def _snippets(card: str) -> list[str]:
+    import re
+
+    return re.findall(r"```python\n(.*?)```", card, flags=re.S)
+
+
+def test_card_snippets_define_every_name_they_use(tmp_path):
+    """The loading snippets of every card (`hf-egt train`, with `--hyper`, and `train-diffusion` for a UNet and a
+    Stable Diffusion pipeline) run as written: no undefined name, no placeholder repo."""
+    pytest.importorskip("diffusers")
+    from hf_egt.apps.cli import hyper_usage
+    from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
+    from hf_egt.integrations.diffusion.train import model_card, parse_args
+    from hf_egt.integrations.hub import build_model_card
+
+    run = {"per_group": {"a": 2.0, "b": 3.0}, "gap": 1.0, "worst_group": "b", "overall": 2.5}
+    cards = [
+        str(build_model_card(base_model="/models/tiny", runs={"minmax": run}, objective="minmax", model_name="me/x")),
+        hyper_usage("/models/tiny", "me/x", 8),
+    ]
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "model_index.json").write_text("{}")
+    for base in ("google/ddpm-cifar10-32", str(tmp_path / "pipeline")):
+        args = parse_args(["--model_name_or_path", base, "--dataset", "digits-imbalanced", "--output_dir", "out/run"])
+        objective = NoiseLevelGroupObjective(1, groups=[0, 1], objective="minmax")
+        cards += [model_card(args, kind, objective) for kind in ("unet2d", "stable-diffusion")]
+    for card in cards:
+        snippets = _snippets(card)
+        assert snippets and "<this repo>" not in card
+        for snippet in snippets:
+            assert _undefined_names(snippet) == [], snippet
+    assert 'from_pretrained(unet, "run")' in cards[-2] and 'subfolder="unet"' in cards[-2]
+    assert 'subfolder="unet"' not in cards[2]

@@ -266,3 +266,35 @@ def test_plot_report_writes_a_png(tmp_path):
         )
     path = plot_report(report, tmp_path / "egt.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_figure_titles_fit_inside_the_figure(tmp_path, monkeypatch):
+    """report.png (`write_report`, the default and a long title) and the EGT figure (`plot_report`): every title's
+    drawn box lies inside the figure, none cut at an edge."""
+    import matplotlib.figure
+
+    from hf_egt.integrations.evaluation import write_report
+
+    extents = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(self, *args, **kwargs):
+        savefig(self, *args, **kwargs)
+        renderer = self.canvas.get_renderer()
+        extents.extend((axes.title.get_window_extent(renderer), self.bbox) for axes in self.axes)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
+    runs = {
+        "base": {"per_group": {"a": 10.0, "b": 12.0}, "gap": 2.0, "worst_group": "b"},
+        "minmax": {"per_group": {"a": 9.0, "b": 9.5}, "gap": 0.5, "worst_group": "b"},
+    }
+    write_report(runs, tmp_path / "default", title="hf-egt: /a/long/path/to/a/model on /a/long/path/to/data.jsonl")
+    real, real_groups, generated, generated_groups = make_groups()
+    report = egt_report(
+        real, real_groups, generated_features=generated, generated_groups=generated_groups, n_bootstrap=3
+    )
+    plot_report(report, tmp_path / "egt.png", title="EGT of a model with a rather long name " * 3)
+    assert len(extents) == 2
+    for title, figure in extents:
+        assert title.width > 0
+        assert figure.x0 <= title.x0 and title.x1 <= figure.x1 and figure.y0 <= title.y0 and title.y1 <= figure.y1

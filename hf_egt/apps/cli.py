@@ -7,8 +7,10 @@
 
 ``train`` parses every ``transformers.TrainingArguments`` option (through ``EGTConfig``), and runs unchanged under
 ``accelerate launch -m hf_egt.apps.cli train ...``. Bad input (unknown dataset, column or group, a model without a
-causal-LM head, a push without a token, a missing or foreign checkpoint, an output folder holding another run) fails
-before any model is loaded or trained. From the ``hf-egt`` console script (or ``python -m hf_egt``) such an error
+causal-LM head, a push without a token or to an unreachable Hub, an optimizer, schedule or ``--report_to``
+integration Trainer would reject, a missing, truncated or foreign checkpoint, one whose compatibility record differs
+from the run's, an output folder holding another run) fails before any model is loaded or trained, and before
+``--overwrite_output_dir`` removes anything. From the ``hf-egt`` console script (or ``python -m hf_egt``) such an error
 prints one ``error: ...`` line and exits with status 2; ``hf-egt --debug ...`` (or ``HF_EGT_DEBUG=1``) shows the
 traceback.
 """
@@ -29,6 +31,8 @@ from hf_egt import __version__
 from hf_egt.core.vocabulary import (
     LEGACY_OBJECTIVE_STATE_NAMES,
     OBJECTIVE_STATE_NAME,
+    DefaultsHelpFormatter,
+    add_dashed_aliases,
     add_renamed_options,
 )
 
@@ -258,8 +262,16 @@ class TrainScriptArguments:
     skip_unusable_groups: bool = field(
         default=False,
         metadata={
-            "help": "Leave out, with a warning repeated in the report and card, rows without group or text and "
-            "groups that cannot be split or evaluated (default: an error naming them)."
+            "help": "Leave out, with a warning repeated in the report, card and split.json, rows without group or "
+            "text, groups that cannot be split or evaluated, and groups not listed in --groups (default: an error "
+            "naming them)."
+        },
+    )
+    resume_allow_changes: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "With --resume_from_checkpoint: options whose value may differ from the checkpoint's run (e.g. "
+            "dataset, group_step_size, lora_dropout); any other difference is refused before the model loads."
         },
     )
     # The HyperLoRAConfig options (`--ple_weight`, `--hyper_context_dim`...), declared by `train_parser` from the
@@ -316,6 +328,13 @@ EVALUATE_RENAMED_OPTIONS = {
 }
 
 
+GROUPS_HELP = (
+    "Train and evaluate these groups only (their ids follow this order; default: every group of the data). A group "
+    "of the data not listed is an error naming its rows, unless --skip_unusable_groups, which leaves it out with a "
+    "warning recorded in the report, card and split.json."
+)
+
+
 def train_parser():
     """``hf-egt train``'s parser: ``TrainScriptArguments`` and ``EGTConfig``, the EGT options first in ``--help``
     (script, then group objective), then the ~700 lines of ``TrainingArguments``."""
@@ -346,6 +365,9 @@ def train_parser():
         general._group_actions[:] = [action for action in general._group_actions if action.dest not in names]
         group._group_actions.extend(moved)
     general.title = "TrainingArguments"
+    for action in parser._actions:
+        if action.dest == "groups":  # EGTConfig's help describes the trainer API; the command also filters the data
+            action.help = GROUPS_HELP
     parser.usage = "hf-egt train --model_name_or_path MODEL --dataset DATA [options below]"
     parser._action_groups.remove(general)
     parser._action_groups.append(general)  # shown after the EGT sections
@@ -406,6 +428,137 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
         raise ValueError(f"`--hyper_context_rows` must be >= 1, got {script_args.hyper_context_rows}.")
 
 
+def check_training_arguments(training_args) -> None:
+    """The ``TrainingArguments`` values that ``Trainer`` rejects only once training starts (after the model is loaded
+    and evaluated): the optimizer's numbers and class, the learning-rate schedule and the ``--report_to``
+    integrations, each error naming its option. The optimizer and scheduler are built on a one-parameter stand-in."""
+    import torch
+    from transformers import Trainer, get_scheduler
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    bounds = (
+        ("learning_rate", training_args.learning_rate >= 0, ">= 0"),
+        ("weight_decay", training_args.weight_decay >= 0, ">= 0"),
+        ("adam_beta1", 0 <= training_args.adam_beta1 < 1, "in [0, 1)"),
+        ("adam_beta2", 0 <= training_args.adam_beta2 < 1, "in [0, 1)"),
+        ("adam_epsilon", training_args.adam_epsilon >= 0, ">= 0"),
+        ("warmup_steps", training_args.warmup_steps >= 0, ">= 0"),
+    )
+    for name, valid, rule in bounds:
+        if not valid:
+            raise ValueError(f"`--{name}` must be {rule}, got {getattr(training_args, name)}.")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)
+        optimizer = optimizer_cls([parameter], **optimizer_kwargs)
+    except (ValueError, ImportError, RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"`--optim`: {_value(training_args.optim)!r} cannot be built with these options ({_first_line(error)})."
+        ) from error
+    steps = training_args.max_steps if training_args.max_steps > 0 else 1000
+    try:
+        get_scheduler(
+            training_args.lr_scheduler_type,
+            optimizer=optimizer,
+            num_warmup_steps=training_args.get_warmup_steps(steps),
+            num_training_steps=steps,
+            scheduler_specific_kwargs=training_args.lr_scheduler_kwargs or {},
+        )
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"`--lr_scheduler_type`: {_value(training_args.lr_scheduler_type)!r} cannot be built with "
+            f"`--lr_scheduler_kwargs` {training_args.lr_scheduler_kwargs or {}} ({_first_line(error)})."
+        ) from error
+    installed = get_available_reporting_integrations()
+    for name in training_args.report_to or []:
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(
+                f"`--report_to`: unknown integration {name!r}; valid: {sorted(INTEGRATION_TO_CALLBACK)}, all, none."
+            )
+        if name not in installed:
+            raise ValueError(
+                f"`--report_to`: {name!r} is not installed in this environment (installed integrations: "
+                f"{installed or 'none'}); install it, or pass `--report_to none`."
+            )
+
+
+def _value(option) -> str:
+    """An option's value as typed (the value of a ``TrainingArguments`` enum)."""
+    return str(getattr(option, "value", option))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def resolved_model_path(model_name_or_path: str) -> str:
+    """An existing local folder or file as an absolute path (what an adapter's ``base_model_name_or_path`` and the
+    card's snippets must hold to work from another folder); a Hub id as it is."""
+    path = Path(model_name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else model_name_or_path
+
+
+# What a resumed `hf-egt train` must share with the run that saved the checkpoint (`hf_egt.core.resume`).
+TRAIN_RECORD_FIELDS = {
+    "model_name_or_path": ("--model_name_or_path", True),
+    "dataset": ("--dataset", True),
+    "groups": ("--groups", False),
+    "lora_r": ("--lora_r", False),
+    "lora_target_modules": ("--lora_target_modules", False),
+    "lora_alpha": ("--lora_alpha", True),
+    "lora_dropout": ("--lora_dropout", True),
+    "hyper": ("--hyper", False),
+    "objective": ("--objective", False),
+    "group_step_size": ("--group_step_size", True),
+    "group_adjustment": ("--group_adjustment", True),
+    "group_ema_decay": ("--group_ema_decay", True),
+    "group_temperature": ("--group_temperature", True),
+    "group_sampling": ("--group_sampling", True),
+    "group_sampling_exponent": ("--group_sampling_exponent", True),
+    "group_loss_unit": ("--group_loss_unit", True),
+    "group_loss_estimate": ("--group_loss_estimate", True),
+    "group_weight_floor": ("--group_weight_floor", True),
+    "group_reference": ("--group_reference", True),
+}
+# HyperLoRA options that set the shape of the saved hypernetwork (the others, PLE's, may change on request).
+HYPER_SHAPE_FIELDS = ("set_encoder_input", "context_dim", "set_encoder_hidden", "hidden_size", "head_rank")
+
+
+def train_record_fields() -> dict:
+    """``TRAIN_RECORD_FIELDS`` and the HyperLoRA options, as ``hf_egt.core.resume.RecordField``s."""
+    from hf_egt.core.resume import RecordField
+    from hf_egt.integrations.hyper.config import option_name
+
+    fields = {key: RecordField(option, may_change) for key, (option, may_change) in TRAIN_RECORD_FIELDS.items()}
+    for name in TRAIN_HYPER_FIELDS:
+        fields[f"hyper_{name}"] = RecordField(f"--{option_name(name)}", name not in HYPER_SHAPE_FIELDS)
+    return fields
+
+
+def train_run_record(script_args: TrainScriptArguments, training_args, split: Mapping) -> dict:
+    """This run's compatibility record (written into every checkpoint; compared on resume)."""
+    from hf_egt.core.resume import dataset_entry
+
+    record = {
+        "model_name_or_path": resolved_model_path(script_args.model_name_or_path),
+        "dataset": dataset_entry(script_args.dataset, split["train_sha256"]),
+        "groups": list(split["groups"]),
+        "lora_r": script_args.lora_r,
+        "lora_target_modules": list(script_args.lora_target_modules),
+        "lora_alpha": script_args.lora_alpha,
+        "lora_dropout": script_args.lora_dropout,
+        "hyper": script_args.hyper,
+    }
+    record.update({key: getattr(training_args, key) for key in TRAIN_RECORD_FIELDS if key not in record})
+    if script_args.hyper:
+        record.update({f"hyper_{name}": value for name, value in script_args.hyper_options.items()})
+    return record
+
+
 def training_settings(training_args, script_args: TrainScriptArguments, num_processes: int) -> dict:
     """The settings behind a run's numbers, for its card and report."""
     settings = {
@@ -464,10 +617,12 @@ def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
         "The hypernetwork itself (to generate LoRA weights for another set of examples) is a peft adapter of the "
         "HyperLoRA method, which `import hf_egt` registers with peft:\n\n"
         "```python\nimport hf_egt  # registers the HyperLoRA peft method\n"
-        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f'base = AutoModelForCausalLM.from_pretrained("{base_model}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")\n'
         f'model = PeftModel.from_pretrained(base, "{model_name}", subfolder="{HYPERNETWORK_FOLDER}")\n'
-        'model.set_context(**tokenizer(texts, return_tensors="pt", padding=True))  # a new set of examples\n```'
+        'texts = ["a first example of the new set", "a second example"]  # a new set of examples\n'
+        'model.set_context(**tokenizer(texts, return_tensors="pt", padding=True))\n```'
     )
 
 
@@ -477,20 +632,25 @@ def run_train(argv: Sequence[str]) -> dict:
     Every check that can fail (options, output folder, checkpoint, data, model path) runs before the model is loaded.
     """
     from hf_egt.apps.data import load_grouped_splits, write_split_record
+    from hf_egt.core.resume import check_run_record
     from hf_egt.integrations.evaluation import write_report
-    from hf_egt.integrations.hub import resolve_hub_token
-    from hf_egt.integrations.trainer import EGTTrainer, check_checkpoint, resolve_groups
+    from hf_egt.integrations.hub import check_hub_reachable, resolve_hub_token
+    from hf_egt.integrations.trainer import EGTTrainer, RunRecordCallback, check_checkpoint, resolve_groups
 
     script_args, training_args = parse_train_arguments(argv)
     check_train_arguments(script_args, training_args)
+    check_training_arguments(training_args)
     output_dir = Path(training_args.output_dir)
     resume = resolve_resume(training_args.resume_from_checkpoint, str(output_dir))
+    if script_args.resume_allow_changes and resume is None:
+        raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
     replaced = check_output_dir(output_dir, resume, script_args.overwrite_output_dir)
     push, repo_id, token = training_args.push_to_hub, training_args.hub_model_id, training_args.hub_token
     if push:
         if not repo_id:
             raise ValueError("`--push_to_hub` needs `--hub_model_id` (e.g. `--hub_model_id you/smollm2-egt`).")
         token = resolve_hub_token(token)
+        check_hub_reachable(token)  # before any data or model is loaded; the upload is at the end
     if "wandb" in (training_args.report_to or []):
         os.environ.setdefault("WANDB_DIR", str(output_dir))  # wandb's files under output_dir, like TensorBoard's
     data = load_grouped_splits(
@@ -509,13 +669,22 @@ def run_train(argv: Sequence[str]) -> dict:
         skip_unusable_groups=script_args.skip_unusable_groups,
     )
     train, evaluation, groups = data.train, data.evaluation, data.groups
+    run_record = train_run_record(script_args, training_args, data.split)
+    resume_changes = []
     if resume is not None:
         trainer_groups = resolve_groups(training_args.groups, list(train[training_args.group_column]), {})
         check_checkpoint(resume, trainer_groups, training_args.objective)
+        resume_changes = check_run_record(
+            resume, run_record, train_record_fields(), script_args.resume_allow_changes, "--resume_from_checkpoint"
+        )
     check_model_path(script_args.model_name_or_path)
     check_target_modules(script_args.model_name_or_path, script_args.lora_target_modules)
-    peft_config = build_peft_config(script_args, script_args.model_name_or_path)
+    base_model = resolved_model_path(script_args.model_name_or_path)
+    peft_config = build_peft_config(script_args, base_model)
     model, tokenizer = load_checked_causal_lm(script_args.model_name_or_path)
+    # peft records the model's `name_or_path` as the adapter's `base_model_name_or_path`: a local folder must be
+    # recorded absolute, so that the adapter (and the card's snippet) loads from any working directory
+    model.name_or_path = model.config._name_or_path = base_model
     hyper_set = None
     if script_args.hyper:  # the set whose encoding fixes the context of every evaluation and of the exported adapter
         from hf_egt.integrations.hyper import FixedContextCallback, context_batch
@@ -529,15 +698,17 @@ def run_train(argv: Sequence[str]) -> dict:
         eval_dataset=evaluation,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[FixedContextCallback(hyper_set)] if hyper_set is not None else None,
+        callbacks=[RunRecordCallback(run_record)]
+        + ([FixedContextCallback(hyper_set)] if hyper_set is not None else []),
     )
+    runs = {}
+    if script_args.eval_base:
+        runs["base"] = trainer.evaluate_groups()
+    # Every check has passed: only now does `--overwrite_output_dir` remove the earlier run's checkpoints.
     if trainer.is_world_process_zero():
         if replaced:
             remove_checkpoints(output_dir)
         write_split_record(data.split, output_dir)
-    runs = {}
-    if script_args.eval_base:
-        runs["base"] = trainer.evaluate_groups()
     trainer.train(resume_from_checkpoint=resume)
     context_rows = None
     if hyper_set is not None:
@@ -555,6 +726,8 @@ def run_train(argv: Sequence[str]) -> dict:
         save_hyper_artifacts(trainer, output_dir)
     command = redacted_command("hf-egt train", argv)
     settings = training_settings(training_args, script_args, trainer.accelerator.num_processes)
+    if resume_changes:
+        settings["changed on resume"] = "; ".join(resume_changes)
     held_out = f"held out: {held_out_sentence(data.split)}; recorded in split.json"
     config = {
         "model_name_or_path": script_args.model_name_or_path,
@@ -567,6 +740,7 @@ def run_train(argv: Sequence[str]) -> dict:
         "held_out": held_out,
         "dropped": data.dropped,
         "resumed_from": resume,
+        "resume_changes": resume_changes,
     }
     paths = write_report(
         runs,
@@ -581,12 +755,12 @@ def run_train(argv: Sequence[str]) -> dict:
         runs=runs,
         model_name=model_name,
         dataset_name=script_args.dataset,
-        base_model=script_args.model_name_or_path,
+        base_model=base_model,
         command=command,
         adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
         if script_args.hyper
         else None,
-        usage=hyper_usage(script_args.model_name_or_path, model_name, context_rows) if script_args.hyper else None,
+        usage=hyper_usage(base_model, model_name, context_rows) if script_args.hyper else None,
         eval_counts=data.split["eval_counts"],
         settings=settings,
         dropped=data.dropped,
@@ -626,16 +800,22 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="bold-<domain>, bible-<language>-..., a local json/csv/parquet file, or a Hub id.",
     )
-    parser.add_argument("--dataset_config", default=None)
+    parser.add_argument("--dataset_config", default=None, help="Configuration of a Hub dataset.")
     parser.add_argument(
         "--eval_split",
         default=None,
         help="Evaluate on this split (default: test/validation if present, else held-out "
         "rows; with --adapter, the rows recorded in its split.json).",
     )
-    parser.add_argument("--text_column", default="text")
-    parser.add_argument("--group_column", default="group")
-    parser.add_argument("--groups", nargs="+", default=None, help="Only these groups (default: all).")
+    parser.add_argument("--text_column", default="text", help="Column of the text to evaluate.")
+    parser.add_argument("--group_column", default="group", help="Column of each row's group.")
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        default=None,
+        help="Evaluate these groups only (default: every group of the data). A group of the data not listed is an "
+        "error naming its rows, unless --skip_unusable_groups, which leaves it out with a warning in the report.",
+    )
     parser.add_argument(
         "--max_eval_per_group", type=int, default=None, help="At most this many eval rows per group (default: all)."
     )
@@ -667,8 +847,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip_unusable_groups",
         action="store_true",
-        help="Leave out, with a warning repeated in the report, groups too small to evaluate and rows without "
-        "group or text (default: an error naming them).",
+        help="Leave out, with a warning repeated in the report, groups too small to evaluate, groups not listed in "
+        "--groups and rows without group or text (default: an error naming them).",
     )
     parser.add_argument("--eval_fraction", type=float, default=0.2, help="Held-out share without an eval split.")
     parser.add_argument(
@@ -677,11 +857,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help="Replace the report of an earlier evaluation in --output_dir (refused otherwise).",
     )
     parser.add_argument("--num_prompt_words", type=int, default=4, help="Words of each sentence kept as the prompt.")
-    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--max_new_tokens", type=int, default=24, help="Tokens generated per prompt (EGT).")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=8, help="Rows per forward pass.")
     parser.add_argument("--max_length", type=int, default=512, help="Truncation length (tokens) of each row.")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the held-out split, subsampling and generation.")
-    parser.add_argument("--output_dir", default="outputs/evaluate")
+    parser.add_argument("--output_dir", default="outputs/evaluate", help="Where report.json/.md/.png go.")
+    add_dashed_aliases(parser)  # `--max-eval-per-group`, as `hf-egt train` accepts its options
+    parser.formatter_class = DefaultsHelpFormatter
     add_renamed_options(parser, EVALUATE_RENAMED_OPTIONS, "hf-egt evaluate")
 
 

@@ -117,6 +117,15 @@ def _load_builtin(name: str, seed: int, eval_fraction: float):
     return {"train": Dataset.from_list(train), "test": Dataset.from_list(test)}
 
 
+def _is_blank(path: Path) -> bool:
+    """Whether the file at ``path`` holds nothing but whitespace (read until its first other byte)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _load_external(name: str, config: str | None, token: str | None):
     from datasets import load_dataset
 
@@ -127,7 +136,15 @@ def _load_external(name: str, config: str | None, token: str | None):
                 f"`--dataset`: unsupported file type {path.suffix!r} for {name!r}; "
                 f"valid local formats are {sorted(LOCAL_FORMATS)}."
             )
-        return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path))
+        if _is_blank(path):  # `datasets` fails on an empty file with a bare StopIteration
+            raise ValueError(f"`--dataset`: {name!r} is empty; pass a {path.suffix} file with one row per example.")
+        try:
+            return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path))
+        except Exception as err:  # noqa: BLE001 - e.g. a header-only csv: "Instruction 'train' corresponds to no data"
+            raise ValueError(
+                f"`--dataset`: cannot read {name!r} as {LOCAL_FORMATS[path.suffix]} (no rows, or malformed): "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            ) from err
     if path.is_dir():
         return load_dataset(str(path), config)
     try:
@@ -201,7 +218,9 @@ def load_grouped_splits(
         name: a built-in (``bold-race``..., ``bible-en-fr-es-de``...), a local file or folder, or a Hub dataset id.
         text_column: the column of the text to model.
         group_column: the column of the sensitive group of each row (labels are turned into strings).
-        groups: keep only these groups (all by default); each must have rows in both splits.
+        groups: the groups to train and evaluate (all by default); each must have rows in both splits. A group of
+            the data that is not listed is a ``ValueError`` naming it and its rows, or, with
+            ``skip_unusable_groups``, left out with a warning and recorded in ``dropped``.
         max_train_per_group: keep at most this many training rows per group (random, with ``seed``).
         max_eval_per_group: same, for the eval split.
         eval_fraction: share of each group held out for evaluation when the dataset has no eval split (``bold-*``
@@ -268,6 +287,23 @@ def load_grouped_splits(
     if requested:
         check_groups(train, group_column, groups, "train")
         check_groups(evaluation, group_column, groups, "eval")
+        present = set(group_counts(train, group_column)) | set(group_counts(evaluation, group_column))
+        unlisted = sorted(present - set(groups))
+        if unlisted:
+            message = f"`--groups` {groups} leaves out group(s) {unlisted} of column {group_column!r}: "
+            for split in dict.fromkeys([train_split, eval_split or train_split]):
+                rows = [i for i, g in enumerate(splits[split][group_column]) if str(g) in set(unlisted)]
+                more = " ..." if len(rows) > 10 else ""
+                message += f"{'' if split == train_split else ' and '}{len(rows)} row(s) of the {split} split "
+                message += f"(rows {rows[:10]}{more})"
+            if not skip_unusable_groups:
+                raise ValueError(
+                    f"{message}; list every group in `--groups` (or leave it out for all), or pass "
+                    "`--skip_unusable_groups` to train and evaluate the listed groups only (the rest recorded as "
+                    "left out)."
+                )
+            logger.warning("Left out: %s.", message)
+            dropped.append(f"{message}, not in `--groups`")
     else:
         eval_counts = group_counts(evaluation, group_column)
         only_eval = sorted(set(eval_counts) - set(groups))
@@ -312,6 +348,10 @@ def load_grouped_splits(
         "eval_counts": eval_counts,
         "dropped": list(dropped),
         "eval_sha256": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
+        # the training rows' content (a resumed run must see the same rows: `hf-egt train --resume_from_checkpoint`)
+        "train_sha256": hashlib.sha256(
+            "\n".join(sorted(row_hashes(train[text_column], [str(g) for g in train[group_column]]))).encode()
+        ).hexdigest(),
         "eval_row_ids": hashes,
     }
     return GroupedSplits(train, evaluation, list(groups), dropped, record)

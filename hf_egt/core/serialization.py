@@ -39,3 +39,32 @@ def check_safetensors_files(folder: str | os.PathLike, argument: str = "resume_f
                 handle.keys()
         except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
             raise ValueError(f"`{argument}`: {path} is unreadable or truncated ({error}).") from error
+
+
+# Files `torch.save` writes into Trainer and accelerate checkpoints (optimizer, scheduler, RNG, scaler, arguments).
+TORCH_ARCHIVE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
+
+
+def check_torch_archive(path: str | os.PathLike, argument: str = "resume_from_checkpoint") -> None:
+    """Check that ``path``, written by ``torch.save``, is a complete zip archive whose every member matches its CRC: a
+    truncated or corrupt file is a ``ValueError`` naming ``argument`` and the file. Nothing is unpickled."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"`{argument}`: {path} is unreadable or truncated ({error}).") from error
+    if bad is not None:
+        raise ValueError(f"`{argument}`: {path} is corrupt (member {bad!r} fails its checksum).")
+
+
+def check_checkpoint_files(folder: str | os.PathLike, argument: str = "resume_from_checkpoint") -> None:
+    """``check_safetensors_files`` plus ``check_torch_archive`` on every optimizer, scheduler, RNG and scaler state
+    (``.pt``, ``.pth``, ``.bin``, ``.pkl``) of ``folder`` and its sub-folders: every file a resume reads is checked
+    before anything is loaded from it."""
+    for root, _, names in sorted(os.walk(folder)):
+        check_safetensors_files(root, argument)
+        for name in sorted(names):
+            if name.endswith(TORCH_ARCHIVE_SUFFIXES):
+                check_torch_archive(os.path.join(root, name), argument)

@@ -65,6 +65,36 @@ class _RenamedOption(argparse.Action):
         self.target(parser, namespace, values, self.target.option_strings[0])
 
 
+def add_dashed_aliases(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--name-with-dashes`` for every ``--name_with_underscores`` option of ``parser``, as
+    ``transformers.HfArgumentParser`` does for ``hf-egt train``: one spelling rule on every command. Call it before
+    ``add_renamed_options`` (which then accepts the old names' dashed spellings too)."""
+    for action in list(parser._actions):
+        for option in list(action.option_strings):
+            dashed = "--" + option[2:].replace("_", "-")
+            if option.startswith("--") and "_" in option and dashed not in parser._option_string_actions:
+                action.option_strings.append(dashed)
+                parser._option_string_actions[dashed] = action
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default after its text, unless the text already gives one or there is none
+    to show (``None``, ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or "(default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def add_renamed_options(parser: argparse.ArgumentParser, renamed: Mapping[str, str], where: str | None = None) -> None:
     """Accept each old option of ``renamed`` (``{"--old": "--new"}``) as a hidden alias of the new one: same type,
     choices and number of values, a ``FutureWarning`` when used, absent from ``--help``.

@@ -454,9 +454,12 @@ def plot_runs(
 
 
 def _save_figure(figure, path: str | Path) -> Path:
-    """Lay out, write (PNG at 90 dpi) and close a matplotlib figure; return its path."""
+    """Lay out, write (PNG at 90 dpi) and close a matplotlib figure; return its path. Titles wrap to the figure's
+    width (a long title would be cut at both edges: ``tight_layout`` does not shrink text)."""
     import matplotlib.pyplot as plt
 
+    for axes in figure.axes:
+        axes.title.set_wrap(True)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=90)

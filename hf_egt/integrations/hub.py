@@ -82,6 +82,26 @@ def resolve_hub_token(token: str | None = None) -> str:
     return found
 
 
+def check_hub_reachable(token: str, option: str = "--push_to_hub") -> None:
+    """Before a run that pushes at its end: the Hub must be online and accept ``token`` (a ``whoami`` call); a
+    ``ValueError`` naming ``option`` otherwise."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(
+            f"`{option}`: the Hub is offline (HF_HUB_OFFLINE is set); unset HF_HUB_OFFLINE to push, or drop "
+            f"`{option}` and upload the output folder later."
+        )
+    try:
+        HfApi(token=token).whoami()
+    except Exception as error:  # noqa: BLE001 - connection, HTTP and authentication errors alike
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"`{option}`: the Hub at {constants.ENDPOINT} cannot be reached with this token "
+            f"({first_line}); check the network and the token, or drop `{option}`."
+        ) from error
+
+
 def _eval_results(report_run: Mapping, *, metric: str, dataset: str | None, task_type: str) -> list:
     from huggingface_hub import EvalResult
 

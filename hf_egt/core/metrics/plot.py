@@ -63,6 +63,7 @@ def plot_report(report: dict, path, title: str | None = None) -> Path:
     axis.set_title(
         title or f"EGT: per-group {report['divergence']} (worst: {report['worst_group']}; grey: null floor)",
         fontsize="medium",
+        wrap=True,  # to the figure's width: `tight_layout` does not shrink a long title, it would be cut
     )
     figure.tight_layout()
     path = Path(path)

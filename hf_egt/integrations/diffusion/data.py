@@ -136,3 +136,20 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     if "input_ids" in examples[0]:
         batch["input_ids"] = torch.stack([e["input_ids"] for e in examples])
     return batch
+
+
+def dataset_sha256(dataset, columns: Sequence[str]) -> str:
+    """A content hash of ``columns`` over every row of ``dataset`` (image bytes or paths, labels, captions): what a
+    resumed run compares to tell the same training images from other ones."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for batch in dataset.select_columns(list(columns)).with_format("arrow").iter(batch_size=1024):
+        for column in columns:
+            for value in batch.column(column).to_pylist():
+                if isinstance(value, dict):  # an `Image` feature: encoded bytes, or a path
+                    value = value.get("bytes") or value.get("path")
+                digest.update(value if isinstance(value, bytes) else json.dumps(value, default=str).encode())
+                digest.update(b"\x00")
+    return digest.hexdigest()

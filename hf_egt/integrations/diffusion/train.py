@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
+from hf_egt.core.resume import RecordField, check_run_record, dataset_entry, write_run_record
 from hf_egt.core.samplers import GROUP_SAMPLINGS, group_sampler
-from hf_egt.core.serialization import check_safetensors_files
+from hf_egt.core.serialization import check_checkpoint_files
 from hf_egt.core.vocabulary import (
     OBJECTIVE_STATE_NAME,
     add_renamed_options,
@@ -42,6 +43,7 @@ from hf_egt.integrations.diffusion.data import (
     DIGITS_DATASET_NAME,
     check_columns,
     collate,
+    dataset_sha256,
     group_labels_of,
     load_image_dataset,
     make_transform,
@@ -198,7 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--overwrite_output_dir",
         action="store_true",
-        help="Start a new run in an --output_dir that holds checkpoints (refused otherwise).",
+        help="Start a new run in an --output_dir that holds checkpoints (refused otherwise); they are removed once "
+        "every check has passed, just before the first step.",
+    )
+    add(
+        "--resume_allow_changes",
+        nargs="+",
+        default=[],
+        help="With --resume_from_checkpoint: options whose value may differ from the checkpoint's run (e.g. dataset, "
+        "group_step_size); any other difference is refused before the model loads.",
     )
     add("--validation_steps", type=int, default=None, help="Save a per-group image grid every N steps (and at end).")
     add("--num_validation_images", type=int, default=4, help="Images per group in the validation grid.")
@@ -242,6 +252,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--group_sampling_exponent must be in [0, 1] (0: balanced, 1: natural), got "
             f"{args.group_sampling_exponent}."
         )
+    # what AdamW and the scheduler would reject only after the model is loaded
+    for name, valid, rule in (
+        ("learning_rate", args.learning_rate >= 0, ">= 0"),
+        ("weight_decay", args.weight_decay >= 0, ">= 0"),
+        ("adam_beta1", 0 <= args.adam_beta1 < 1, "in [0, 1)"),
+        ("adam_beta2", 0 <= args.adam_beta2 < 1, "in [0, 1)"),
+        ("adam_epsilon", args.adam_epsilon >= 0, ">= 0"),
+        ("warmup_steps", args.warmup_steps >= 0, ">= 0"),
+    ):
+        if not valid:
+            raise ValueError(f"`--{name}` must be {rule}, got {getattr(args, name)}.")
+    if args.resume_allow_changes and not args.resume_from_checkpoint:
+        raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
+    if args.report_to is not None:
+        check_report_to(args.report_to)
     if not args.hyper:
         changed = [name for name in HYPER_OPTIONS if getattr(args, name) != parser.get_default(name)]
         if changed:
@@ -252,6 +277,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     return args
+
+
+def check_report_to(report_to: str) -> None:
+    """``--report_to`` must name an accelerate tracker that is installed (``Accelerator`` would otherwise log nothing,
+    with a warning only, or fail with an error that does not name the option)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    valid = [tracker.value for tracker in LoggerType]
+    if report_to not in valid:
+        raise ValueError(f"`--report_to`: unknown tracker {report_to!r}; valid: {valid}, none.")
+    installed = [str(getattr(tracker, "value", tracker)) for tracker in get_available_trackers()]
+    if report_to != "all" and report_to not in installed or not installed:
+        raise ValueError(
+            f"`--report_to`: {report_to!r} is not installed in this environment (installed trackers: "
+            f"{installed or 'none'}); install it, or pass `--report_to none`."
+        )
 
 
 @dataclass
@@ -394,10 +436,14 @@ def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> str | No
                 f"`--resume_from_checkpoint`: {objective_path} does not exist; pass a `checkpoint-<step>` folder of "
                 f"this script, or `latest` for the newest one in `--output_dir`."
             )
-        check_safetensors_files(resume_from_checkpoint, "--resume_from_checkpoint")
+        check_checkpoint_files(resume_from_checkpoint, "--resume_from_checkpoint")
         return resume_from_checkpoint
     folders = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
-    return os.path.join(output_dir, max(folders, key=lambda d: int(d.split("-")[1]))) if folders else None
+    if not folders:
+        return None
+    latest = os.path.join(output_dir, max(folders, key=lambda d: int(d.split("-")[1])))
+    check_checkpoint_files(latest, "--resume_from_checkpoint")
+    return latest
 
 
 def check_output_dir(args: argparse.Namespace) -> None:
@@ -414,8 +460,9 @@ def check_output_dir(args: argparse.Namespace) -> None:
         )
 
 
-def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
-    """``accelerator.save_state`` plus the objective's safetensors file; keep at most ``save_total_limit``."""
+def save_checkpoint(accelerator, objective, args, global_step: int, record: dict | None = None) -> None:
+    """``accelerator.save_state`` plus the objective's safetensors file and the run's compatibility ``record``
+    (``hf_egt.core.resume``); keep at most ``save_total_limit``."""
     if args.save_total_limit is not None and accelerator.is_main_process:
         folders = sorted(
             (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
@@ -426,6 +473,52 @@ def save_checkpoint(accelerator, objective, args, global_step: int) -> None:
     accelerator.save_state(path)  # a HyperLoRAModel's state dict is its hypernetwork only
     if accelerator.is_main_process:
         objective.save(os.path.join(path, OBJECTIVE_STATE_NAME))
+        if record is not None:
+            write_run_record(record, path)
+
+
+# What a resumed run must share with the run that saved the checkpoint: record key -> (option, may change on request).
+RECORD_FIELDS = {
+    "model_name_or_path": ("--model_name_or_path", True),
+    "dataset": ("--dataset", True),
+    "groups": ("--group_column", False),
+    "lora_r": ("--lora_r", False),
+    "lora_conv": ("--lora_conv", False),
+    "lora_alpha": ("--lora_alpha", True),
+    "hyper": ("--hyper", False),
+    "objective": ("--objective", False),
+    "noise_buckets": ("--noise_buckets", False),
+    "group_step_size": ("--group_step_size", True),
+    "group_adjustment": ("--group_adjustment", True),
+    "group_ema_decay": ("--group_ema_decay", True),
+    "group_temperature": ("--group_temperature", True),
+    "group_sampling": ("--group_sampling", True),
+    "group_sampling_exponent": ("--group_sampling_exponent", True),
+    "group_loss_estimate": ("--group_loss_estimate", True),
+    "group_weight_floor": ("--group_weight_floor", True),
+    "resolution": ("--resolution", True),
+}
+# HyperLoRA options that set the shape of the saved hypernetwork (PLE's may change on request).
+HYPER_SHAPE_FIELDS = ("context_dim", "set_encoder_hidden", "hidden_size", "head_rank", "match_lora_parameters")
+
+
+def run_record(args: argparse.Namespace, dataset, group_labels: list) -> tuple[dict, dict]:
+    """This run's compatibility record (``hf_egt.core.resume``) and its fields: the data (name and a content hash of
+    the training images, groups and captions), the groups, the LoRA / hypernetwork shape and the objective settings."""
+    columns = [args.image_column, args.group_column] + ([args.caption_column] if args.caption_column else [])
+    path = os.path.expanduser(args.model_name_or_path)
+    record = {
+        "model_name_or_path": os.path.abspath(path) if os.path.exists(path) else args.model_name_or_path,
+        "dataset": dataset_entry(args.dataset, dataset_sha256(dataset, columns)),
+        "groups": [str(label) for label in group_labels],
+    }
+    record.update({key: getattr(args, key) for key in RECORD_FIELDS if key not in record})
+    fields = {key: RecordField(option, may_change) for key, (option, may_change) in RECORD_FIELDS.items()}
+    if args.hyper:
+        for name in HYPER_CONFIG_FIELDS:
+            record[f"hyper_{name}"] = getattr(args, option_name(name))
+            fields[f"hyper_{name}"] = RecordField(f"--{option_name(name)}", name not in HYPER_SHAPE_FIELDS)
+    return record, fields
 
 
 def validation_rows(components, model, group_labels, prompts, args, device) -> list[torch.Tensor]:
@@ -477,15 +570,26 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
     weights = objective.weights.mean(0).tolist()
     rows = "\n".join(f"| {g} | {w:.4f} |" for g, w in zip(objective.groups, weights))
     stable_diffusion = kind == "stable-diffusion"
-    load = (
-        'pipeline.load_lora_weights("<this repo>")'
-        if stable_diffusion
-        else 'PeftModel.from_pretrained(UNet2DModel.from_pretrained(base), "<this repo>")'
-    )
+    repo = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
+    path = os.path.expanduser(args.model_name_or_path)
+    base = os.path.abspath(path) if os.path.exists(path) else args.model_name_or_path
+    if stable_diffusion:
+        load = (
+            "from diffusers import StableDiffusionPipeline\n\n"
+            f'pipeline = StableDiffusionPipeline.from_pretrained("{base}")\n'
+            f'pipeline.load_lora_weights("{repo}")'
+        )
+    else:  # a UNet2DModel repo, or a pipeline folder holding one under unet/
+        subfolder = ', subfolder="unet"' if os.path.isfile(os.path.join(path, "model_index.json")) else ""
+        load = (
+            "from diffusers import UNet2DModel\nfrom peft import PeftModel\n\n"
+            f'unet = UNet2DModel.from_pretrained("{base}"{subfolder})\n'
+            f'model = PeftModel.from_pretrained(unet, "{repo}")'
+        )
     description = (
         f"LoRA (rank {args.lora_r}) on `{args.model_name_or_path}`, trained on `{args.dataset}` for "
         f"{objective.step} steps with the `{args.objective}` group objective over `{args.group_column}` "
-        f"({objective.num_buckets} noise-level bucket(s)). Load with `{load}`."
+        f"({objective.num_buckets} noise-level bucket(s)). Load it as shown under Use."
     )
     if args.hyper:
         description += "\n\n" + hyper_card_text(args, context_size).strip()
@@ -493,7 +597,7 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
         base_model=args.model_name_or_path,
         runs={},
         objective=args.objective,
-        model_name=args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+        model_name=repo,
         dataset=args.dataset,
         group_column=args.group_column,
         library_name="diffusers" if stable_diffusion else "peft",
@@ -531,6 +635,10 @@ def main(args: argparse.Namespace) -> TrainResult:
     from tqdm.auto import tqdm
 
     check_output_dir(args)
+    if args.push_to_hub:  # a missing token or an unreachable Hub fails now, not after training
+        from hf_egt.integrations.hub import check_hub_reachable, resolve_hub_token
+
+        check_hub_reachable(resolve_hub_token())
     resume_path = (
         resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     )
@@ -563,12 +671,14 @@ def main(args: argparse.Namespace) -> TrainResult:
         group_weight_floor=args.group_weight_floor,
         group_sizes=sizes if min(sizes) > 0 else None,
     )  # fmt: skip
+    record, record_fields = run_record(args, dataset, group_labels)
     if resume_path is not None:  # groups and buckets checked before the model is prepared or any state restored
         objective_path = objective_state_path(resume_path, "--resume_from_checkpoint")
         try:
             objective.load(objective_path)
         except ValueError as error:
             raise ValueError(f"`--resume_from_checkpoint`: {objective_path}: {error}") from error
+        check_run_record(resume_path, record, record_fields, args.resume_allow_changes, "--resume_from_checkpoint")
 
     # Model: frozen base in the training precision, LoRA parameters trained in float32.
     components = load_components(args.model_name_or_path, revision=args.revision)
@@ -644,6 +754,13 @@ def main(args: argparse.Namespace) -> TrainResult:
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers("egt-diffusion", config={k: v for k, v in vars(args).items() if v is not None})
 
+    if args.overwrite_output_dir and resume_path is None and accelerator.is_main_process:
+        # every check has passed and the model is ready: only now are the earlier run's checkpoints removed
+        for folder in sorted(d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")):
+            logger.warning("--overwrite_output_dir: removing %s of an earlier run.", folder)
+            shutil.rmtree(os.path.join(args.output_dir, folder))
+    accelerator.wait_for_everyone()
+
     accumulation = args.gradient_accumulation_steps
     batches = batches_from(accelerator, dataloader, global_step * accumulation)
     trainable = lora_parameters(model)
@@ -687,7 +804,7 @@ def main(args: argparse.Namespace) -> TrainResult:
         if args.report_to:
             accelerator.log(logs, step=global_step)
         if args.save_steps and global_step % args.save_steps == 0:
-            save_checkpoint(accelerator, objective, args, global_step)
+            save_checkpoint(accelerator, objective, args, global_step, record)
         if accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0:
             log_validation(accelerator, components, sampling_model(), group_labels, prompts, args, global_step)
     progress.close()
@@ -703,8 +820,8 @@ def main(args: argparse.Namespace) -> TrainResult:
             save_hyper_unet_lora(model, components.kind, args.output_dir)
             model.save_pretrained(os.path.join(args.output_dir, HYPERNETWORK_FOLDER))
         else:
-            if components.kind == "unet2d":
-                model.peft_config["default"].base_model_name_or_path = args.model_name_or_path
+            if components.kind == "unet2d":  # absolute for a local folder: the adapter loads from anywhere
+                model.peft_config["default"].base_model_name_or_path = record["model_name_or_path"]
             save_unet_lora(model, components.kind, args.output_dir)
         objective.save(os.path.join(args.output_dir, OBJECTIVE_STATE_NAME))
         if args.validation_steps:

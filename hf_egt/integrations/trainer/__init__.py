@@ -6,7 +6,7 @@ on first use, so that TRL stays optional.
 """
 
 from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME
-from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
+from hf_egt.integrations.trainer.checkpoints import RunRecordCallback, check_checkpoint, last_checkpoint
 from hf_egt.integrations.trainer.config import (
     GROUP_REFERENCES,
     EGTConfig,
@@ -31,6 +31,7 @@ from hf_egt.integrations.trainer.modeling import wrap_model
 __all__ = [
     "GROUP_REFERENCES",
     "OBJECTIVE_STATE_NAME",
+    "RunRecordCallback",
     "DataCollatorForCausalLM",
     "EGTConfig",
     "EGTTrainer",

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from hf_egt.core.resume import write_run_record
 from hf_egt.core.vocabulary import objective_state_path
 
 logger = logging.getLogger(__name__)
@@ -14,14 +18,16 @@ logger = logging.getLogger(__name__)
 def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None, objective: str | None = None) -> None:
     """Raise a clear error unless `checkpoint` is a complete, readable `EGTTrainer` checkpoint for these groups.
 
-    Checked without loading a model: the folder, its `trainer_state.json`, the headers of its safetensors files and
-    the group objective's state (groups and mode). A `FileNotFoundError` or `ValueError` names the file at fault.
+    Checked without loading a model: the folder, its `trainer_state.json`, the headers of its safetensors files, the
+    `torch.save` archives of the optimizer, scheduler, RNG and scaler states (complete and matching their checksums;
+    nothing is unpickled) and the group objective's state (groups and mode). A `FileNotFoundError` or `ValueError`
+    names the file at fault.
     """
     import json
 
     from safetensors import safe_open
 
-    from hf_egt.core.serialization import METADATA_KEY, check_safetensors_files
+    from hf_egt.core.serialization import METADATA_KEY, check_checkpoint_files
 
     if not os.path.isdir(checkpoint):
         raise FileNotFoundError(f"`resume_from_checkpoint`: {checkpoint} is not a folder.")
@@ -38,7 +44,7 @@ def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None,
         raise FileNotFoundError(
             f"`resume_from_checkpoint`: {checkpoint} has no group objective state {objective_path}."
         )
-    check_safetensors_files(checkpoint)
+    check_checkpoint_files(checkpoint)
     with safe_open(objective_path, framework="pt") as handle:
         metadata = handle.metadata() or {}
     try:
@@ -69,3 +75,17 @@ def last_checkpoint(output_dir: str) -> str:
             f"`resume_from_checkpoint`: no `checkpoint-<step>` folder in the output directory {output_dir}."
         )
     return found
+
+
+class RunRecordCallback(TrainerCallback):
+    """Writes a run's compatibility record (`hf_egt.core.resume`) into every checkpoint folder `Trainer` saves, so
+    that a resume can be checked against it before any model loads."""
+
+    def __init__(self, record: Mapping):
+        self.record = dict(record)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if os.path.isdir(folder):
+                write_run_record(self.record, folder)

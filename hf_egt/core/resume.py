@@ -1,0 +1,118 @@
+"""The compatibility record of a training run: what a resumed run must share with the run that saved the checkpoint.
+
+``hf-egt train`` and ``hf-egt train-diffusion`` write the record (``RUN_RECORD_NAME``, JSON) into every checkpoint
+folder, and, on ``--resume_from_checkpoint``, compare it with the new run's before any model is loaded: the data set
+(its name and a content hash of the training rows), the groups, the LoRA / HyperLoRA shape and the objective settings.
+A difference is one ``ValueError`` line naming the option and both values. Differences a user may mean (other data,
+another step size) are accepted when the option is listed in ``--resume_allow_changes``; differences that cannot be
+resumed (another LoRA rank: the saved weights do not fit) are not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD_NAME = "hf_egt_run.json"
+ALLOW_CHANGES_OPTION = "--resume_allow_changes"
+
+
+@dataclass(frozen=True)
+class RecordField:
+    """One entry of the record: the option that sets it and whether a resume may change it on request."""
+
+    option: str
+    may_change: bool
+
+
+def write_run_record(record: Mapping, folder: str | os.PathLike) -> str:
+    """Write ``record`` as ``folder/RUN_RECORD_NAME`` (the folder is created) and return the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, RUN_RECORD_NAME)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(dict(record), handle, indent=2, sort_keys=True)
+    return path
+
+
+def read_run_record(folder: str | os.PathLike, argument: str = "--resume_from_checkpoint") -> dict | None:
+    """The record of a checkpoint folder, or ``None`` when it has none (checkpoints written before the record)."""
+    path = os.path.join(folder, RUN_RECORD_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`{argument}`: {path} is not valid JSON ({error}).") from error
+
+
+def check_run_record(
+    checkpoint: str | os.PathLike,
+    record: Mapping,
+    fields: Mapping[str, RecordField],
+    allow_changes: Sequence[str] = (),
+    argument: str = "--resume_from_checkpoint",
+) -> list[str]:
+    """Compare the record saved in ``checkpoint`` with this run's ``record``, key by key over ``fields``.
+
+    Returns the differences accepted through ``allow_changes`` (option names without dashes), as sentences for the
+    log and the report; any other difference is a ``ValueError`` naming the option and both values. An option listed
+    in ``allow_changes`` that cannot change (``RecordField.may_change`` false) or is not in ``fields`` is a
+    ``ValueError`` too. A checkpoint without a record (written by an earlier version) is accepted with a warning.
+    """
+    may_change = sorted({f.option.lstrip("-") for f in fields.values() if f.may_change})
+    for name in allow_changes:
+        if name.lstrip("-") not in may_change:
+            raise ValueError(
+                f"`{ALLOW_CHANGES_OPTION}`: {name!r} is not an option a resume may change; valid: {may_change}."
+            )
+    allowed = {name.lstrip("-") for name in allow_changes}
+    saved = read_run_record(checkpoint, argument)
+    if saved is None:
+        logger.warning(
+            "%s has no %s (saved by an earlier version): its data, groups, LoRA shape and objective settings are not "
+            "checked against this run.",
+            checkpoint,
+            RUN_RECORD_NAME,
+        )
+        return []
+    accepted = []
+    for key, spec in fields.items():
+        if key not in saved or _same(saved[key], record.get(key)):
+            continue
+        option = spec.option.lstrip("-")
+        sentence = f"{checkpoint} was saved with {_shown(saved[key])}, this run has {_shown(record.get(key))}"
+        if spec.may_change and option in allowed:
+            accepted.append(f"`--{option}` changed on resume: {sentence}")
+            continue
+        hint = "resume with the saved value, or start a new run in another `--output_dir`"
+        if spec.may_change:
+            hint += f", or pass `{ALLOW_CHANGES_OPTION} {option}` to continue the run with the new value"
+        raise ValueError(f"`--{option}`: {sentence}; {hint}.")
+    for sentence in accepted:
+        logger.warning("%s.", sentence)
+    return accepted
+
+
+def dataset_entry(name: str, sha256: str) -> dict:
+    """The record's data set entry: its name and the content hash of its training rows (only the hash is compared:
+    the same rows under another path are the same data)."""
+    return {"name": name, "sha256": sha256}
+
+
+def _same(saved, current) -> bool:
+    if isinstance(saved, Mapping) and isinstance(current, Mapping) and "sha256" in saved and "sha256" in current:
+        return saved["sha256"] == current["sha256"]
+    return saved == current
+
+
+def _shown(value) -> str:
+    """A record value for a message: a content hash is shortened."""
+    if isinstance(value, Mapping) and set(value) == {"name", "sha256"}:
+        return f"{value['name']!r} (training rows sha256 {str(value['sha256'])[:12]})"
+    return repr(value)
