@@ -52,6 +52,8 @@ LANGUAGE_METHODS = {
     "temperature_0.5": ("erm", None, {"group_sampling": "temperature", "group_sampling_exponent": 0.5}),
     "temperature_0.3": ("erm", None, {"group_sampling": "temperature", "group_sampling_exponent": 0.3}),
     "balanced_erm": ("erm", None, {"group_sampling": "balanced"}),
+    # the sampling of the *_sequence methods with the plain mean: what their weights add beyond exact balance
+    "stratified_erm": ("erm", None, {"group_sampling": "stratified"}),
     # the reference group DRO update on per-token losses: eta 0.01, natural sampling
     "minmax_reference": ("minmax", None, {"group_step_size": 0.01}),
     # exponentiated gradient on per-verse losses, every step holding every language, absent-safe, DoReMi's floor
@@ -73,7 +75,7 @@ LANGUAGE_METHODS = {
 TAGGED_METHODS = {"tag_erm": ("erm", None, {}), "neutral_tag_erm": ("erm", None, {})}
 LANGUAGE_METHODS |= TAGGED_METHODS
 FAMILIES = {
-    "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm"),
+    "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm", "stratified_erm"),
     "ema_sequence": ("ema_sequence_20", "ema_sequence_50", "ema_sequence_100"),
 }
 STAGES = ("screen", "test")
