@@ -176,6 +176,8 @@ def embedding_egt(
 
     ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair;
     ``None`` when ``real_texts`` and ``generated_texts`` are embeddings already (arrays of shape ``(n, dim)``).
+    Texts are embedded L2-normalised (sentence-transformers' Normalize module, as in all-MiniLM-L6-v2, and MAUVE's
+    preprocessing).
     The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
@@ -198,8 +200,8 @@ def embedding_egt(
         real, generated = real_texts, generated_texts
     else:
         encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
-        real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
-        generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
+        real = embed_texts(list(real_texts), encoder, batch_size=batch_size, normalize=True)
+        generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size, normalize=True)
     return egt_report(
         real,
         list(real_groups),

@@ -26,9 +26,10 @@ from hf_egt.core.metrics.prdc import PRDC_KEYS, prdc
 from hf_egt.core.metrics.projection import fit_projection
 from hf_egt.core.metrics.quantized import (
     HISTOGRAM_DIVERGENCES,
+    default_num_clusters,
     histogram_divergence,
-    pooled_codebook,
     quantized_estimator,
+    quantized_labels,
     split_quantized_kwargs,
 )
 from hf_egt.core.metrics.summary import summarize_groups
@@ -41,7 +42,7 @@ def _prdc_value(real, generated, key: str, k: int = 5, chunk_size: int | None = 
     return prdc(real, generated, k=k, chunk_size=chunk_size)[key]
 
 
-# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one shared codebook per report
+# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one codebook per group
 QUANTIZED = {f"quantized_{name}": name for name in HISTOGRAM_DIVERGENCES if name != "mauve"} | {"mauve": "mauve"}
 
 # name -> (estimator(real, generated, **kwargs) -> 0-d tensor, higher_is_worse)
@@ -212,33 +213,31 @@ def proportion_criteria(real_counts: dict, generated_counts: dict) -> dict:
     }
 
 
-DEFAULT_RESAMPLES = {"quantized": (200, 1000), "knn": (20, 100)}  # (n_bootstrap, n_permutations)
+DEFAULT_RESAMPLES = {"quantized": (200, 200), "knn": (20, 100)}  # (n_bootstrap, n_permutations)
 
 
-def _prepared_samples(divergence, real, generated, min_samples: int, estimator_kwargs: dict):
-    """``(real samples, generated samples, statistic, resampling method, codebook size)`` for one report.
+def pair_statistic(divergence: str, estimator_kwargs: dict) -> Callable[..., torch.Tensor]:
+    """``statistic(real, generated)``: ``estimate`` of ``divergence`` on one pair of feature sets, every fitted step
+    (projection, codebook) fitted on that pair alone. The one statistic behind a report's per-group values, floors,
+    permutation p-value and overall value."""
 
-    Quantised estimators: one codebook fitted on all rows, samples = cluster labels, statistic = the exact
-    divergence of their histograms. Others: samples = features (projected when ``pca`` / ``normalize`` are given,
-    with one projection fitted on all rows), statistic = the estimator.
-    """
-    kwargs = dict(estimator_kwargs)
-    if divergence in QUANTIZED:
-        codebook_kwargs, histogram_kwargs = split_quantized_kwargs(kwargs)
-        codebook = pooled_codebook(torch.cat([real.double(), generated.double()]), min_samples, **codebook_kwargs)
-        size, name = codebook.num_clusters, QUANTIZED[divergence]
+    def statistic(real, generated) -> torch.Tensor:
+        return estimate(real, generated, divergence, **estimator_kwargs)
 
-        def statistic(real_labels, generated_labels):
-            real_counts = torch.bincount(real_labels, minlength=size)
-            generated_counts = torch.bincount(generated_labels, minlength=size)
-            return histogram_divergence(name, real_counts, generated_counts, **histogram_kwargs)
+    return statistic
 
-        return codebook.assign(real), codebook.assign(generated), statistic, "bootstrap", size
-    preprocessing = {key: kwargs.pop(key) for key in PREPROCESSING_KWARGS if key in kwargs}
-    if preprocessing:
-        projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
-        real, generated = projection(real), projection(generated)
-    return real, generated, functools.partial(DIVERGENCES[divergence][0], **kwargs), "subsampling", None
+
+def _label_statistic(divergence: str, num_clusters: int, histogram_kwargs: dict) -> Callable[..., torch.Tensor]:
+    """``statistic(real labels, generated labels)``: the exact histogram divergence of two sets of cluster labels
+    (the bootstrap of a quantised value resamples labels, conditionally on the group's codebook)."""
+    name = QUANTIZED[divergence]
+
+    def statistic(real_labels, generated_labels) -> torch.Tensor:
+        real_counts = torch.bincount(real_labels, minlength=num_clusters)
+        generated_counts = torch.bincount(generated_labels, minlength=num_clusters)
+        return histogram_divergence(name, real_counts, generated_counts, **histogram_kwargs)
+
+    return statistic
 
 
 def _check_group_sizes(divergence: str, counts: dict, estimator_kwargs: dict) -> int:
@@ -292,22 +291,29 @@ def egt_report(
         divergence: a name of ``DIVERGENCES`` (default ``RECOMMENDED_TEXT_DIVERGENCE``, as the `evaluate` module and
             ``hf-egt evaluate``). k-NN family: "kl", "reverse_kl", "js", "tv", "hellinger"
             (squared), "chi2", "pr" (with ``pr_lambda``), "frechet", "precision", "recall", "density",
-            "coverage". Quantised family (one k-means codebook shared by all groups, exact on histograms):
+            "coverage". Quantised family (exact on histograms over a k-means codebook of each group's own pooled
+            samples, one cluster count for all groups):
             "quantized_kl", "quantized_reverse_kl", "quantized_js", "quantized_tv", "quantized_hellinger",
             "quantized_chi2", "quantized_pr", "mauve" (higher is better).
         n_bootstrap: resampling replicates per group for the intervals (0: none, NaN bounds). Default: 200
             bootstrap replicates for the quantised family, 20 half-samples for the others.
-        seed: seed of the codebook and of all resampling.
+        seed: seed of the codebooks and of all resampling.
         confidence: level of the intervals, and quantile of the null values that makes the floor.
         device: where to compute (default: where the features are).
         n_null: random half-splits of each group's real samples for its ``null_floor`` (0: none).
         n_permutations: label permutations for ``gap_p_value`` (0: none). Default: 1000 for the quantised family,
             100 for the others.
         **estimator_kwargs: passed to the estimator (``k``, ``n_neighbors``, ``pr_lambda``, ``adaptive``,
-            ``chunk_size``; ``pca`` and ``normalize`` for a shared projection; ``num_clusters``, ``smoothing``,
+            ``chunk_size``; ``pca`` and ``normalize`` for a projection fitted on each group's pair; ``num_clusters``
+            (default: MAUVE's rule on the smallest compared group, the same for every group), ``smoothing``,
             ``kmeans_n_init``, ``kmeans_max_iter``, ``mauve_scaling`` for the quantised family).
 
     Every group with both sides is checked against ``minimum_samples`` before any computation.
+
+    A group's value is ``estimate(real_g, generated_g, divergence, ...)``: every fitted step (projection, codebook)
+    is fitted on that group's own real and generated samples, so where the other groups lie changes nothing. Its
+    null floor and the permutation p-value refit them on every half-split and permuted group (the same statistic);
+    the bootstrap intervals of the quantised family resample cluster labels on the group's codebook.
 
     Returns:
         A JSON-serialisable dict: ``divergence``, ``higher_is_worse``, ``per_group`` (NaN for a group seen on one
@@ -361,33 +367,47 @@ def egt_report(
         )
     minimum = _check_group_sizes(divergence, counts, estimator_kwargs)
     compared = [group for group in groups if group not in missing]
-    smallest = min(min(counts[group].values()) for group in compared)
-    real_samples, generated_samples, statistic, method, num_clusters = _prepared_samples(
-        divergence, real, generated, smallest, estimator_kwargs
-    )
+    settings = dict(estimator_kwargs)
+    num_clusters = None
+    if family == "quantized":
+        # One resolution for every group: MAUVE's rule on the smallest compared side (or the caller's count), so that
+        # every group is measured by the same estimator, each on a codebook of its own pooled samples.
+        smallest = min(min(counts[group].values()) for group in compared)
+        num_clusters = settings.get("num_clusters") or default_num_clusters(smallest)
+        settings.update(num_clusters=num_clusters, seed=seed)
+        codebook_kwargs, histogram_kwargs = split_quantized_kwargs(settings)
+        codebook_kwargs.pop("chunk_size", None)
+        label_statistic = _label_statistic(divergence, num_clusters, histogram_kwargs)
+    statistic = pair_statistic(divergence, settings)
+    method = "bootstrap" if family == "quantized" else "subsampling"
+    real_rows = {group: real_by_group[group].to(real.device) for group in compared}
+    generated_rows = {group: generated_by_group[group].to(generated.device) for group in compared}
 
     per_group, ci, floor, within = {}, {}, {}, {}
     generator = torch.Generator().manual_seed(seed)
-    # Halves must be valid inputs: k-NN estimators need their minimum; a histogram on a shared codebook is defined
-    # for any size, and halves below the minimum only make the floor larger (more conservative).
-    floor_minimum = 2 if family == "quantized" else minimum
+    # Halves must be valid inputs: k-NN estimators need their minimum; a quantised estimator needs as many pooled
+    # samples as clusters, and halves below the minimum only make the floor larger (more conservative).
+    floor_minimum = max(2, math.ceil(num_clusters / 2)) if family == "quantized" else minimum
     floor_quantile = confidence if higher_is_worse else 1 - confidence
     for group in groups:
         per_group[group], ci[group], floor[group], within[group] = math.nan, [math.nan, math.nan], math.nan, None
         if group in missing:
             continue
-        group_real = real_samples[real_by_group[group].to(real_samples.device)]
-        group_generated = generated_samples[generated_by_group[group].to(generated_samples.device)]
+        group_real, group_generated = real[real_rows[group]], generated[generated_rows[group]]
         try:
-            per_group[group] = float(statistic(group_real, group_generated))
+            if family == "quantized":  # the value of `statistic`, keeping the labels for the bootstrap
+                samples = quantized_labels(group_real, group_generated, **codebook_kwargs)[:2]
+                per_group[group] = float(label_statistic(*samples))
+            else:
+                samples = (group_real, group_generated)
+                per_group[group] = float(statistic(*samples))
         except ValueError as error:
             raise ValueError(f"Group {group!r}: {error}") from error
         if n_bootstrap:
             try:
                 ci[group] = resampled_interval(
-                    group_real,
-                    group_generated,
-                    statistic,
+                    *samples,
+                    label_statistic if family == "quantized" else statistic,
                     per_group[group],
                     n_bootstrap,
                     generator,
@@ -412,11 +432,7 @@ def egt_report(
                 within[group] = bool(value <= floor[group] if higher_is_worse else value >= floor[group])
         logger.info("%s of group %r: %.4f (null floor %.4f)", divergence, group, per_group[group], floor[group])
 
-    rows = {group: real_by_group[group].to(real_samples.device) for group in compared}
-    generated_rows = {group: generated_by_group[group].to(generated_samples.device) for group in compared}
-    _, p_value = gap_permutation_test(
-        real_samples, rows, generated_samples, generated_rows, statistic, n_permutations, generator
-    )
+    _, p_value = gap_permutation_test(real, real_rows, generated, generated_rows, statistic, n_permutations, generator)
     summary = summarize_groups(per_group, higher_is_worse=higher_is_worse)
     return {
         "divergence": divergence,
@@ -428,7 +444,7 @@ def egt_report(
         "ratio": summary["ratio"],
         "worst_group": summary["worst_group"],
         "best_group": summary["best_group"],
-        "overall": float(statistic(real_samples, generated_samples)),
+        "overall": float(statistic(real, generated)),
         "counts": counts,
         "ci": ci,
         "null_floor": floor,
