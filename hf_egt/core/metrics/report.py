@@ -60,8 +60,14 @@ DIVERGENCES: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
 }
 PREPROCESSING_KWARGS = ("pca", "normalize")
 # The estimator docs/metric.md supports for sentence embeddings at ~100 samples per group (384-d MiniLM): bounded,
-# symmetric, exact on a shared codebook, with a floor and a p-value that are cheap to compute.
+# symmetric, exact on histograms of each group's own codebook, with a floor and a p-value.
 RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
+# The largest dimension at which docs/metric.md validates the k-NN and Fréchet estimators (Gaussian closed forms at
+# d = 2 and 8; at d = 64 the k-NN KL is off by -61 % to +188 %, not even of the right sign). Above it they see
+# features through a PCA to this many components fitted on the pair, unless `pca` / `normalize` are given: in 384-d
+# the density-ratio estimators raise d * log(distance ratio) to the power (chi^2 of 1e36 on a null case, squared
+# Hellinger clipped to exactly 0), while on 8 components every one keeps the null case within its floor.
+KNN_VALIDATED_DIM = 8
 
 
 def _check_divergence(divergence: str) -> None:
@@ -69,19 +75,43 @@ def _check_divergence(divergence: str) -> None:
         raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
 
 
+def default_preprocessing(divergence: str, dim: int, estimator_kwargs: dict) -> dict:
+    """The projection ``estimate`` applies before a non-quantised estimator: the caller's ``pca`` / ``normalize``,
+    else PCA to ``KNN_VALIDATED_DIM`` components above that dimension, else none (``{}``)."""
+    if divergence in QUANTIZED:
+        return {}
+    given = {key: estimator_kwargs[key] for key in PREPROCESSING_KWARGS if key in estimator_kwargs}
+    if given or dim <= KNN_VALIDATED_DIM:
+        return given
+    return {"pca": KNN_VALIDATED_DIM}
+
+
 def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> torch.Tensor:
     """One divergence (a name of ``DIVERGENCES``) between two feature sets, as a 0-d tensor.
 
     For the k-NN and Fréchet estimators, ``pca`` and ``normalize`` (see ``hf_egt.core.metrics.projection``) preprocess
-    both sets with a projection fitted on the pair; the quantised estimators take them as codebook settings.
+    both sets with a projection fitted on the pair; above ``KNN_VALIDATED_DIM`` features, without them, a PCA to
+    ``KNN_VALIDATED_DIM`` components is fitted on the pair (``default_preprocessing``), and an explicit projection
+    that leaves more dimensions is computed with a warning that the estimator is not validated there. The quantised
+    estimators take ``pca`` and ``normalize`` as codebook settings.
     """
     _check_divergence(divergence)
-    if divergence not in QUANTIZED and any(key in estimator_kwargs for key in PREPROCESSING_KWARGS):
+    if divergence not in QUANTIZED:
         real, generated = as_features(real, "real"), as_features(generated, "generated")
         check_pair(real, generated)
-        preprocessing = {key: estimator_kwargs.pop(key) for key in PREPROCESSING_KWARGS if key in estimator_kwargs}
-        projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
-        real, generated = projection(real), projection(generated)
+        preprocessing = default_preprocessing(divergence, real.shape[1], estimator_kwargs)
+        estimator_kwargs = {key: value for key, value in estimator_kwargs.items() if key not in PREPROCESSING_KWARGS}
+        if preprocessing:
+            projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
+            real, generated = projection(real), projection(generated)
+        if real.shape[1] > KNN_VALIDATED_DIM:
+            warnings.warn(
+                f"{divergence} on {real.shape[1]}-d features: the k-NN and Fréchet estimators are validated up to "
+                f"{KNN_VALIDATED_DIM} dimensions (docs/metric.md) and can be far off above (a null case may read as a "
+                f"large divergence); leave `pca` unset for a PCA to {KNN_VALIDATED_DIM} components, or use a "
+                "quantised divergence.",
+                stacklevel=2,
+            )
     return DIVERGENCES[divergence][0](real, generated, **estimator_kwargs)
 
 
@@ -321,7 +351,8 @@ def egt_report(
         ``worst_group``, ``best_group``, ``overall`` (all groups pooled), ``counts[g] = {"real": n_g,
         "generated": m_g}``, ``ci[g] = [low, high]``, ``null_floor[g]``, ``within_floor[g]`` (the value is no
         worse than two halves of the group's own data), ``missing[g]`` (the side a group lacks),
-        ``num_clusters`` (quantised family), ``generated_share``, ``data_share``, ``ego_gap``, ``mgo_gap``,
+        ``num_clusters`` (quantised family), ``projection`` (the ``pca`` / ``normalize`` fitted on each pair before
+        a non-quantised estimator, ``KNN_VALIDATED_DIM``), ``generated_share``, ``data_share``, ``ego_gap``, ``mgo_gap``,
         ``estimator_kwargs``, ``minimum_samples``.
     """
     _check_divergence(divergence)
@@ -459,6 +490,8 @@ def egt_report(
         "n_permutations": n_permutations,
         "confidence": confidence,
         "num_clusters": num_clusters,
+        # the projection fitted on each pair before a non-quantised estimator (None: the features as given)
+        "projection": default_preprocessing(divergence, real.shape[1], estimator_kwargs) or None,
         "minimum_samples": minimum,
         "estimator_kwargs": {key: value for key, value in estimator_kwargs.items() if key != "chunk_size"},
     }
