@@ -352,8 +352,8 @@ def egt_report(
         "generated": m_g}``, ``ci[g] = [low, high]``, ``null_floor[g]``, ``within_floor[g]`` (the value is no
         worse than two halves of the group's own data), ``missing[g]`` (the side a group lacks),
         ``num_clusters`` (quantised family), ``projection`` (the ``pca`` / ``normalize`` fitted on each pair before
-        a non-quantised estimator, ``KNN_VALIDATED_DIM``), ``generated_share``, ``data_share``, ``ego_gap``, ``mgo_gap``,
-        ``estimator_kwargs``, ``minimum_samples``.
+        a non-quantised estimator, ``KNN_VALIDATED_DIM``), ``generated_share``, ``data_share``, ``ego_gap``,
+        ``mgo_gap``, ``estimator_kwargs``, ``minimum_samples``.
     """
     _check_divergence(divergence)
     family = "quantized" if divergence in QUANTIZED else "knn"
