@@ -281,3 +281,18 @@ def test_high_dimensional_knn_estimates_see_a_pca_of_the_pair_unless_told_otherw
     assert float(estimate(real[:, :8], generated[:, :8], "kl")) == float(kl_divergence(real[:, :8], generated[:, :8]))
     with pytest.warns(UserWarning, match=r"kl on 384-d features: .* validated up to 8 dimensions"):
         estimate(real, generated, "kl", pca=None)
+
+
+def test_missing_group_labels_and_empty_inputs_are_refused_naming_the_argument():
+    real, real_groups, generated, generated_groups = make_groups()
+    with pytest.raises(ValueError, match=r"`real_groups` has 1 missing label\(s\) \(None or NaN\) at row\(s\) 5"):
+        egt_report(
+            real,
+            real_groups[:5] + [None] + real_groups[6:],
+            generated_features=generated,
+            generated_groups=generated_groups,
+        )
+    with pytest.raises(ValueError, match="`generated_features` is empty"):
+        egt_report(real, real_groups, generated_features=[], generated_groups=[])
+    with pytest.raises(ValueError, match="`real_features` is empty"):
+        egt_report([], [], generated_features=generated, generated_groups=generated_groups)

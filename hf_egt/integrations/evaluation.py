@@ -182,8 +182,13 @@ def embedding_egt(
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
     from hf_egt.core.metrics import egt_report, minimum_samples
+    from hf_egt.core.metrics.validation import check_group_labels, check_not_empty
     from hf_egt.integrations.features import embed_texts, load_text_encoder
 
+    check_not_empty(real_texts, "real_texts")
+    check_not_empty(generated_texts, "generated_texts")
+    real_groups = check_group_labels(real_groups, "real_groups")
+    generated_groups = check_group_labels(generated_groups, "generated_groups")
     minimum = minimum_samples(divergence, **estimator_kwargs)
     counts = {
         str(group): (list(real_groups).count(group), list(generated_groups).count(group))
@@ -224,6 +229,52 @@ def _jsonable(value):
     if hasattr(value, "item") and callable(value.item):
         return value.item()
     return value
+
+
+# why a value is undefined, by the name of the field that holds it (the first match along its path)
+UNDEFINED_REASONS = {
+    "per_group": "the group has no real or no generated samples (see `missing`), or no scored token",
+    "ci": "no interval: n_bootstrap = 0, or the group's half-samples are below the estimator's minimum",
+    "null_floor": "no floor: n_null = 0, or halves of the group's real samples are below the estimator's minimum",
+    "gap_p_value": "no p-value: n_permutations = 0, or fewer than two groups compared",
+    "gap": "fewer than two groups have a value",
+    "ratio": "the best group's value is 0 (ratio infinite) or undefined",
+}
+
+
+def strict_jsonable(value, path: str = "") -> tuple[object, dict[str, str]]:
+    """``(value as strict JSON, reasons)``: NaN and infinite floats become ``null`` (JSON has no NaN or Infinity),
+    and ``reasons`` maps the path of each (``runs/base/egt/gap_p_value``) to why it is undefined."""
+    value = _jsonable(value)
+    reasons: dict[str, str] = {}
+    if isinstance(value, float) and not math.isfinite(value):
+        names = path.split("/")
+        why = next((UNDEFINED_REASONS[name] for name in names if name in UNDEFINED_REASONS), "undefined")
+        reasons[path] = f"{value} in the computation: {why}"
+        return None, reasons
+    if isinstance(value, dict):
+        converted = {}
+        for key, item in value.items():
+            converted[key], found = strict_jsonable(item, f"{path}/{key}" if path else key)
+            reasons.update(found)
+        return converted, reasons
+    if isinstance(value, list):
+        converted = []
+        for index, item in enumerate(value):
+            item, found = strict_jsonable(item, f"{path}/{index}")
+            converted.append(item)
+            reasons.update(found)
+        return converted, reasons
+    return value, reasons
+
+
+def strict_json_dumps(payload: Mapping, indent: int = 2) -> str:
+    """``payload`` as strict JSON (``json.loads`` of any standard parser reads it): undefined values are ``null``
+    and an ``"undefined"`` entry gives, by path, the reason of each."""
+    converted, reasons = strict_jsonable(dict(payload))
+    if reasons:
+        converted["undefined"] = reasons
+    return json.dumps(converted, indent=indent, allow_nan=False)
 
 
 def groups_too_small_for_egt(
@@ -406,7 +457,7 @@ def write_report(
     payload = {"metric": metric, "runs": _jsonable(dict(runs)), "config": _jsonable(dict(config or {}))}
     if command:
         payload["command"] = command
-    paths["json"].write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    paths["json"].write_text(strict_json_dumps(payload), encoding="utf-8")
     plot_runs(runs, paths["png"], metric=metric)
     markdown = report_markdown(runs, title=title, metric=metric, command=command, notes=notes)
     paths["md"].write_text(markdown, encoding="utf-8")

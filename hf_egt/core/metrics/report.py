@@ -33,7 +33,13 @@ from hf_egt.core.metrics.quantized import (
     split_quantized_kwargs,
 )
 from hf_egt.core.metrics.summary import summarize_groups
-from hf_egt.core.metrics.validation import as_features, check_pair, minimum_samples
+from hf_egt.core.metrics.validation import (
+    as_features,
+    check_group_labels,
+    check_not_empty,
+    check_pair,
+    minimum_samples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +123,7 @@ def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> tor
 
 def _group_labels(groups, num_rows: int, name: str, features_name: str) -> list:
     """Group labels as a list of str or int (JSON keys), one per feature row."""
-    if isinstance(groups, torch.Tensor | np.ndarray):
-        groups = groups.tolist()
-    groups = [group.item() if isinstance(group, np.generic) else group for group in groups]
+    groups = check_group_labels(groups, name)
     if len(groups) != num_rows:
         raise ValueError(
             f"`{name}` has {len(groups)} labels but `{features_name}` has {num_rows} rows; give one group per row."
@@ -365,6 +369,8 @@ def egt_report(
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}.")
     higher_is_worse = DIVERGENCES[divergence][1]
+    check_not_empty(real_features, "real_features")
+    check_not_empty(generated_features, "generated_features")
     real = as_features(real_features, "real_features")
     generated = as_features(generated_features, "generated_features")
     if real.shape[1] != generated.shape[1]:
