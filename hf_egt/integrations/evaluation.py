@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
-from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, runs_table, summarize_groups
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, check_runs, group_run, likelihood_report, runs_table
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -308,8 +308,10 @@ def evaluate_causal_lm(
 ) -> dict:
     """Per-group perplexity (and, with ``feature_model``, the EGT divergence of generated vs real text) of a model.
 
-    Returns ``{"per_group", "gap", "ratio", "worst_group", "best_group", "overall", "loss_per_group",
-    "overall_loss", "metric": "perplexity"}`` plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
+    Returns a ``hf_egt.core.metrics.GroupRun`` (``"per_group"``, ``"counts"`` (scored texts per group), ``"gap"``,
+    ``"ratio"``, ``"worst_group"``, ``"best_group"``, ``"overall"`` (token-pooled perplexity, as
+    ``EGTTrainer.evaluate_groups``), ``"metric": "perplexity"``) with ``"loss_per_group"`` and ``"overall_loss"``,
+    plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     """
     groups = [str(group) for group in groups]
     if feature_model is not None:  # before any work: the estimator's minimum sample size per group
@@ -323,7 +325,9 @@ def evaluate_causal_lm(
         model, tokenizer, texts, batch_size=batch_size, max_length=max_length, desc=f"{name}: perplexity"
     )
     perplexity = group_perplexity(nll, tokens, groups)
-    result = {**summarize_groups(perplexity["per_group"]), **perplexity, "metric": "perplexity"}
+    scored = [group for group, count in zip(groups, tokens.tolist()) if count > 0]
+    counts = {group: scored.count(group) for group in perplexity["per_group"]}
+    result = {**group_run(perplexity["per_group"], counts, perplexity["overall"]), **perplexity}
     if feature_model is not None:
         chosen = _prompt_rows(groups, max_prompts_per_group, seed)
         real = [texts[i] for i in chosen]
@@ -451,6 +455,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs; return their paths.
     ``notes`` (markdown) is printed under the per-group table."""
+    check_runs(runs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
