@@ -101,6 +101,8 @@ class EGT(evaluate.Metric):
     def compute(self, *, predictions=None, references=None, **kwargs):
         """Like `evaluate.Metric.compute`; `references` may have another length than `predictions`. Empty inputs
         and missing group labels are refused before any work, naming the argument."""
+        if references is None or kwargs.get("reference_groups") is None:
+            raise ValueError("`references` and `reference_groups` (the real samples and their groups) are required.")
         for name, value in (("predictions", predictions), ("references", references)):
             if value is None or len(value) == 0:
                 raise ValueError(f"`{name}` is empty; pass at least one sample per group (and its group label).")
