@@ -48,15 +48,19 @@ def main() -> None:
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                report = egt_report(
-                    real,
-                    real_groups,
-                    generated_features=generated,
-                    generated_groups=generated_groups,
-                    divergence=divergence,
-                    n_bootstrap=0,
-                    n_permutations=args.n_permutations,
-                )
+                try:
+                    report = egt_report(
+                        real,
+                        real_groups,
+                        generated_features=generated,
+                        generated_groups=generated_groups,
+                        divergence=divergence,
+                        n_bootstrap=0,
+                        n_permutations=args.n_permutations,
+                    )
+                except ValueError as error:  # a refusal (e.g. the k-NN chi^2 above 2 dimensions)
+                    print(f"| {divergence} | {layout} | refused: {str(error)[:80]}... | | | | | | |", flush=True)
+                    continue
             seconds = time.perf_counter() - start
             values = " | ".join(f"{report['per_group'][g]:.3f}" for g in SIZES)
             outside = {True: "no", False: "**yes**", None: "n/a"}[report["within_floor"]["b"]]

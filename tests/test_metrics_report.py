@@ -251,14 +251,17 @@ def embedding_like_null(dim: int = 384, n: int = 50, seed: int = 0):
 
 def test_every_divergence_on_a_384_d_null_case_is_finite_and_within_its_floor():
     """In 384-d the density-ratio k-NN estimators raised d * log(distance ratio) to the power (chi^2 of 1e36 on a
-    null case, squared Hellinger exactly 0); above KNN_VALIDATED_DIM they now see a PCA of the pair. PRDC scores are
+    null case, squared Hellinger exactly 0); above KNN_VALIDATED_DIM they now see a PCA of the pair, and the k-NN
+    chi^2, still far off on 8 components of real embeddings, is refused with its reason. PRDC scores are
     checked for range only: their floors come from halves, where precision and coverage run high (larger k-NN
     balls), so a null value falls below its floor now and then (1 group-check in 36 on seeds 0-2)."""
     from hf_egt.core.metrics.prdc import PRDC_KEYS
     from hf_egt.core.metrics.report import KNN_VALIDATED_DIM, QUANTIZED
 
     real, groups, generated, _ = embedding_like_null(n=100)
-    for name in DIVERGENCES:
+    with pytest.raises(ValueError, match=r"Group 'g0': `divergence`='chi2' is refused on 8-d features .*heavy-tailed"):
+        egt_report(real, groups, generated_features=generated, generated_groups=groups, divergence="chi2")
+    for name in (name for name in DIVERGENCES if name != "chi2"):
         report = egt_report(
             real, groups, generated_features=generated, generated_groups=groups, divergence=name, n_permutations=0
         )

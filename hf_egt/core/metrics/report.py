@@ -74,6 +74,16 @@ RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
 # the density-ratio estimators raise d * log(distance ratio) to the power (chi^2 of 1e36 on a null case, squared
 # Hellinger clipped to exactly 0), while on 8 components every one keeps the null case within its floor.
 KNN_VALIDATED_DIM = 8
+# Estimators refused above a smaller dimension, with the reason. The k-NN chi^2 is heavy-tailed (infinite whenever Q
+# has lighter tails than P) and validated in 1-d only: even projected to 8 components, two halves of the same BOLD
+# group (MiniLM) read 20.7 on average (largest 168) with 4 gaps in 5 "significant" (docs/metric.md).
+KNN_REFUSED_ABOVE = {
+    "chi2": (
+        2,
+        "the k-NN chi^2 is heavy-tailed (infinite whenever the generated distribution has lighter tails than the real "
+        "one) and validated in 1-d only; on a 384-d null case projected to 8 components it averaged 20.7",
+    )
+}
 
 
 def _check_divergence(divergence: str) -> None:
@@ -110,6 +120,13 @@ def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> tor
         if preprocessing:
             projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
             real, generated = projection(real), projection(generated)
+        if divergence in KNN_REFUSED_ABOVE and real.shape[1] > KNN_REFUSED_ABOVE[divergence][0]:
+            limit, reason = KNN_REFUSED_ABOVE[divergence]
+            raise ValueError(
+                f"`divergence`={divergence!r} is refused on {real.shape[1]}-d features (after any projection): "
+                f"{reason}. Use 'quantized_{divergence}' (exact on each group's histograms), or pass `pca={limit}` "
+                f"to measure it on {limit} principal components."
+            )
         if real.shape[1] > KNN_VALIDATED_DIM:
             warnings.warn(
                 f"{divergence} on {real.shape[1]}-d features: the k-NN and Fréchet estimators are validated up to "
