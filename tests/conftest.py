@@ -19,6 +19,26 @@ GROUPS = {
 }
 
 
+def load_strict_json(path: Path):
+    """``json.loads`` that refuses NaN and Infinity (Python's json writes and reads them; no JSON standard does)."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+@pytest.fixture(autouse=True)
+def reports_are_strict_json(request):
+    """Every report.json a test writes under its ``tmp_path`` is strict JSON."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        for path in folder.rglob("report.json"):
+            if path.stat().st_size > 2:  # tests write "{}" as an earlier run's placeholder
+                load_strict_json(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """Folder with a tiny random LlamaForCausalLM and a byte-level BPE tokenizer trained on the tiny corpus."""

@@ -248,6 +248,27 @@ def test_evaluate_command_writes_the_report(tmp_path, tiny_lm, tiny_json):
     assert result["runs"]["base"]["per_group"] == pytest.approx(direct["per_group"])
 
 
+@pytest.mark.slow
+def test_train_and_evaluate_report_the_same_overall_on_the_same_adapter_and_rows(tmp_path, tiny_lm, tiny_json):
+    """One "overall" (token-pooled perplexity, as each group's value) in `hf-egt train` and `hf-egt evaluate`: train
+    reported exp of the batch-mean eval loss (issue 22: 47549.81 vs 47625.85 for the same adapter and rows)."""
+    out = tmp_path / "train"
+    argv = ["train", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--group_column", "gender"]
+    argv += ["--lora_r", "2", "--lora_target_modules", "q_proj", "--max_steps", "2", "--learning_rate", "0.05"]
+    argv += ["--per_device_eval_batch_size", "3", "--output_dir", out, "--report_to", "none", "--save_strategy", "no"]
+    trained = _main(argv)["runs"]
+    evaluated = _main(
+        ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out, "--compare_base"]
+        + ["--feature_model", "none", "--per_device_eval_batch_size", "5", "--output_dir", tmp_path / "evaluate"]
+    )["runs"]
+    for train_name, evaluate_name in (("base", "base"), ("minmax", "train")):
+        train_run, evaluate_run = trained[train_name], evaluated[evaluate_name]
+        assert train_run["counts"] == evaluate_run["counts"]
+        assert train_run["overall"] == pytest.approx(evaluate_run["overall"], rel=1e-5)
+        assert train_run["per_group"] == pytest.approx(evaluate_run["per_group"], rel=1e-5)
+    assert trained["minmax"]["overall"] != pytest.approx(trained["base"]["overall"], rel=1e-5)  # it trained
+
+
 # ----------------------------------------------------------------------------------------------- train and push
 @pytest.mark.slow
 def test_train_then_push_sends_adapter_card_and_report(tmp_path, tiny_lm, tiny_json, monkeypatch):

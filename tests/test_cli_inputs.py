@@ -133,6 +133,11 @@ def _encoder(tmp: Path) -> Path:
     return folder
 
 
+def _empty_folder(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
 # Each row: (id, command, extra argv built from (tmp, out, data), message fragment (regex)).
 # `out` is an output folder holding a file of an earlier run (notes.txt) that must stay untouched.
 MATRIX = [
@@ -266,6 +271,10 @@ MATRIX = [
      r"`--dataset`: the held-out rows of .* do not match those recorded in .*split\.json"),
     ("evaluate-feature-model", "evaluate", lambda t, o, d: ["--feature_model", t / "no-encoder"],
      r"`--feature_model`: no such folder"),
+    ("evaluate-feature-model-hub-id", "evaluate", lambda t, o, d: ["--feature_model", "no-such-user/no-encoder"],
+     r"`--feature_model` 'no-such-user/no-encoder' could not be loaded as a text encoder"),
+    ("evaluate-feature-model-empty-folder", "evaluate", lambda t, o, d: ["--feature_model", _empty_folder(t)],
+     r"`--feature_model` '.*empty' could not be loaded as a text encoder"),
     # diffusion
     ("diffusion-resume-missing", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-9"],
      r"`--resume_from_checkpoint`: .*checkpoint-9/group_objective\.safetensors does not exist"),

@@ -42,8 +42,10 @@ def test_trainer_metrics_equal_the_old_formula(sums, counts):
     sums, counts = torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
     groups = ["x", "y", "z"]
     new, old = group_eval_metrics(sums, counts, groups, "eval"), old_trainer_metrics(sums, counts, groups, "eval")
-    assert list(new) == list(old)
+    assert list(new) == [*old, "eval_overall_loss", "eval_overall_perplexity"]
     assert all(same(new[key], old[key]) for key in old), (new, old)
+    pooled = float(sums.sum() / counts.sum()) if counts.sum() > 0 else math.nan
+    assert same(new["eval_overall_loss"], pooled) and same(new["eval_overall_perplexity"], math.exp(pooled))
 
 
 def test_group_likelihood_by_hand():
@@ -102,9 +104,10 @@ def test_label_counts_as_strings_in_sorted_order():
     assert label_counts([]) == {}
 
 
-def test_evaluate_groups_is_what_the_cli_parsed_from_the_metric_names(tmp_path):
-    """`EGTTrainer.evaluate_groups` (the structured result the CLI and the example use) equals the summary the CLI
-    used to rebuild from `evaluate()`'s `eval_group_perplexity/<g>` keys, with `overall = exp(eval_loss)`."""
+def test_evaluate_groups_is_what_the_metric_names_say_with_a_token_pooled_overall(tmp_path):
+    """`EGTTrainer.evaluate_groups` (the run the CLI, the cards and the example use) equals the summary of
+    `evaluate()`'s `eval_group_perplexity/<g>` keys; its `overall` is the token-pooled `eval_overall_perplexity`, the
+    exp of all groups' summed NLL over their summed tokens (not exp of Trainer's batch-mean `eval_loss`)."""
     from hf_egt import EGTTrainer
 
     from .test_trainer import config, lora
@@ -112,7 +115,7 @@ def test_evaluate_groups_is_what_the_cli_parsed_from_the_metric_names(tmp_path):
 
     trainer = EGTTrainer(
         model=tiny_llama(),
-        args=config(tmp_path),
+        args=config(tmp_path, per_device_eval_batch_size=3),
         train_dataset=group_dataset({"a": 6, "b": 4}, seed=0),
         eval_dataset=group_dataset({"a": 5, "b": 3}, seed=1),
         peft_config=lora(),
@@ -121,5 +124,20 @@ def test_evaluate_groups_is_what_the_cli_parsed_from_the_metric_names(tmp_path):
     metrics = trainer.evaluate()
     prefix = "eval_group_perplexity/"
     parsed = summarize_groups({key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)})
-    parsed["overall"] = math.exp(metrics["eval_loss"])
-    assert run == parsed and list(run["per_group"]) == ["a", "b"]  # the same numbers, to the bit
+    assert {key: run[key] for key in parsed} == parsed and list(run["per_group"]) == ["a", "b"]
+    assert run["counts"] == {"a": 5, "b": 3}
+    sums, tokens, _ = trainer._last_eval_group_sums
+    assert run["overall"] == metrics["eval_overall_perplexity"] == math.exp(float(sums.sum() / tokens.sum()))
+    assert run["overall"] != pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-9)  # batches of 3, 3 and 2 rows
+
+
+def test_group_run_carries_the_fields_every_surface_reads():
+    from hf_egt.core.metrics import RUN_FIELDS, check_runs, group_run
+
+    run = group_run({"a": 3.0, "b": 5.0}, {"b": 2, "a": 7}, 3.4)
+    assert set(RUN_FIELDS) <= set(run) and run["counts"] == {"a": 7, "b": 2}
+    assert (run["gap"], run["worst_group"], run["best_group"], run["overall"]) == (2.0, "b", "a", 3.4)
+    with pytest.raises(ValueError, match=r"`counts` must name the groups of `per_group`"):
+        group_run({"a": 3.0}, {"b": 1}, 3.0)
+    with pytest.raises(ValueError, match=r"Run 'old' lacks \['counts'\]"):
+        check_runs({"new": run, "old": {key: value for key, value in run.items() if key != "counts"}})

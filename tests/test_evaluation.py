@@ -1,15 +1,67 @@
-"""hf_egt.integrations.evaluation: the per-text and per-byte units beside perplexity, against hand computations."""
+"""hf_egt.integrations.evaluation: the run summaries every surface reads, strict JSON reports, and the per-text and
+per-byte units beside perplexity against hand computations."""
 
-from __future__ import annotations
-
+import json
 import math
 
 import pytest
 import torch
 
-from hf_egt.integrations.evaluation import evaluate_causal_lm, predicted_byte_counts, sequence_nll
+from hf_egt.integrations.evaluation import (
+    evaluate_causal_lm,
+    predicted_byte_counts,
+    sequence_nll,
+    strict_json_dumps,
+    write_report,
+)
+from tests.conftest import load_strict_json
 
 from .trainer_utils import tiny_bpe_llama
+
+
+def test_undefined_values_are_null_with_their_reason_beside_them():
+    payload = {
+        "runs": {
+            "base": {
+                "per_group": {"a": 2.0, "b": math.nan},
+                "gap": 0.0,
+                "ratio": math.inf,
+                "egt": {"gap_p_value": math.nan, "ci": {"a": [math.nan, math.nan]}},
+            }
+        }
+    }
+    text = strict_json_dumps(payload)
+    decoded = json.loads(text, parse_constant=lambda constant: pytest.fail(f"{constant} in strict JSON"))
+    assert decoded["runs"]["base"]["per_group"] == {"a": 2.0, "b": None}
+    assert decoded["runs"]["base"]["ratio"] is None and decoded["runs"]["base"]["egt"]["ci"]["a"] == [None, None]
+    reasons = decoded["undefined"]
+    assert set(reasons) == {
+        "runs/base/per_group/b",
+        "runs/base/ratio",
+        "runs/base/egt/gap_p_value",
+        "runs/base/egt/ci/a/0",
+        "runs/base/egt/ci/a/1",
+    }
+    assert "no real or no generated samples" in reasons["runs/base/per_group/b"]
+    assert reasons["runs/base/ratio"].startswith("inf") and "n_permutations = 0" in reasons["runs/base/egt/gap_p_value"]
+    assert "undefined" not in json.loads(strict_json_dumps({"runs": {"x": {"gap": 1.0}}}))
+
+
+def test_write_report_writes_strict_json(tmp_path):
+    run = {
+        "metric": "perplexity",
+        "per_group": {"a": 3.0, "b": math.inf},
+        "counts": {"a": 2, "b": 1},
+        "gap": math.inf,
+        "ratio": math.inf,
+        "worst_group": "b",
+        "best_group": "a",
+        "overall": 4.0,
+    }
+    paths = write_report({"base": run}, tmp_path)
+    report = load_strict_json(paths["json"])
+    assert report["runs"]["base"]["per_group"]["b"] is None and "runs/base/gap" in report["undefined"]
+
 
 TEXTS = [
     "le petit chat dort sur le tapis",
@@ -54,7 +106,8 @@ def test_evaluate_reports_nll_per_text_and_bits_per_byte(model_and_tokenizer):
         assert low <= result["sequence_nll"]["per_group"][group] <= high
     worst = max(result["sequence_nll"]["per_group"], key=result["sequence_nll"]["per_group"].get)
     assert result["sequence_nll"]["worst_group"] == worst
-    assert result["counts"]["de"] == {"examples": 2, "tokens": int(tokens[2] * 2), "bytes": int(counts[2] * 2)}
+    assert result["scored"]["de"] == {"examples": 2, "tokens": int(tokens[2] * 2), "bytes": int(counts[2] * 2)}
+    assert result["counts"] == {"de": 2, "en": 2, "es": 2, "fr": 2}
 
 
 def test_prefixes_condition_the_same_scored_tokens(model_and_tokenizer):

@@ -11,9 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
+from hf_egt.core.metrics import group_run
+
 RUNS = {
-    "base": {"per_group": {"A": 12.0, "B": 20.0}, "gap": 8.0, "worst_group": "B", "overall": 15.0},
-    "minmax": {"per_group": {"A": 11.0, "B": 13.5}, "gap": 2.5, "worst_group": "B", "overall": 12.1},
+    "base": group_run({"A": 12.0, "B": 20.0}, {"A": 30, "B": 10}, 15.0),
+    "minmax": group_run({"A": 11.0, "B": 13.5}, {"A": 30, "B": 10}, 12.1),
 }
 
 
@@ -138,7 +140,8 @@ def test_model_card_metadata_table_and_model_index():
         "perplexity (overall)": 12.1,
     }
     text = card.text
-    assert "| A | 12.00 | 11.00 |" in text and "| B | 20.00 | 13.50 |" in text
+    # the evaluated rows come from the runs' own counts
+    assert "| A | 30 | 12.00 | 11.00 |" in text and "| B | 10 | 20.00 | 13.50 |" in text
     assert "**8.00**" in text and "**2.50**" in text
     assert "![per-group perplexity](report.png)" in text
     assert "hf-egt train --dataset me/bios" in text and "min-max group DRO" in text
@@ -296,7 +299,7 @@ def test_trainer_push_to_hub_sends_the_egt_card_and_only_the_allow_list(fake_hub
     for group in ("a", "b"):  # the card's numbers are exp(the evaluation's per-group token-mean loss)
         expected = math.exp(metrics[f"eval_group_loss/{group}"])
         assert pushed[f"perplexity ({group})"] == pytest.approx(expected, abs=1e-4)
-        assert f"| {group} | {expected:.2f} |" in card
+        assert f"| {group} | 4 | {expected:.2f} |" in card  # with the group's evaluated rows
     assert "Trainer" not in card.split("---\n", 2)[2][:200]  # not transformers' default card
 
 
@@ -314,7 +317,7 @@ def test_create_model_card_writes_the_given_runs(tmp_path):
     trainer = _tiny_trainer(tmp_path, save_strategy="no")
     trainer.create_model_card(model_name="me/cols", runs=RUNS, settings={"seed": 0})
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "| A | 12.00 | 11.00 |" in card and "- seed: `0`" in card
+    assert "| A | 30 | 12.00 | 11.00 |" in card and "- seed: `0`" in card
     assert card.split("---\n", 2)[2].lstrip().startswith("# me/cols")
 
 

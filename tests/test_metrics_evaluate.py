@@ -143,3 +143,22 @@ def test_embed_images_batches_any_module():
         torch.testing.assert_close(features, module(images).flatten(1))
     assert embed_images(list(images), module, batch_size=4, device="cpu", show_progress=False).shape == (10, 16)
     assert math.isfinite(float(features.sum()))
+
+
+def test_empty_inputs_and_missing_group_labels_are_refused_naming_the_argument(features):
+    real, real_groups, generated, generated_groups = features
+    egt = evaluate.load(MODULE)
+    full = dict(
+        predictions=generated.tolist(),
+        prediction_groups=generated_groups,
+        references=real.tolist(),
+        reference_groups=real_groups,
+    )
+    with pytest.raises(ValueError, match="`predictions` is empty"):
+        egt.compute(**{**full, "predictions": [], "prediction_groups": []})
+    with pytest.raises(ValueError, match="`references` is empty"):
+        egt.compute(**{**full, "references": [], "reference_groups": []})
+    with pytest.raises(ValueError, match=r"`prediction_groups` has 1 missing label\(s\) \(None or NaN\) at row\(s\) 3"):
+        egt.compute(**{**full, "prediction_groups": generated_groups[:3] + [None] + generated_groups[4:]})
+    with pytest.raises(ValueError, match=r"`reference_groups` has 2 missing label"):
+        egt.compute(**{**full, "reference_groups": [None, math.nan] + real_groups[2:]})

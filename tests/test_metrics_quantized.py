@@ -17,7 +17,7 @@ from hf_egt.core.metrics import (
     minimum_samples,
     quantized_pr_curve,
 )
-from hf_egt.core.metrics import report as report_module
+from hf_egt.core.metrics import quantized as quantized_module
 from hf_egt.core.metrics.knn import radius_counts
 from hf_egt.core.metrics.projection import fit_projection
 from hf_egt.core.metrics.quantized import fit_codebook, histogram_mauve, kmeans
@@ -144,7 +144,7 @@ def test_null_case_sits_within_the_floor_and_its_gap_is_not_significant(divergen
         generated_features=generated,
         generated_groups=generated_groups,
         divergence=divergence,
-        n_permutations=200,
+        n_permutations=60,
     )
     assert report["within_floor"] == {"a": True, "b": True}
     assert report["gap_p_value"] > 0.05 and report["gap_significant"] is False
@@ -209,7 +209,7 @@ def test_small_groups_are_rejected_before_any_work(monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("the codebook was fitted before the sample sizes were checked")
 
-    monkeypatch.setattr(report_module, "pooled_codebook", no_work)
+    monkeypatch.setattr(quantized_module, "pooled_codebook", no_work)
     real_groups = real_groups[:-15] + ["tiny"] * 15
     with pytest.raises(ValueError, match=r"Group 'tiny': `real` has 15 sample\(s\).*needs at least 20"):
         egt_report(
@@ -252,7 +252,7 @@ def test_radius_counts_match_brute_force(dim):
     assert torch.allclose(largest, radius_sq, rtol=1e-6)
 
 
-def test_codebook_is_shared_by_all_groups():
+def test_each_group_is_measured_on_a_codebook_of_its_own_pooled_samples():
     real, real_groups, generated, generated_groups = two_groups(shift_b=0.3)
     report = egt_report(
         real,
@@ -261,14 +261,79 @@ def test_codebook_is_shared_by_all_groups():
         generated_groups=generated_groups,
         divergence="quantized_tv",
         n_null=0,
+        n_permutations=0,
     )
-    pooled = torch.cat([real, generated])
-    codebook = fit_codebook(pooled, report["num_clusters"], seed=0)
-    labels_real, labels_generated = codebook.assign(real), codebook.assign(generated)
     for group, rows in (("a", slice(0, 240)), ("b", slice(240, 480))):
-        p = torch.bincount(labels_real[rows], minlength=codebook.num_clusters)
-        q = torch.bincount(labels_generated[rows], minlength=codebook.num_clusters)
+        pooled = torch.cat([real[rows], generated[rows]])
+        codebook = fit_codebook(pooled, report["num_clusters"], seed=0)
+        p = torch.bincount(codebook.assign(real[rows]), minlength=codebook.num_clusters)
+        q = torch.bincount(codebook.assign(generated[rows]), minlength=codebook.num_clusters)
         assert report["per_group"][group] == pytest.approx(float(histogram_divergence("tv", p, q)), abs=1e-12)
+        alone = estimate(real[rows], generated[rows], "quantized_tv", num_clusters=report["num_clusters"], seed=0)
+        assert report["per_group"][group] == float(alone)
+
+
+SEPARATED_SIZES = {"a": (300, 250), "b": (120, 100), "c": (60, 50)}
+
+
+def three_groups(centres: dict, seed: int = 0, dim: int = 8):
+    """Issue 22's case: 8-d Gaussians, real / generated rows 300 / 250, 120 / 100, 60 / 50; b generated +1 in
+    every dimension."""
+    generator = torch.Generator().manual_seed(seed)
+    real, real_groups, generated, generated_groups = [], [], [], []
+    for group, (n_real, n_generated) in SEPARATED_SIZES.items():
+        real.append(centres[group] + torch.randn(n_real, dim, generator=generator, dtype=torch.float64))
+        offset = 1.0 if group == "b" else 0.0
+        generated.append(
+            centres[group] + offset + torch.randn(n_generated, dim, generator=generator, dtype=torch.float64)
+        )
+        real_groups += [group] * n_real
+        generated_groups += [group] * n_generated
+    return torch.cat(real), real_groups, torch.cat(generated), generated_groups
+
+
+@pytest.mark.parametrize("divergence", ["quantized_js", "mauve"])
+def test_a_shifted_group_is_found_when_the_groups_lie_far_apart(divergence):
+    """A codebook shared by all groups spent its 5 clusters on separating the groups (b scored 0.000, p = 0.73);
+    with a codebook per group the separated layout gives the overlapping layout's values exactly."""
+    layouts = {"overlapping": {"a": 0.0, "b": 0.0, "c": 0.0}, "separated": {"a": 0.0, "b": 2.0, "c": -2.0}}
+    reports = {}
+    for layout, centres in layouts.items():
+        real, real_groups, generated, generated_groups = three_groups(centres)
+        reports[layout] = egt_report(
+            real,
+            real_groups,
+            generated_features=generated,
+            generated_groups=generated_groups,
+            divergence=divergence,
+            n_bootstrap=0,
+            n_null=5,
+            n_permutations=100,
+        )
+    for report in reports.values():
+        assert report["worst_group"] == "b"
+        assert report["gap_p_value"] < 0.01 and report["within_floor"]["b"] is False
+    for group in SEPARATED_SIZES:  # PCA centres each group's pooled samples: a translation changes nothing
+        separated, overlapping = reports["separated"]["per_group"][group], reports["overlapping"]["per_group"][group]
+        assert separated == pytest.approx(overlapping, abs=1e-9)
+
+
+@pytest.mark.parametrize("divergence", ["quantized_js", "mauve", "kl", "js"])
+def test_a_group_value_ignores_where_the_other_groups_lie(divergence):
+    real, real_groups, generated, generated_groups = three_groups({"a": 0.0, "b": 0.0, "c": 0.0})
+    settings = dict(divergence=divergence, n_bootstrap=0, n_null=0, n_permutations=0)
+    before = egt_report(real, real_groups, generated_features=generated, generated_groups=generated_groups, **settings)
+    far = torch.tensor([group == "c" for group in real_groups])
+    far_generated = torch.tensor([group == "c" for group in generated_groups])
+    moved = egt_report(
+        real + 50.0 * far.unsqueeze(1),
+        real_groups,
+        generated_features=generated - 80.0 * far_generated.unsqueeze(1),
+        generated_groups=generated_groups,
+        **settings,
+    )
+    for group in ("a", "b"):
+        assert moved["per_group"][group] == before["per_group"][group]
 
 
 def test_markdown_table_and_plot_mark_floors_and_a_non_significant_gap(tmp_path):

@@ -298,3 +298,71 @@ def test_report_figure_titles_fit_inside_the_figure(tmp_path, monkeypatch):
     for title, figure in extents:
         assert title.width > 0
         assert figure.x0 <= title.x0 and title.x1 <= figure.x1 and figure.y0 <= title.y0 and title.y1 <= figure.y1
+
+
+def embedding_like_null(dim: int = 384, n: int = 50, seed: int = 0):
+    """Three groups of unit-norm 384-d features with a 16-d structure (as sentence embeddings); real and generated
+    are two disjoint draws of each group's distribution (a null case)."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(16, dim, generator=generator, dtype=torch.float64)
+    real, generated, groups = [], [], []
+    for index in range(3):
+        centre = torch.randn(16, generator=generator, dtype=torch.float64)
+        rows = (centre + torch.randn(2 * n, 16, generator=generator, dtype=torch.float64)) @ basis
+        rows = torch.nn.functional.normalize(rows + 2.0 * torch.randn(2 * n, dim, generator=generator), dim=1)
+        real.append(rows[:n])
+        generated.append(rows[n:])
+        groups += [f"g{index}"] * n
+    return torch.cat(real), groups, torch.cat(generated), groups
+
+
+def test_every_divergence_on_a_384_d_null_case_is_finite_and_within_its_floor():
+    """In 384-d the density-ratio k-NN estimators raised d * log(distance ratio) to the power (chi^2 of 1e36 on a
+    null case, squared Hellinger exactly 0); above KNN_VALIDATED_DIM they now see a PCA of the pair, and the k-NN
+    chi^2, still far off on 8 components of real embeddings, is refused with its reason. PRDC scores are
+    checked for range only: their floors come from halves, where precision and coverage run high (larger k-NN
+    balls), so a null value falls below its floor now and then (1 group-check in 36 on seeds 0-2)."""
+    from hf_egt.core.metrics.prdc import PRDC_KEYS
+    from hf_egt.core.metrics.report import KNN_VALIDATED_DIM, QUANTIZED
+
+    real, groups, generated, _ = embedding_like_null(n=100)
+    with pytest.raises(ValueError, match=r"Group 'g0': `divergence`='chi2' is refused on 8-d features .*heavy-tailed"):
+        egt_report(real, groups, generated_features=generated, generated_groups=groups, divergence="chi2")
+    for name in (name for name in DIVERGENCES if name != "chi2"):
+        report = egt_report(
+            real, groups, generated_features=generated, generated_groups=groups, divergence=name, n_permutations=0
+        )
+        assert all(math.isfinite(value) for value in report["per_group"].values()), name
+        assert report["projection"] == (None if name in QUANTIZED else {"pca": KNN_VALIDATED_DIM})
+        if name in PRDC_KEYS:
+            assert all(0 <= value <= (2 if name == "density" else 1) for value in report["per_group"].values())
+        else:
+            assert all(report["within_floor"].values()), (name, report["per_group"], report["null_floor"])
+
+
+def test_high_dimensional_knn_estimates_see_a_pca_of_the_pair_unless_told_otherwise():
+    from hf_egt.core.metrics.projection import fit_projection
+
+    real, _, generated, _ = embedding_like_null(n=40)
+    real, generated = real[:40], generated[:40]
+    projection = fit_projection(torch.cat([real, generated]), pca=8)
+    expected = kl_divergence(projection(real), projection(generated))
+    assert float(estimate(real, generated, "kl")) == float(expected)
+    assert float(estimate(real[:, :8], generated[:, :8], "kl")) == float(kl_divergence(real[:, :8], generated[:, :8]))
+    with pytest.warns(UserWarning, match=r"kl on 384-d features: .* validated up to 8 dimensions"):
+        estimate(real, generated, "kl", pca=None)
+
+
+def test_missing_group_labels_and_empty_inputs_are_refused_naming_the_argument():
+    real, real_groups, generated, generated_groups = make_groups()
+    with pytest.raises(ValueError, match=r"`real_groups` has 1 missing label\(s\) \(None or NaN\) at row\(s\) 5"):
+        egt_report(
+            real,
+            real_groups[:5] + [None] + real_groups[6:],
+            generated_features=generated,
+            generated_groups=generated_groups,
+        )
+    with pytest.raises(ValueError, match="`generated_features` is empty"):
+        egt_report(real, real_groups, generated_features=[], generated_groups=[])
+    with pytest.raises(ValueError, match="`real_features` is empty"):
+        egt_report([], [], generated_features=generated, generated_groups=generated_groups)

@@ -877,6 +877,23 @@ def resolve_feature_model(name: str | None) -> str | None:
     return name
 
 
+def load_feature_model(name: str) -> tuple:
+    """The ``(model, tokenizer)`` of ``--feature_model``, loaded before any perplexity or generation, or an error that
+    names the option (a missing folder, a Hub id that cannot be found or is not cached offline, a non-encoder)."""
+    from hf_egt.integrations.features import load_text_encoder
+
+    if not Path(name).exists() and name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"`--feature_model`: no such folder {name!r}.")
+    try:
+        return load_text_encoder(name)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"`--feature_model` {name!r} could not be loaded as a text encoder ({type(error).__name__}: {error}). "
+            "Pass 'minilm' (all-MiniLM-L6-v2, offline), a Hub id or local folder of a Hugging Face encoder, or "
+            "'none' for perplexity only."
+        ) from error
+
+
 def recorded_split(args: argparse.Namespace) -> dict | None:
     """The ``split.json`` of ``--adapter`` to reuse, or ``None`` (no adapter, no record, ``--split`` or
     ``--ignore_recorded_split`` given)."""
@@ -942,10 +959,10 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     from hf_egt.integrations.evaluation import evaluate_causal_lm, write_report
 
     feature_model = resolve_feature_model(args.feature_model)
+    encoder = None
     if feature_model is not None:
         minimum_samples(args.divergence)  # an unknown name fails here, not after generation
-        if not Path(feature_model).exists() and feature_model.startswith((".", "/", "~")):
-            raise FileNotFoundError(f"`--feature_model`: no such folder {feature_model!r}.")
+        encoder = load_feature_model(feature_model)  # before any data, perplexity or generation work
     check_adapter_path(args.adapter)
     if (Path(args.output_dir) / "report.json").exists() and not args.overwrite_output_dir:
         raise ValueError(
@@ -1019,7 +1036,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     kwargs = {
         "batch_size": args.per_device_eval_batch_size,
         "max_length": args.max_length,
-        "feature_model": feature_model,
+        "feature_model": encoder,
         "num_prompt_words": args.num_prompt_words,
         "max_new_tokens": args.max_new_tokens,
         "max_prompts_per_group": args.max_prompts_per_group,

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
-from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, likelihood_report, runs_table, summarize_groups
+from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, check_runs, group_run, likelihood_report, runs_table
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ def group_perplexity(
 
     Returns ``{"loss_per_group", "per_group" (perplexity), "overall_loss", "overall" (perplexity), "sequence_nll"}``
     (and ``"bits_per_byte"``), the last ones ``likelihood_report``'s summaries (``per_group``, ``gap``,
-    ``worst_group``, ``overall``, ``ci`` with ``n_bootstrap`` > 0), plus ``"counts"``.
+    ``worst_group``, ``overall``, ``ci`` with ``n_bootstrap`` > 0), plus ``"scored"`` (texts, tokens and bytes per
+    group).
     """
     scored = (tokens > 0).tolist()
     kept = [group for group, keep in zip(groups, scored) if keep]
@@ -174,7 +175,7 @@ def group_perplexity(
     for unit in ("sequence_nll", "bits_per_byte"):
         if unit in report:
             result[unit] = {**report[unit], "per_group": {g: report[unit]["per_group"][g] for g in order}}
-    result["counts"] = {group: report["counts"][group] for group in order}
+    result["scored"] = {group: report["counts"][group] for group in order}
     return result
 
 
@@ -241,12 +242,19 @@ def embedding_egt(
 
     ``feature_model`` is a Hub id or folder of a sentence encoder, or an already loaded ``(model, tokenizer)`` pair;
     ``None`` when ``real_texts`` and ``generated_texts`` are embeddings already (arrays of shape ``(n, dim)``).
+    Texts are embedded L2-normalised (sentence-transformers' Normalize module, as in all-MiniLM-L6-v2, and MAUVE's
+    preprocessing).
     The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
     from hf_egt.core.metrics import egt_report, minimum_samples
+    from hf_egt.core.metrics.validation import check_group_labels, check_not_empty
     from hf_egt.integrations.features import embed_texts, load_text_encoder
 
+    check_not_empty(real_texts, "real_texts")
+    check_not_empty(generated_texts, "generated_texts")
+    real_groups = check_group_labels(real_groups, "real_groups")
+    generated_groups = check_group_labels(generated_groups, "generated_groups")
     minimum = minimum_samples(divergence, **estimator_kwargs)
     counts = {
         str(group): (list(real_groups).count(group), list(generated_groups).count(group))
@@ -263,8 +271,8 @@ def embedding_egt(
         real, generated = real_texts, generated_texts
     else:
         encoder = feature_model if isinstance(feature_model, tuple) else load_text_encoder(feature_model)
-        real = embed_texts(list(real_texts), encoder, batch_size=batch_size)
-        generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size)
+        real = embed_texts(list(real_texts), encoder, batch_size=batch_size, normalize=True)
+        generated = embed_texts(list(generated_texts), encoder, batch_size=batch_size, normalize=True)
     return egt_report(
         real,
         list(real_groups),
@@ -287,6 +295,52 @@ def _jsonable(value):
     if hasattr(value, "item") and callable(value.item):
         return value.item()
     return value
+
+
+# why a value is undefined, by the name of the field that holds it (the first match along its path)
+UNDEFINED_REASONS = {
+    "per_group": "the group has no real or no generated samples (see `missing`), or no scored token",
+    "ci": "no interval: n_bootstrap = 0, or the group's half-samples are below the estimator's minimum",
+    "null_floor": "no floor: n_null = 0, or halves of the group's real samples are below the estimator's minimum",
+    "gap_p_value": "no p-value: n_permutations = 0, or fewer than two groups compared",
+    "gap": "fewer than two groups have a value",
+    "ratio": "the best group's value is 0 (ratio infinite) or undefined",
+}
+
+
+def strict_jsonable(value, path: str = "") -> tuple[object, dict[str, str]]:
+    """``(value as strict JSON, reasons)``: NaN and infinite floats become ``null`` (JSON has no NaN or Infinity),
+    and ``reasons`` maps the path of each (``runs/base/egt/gap_p_value``) to why it is undefined."""
+    value = _jsonable(value)
+    reasons: dict[str, str] = {}
+    if isinstance(value, float) and not math.isfinite(value):
+        names = path.split("/")
+        why = next((UNDEFINED_REASONS[name] for name in names if name in UNDEFINED_REASONS), "undefined")
+        reasons[path] = f"{value} in the computation: {why}"
+        return None, reasons
+    if isinstance(value, dict):
+        converted = {}
+        for key, item in value.items():
+            converted[key], found = strict_jsonable(item, f"{path}/{key}" if path else key)
+            reasons.update(found)
+        return converted, reasons
+    if isinstance(value, list):
+        converted = []
+        for index, item in enumerate(value):
+            item, found = strict_jsonable(item, f"{path}/{index}")
+            converted.append(item)
+            reasons.update(found)
+        return converted, reasons
+    return value, reasons
+
+
+def strict_json_dumps(payload: Mapping, indent: int = 2) -> str:
+    """``payload`` as strict JSON (``json.loads`` of any standard parser reads it): undefined values are ``null``
+    and an ``"undefined"`` entry gives, by path, the reason of each."""
+    converted, reasons = strict_jsonable(dict(payload))
+    if reasons:
+        converted["undefined"] = reasons
+    return json.dumps(converted, indent=indent, allow_nan=False)
 
 
 def groups_too_small_for_egt(
@@ -322,10 +376,12 @@ def evaluate_causal_lm(
 ) -> dict:
     """Per-group perplexity (and, with ``feature_model``, the EGT divergence of generated vs real text) of a model.
 
-    Returns ``{"per_group", "gap", "ratio", "worst_group", "best_group", "overall", "loss_per_group",
-    "overall_loss", "metric": "perplexity"}``, the per-text and per-byte units ``"sequence_nll"`` and
-    ``"bits_per_byte"`` (each ``per_group``, ``gap``, ``worst_group``, ``overall`` and a 95 % bootstrap ``ci`` over
-    texts with ``n_bootstrap`` > 0), ``"counts"``, plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
+    Returns a ``hf_egt.core.metrics.GroupRun`` (``"per_group"``, ``"counts"`` (scored texts per group), ``"gap"``,
+    ``"ratio"``, ``"worst_group"``, ``"best_group"``, ``"overall"`` (token-pooled perplexity, as
+    ``EGTTrainer.evaluate_groups``), ``"metric": "perplexity"``) with ``"loss_per_group"`` and ``"overall_loss"``,
+    the per-text and per-byte units ``"sequence_nll"`` and ``"bits_per_byte"`` (each ``per_group``, ``gap``,
+    ``worst_group``, ``overall`` and a 95 % bootstrap ``ci`` over texts with ``n_bootstrap`` > 0), ``"scored"``
+    (texts, tokens and bytes per group), plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     With ``prefixes`` (e.g. a group tag per text, for a group-conditional model), the likelihood of each text is taken
     given its prefix, on the same scored tokens (``sequence_nll``); generation prompts stay the texts' first words.
     """
@@ -348,7 +404,8 @@ def evaluate_causal_lm(
     )
     byte_counts = predicted_byte_counts(tokenizer, texts, max_length) if getattr(tokenizer, "is_fast", False) else None
     perplexity = group_perplexity(nll, tokens, groups, byte_counts, n_bootstrap=n_bootstrap, seed=seed)
-    result = {**summarize_groups(perplexity["per_group"]), **perplexity, "metric": "perplexity"}
+    counts = {group: perplexity["scored"][group]["examples"] for group in perplexity["per_group"]}
+    result = {**group_run(perplexity["per_group"], counts, perplexity["overall"]), **perplexity}
     if feature_model is not None:
         chosen = _prompt_rows(groups, max_prompts_per_group, seed)
         real = [texts[i] for i in chosen]
@@ -479,13 +536,14 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs; return their paths.
     ``notes`` (markdown) is printed under the per-group table."""
+    check_runs(runs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "report.json", "md": output_dir / "report.md", "png": output_dir / "report.png"}
     payload = {"metric": metric, "runs": _jsonable(dict(runs)), "config": _jsonable(dict(config or {}))}
     if command:
         payload["command"] = command
-    paths["json"].write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    paths["json"].write_text(strict_json_dumps(payload), encoding="utf-8")
     plot_runs(runs, paths["png"], metric=metric)
     markdown = report_markdown(runs, title=title, metric=metric, command=command, notes=notes)
     paths["md"].write_text(markdown, encoding="utf-8")

@@ -160,7 +160,8 @@ def build_model_card(
 
     Args:
         base_model: the Hub id (or path) of the model the adapter applies to (YAML ``base_model``).
-        runs: run name -> ``{"per_group", "gap", "worst_group", "overall"}`` (e.g. ``{"base": ..., "minmax": ...}``);
+        runs: run name -> ``hf_egt.core.metrics.GroupRun`` (``per_group``, ``counts``, ``gap``, ``worst_group``,
+            ``overall``; e.g. ``{"base": ..., "minmax": ...}``);
             every run is a column of the card's table. Empty: a card without an EGT report (nothing was measured,
             e.g. the diffusion script's), and without ``model-index`` results.
         objective: the training objective (``erm``, ``minmax``...).
@@ -174,7 +175,8 @@ def build_model_card(
         library_name: ``peft`` for LoRA adapters, ``diffusers`` for diffusion LoRA weights.
         pipeline_tag / task_type: Hub pipeline tag and model-index task type.
         tags: extra tags, added to ``hf-egt``, ``fairness``, ``lora``, ``group-dro``.
-        eval_counts: evaluated rows per group, a column of the table (the size behind each number).
+        eval_counts: evaluated rows per group, a column of the table (the size behind each number); default: the
+            ``counts`` of ``result_run``.
         settings: the training settings that produced the numbers (learning rate, steps, seed...), listed as is.
         dropped: what was left out of training or evaluation (groups, rows), repeated from the report.
         held_out: how the evaluated rows were held out (e.g. "20% of each group, seed 42; see split.json").
@@ -182,11 +184,14 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hf_egt.core.metrics import runs_table
+    from hf_egt.core.metrics import check_runs, runs_table
 
+    check_runs(runs)
     result_run = result_run or (list(runs)[-1] if runs else None)
     if runs and result_run not in runs:
         raise ValueError(f"`result_run` {result_run!r} is not one of the runs {list(runs)}.")
+    if runs and eval_counts is None:
+        eval_counts = runs[result_run]["counts"]
     all_tags = list(dict.fromkeys([*BASE_TAGS, *tags, objective]))
     hub_dataset = dataset if dataset and "/" in dataset and not Path(dataset).exists() else None
     card_data = ModelCardData(

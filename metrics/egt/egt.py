@@ -11,6 +11,7 @@ import evaluate
 import numpy as np
 from hf_egt.core.metrics import DIVERGENCES
 from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE
+from hf_egt.core.metrics.validation import check_group_labels
 from hf_egt.integrations.evaluation import embedding_egt
 
 _CITATION = """\
@@ -60,9 +61,10 @@ Examples:
 """
 
 
-def _labels(groups):
-    """Group labels as strings (lists, arrays and tensors alike)."""
-    return [str(group) for group in (groups.tolist() if hasattr(groups, "tolist") else groups)]
+def _labels(groups, name):
+    """Group labels as strings (lists, arrays and tensors alike); a missing label (None, NaN) is an error naming
+    ``name``, not a group called 'None'."""
+    return [str(group) for group in check_group_labels(groups, name)]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -97,9 +99,17 @@ class EGT(evaluate.Metric):
         )
 
     def compute(self, *, predictions=None, references=None, **kwargs):
-        """Like `evaluate.Metric.compute`; `references` may have another length than `predictions`."""
-        if kwargs.get("prediction_groups") is not None:
-            kwargs["prediction_groups"] = _labels(kwargs["prediction_groups"])
+        """Like `evaluate.Metric.compute`; `references` may have another length than `predictions`. Empty inputs
+        and missing group labels are refused before any work, naming the argument."""
+        if references is None or kwargs.get("reference_groups") is None:
+            raise ValueError("`references` and `reference_groups` (the real samples and their groups) are required.")
+        for name, value in (("predictions", predictions), ("references", references)):
+            if value is None or len(value) == 0:
+                raise ValueError(f"`{name}` is empty; pass at least one sample per group (and its group label).")
+        for name in ("prediction_groups", "reference_groups"):
+            if kwargs.get(name) is None:
+                raise ValueError(f"`{name}` is required: the group label of each sample.")
+            kwargs[name] = _labels(kwargs[name], name)
         return super().compute(predictions=predictions, reference_samples=references, **kwargs)
 
     def _compute(
@@ -134,7 +144,7 @@ class EGT(evaluate.Metric):
             feature_model = None  # already features
         return embedding_egt(
             references,
-            _labels(reference_groups),
+            list(reference_groups),
             generated_texts=predictions,
             generated_groups=list(prediction_groups),
             feature_model=feature_model,

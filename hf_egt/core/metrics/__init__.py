@@ -29,13 +29,16 @@ from hf_egt.core.metrics.report import (
     report_table,
     runs_table,
 )
-from hf_egt.core.metrics.summary import summarize_groups
+from hf_egt.core.metrics.summary import RUN_FIELDS, GroupRun, check_runs, group_run, summarize_groups
 from hf_egt.core.metrics.validation import minimum_samples
 
 __all__ = [
     "DIVERGENCES",
     "QUANTIZED",
+    "RUN_FIELDS",
+    "GroupRun",
     "RECOMMENDED_TEXT_DIVERGENCE",
+    "check_runs",
     "chi2_divergence",
     "egt_report",
     "estimate",
@@ -44,6 +47,7 @@ __all__ = [
     "frechet_distance_from_moments",
     "gaussian_moments",
     "group_likelihood",
+    "group_run",
     "histogram_divergence",
     "histogram_mauve",
     "jensen_shannon_divergence",

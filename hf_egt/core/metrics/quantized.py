@@ -1,14 +1,19 @@
-"""Quantised estimators: every divergence computed exactly on histograms over a shared k-means codebook.
+"""Quantised estimators: every divergence computed exactly on histograms over a k-means codebook of the pair.
 
-The pooled real and generated features (of all groups, in ``egt_report``) are L2-normalised, reduced by PCA to 90 %
-explained variance and clustered by seeded k-means (``fit_codebook``), as MAUVE does. Each sample becomes a cluster
-label, each side of each group a histogram over the same bins, and each divergence is computed *exactly* on the two
-empirical histograms (``histogram_divergence``). What is estimated is the divergence between the quantised
+The real and generated features of one comparison (one group, in ``egt_report``) are pooled, reduced by PCA to 90 %
+explained variance and clustered by seeded k-means (``fit_codebook``), as MAUVE does (MAUVE also L2-normalises each
+row: ``normalize=True``; see ``fit_codebook`` for why it is off by default). Each sample
+becomes a cluster label, each side a histogram over the same bins, and each divergence is computed *exactly* on the
+two empirical histograms (``histogram_divergence``). What is estimated is the divergence between the quantised
 distributions, which is at most the divergence between the continuous ones (data processing inequality); in
 exchange the estimate is bounded, cheap to resample and usable at a few hundred samples in any dimension.
 
-- Cluster count: ``max(2, round(n / 10))`` with ``n`` the smallest per-side sample count of any group compared
-  (MAUVE's rule, applied to the smallest group so that each of its histograms has about ten samples per bin).
+- One codebook per comparison: a group's value is a function of that group's real and generated samples (and the
+  settings) only. A codebook shared by all groups spends its few clusters separating the groups from each other when
+  they lie apart in feature space (different languages, domains) and can no longer see a shift *within* a group.
+- Cluster count: ``max(2, round(n / 10))`` with ``n`` the smallest per-side sample count of the comparison (MAUVE's
+  rule: about ten samples per bin on the smaller side). ``egt_report`` applies it to the smallest compared group
+  and uses that one count for every group: the same resolution, hence the same estimator, for all groups.
 - Smoothing: KL, reverse KL and chi^2 are infinite as soon as a bin is empty on one side; their histograms get
   ``smoothing`` (default 0.5, the Krichevsky-Trofimov estimator, as MAUVE* does) added to every bin count before
   normalising. TV, JS, squared Hellinger, the PR divergence, the PR curve and MAUVE are finite on raw histograms and
@@ -129,12 +134,16 @@ def fit_codebook(
     features: torch.Tensor,
     num_clusters: int,
     pca: float | int | None = 0.9,
-    normalize: bool = True,
+    normalize: bool = False,
     kmeans_n_init: int = 5,
     kmeans_max_iter: int = 500,
     seed: int = 0,
 ) -> Codebook:
-    """Fit the preprocessing and k-means on the pooled ``features`` (MAUVE's defaults: L2, PCA 90 %, 5 restarts)."""
+    """Fit the preprocessing and k-means on the pooled ``features``: PCA to 90 % explained variance and 5 k-means
+    restarts as MAUVE; no L2 normalisation by default (``normalize=True`` is MAUVE's full recipe). Normalising each
+    row discards its norm, so a shift along a group's own direction (a group centred at +2 generated at +3) becomes
+    invisible; text features come L2-normalised from their encoder instead (``embedding_egt``, as MiniLM's
+    sentence-transformers pipeline does), where normalising again changes nothing."""
     projection = fit_projection(features, pca=pca, normalize=normalize)
     centroids, _ = kmeans(projection(features), num_clusters, kmeans_n_init, kmeans_max_iter, seed)
     return Codebook(projection=projection, centroids=centroids)
@@ -297,8 +306,9 @@ def pooled_codebook(pooled: torch.Tensor, min_samples: int, num_clusters: int | 
     return fit_codebook(pooled, num_clusters, **codebook_kwargs)
 
 
-def quantized_histograms(real, generated, **codebook_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bin counts of ``real`` and ``generated`` over a codebook fitted on the pair (see the module docstring)."""
+def quantized_labels(real, generated, **codebook_kwargs) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(real labels, generated labels, number of clusters)`` over a codebook fitted on the pair's pooled features
+    (see the module docstring)."""
     real, generated = as_features(real, "real"), as_features(generated, "generated")
     check_pair(real, generated)
     check_min_samples(real, 2, "real", "a quantised estimator")
@@ -306,15 +316,18 @@ def quantized_histograms(real, generated, **codebook_kwargs) -> tuple[torch.Tens
     codebook = pooled_codebook(
         torch.cat([real.double(), generated.double()]), min(real.shape[0], generated.shape[0]), **codebook_kwargs
     )
-    return (
-        histogram(codebook.assign(real), codebook.num_clusters),
-        histogram(codebook.assign(generated), codebook.num_clusters),
-    )
+    return codebook.assign(real), codebook.assign(generated), codebook.num_clusters
+
+
+def quantized_histograms(real, generated, **codebook_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bin counts of ``real`` and ``generated`` over a codebook fitted on the pair (see the module docstring)."""
+    real_labels, generated_labels, num_clusters = quantized_labels(real, generated, **codebook_kwargs)
+    return histogram(real_labels, num_clusters), histogram(generated_labels, num_clusters)
 
 
 def quantized_estimator(name: str) -> Callable[..., torch.Tensor]:
-    """``estimator(real, generated, **kwargs)`` of the quantised ``name`` on one pair (codebook fitted on the pair;
-    ``egt_report`` instead shares one codebook between all groups)."""
+    """``estimator(real, generated, **kwargs)`` of the quantised ``name`` on one pair (codebook fitted on the pair,
+    as for each group of ``egt_report``)."""
 
     def estimator(real, generated, **kwargs) -> torch.Tensor:
         codebook_kwargs, histogram_kwargs = split_quantized_kwargs(kwargs)

@@ -26,13 +26,20 @@ from hf_egt.core.metrics.prdc import PRDC_KEYS, prdc
 from hf_egt.core.metrics.projection import fit_projection
 from hf_egt.core.metrics.quantized import (
     HISTOGRAM_DIVERGENCES,
+    default_num_clusters,
     histogram_divergence,
-    pooled_codebook,
     quantized_estimator,
+    quantized_labels,
     split_quantized_kwargs,
 )
 from hf_egt.core.metrics.summary import summarize_groups
-from hf_egt.core.metrics.validation import as_features, check_pair, minimum_samples
+from hf_egt.core.metrics.validation import (
+    as_features,
+    check_group_labels,
+    check_not_empty,
+    check_pair,
+    minimum_samples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +48,7 @@ def _prdc_value(real, generated, key: str, k: int = 5, chunk_size: int | None = 
     return prdc(real, generated, k=k, chunk_size=chunk_size)[key]
 
 
-# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one shared codebook per report
+# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one codebook per group
 QUANTIZED = {f"quantized_{name}": name for name in HISTOGRAM_DIVERGENCES if name != "mauve"} | {"mauve": "mauve"}
 
 # name -> (estimator(real, generated, **kwargs) -> 0-d tensor, higher_is_worse)
@@ -59,8 +66,24 @@ DIVERGENCES: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
 }
 PREPROCESSING_KWARGS = ("pca", "normalize")
 # The estimator docs/metric.md supports for sentence embeddings at ~100 samples per group (384-d MiniLM): bounded,
-# symmetric, exact on a shared codebook, with a floor and a p-value that are cheap to compute.
+# symmetric, exact on histograms of each group's own codebook, with a floor and a p-value.
 RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
+# The largest dimension at which docs/metric.md validates the k-NN and Fréchet estimators (Gaussian closed forms at
+# d = 2 and 8; at d = 64 the k-NN KL is off by -61 % to +188 %, not even of the right sign). Above it they see
+# features through a PCA to this many components fitted on the pair, unless `pca` / `normalize` are given: in 384-d
+# the density-ratio estimators raise d * log(distance ratio) to the power (chi^2 of 1e36 on a null case, squared
+# Hellinger clipped to exactly 0), while on 8 components every one keeps the null case within its floor.
+KNN_VALIDATED_DIM = 8
+# Estimators refused above a smaller dimension, with the reason. The k-NN chi^2 is heavy-tailed (infinite whenever Q
+# has lighter tails than P) and validated in 1-d only: even projected to 8 components, two halves of the same BOLD
+# group (MiniLM) read 20.7 on average (largest 168) with 4 gaps in 5 "significant" (docs/metric.md).
+KNN_REFUSED_ABOVE = {
+    "chi2": (
+        2,
+        "the k-NN chi^2 is heavy-tailed (infinite whenever the generated distribution has lighter tails than the real "
+        "one) and validated in 1-d only; on a 384-d null case projected to 8 components it averaged 20.7",
+    )
+}
 
 
 def _check_divergence(divergence: str) -> None:
@@ -68,27 +91,56 @@ def _check_divergence(divergence: str) -> None:
         raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
 
 
+def default_preprocessing(divergence: str, dim: int, estimator_kwargs: dict) -> dict:
+    """The projection ``estimate`` applies before a non-quantised estimator: the caller's ``pca`` / ``normalize``,
+    else PCA to ``KNN_VALIDATED_DIM`` components above that dimension, else none (``{}``)."""
+    if divergence in QUANTIZED:
+        return {}
+    given = {key: estimator_kwargs[key] for key in PREPROCESSING_KWARGS if key in estimator_kwargs}
+    if given or dim <= KNN_VALIDATED_DIM:
+        return given
+    return {"pca": KNN_VALIDATED_DIM}
+
+
 def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> torch.Tensor:
     """One divergence (a name of ``DIVERGENCES``) between two feature sets, as a 0-d tensor.
 
     For the k-NN and Fréchet estimators, ``pca`` and ``normalize`` (see ``hf_egt.core.metrics.projection``) preprocess
-    both sets with a projection fitted on the pair; the quantised estimators take them as codebook settings.
+    both sets with a projection fitted on the pair; above ``KNN_VALIDATED_DIM`` features, without them, a PCA to
+    ``KNN_VALIDATED_DIM`` components is fitted on the pair (``default_preprocessing``), and an explicit projection
+    that leaves more dimensions is computed with a warning that the estimator is not validated there. The quantised
+    estimators take ``pca`` and ``normalize`` as codebook settings.
     """
     _check_divergence(divergence)
-    if divergence not in QUANTIZED and any(key in estimator_kwargs for key in PREPROCESSING_KWARGS):
+    if divergence not in QUANTIZED:
         real, generated = as_features(real, "real"), as_features(generated, "generated")
         check_pair(real, generated)
-        preprocessing = {key: estimator_kwargs.pop(key) for key in PREPROCESSING_KWARGS if key in estimator_kwargs}
-        projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
-        real, generated = projection(real), projection(generated)
+        preprocessing = default_preprocessing(divergence, real.shape[1], estimator_kwargs)
+        estimator_kwargs = {key: value for key, value in estimator_kwargs.items() if key not in PREPROCESSING_KWARGS}
+        if preprocessing:
+            projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
+            real, generated = projection(real), projection(generated)
+        if divergence in KNN_REFUSED_ABOVE and real.shape[1] > KNN_REFUSED_ABOVE[divergence][0]:
+            limit, reason = KNN_REFUSED_ABOVE[divergence]
+            raise ValueError(
+                f"`divergence`={divergence!r} is refused on {real.shape[1]}-d features (after any projection): "
+                f"{reason}. Use 'quantized_{divergence}' (exact on each group's histograms), or pass `pca={limit}` "
+                f"to measure it on {limit} principal components."
+            )
+        if real.shape[1] > KNN_VALIDATED_DIM:
+            warnings.warn(
+                f"{divergence} on {real.shape[1]}-d features: the k-NN and Fréchet estimators are validated up to "
+                f"{KNN_VALIDATED_DIM} dimensions (docs/metric.md) and can be far off above (a null case may read as a "
+                f"large divergence); leave `pca` unset for a PCA to {KNN_VALIDATED_DIM} components, or use a "
+                "quantised divergence.",
+                stacklevel=2,
+            )
     return DIVERGENCES[divergence][0](real, generated, **estimator_kwargs)
 
 
 def _group_labels(groups, num_rows: int, name: str, features_name: str) -> list:
     """Group labels as a list of str or int (JSON keys), one per feature row."""
-    if isinstance(groups, torch.Tensor | np.ndarray):
-        groups = groups.tolist()
-    groups = [group.item() if isinstance(group, np.generic) else group for group in groups]
+    groups = check_group_labels(groups, name)
     if len(groups) != num_rows:
         raise ValueError(
             f"`{name}` has {len(groups)} labels but `{features_name}` has {num_rows} rows; give one group per row."
@@ -212,33 +264,31 @@ def proportion_criteria(real_counts: dict, generated_counts: dict) -> dict:
     }
 
 
-DEFAULT_RESAMPLES = {"quantized": (200, 1000), "knn": (20, 100)}  # (n_bootstrap, n_permutations)
+DEFAULT_RESAMPLES = {"quantized": (200, 200), "knn": (20, 100)}  # (n_bootstrap, n_permutations)
 
 
-def _prepared_samples(divergence, real, generated, min_samples: int, estimator_kwargs: dict):
-    """``(real samples, generated samples, statistic, resampling method, codebook size)`` for one report.
+def pair_statistic(divergence: str, estimator_kwargs: dict) -> Callable[..., torch.Tensor]:
+    """``statistic(real, generated)``: ``estimate`` of ``divergence`` on one pair of feature sets, every fitted step
+    (projection, codebook) fitted on that pair alone. The one statistic behind a report's per-group values, floors,
+    permutation p-value and overall value."""
 
-    Quantised estimators: one codebook fitted on all rows, samples = cluster labels, statistic = the exact
-    divergence of their histograms. Others: samples = features (projected when ``pca`` / ``normalize`` are given,
-    with one projection fitted on all rows), statistic = the estimator.
-    """
-    kwargs = dict(estimator_kwargs)
-    if divergence in QUANTIZED:
-        codebook_kwargs, histogram_kwargs = split_quantized_kwargs(kwargs)
-        codebook = pooled_codebook(torch.cat([real.double(), generated.double()]), min_samples, **codebook_kwargs)
-        size, name = codebook.num_clusters, QUANTIZED[divergence]
+    def statistic(real, generated) -> torch.Tensor:
+        return estimate(real, generated, divergence, **estimator_kwargs)
 
-        def statistic(real_labels, generated_labels):
-            real_counts = torch.bincount(real_labels, minlength=size)
-            generated_counts = torch.bincount(generated_labels, minlength=size)
-            return histogram_divergence(name, real_counts, generated_counts, **histogram_kwargs)
+    return statistic
 
-        return codebook.assign(real), codebook.assign(generated), statistic, "bootstrap", size
-    preprocessing = {key: kwargs.pop(key) for key in PREPROCESSING_KWARGS if key in kwargs}
-    if preprocessing:
-        projection = fit_projection(torch.cat([real.double(), generated.double()]), **preprocessing)
-        real, generated = projection(real), projection(generated)
-    return real, generated, functools.partial(DIVERGENCES[divergence][0], **kwargs), "subsampling", None
+
+def _label_statistic(divergence: str, num_clusters: int, histogram_kwargs: dict) -> Callable[..., torch.Tensor]:
+    """``statistic(real labels, generated labels)``: the exact histogram divergence of two sets of cluster labels
+    (the bootstrap of a quantised value resamples labels, conditionally on the group's codebook)."""
+    name = QUANTIZED[divergence]
+
+    def statistic(real_labels, generated_labels) -> torch.Tensor:
+        real_counts = torch.bincount(real_labels, minlength=num_clusters)
+        generated_counts = torch.bincount(generated_labels, minlength=num_clusters)
+        return histogram_divergence(name, real_counts, generated_counts, **histogram_kwargs)
+
+    return statistic
 
 
 def _check_group_sizes(divergence: str, counts: dict, estimator_kwargs: dict) -> int:
@@ -292,22 +342,29 @@ def egt_report(
         divergence: a name of ``DIVERGENCES`` (default ``RECOMMENDED_TEXT_DIVERGENCE``, as the `evaluate` module and
             ``hf-egt evaluate``). k-NN family: "kl", "reverse_kl", "js", "tv", "hellinger"
             (squared), "chi2", "pr" (with ``pr_lambda``), "frechet", "precision", "recall", "density",
-            "coverage". Quantised family (one k-means codebook shared by all groups, exact on histograms):
+            "coverage". Quantised family (exact on histograms over a k-means codebook of each group's own pooled
+            samples, one cluster count for all groups):
             "quantized_kl", "quantized_reverse_kl", "quantized_js", "quantized_tv", "quantized_hellinger",
             "quantized_chi2", "quantized_pr", "mauve" (higher is better).
         n_bootstrap: resampling replicates per group for the intervals (0: none, NaN bounds). Default: 200
             bootstrap replicates for the quantised family, 20 half-samples for the others.
-        seed: seed of the codebook and of all resampling.
+        seed: seed of the codebooks and of all resampling.
         confidence: level of the intervals, and quantile of the null values that makes the floor.
         device: where to compute (default: where the features are).
         n_null: random half-splits of each group's real samples for its ``null_floor`` (0: none).
         n_permutations: label permutations for ``gap_p_value`` (0: none). Default: 1000 for the quantised family,
             100 for the others.
         **estimator_kwargs: passed to the estimator (``k``, ``n_neighbors``, ``pr_lambda``, ``adaptive``,
-            ``chunk_size``; ``pca`` and ``normalize`` for a shared projection; ``num_clusters``, ``smoothing``,
+            ``chunk_size``; ``pca`` and ``normalize`` for a projection fitted on each group's pair; ``num_clusters``
+            (default: MAUVE's rule on the smallest compared group, the same for every group), ``smoothing``,
             ``kmeans_n_init``, ``kmeans_max_iter``, ``mauve_scaling`` for the quantised family).
 
     Every group with both sides is checked against ``minimum_samples`` before any computation.
+
+    A group's value is ``estimate(real_g, generated_g, divergence, ...)``: every fitted step (projection, codebook)
+    is fitted on that group's own real and generated samples, so where the other groups lie changes nothing. Its
+    null floor and the permutation p-value refit them on every half-split and permuted group (the same statistic);
+    the bootstrap intervals of the quantised family resample cluster labels on the group's codebook.
 
     Returns:
         A JSON-serialisable dict: ``divergence``, ``higher_is_worse``, ``per_group`` (NaN for a group seen on one
@@ -315,8 +372,9 @@ def egt_report(
         ``worst_group``, ``best_group``, ``overall`` (all groups pooled), ``counts[g] = {"real": n_g,
         "generated": m_g}``, ``ci[g] = [low, high]``, ``null_floor[g]``, ``within_floor[g]`` (the value is no
         worse than two halves of the group's own data), ``missing[g]`` (the side a group lacks),
-        ``num_clusters`` (quantised family), ``generated_share``, ``data_share``, ``ego_gap``, ``mgo_gap``,
-        ``estimator_kwargs``, ``minimum_samples``.
+        ``num_clusters`` (quantised family), ``projection`` (the ``pca`` / ``normalize`` fitted on each pair before
+        a non-quantised estimator, ``KNN_VALIDATED_DIM``), ``generated_share``, ``data_share``, ``ego_gap``,
+        ``mgo_gap``, ``estimator_kwargs``, ``minimum_samples``.
     """
     _check_divergence(divergence)
     family = "quantized" if divergence in QUANTIZED else "knn"
@@ -328,6 +386,8 @@ def egt_report(
     if not 0 < confidence < 1:
         raise ValueError(f"`confidence` must lie in (0, 1), got {confidence}.")
     higher_is_worse = DIVERGENCES[divergence][1]
+    check_not_empty(real_features, "real_features")
+    check_not_empty(generated_features, "generated_features")
     real = as_features(real_features, "real_features")
     generated = as_features(generated_features, "generated_features")
     if real.shape[1] != generated.shape[1]:
@@ -361,33 +421,47 @@ def egt_report(
         )
     minimum = _check_group_sizes(divergence, counts, estimator_kwargs)
     compared = [group for group in groups if group not in missing]
-    smallest = min(min(counts[group].values()) for group in compared)
-    real_samples, generated_samples, statistic, method, num_clusters = _prepared_samples(
-        divergence, real, generated, smallest, estimator_kwargs
-    )
+    settings = dict(estimator_kwargs)
+    num_clusters = None
+    if family == "quantized":
+        # One resolution for every group: MAUVE's rule on the smallest compared side (or the caller's count), so that
+        # every group is measured by the same estimator, each on a codebook of its own pooled samples.
+        smallest = min(min(counts[group].values()) for group in compared)
+        num_clusters = settings.get("num_clusters") or default_num_clusters(smallest)
+        settings.update(num_clusters=num_clusters, seed=seed)
+        codebook_kwargs, histogram_kwargs = split_quantized_kwargs(settings)
+        codebook_kwargs.pop("chunk_size", None)
+        label_statistic = _label_statistic(divergence, num_clusters, histogram_kwargs)
+    statistic = pair_statistic(divergence, settings)
+    method = "bootstrap" if family == "quantized" else "subsampling"
+    real_rows = {group: real_by_group[group].to(real.device) for group in compared}
+    generated_rows = {group: generated_by_group[group].to(generated.device) for group in compared}
 
     per_group, ci, floor, within = {}, {}, {}, {}
     generator = torch.Generator().manual_seed(seed)
-    # Halves must be valid inputs: k-NN estimators need their minimum; a histogram on a shared codebook is defined
-    # for any size, and halves below the minimum only make the floor larger (more conservative).
-    floor_minimum = 2 if family == "quantized" else minimum
+    # Halves must be valid inputs: k-NN estimators need their minimum; a quantised estimator needs as many pooled
+    # samples as clusters, and halves below the minimum only make the floor larger (more conservative).
+    floor_minimum = max(2, math.ceil(num_clusters / 2)) if family == "quantized" else minimum
     floor_quantile = confidence if higher_is_worse else 1 - confidence
     for group in groups:
         per_group[group], ci[group], floor[group], within[group] = math.nan, [math.nan, math.nan], math.nan, None
         if group in missing:
             continue
-        group_real = real_samples[real_by_group[group].to(real_samples.device)]
-        group_generated = generated_samples[generated_by_group[group].to(generated_samples.device)]
+        group_real, group_generated = real[real_rows[group]], generated[generated_rows[group]]
         try:
-            per_group[group] = float(statistic(group_real, group_generated))
+            if family == "quantized":  # the value of `statistic`, keeping the labels for the bootstrap
+                samples = quantized_labels(group_real, group_generated, **codebook_kwargs)[:2]
+                per_group[group] = float(label_statistic(*samples))
+            else:
+                samples = (group_real, group_generated)
+                per_group[group] = float(statistic(*samples))
         except ValueError as error:
             raise ValueError(f"Group {group!r}: {error}") from error
         if n_bootstrap:
             try:
                 ci[group] = resampled_interval(
-                    group_real,
-                    group_generated,
-                    statistic,
+                    *samples,
+                    label_statistic if family == "quantized" else statistic,
                     per_group[group],
                     n_bootstrap,
                     generator,
@@ -412,11 +486,7 @@ def egt_report(
                 within[group] = bool(value <= floor[group] if higher_is_worse else value >= floor[group])
         logger.info("%s of group %r: %.4f (null floor %.4f)", divergence, group, per_group[group], floor[group])
 
-    rows = {group: real_by_group[group].to(real_samples.device) for group in compared}
-    generated_rows = {group: generated_by_group[group].to(generated_samples.device) for group in compared}
-    _, p_value = gap_permutation_test(
-        real_samples, rows, generated_samples, generated_rows, statistic, n_permutations, generator
-    )
+    _, p_value = gap_permutation_test(real, real_rows, generated, generated_rows, statistic, n_permutations, generator)
     summary = summarize_groups(per_group, higher_is_worse=higher_is_worse)
     return {
         "divergence": divergence,
@@ -428,7 +498,7 @@ def egt_report(
         "ratio": summary["ratio"],
         "worst_group": summary["worst_group"],
         "best_group": summary["best_group"],
-        "overall": float(statistic(real_samples, generated_samples)),
+        "overall": float(statistic(real, generated)),
         "counts": counts,
         "ci": ci,
         "null_floor": floor,
@@ -443,6 +513,8 @@ def egt_report(
         "n_permutations": n_permutations,
         "confidence": confidence,
         "num_clusters": num_clusters,
+        # the projection fitted on each pair before a non-quantised estimator (None: the features as given)
+        "projection": default_preprocessing(divergence, real.shape[1], estimator_kwargs) or None,
         "minimum_samples": minimum,
         "estimator_kwargs": {key: value for key, value in estimator_kwargs.items() if key != "chunk_size"},
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TypedDict
 
 
 def summarize_groups(per_group: Mapping[str | int, float], higher_is_worse: bool = True) -> dict:
@@ -26,3 +27,59 @@ def summarize_groups(per_group: Mapping[str | int, float], higher_is_worse: bool
         "worst_group": highest if higher_is_worse else lowest,
         "best_group": lowest if higher_is_worse else highest,
     }
+
+
+class GroupRun(TypedDict, total=False):
+    """One run's per-group result, the fields every surface (reports, model cards, the demo, `runs_table`, the
+    trainer's `evaluate_groups`, `evaluate_causal_lm`) reads: built by ``group_run``.
+
+    ``overall`` is the same quantity as a per-group value over all groups' data pooled: for perplexity,
+    ``exp(sum of NLL / sum of tokens)`` over every scored token (not a mean over batches or groups).
+    """
+
+    metric: str
+    per_group: dict
+    counts: dict
+    gap: float
+    ratio: float
+    worst_group: str | int
+    best_group: str | int
+    overall: float
+
+
+RUN_FIELDS = ("per_group", "counts", "gap", "worst_group", "overall")
+
+
+def group_run(
+    per_group: Mapping[str | int, float],
+    counts: Mapping[str | int, int],
+    overall: float,
+    *,
+    metric: str = "perplexity",
+    higher_is_worse: bool = True,
+) -> GroupRun:
+    """A ``GroupRun``: ``summarize_groups``' gap, ratio, worst and best group of ``per_group``, with each group's
+    evaluated row count and the pooled ``overall``."""
+    if set(counts) != set(per_group):
+        raise ValueError(
+            f"`counts` must name the groups of `per_group`: {sorted(map(str, counts))} vs "
+            f"{sorted(map(str, per_group))}."
+        )
+    summary = summarize_groups(per_group, higher_is_worse=higher_is_worse)
+    return GroupRun(
+        metric=metric,
+        **summary,
+        counts={group: int(counts[group]) for group in per_group},
+        overall=float(overall),
+    )
+
+
+def check_runs(runs: Mapping[str, Mapping]) -> None:
+    """Every run carries the ``RUN_FIELDS``, or a ``ValueError`` naming the run and the missing fields."""
+    for name, run in runs.items():
+        missing = [field for field in RUN_FIELDS if field not in run]
+        if missing:
+            raise ValueError(
+                f"Run {name!r} lacks {missing}; build each run with hf_egt.core.metrics.group_run (per-group values, "
+                "counts and the pooled overall)."
+            )

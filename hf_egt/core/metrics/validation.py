@@ -25,6 +25,30 @@ def as_features(features, name: str, group=None) -> torch.Tensor:
     return features
 
 
+def check_group_labels(groups, name: str) -> list:
+    """Group labels as a list, or a ``ValueError`` naming ``name`` when a label is missing (``None`` or NaN): a
+    missing label would otherwise become a group of its own (``'None'``, ``'nan'``)."""
+    if isinstance(groups, torch.Tensor | np.ndarray):
+        groups = groups.tolist()
+    if isinstance(groups, str):
+        raise TypeError(f"`{name}` must be a sequence of group labels (one per row), got the string {groups!r}.")
+    groups = [group.item() if isinstance(group, np.generic) else group for group in groups]
+    missing = [i for i, group in enumerate(groups) if group is None or (isinstance(group, float) and group != group)]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(
+            f"`{name}` has {len(missing)} missing label(s) (None or NaN) at row(s) {shown}; give every row a group "
+            "(a str or int), or drop the unlabelled rows."
+        )
+    return groups
+
+
+def check_not_empty(features, name: str) -> None:
+    """At least one row, or a ``ValueError`` naming ``name`` (instead of an ``IndexError`` deep inside)."""
+    if features is None or len(features) == 0:
+        raise ValueError(f"`{name}` is empty; pass at least one sample per compared group and side.")
+
+
 def check_pair(real: torch.Tensor, generated: torch.Tensor, group=None) -> None:
     """Real and generated features must live in the same space."""
     if real.shape[1] != generated.shape[1]:

@@ -31,7 +31,8 @@ from transformers import Trainer, TrainerCallback
 
 from hf_egt.core.groups import group_means, group_sums
 from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, group_loss_inputs, sequence_losses
-from hf_egt.core.metrics.likelihood import group_likelihood, perplexity
+from hf_egt.core.metrics.likelihood import group_likelihood
+from hf_egt.core.metrics.summary import GroupRun, group_run
 from hf_egt.core.objective import GroupObjective
 from hf_egt.core.samplers import group_sampler
 from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME, objective_state_path
@@ -88,6 +89,9 @@ def eval_metrics_from_likelihood(likelihood: dict, prefix: str) -> dict[str, Any
         if "worst_group" in values:
             metrics[f"{prefix}_group_{unit}_gap"] = values["gap"]
             metrics[f"{prefix}_worst_group_{unit}"] = values["per_group"][values["worst_group"]]
+    # token-pooled over all groups, as each group's value (Trainer's `<prefix>_loss` is a mean over batches)
+    metrics[f"{prefix}_overall_loss"] = losses["overall"]
+    metrics[f"{prefix}_overall_perplexity"] = perplexities["overall"]
     return metrics
 
 
@@ -156,7 +160,7 @@ class EGTTrainerMixin:
         self._window_remaining = 0
         self._group_log: dict[str, float] = {}
         self._ple_values: list[float] = []
-        # per group: summed NLL, scored tokens, scored sequences (during an evaluation, then of the last one)
+        # per group: summed NLL, scored tokens, scored rows (during an evaluation, then of the last one)
         self._eval_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._last_eval_group_sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # metric_key_prefix -> `hf_egt.core.metrics.group_likelihood` of the last evaluation under that prefix
@@ -382,10 +386,16 @@ class EGTTrainerMixin:
 
     def _eval_loss(self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         if self._eval_sums is not None:
-            sums, tokens = group_sums(losses.detach().double(), group_ids, self.objective.num_groups, counts.double())
-            sequences, _ = group_sums((counts > 0).double(), group_ids, self.objective.num_groups)
-            for total, part in zip(self._eval_sums, (sums, tokens, sequences)):
-                total.add_(part.cpu())
+            # Each row's (loss, tokens, group) from every process, through `gather_for_metrics`: the rows the
+            # distributed sampler repeated to even out the shards are dropped, so every eval row counts once and the
+            # sums are those of one process (issue 22); every process then holds the same sums.
+            rows = torch.stack([losses.detach().double(), counts.double(), group_ids.double()], dim=1)
+            rows = self.accelerator.gather_for_metrics(rows).cpu()
+            ids, tokens_of_row = rows[:, 2].long(), rows[:, 1]
+            sums, tokens = group_sums(rows[:, 0], ids, self.objective.num_groups, tokens_of_row)
+            scored = torch.bincount(ids, weights=(tokens_of_row > 0).double(), minlength=self.objective.num_groups)
+            for total, part in zip(self._eval_sums, (sums, tokens, scored)):
+                total.add_(part)
         return (losses * counts).sum() / counts.sum().clamp_min(1)
 
     def evaluation_loop(self, *args, **kwargs):
@@ -394,7 +404,7 @@ class EGTTrainerMixin:
         self._eval_sums = tuple(torch.zeros(num_groups, dtype=torch.float64) for _ in range(3))
         try:
             output = super().evaluation_loop(*args, **kwargs)
-            sums, tokens, sequences = (self._reduce_sum(t) for t in self._eval_sums)
+            sums, tokens, sequences = self._eval_sums  # gathered from every process batch by batch (`_eval_loss`)
         finally:
             self._eval_sums = None
         self._last_eval_group_sums = (sums, tokens, sequences)
@@ -403,23 +413,15 @@ class EGTTrainerMixin:
         output.metrics.update(eval_metrics_from_likelihood(likelihood, prefix))
         return output
 
-    def evaluate_groups(self, eval_dataset=None, metric_key_prefix: str = "eval") -> dict:
-        """`evaluate`, returned as the per-group perplexity summary that reports and model cards show:
-        ``per_group``, ``gap``, ``ratio``, ``worst_group``, ``best_group`` (`group_likelihood`) and ``overall``,
-        ``exp`` of Trainer's ``<prefix>_loss`` (its mean over evaluation batches)."""
-        metrics = self.evaluate(eval_dataset, metric_key_prefix=metric_key_prefix)
-        run = dict(self.group_evaluations[metric_key_prefix]["perplexity"])
-        if "worst_group" not in run:
+    def evaluate_groups(self, eval_dataset=None, metric_key_prefix: str = "eval") -> GroupRun:
+        """`evaluate`, returned as the run summary that reports and model cards show (`hf_egt.core.metrics.GroupRun`,
+        the fields `evaluate_causal_lm` returns too): per-group perplexity, each group's evaluated rows (`counts`),
+        gap, ratio, worst and best group, and `overall`, the token-pooled perplexity of every evaluated token (not
+        Trainer's `<prefix>_loss`, a mean over batches)."""
+        self.evaluate(eval_dataset, metric_key_prefix=metric_key_prefix)
+        if not any(self._last_eval_group_sums[1] > 0):
             raise ValueError(f"The evaluation scored no token of any group {self.objective.groups}.")
-        if f"{metric_key_prefix}_loss" in metrics:
-            run["overall"] = perplexity(float(metrics[f"{metric_key_prefix}_loss"]))
-        return run
-
-    def _reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes == 1:
-            return tensor
-        reduced = self.accelerator.reduce(tensor.to(self.accelerator.device), reduction="sum")
-        return reduced.cpu()
+        return self.last_eval_run()
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
 
@@ -441,7 +443,24 @@ class EGTTrainerMixin:
         if isinstance(resume_from_checkpoint, str):
             check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.mode)
             self.objective.load(objective_state_path(resume_from_checkpoint))
+        self._unmark_evaluation_preparation()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _unmark_evaluation_preparation(self) -> None:
+        """An `evaluate()` before `train()` has `Trainer` prepare the bare model in evaluation mode (no DDP wrapper)
+        and accelerate mark it prepared; `train()`'s `prepare` then returns it unwrapped, and each process trains on
+        its own shard with no gradient averaging (issue 22: adapters 15 % apart after a base evaluation on 2
+        processes). Clearing the mark lets training wrap it as it would without the evaluation."""
+        model = self.model
+        if (
+            self.accelerator.num_processes > 1
+            and self.model_wrapped is model
+            and getattr(model, "_is_accelerate_prepared", False)
+            and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        ):
+            del model._is_accelerate_prepared
+            if model in self.accelerator._models:
+                self.accelerator._models.remove(model)
 
     def _log_under_output_dir(self) -> None:
         """TensorBoard logs go to `output_dir/runs/...`: `TensorBoardCallback` picks that folder only at
@@ -455,13 +474,25 @@ class EGTTrainerMixin:
 
     # -- model card and Hub -------------------------------------------------------------------------------------------
 
-    def last_eval_run(self) -> dict:
-        """The per-group perplexities of the last evaluation as a card column (`group_likelihood`'s summary:
-        `per_group`, `gap`, `worst_group`, `overall` = perplexity of all evaluated tokens)."""
+    def last_eval_run(self) -> GroupRun:
+        """The last evaluation as a `GroupRun` (a card column): per-group perplexity of the groups it scored, their
+        evaluated rows, gap, worst group and `overall`, the perplexity of all evaluated tokens pooled; plus
+        `loss_per_group` and `overall_loss` (NLL per token)."""
         if self._last_eval_group_sums is None:
             raise ValueError("No evaluation yet: call `evaluate()` first.")
         sums, tokens, sequences = self._last_eval_group_sums
-        return group_likelihood(sums, tokens, self.objective.groups, group_sequences=sequences)["perplexity"]
+        likelihood = group_likelihood(sums, tokens, self.objective.groups, group_sequences=sequences)
+        scored = [g for g, count in zip(self.objective.groups, tokens.tolist()) if count > 0]
+        rows = dict(zip(self.objective.groups, sequences.tolist()))
+        run = group_run(
+            {group: likelihood["perplexity"]["per_group"][group] for group in scored},
+            {group: rows[group] for group in scored},
+            likelihood["perplexity"]["overall"],
+        )
+        run["loss_per_group"] = {group: likelihood["nll"]["per_group"][group] for group in scored}
+        run["overall_loss"] = likelihood["nll"]["overall"]
+        run["sequence_nll"] = likelihood["sequence_nll"]  # NLL per row: comparable across groups of parallel texts
+        return run
 
     def _base_model_id(self) -> str:
         """The Hub id or path of the model the adapter applies to (peft's record, else the model config's)."""
