@@ -352,7 +352,13 @@ def test_card_snippets_define_every_name_they_use(tmp_path):
     from hf_egt.integrations.diffusion.train import model_card, parse_args
     from hf_egt.integrations.hub import build_model_card
 
-    run = {"per_group": {"a": 2.0, "b": 3.0}, "gap": 1.0, "worst_group": "b", "overall": 2.5}
+    run = {
+        "per_group": {"a": 2.0, "b": 3.0},
+        "counts": {"a": 4, "b": 4},
+        "gap": 1.0,
+        "worst_group": "b",
+        "overall": 2.5,
+    }
     cards = [
         str(build_model_card(base_model="/models/tiny", runs={"minmax": run}, objective="minmax", model_name="me/x")),
         hyper_usage("/models/tiny", "me/x", 8),

@@ -11,6 +11,7 @@ from hf_egt.core.metrics import (
     egt_report,
     estimate,
     group_likelihood,
+    group_run,
     kl_divergence,
     likelihood_report,
     plot_report,
@@ -285,8 +286,8 @@ def test_report_figure_titles_fit_inside_the_figure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
     runs = {
-        "base": {"per_group": {"a": 10.0, "b": 12.0}, "gap": 2.0, "worst_group": "b"},
-        "minmax": {"per_group": {"a": 9.0, "b": 9.5}, "gap": 0.5, "worst_group": "b"},
+        "base": group_run({"a": 10.0, "b": 12.0}, {"a": 3, "b": 3}, 11.0),
+        "minmax": group_run({"a": 9.0, "b": 9.5}, {"a": 3, "b": 3}, 9.2),
     }
     write_report(runs, tmp_path / "default", title="hf-egt: /a/long/path/to/a/model on /a/long/path/to/data.jsonl")
     real, real_groups, generated, generated_groups = make_groups()
