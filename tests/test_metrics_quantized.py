@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
+from benchmarks.separated_groups import CENTRES, SIZES, groups_data
 from hf_egt.core.metrics import (
     QUANTIZED,
     egt_report,
@@ -273,33 +274,13 @@ def test_each_group_is_measured_on_a_codebook_of_its_own_pooled_samples():
         assert report["per_group"][group] == float(alone)
 
 
-SEPARATED_SIZES = {"a": (300, 250), "b": (120, 100), "c": (60, 50)}
-
-
-def three_groups(centres: dict, seed: int = 0, dim: int = 8):
-    """Issue 22's case: 8-d Gaussians, real / generated rows 300 / 250, 120 / 100, 60 / 50; b generated +1 in
-    every dimension."""
-    generator = torch.Generator().manual_seed(seed)
-    real, real_groups, generated, generated_groups = [], [], [], []
-    for group, (n_real, n_generated) in SEPARATED_SIZES.items():
-        real.append(centres[group] + torch.randn(n_real, dim, generator=generator, dtype=torch.float64))
-        offset = 1.0 if group == "b" else 0.0
-        generated.append(
-            centres[group] + offset + torch.randn(n_generated, dim, generator=generator, dtype=torch.float64)
-        )
-        real_groups += [group] * n_real
-        generated_groups += [group] * n_generated
-    return torch.cat(real), real_groups, torch.cat(generated), generated_groups
-
-
 @pytest.mark.parametrize("divergence", ["quantized_js", "mauve"])
 def test_a_shifted_group_is_found_when_the_groups_lie_far_apart(divergence):
     """A codebook shared by all groups spent its 5 clusters on separating the groups (b scored 0.000, p = 0.73);
     with a codebook per group the separated layout gives the overlapping layout's values exactly."""
-    layouts = {"overlapping": {"a": 0.0, "b": 0.0, "c": 0.0}, "separated": {"a": 0.0, "b": 2.0, "c": -2.0}}
     reports = {}
-    for layout, centres in layouts.items():
-        real, real_groups, generated, generated_groups = three_groups(centres)
+    for layout in CENTRES:
+        real, real_groups, generated, generated_groups = groups_data(layout)
         reports[layout] = egt_report(
             real,
             real_groups,
@@ -313,14 +294,14 @@ def test_a_shifted_group_is_found_when_the_groups_lie_far_apart(divergence):
     for report in reports.values():
         assert report["worst_group"] == "b"
         assert report["gap_p_value"] < 0.01 and report["within_floor"]["b"] is False
-    for group in SEPARATED_SIZES:  # PCA centres each group's pooled samples: a translation changes nothing
+    for group in SIZES:  # PCA centres each group's pooled samples: a translation changes nothing
         separated, overlapping = reports["separated"]["per_group"][group], reports["overlapping"]["per_group"][group]
         assert separated == pytest.approx(overlapping, abs=1e-9)
 
 
 @pytest.mark.parametrize("divergence", ["quantized_js", "mauve", "kl", "js"])
 def test_a_group_value_ignores_where_the_other_groups_lie(divergence):
-    real, real_groups, generated, generated_groups = three_groups({"a": 0.0, "b": 0.0, "c": 0.0})
+    real, real_groups, generated, generated_groups = groups_data("overlapping")
     settings = dict(divergence=divergence, n_bootstrap=0, n_null=0, n_permutations=0)
     before = egt_report(real, real_groups, generated_features=generated, generated_groups=generated_groups, **settings)
     far = torch.tensor([group == "c" for group in real_groups])

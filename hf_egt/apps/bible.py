@@ -199,10 +199,13 @@ def load_bible_splits(
     verse is measured whole in every language under the same token budget. Validation and test hold every id in every
     language; training ids come from each language's own slice (see the module docstring).
     """
-    for argument, value in (("majority_verses", majority_verses), ("minority_verses", minority_verses)):
-        if value < 1:
-            raise ValueError(f"`{argument}` must be at least 1, got {value}.")
-    for argument, value in (("test_verses", test_verses), ("validation_verses", validation_verses)):
+    sizes = {
+        "majority_verses": majority_verses,
+        "minority_verses": minority_verses,
+        "test_verses": test_verses,
+        "validation_verses": validation_verses,
+    }
+    for argument, value in sizes.items():
         if value < 1:
             raise ValueError(f"`{argument}` must be at least 1, got {value}.")
     translations = resolve_translations(parts, allow_restricted)

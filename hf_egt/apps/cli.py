@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_egt import __version__
+from hf_egt.core.resume import GROUP_OBJECTIVE_RECORD_FIELDS, resolved_model_path
 from hf_egt.core.vocabulary import (
     LEGACY_OBJECTIVE_STATE_NAMES,
     OBJECTIVE_STATE_NAME,
@@ -495,13 +496,6 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def resolved_model_path(model_name_or_path: str) -> str:
-    """An existing local folder or file as an absolute path (what an adapter's ``base_model_name_or_path`` and the
-    card's snippets must hold to work from another folder); a Hub id as it is."""
-    path = Path(model_name_or_path).expanduser()
-    return str(path.resolve()) if path.exists() else model_name_or_path
-
-
 # What a resumed `hf-egt train` must share with the run that saved the checkpoint (`hf_egt.core.resume`).
 TRAIN_RECORD_FIELDS = {
     "model_name_or_path": ("--model_name_or_path", True),
@@ -513,15 +507,8 @@ TRAIN_RECORD_FIELDS = {
     "lora_dropout": ("--lora_dropout", True),
     "hyper": ("--hyper", False),
     "objective": ("--objective", False),
-    "group_step_size": ("--group_step_size", True),
-    "group_adjustment": ("--group_adjustment", True),
-    "group_ema_decay": ("--group_ema_decay", True),
-    "group_temperature": ("--group_temperature", True),
-    "group_sampling": ("--group_sampling", True),
-    "group_sampling_exponent": ("--group_sampling_exponent", True),
+    **GROUP_OBJECTIVE_RECORD_FIELDS,
     "group_loss_unit": ("--group_loss_unit", True),
-    "group_loss_estimate": ("--group_loss_estimate", True),
-    "group_weight_floor": ("--group_weight_floor", True),
     "group_reference": ("--group_reference", True),
 }
 # HyperLoRA options that set the shape of the saved hypernetwork (the others, PLE's, may change on request).

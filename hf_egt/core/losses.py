@@ -87,6 +87,16 @@ def sequence_losses(token_losses: torch.Tensor, mask: torch.Tensor) -> tuple[tor
 GROUP_LOSS_UNITS = ("token", "sequence")
 
 
+def group_loss_weights(counts: torch.Tensor, unit: str = "token") -> torch.Tensor:
+    """Each sequence's weight in its group's mean (``group_loss_inputs``), from its number of counted tokens: the
+    tokens for ``token``, 1 for ``sequence`` (0 for a sequence with no counted token in both)."""
+    if unit == "token":
+        return counts
+    if unit == "sequence":
+        return (counts > 0).to(counts.dtype)
+    raise ValueError(f"`group_loss_unit` must be one of {GROUP_LOSS_UNITS}, got {unit!r}.")
+
+
 def group_loss_inputs(
     means: torch.Tensor, counts: torch.Tensor, unit: str = "token"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,11 +109,8 @@ def group_loss_inputs(
       comparable losses; per token, the group with the most tokens per text is chased (CTC-DRO, Bartelds et al.).
     A sequence with no counted token gets weight 0 in both.
     """
-    if unit == "token":
-        return means, counts
-    if unit == "sequence":
-        return means * counts.to(means.dtype), (counts > 0).to(counts.dtype)
-    raise ValueError(f"`group_loss_unit` must be one of {GROUP_LOSS_UNITS}, got {unit!r}.")
+    weights = group_loss_weights(counts, unit)
+    return (means if unit == "token" else means * counts.to(means.dtype)), weights
 
 
 def count_target_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

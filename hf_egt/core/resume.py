@@ -15,11 +15,27 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 RUN_RECORD_NAME = "hf_egt_run.json"
 ALLOW_CHANGES_OPTION = "--resume_allow_changes"
+# The group-objective options that `hf-egt train` and `train-diffusion` share: record key -> (option, may change on
+# request). A resume may change each of them when asked; the objective itself is recorded by each command.
+GROUP_OBJECTIVE_RECORD_FIELDS = {
+    name: (f"--{name}", True)
+    for name in (
+        "group_step_size",
+        "group_adjustment",
+        "group_ema_decay",
+        "group_temperature",
+        "group_sampling",
+        "group_sampling_exponent",
+        "group_loss_estimate",
+        "group_weight_floor",
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,13 @@ def check_run_record(
     for sentence in accepted:
         logger.warning("%s.", sentence)
     return accepted
+
+
+def resolved_model_path(model_name_or_path: str) -> str:
+    """An existing local folder or file as an absolute path (what a record, an adapter's ``base_model_name_or_path``
+    and a card's snippets must hold to work from another folder); a Hub id as it is."""
+    path = Path(model_name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else model_name_or_path
 
 
 def dataset_entry(name: str, sha256: str) -> dict:

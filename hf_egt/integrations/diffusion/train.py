@@ -29,7 +29,14 @@ import numpy as np
 import torch
 
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
-from hf_egt.core.resume import RecordField, check_run_record, dataset_entry, write_run_record
+from hf_egt.core.resume import (
+    GROUP_OBJECTIVE_RECORD_FIELDS,
+    RecordField,
+    check_run_record,
+    dataset_entry,
+    resolved_model_path,
+    write_run_record,
+)
 from hf_egt.core.samplers import GROUP_SAMPLINGS, group_sampler
 from hf_egt.core.serialization import check_checkpoint_files
 from hf_egt.core.vocabulary import (
@@ -488,14 +495,7 @@ RECORD_FIELDS = {
     "hyper": ("--hyper", False),
     "objective": ("--objective", False),
     "noise_buckets": ("--noise_buckets", False),
-    "group_step_size": ("--group_step_size", True),
-    "group_adjustment": ("--group_adjustment", True),
-    "group_ema_decay": ("--group_ema_decay", True),
-    "group_temperature": ("--group_temperature", True),
-    "group_sampling": ("--group_sampling", True),
-    "group_sampling_exponent": ("--group_sampling_exponent", True),
-    "group_loss_estimate": ("--group_loss_estimate", True),
-    "group_weight_floor": ("--group_weight_floor", True),
+    **GROUP_OBJECTIVE_RECORD_FIELDS,
     "resolution": ("--resolution", True),
 }
 # HyperLoRA options that set the shape of the saved hypernetwork (PLE's may change on request).
@@ -506,9 +506,8 @@ def run_record(args: argparse.Namespace, dataset, group_labels: list) -> tuple[d
     """This run's compatibility record (``hf_egt.core.resume``) and its fields: the data (name and a content hash of
     the training images, groups and captions), the groups, the LoRA / hypernetwork shape and the objective settings."""
     columns = [args.image_column, args.group_column] + ([args.caption_column] if args.caption_column else [])
-    path = os.path.expanduser(args.model_name_or_path)
     record = {
-        "model_name_or_path": os.path.abspath(path) if os.path.exists(path) else args.model_name_or_path,
+        "model_name_or_path": resolved_model_path(args.model_name_or_path),
         "dataset": dataset_entry(args.dataset, dataset_sha256(dataset, columns)),
         "groups": [str(label) for label in group_labels],
     }
@@ -571,8 +570,7 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
     rows = "\n".join(f"| {g} | {w:.4f} |" for g, w in zip(objective.groups, weights))
     stable_diffusion = kind == "stable-diffusion"
     repo = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
-    path = os.path.expanduser(args.model_name_or_path)
-    base = os.path.abspath(path) if os.path.exists(path) else args.model_name_or_path
+    base = resolved_model_path(args.model_name_or_path)
     if stable_diffusion:
         load = (
             "from diffusers import StableDiffusionPipeline\n\n"
@@ -580,7 +578,7 @@ def model_card(args, kind: str, objective: NoiseLevelGroupObjective, context_siz
             f'pipeline.load_lora_weights("{repo}")'
         )
     else:  # a UNet2DModel repo, or a pipeline folder holding one under unet/
-        subfolder = ', subfolder="unet"' if os.path.isfile(os.path.join(path, "model_index.json")) else ""
+        subfolder = ', subfolder="unet"' if os.path.isfile(os.path.join(base, "model_index.json")) else ""
         load = (
             "from diffusers import UNet2DModel\nfrom peft import PeftModel\n\n"
             f'unet = UNet2DModel.from_pretrained("{base}"{subfolder})\n'

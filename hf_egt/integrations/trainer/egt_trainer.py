@@ -30,7 +30,13 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from hf_egt.core.groups import group_means, group_sums
-from hf_egt.core.losses import causal_lm_token_losses, count_target_tokens, group_loss_inputs, sequence_losses
+from hf_egt.core.losses import (
+    causal_lm_token_losses,
+    count_target_tokens,
+    group_loss_inputs,
+    group_loss_weights,
+    sequence_losses,
+)
 from hf_egt.core.metrics.likelihood import group_likelihood
 from hf_egt.core.metrics.summary import GroupRun, group_run
 from hf_egt.core.objective import GroupObjective
@@ -309,9 +315,10 @@ class EGTTrainerMixin:
             column = self.args.group_column
             if any("labels" not in batch for batch in batch_samples):
                 raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
-            unit = self.args.group_loss_unit
-            tokens = [count_target_tokens(batch["labels"]) for batch in batch_samples]
-            weights = [group_loss_inputs(count.double(), count, unit)[1] for count in tokens]
+            weights = [
+                group_loss_weights(count_target_tokens(batch["labels"]), self.args.group_loss_unit)
+                for batch in batch_samples
+            ]
             self.objective.begin_window([batch[column] for batch in batch_samples], weights)
             self._window_remaining = len(batch_samples)
         return batch_samples, num_items_in_batch
