@@ -326,6 +326,7 @@ def run_cell(
     n_bootstrap: int = 0,
     store_reference: bool = True,
     test_prefixes: Sequence[str] | None = None,
+    test_kwargs: Mapping | None = None,
 ) -> dict:
     """Train one (method, seed) adapter on ``train`` and measure per-group perplexity on ``test``; return the cell.
 
@@ -333,7 +334,8 @@ def run_cell(
     is the ``metric_for_best_model`` of best-step selection; ``test_in_curve=False`` evaluates only the validation
     split during training (``test`` once, at the end; ``test=None``: not at all, for screening on validation).
     ``store_reference=False`` skips the erm cell's pass over the training set for ``dro_excess``'s reference.
-    ``test_prefixes`` condition each test text on a prefix (a group-conditional model; ``evaluate_causal_lm``).
+    ``test_prefixes`` condition each test text on a prefix (a group-conditional model; ``evaluate_causal_lm``);
+    ``test_kwargs`` go to that ``evaluate_causal_lm`` call (e.g. ``feature_model`` for the EGT of generations).
 
     ``hyper_learning_rate`` (default ``settings.learning_rate``) is the hypernetwork's learning rate. With
     ``validation`` and ``eval_steps`` > 0, both splits are evaluated every ``eval_steps`` steps (the cell's
@@ -409,6 +411,7 @@ def run_cell(
             name=f"{domain}/{method}/seed{seed}",
             n_bootstrap=n_bootstrap,
             prefixes=test_prefixes,
+            **(test_kwargs or {}),
         )
     weights = trainer.objective.weights.detach().cpu().tolist()
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]

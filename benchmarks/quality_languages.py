@@ -13,8 +13,14 @@ NLL per verse (``metric_for_best_model="eval_validation_worst_group_sequence_nll
 verses (per-verse NLL with 95 % bootstrap intervals over verses, bits per byte, perplexity). The split of verse ids is
 drawn once (``--split_seed``) for all languages and all cells (``hf_egt.apps.bible``).
 
+``--stage test`` also measures each model's EGT on generation: the continuations of the first words of
+``--egt_prompts_per_group`` test verses per language against the real verses, in the hidden states of the *base*
+SmolLM2 (features that work in every language it reads), with the library's recommended estimator (per-group
+codebooks), noise floors and intervals.
+
 Outputs in ``--output_dir``: ``cells/<stage>/<method>/seed<k>.json`` (``--resume`` skips the cells whose file exists;
-a killed run loses at most the cell in progress), ``cells/<stage>/base.json``, ``results.json``, ``results.md`` and
+a killed run loses at most the cell in progress; several processes started with the same command share the cells,
+each claiming one with a ``.lock`` file before running it), ``cells/<stage>/base.json``, ``results.json``, ``results.md`` and
 ``languages_frontier.png`` (each method's worst-language NLL per verse against English's: the cost of helping the
 small languages, compared at equal majority cost).
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import statistics
 import sys
@@ -127,6 +134,33 @@ def tagged(dataset, tokenizer, max_length: int, method: str):
 
 def cell_path(output_dir: Path, stage: str, method: str, seed: int) -> Path:
     return output_dir / "cells" / stage / method / f"seed{seed}.json"
+
+
+def claim(path: Path) -> bool:
+    """Claim the cell of ``path`` for this process (``path.lock`` holding its pid, created exclusively): ``False``
+    when another live process holds it. A lock left by a dead process is taken over."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # its process is gone: a killed run
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release(path: Path) -> None:
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
 def best_validation(cell: Mapping) -> dict[str, float]:
@@ -230,7 +264,18 @@ def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: P
     return path
 
 
-def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: int) -> dict:
+def egt_kwargs(args: argparse.Namespace, tokenizer) -> dict:
+    """``evaluate_causal_lm`` arguments of the test stage's EGT: the base SmolLM2's own hidden states (a fresh copy,
+    untouched by the adapters) as features, ``--egt_prompts_per_group`` prompts per language; ``{}`` when off."""
+    if args.stage != "test" or args.egt_prompts_per_group == 0:
+        return {}
+    from hf_egt.apps.offline import load_cached_smollm2
+
+    base, _ = load_cached_smollm2()
+    return {"feature_model": (base.model, tokenizer), "max_prompts_per_group": args.egt_prompts_per_group}
+
+
+def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: int, **kwargs) -> dict:
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     started = time.perf_counter()
@@ -243,6 +288,7 @@ def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: i
         max_length=settings.max_length,
         name=name,
         n_bootstrap=n_bootstrap,
+        **kwargs,
     )
     return {"result": result, "per_group": result["sequence_nll"]["per_group"], "eval_s": time.perf_counter() - started}
 
@@ -260,22 +306,29 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
     output_dir = Path(args.output_dir)
     settings = settings_from_args(args)
     train, validation, test = language_data(args)  # before the model: a bad language or size fails here
-    todo = [
+    todo = [  # seed by seed: each finished seed is a whole comparison
         (method, seed)
-        for method in args.methods
         for seed in args.seeds
+        for method in args.methods
         if not (args.resume and cell_path(output_dir, args.stage, method, seed).is_file())
     ]
     base_file = output_dir / "cells" / args.stage / "base.json"
     started = time.perf_counter()
     if todo or not base_file.is_file():
         model, tokenizer = load_cached_smollm2()
-        if not base_file.is_file():
+        test_kwargs = egt_kwargs(args, tokenizer)
+        if not base_file.is_file() and claim(base_file):
             dataset = validation if args.stage == "screen" else test
-            base = evaluate_base(model, tokenizer, dataset, settings, f"base/{args.stage}", args.n_bootstrap)
+            base = evaluate_base(
+                model, tokenizer, dataset, settings, f"base/{args.stage}", args.n_bootstrap, **test_kwargs
+            )
             base |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(dataset["group"])}
             _write_json(base_file, base)
+            release(base_file)
         for method, seed in tqdm(todo, desc="cells"):
+            path = cell_path(output_dir, args.stage, method, seed)
+            if (args.resume and path.is_file()) or not claim(path):
+                continue  # finished or running in another process since the list was made
             conditional = method in TAGGED_METHODS
             cell = run_cell(
                 model,
@@ -295,9 +348,11 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
                 test_in_curve=False,
                 n_bootstrap=args.n_bootstrap,
                 store_reference=False,
+                test_kwargs=test_kwargs,
             )
             cell["stage"] = args.stage
-            _write_json(cell_path(output_dir, args.stage, method, seed), cell)
+            _write_json(path, cell)
+            release(path)
             logger.info(
                 "%s/seed%d: best step %s, validation %s", method, seed, cell["best_step"], best_validation(cell)
             )
@@ -361,11 +416,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_length", type=int, default=80, help="Tokens; verses of <= 160 bytes fit whole.")
     parser.add_argument("--lora_r", type=int, default=8)
     parser.add_argument("--n_bootstrap", type=int, default=1000, help="Bootstrap resamples of the test intervals.")
+    parser.add_argument(
+        "--egt_prompts_per_group",
+        type=int,
+        default=250,
+        help="Test stage: test verses per language whose continuations the EGT compares with the real verses (0: off).",
+    )
     parser.add_argument("--log_level", default="INFO")
     args = parser.parse_args(argv)
     for name in ("max_steps", "eval_steps", "per_device_train_batch_size", "eval_validation_verses"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.egt_prompts_per_group < 0 or args.egt_prompts_per_group > args.test_verses:
+        parser.error(f"--egt_prompts_per_group must be in [0, --test_verses={args.test_verses}].")
     return args
 
 
