@@ -20,9 +20,10 @@ codebooks), noise floors and intervals.
 
 Outputs in ``--output_dir``: ``cells/<stage>/<method>/seed<k>.json`` (``--resume`` skips the cells whose file exists;
 a killed run loses at most the cell in progress; several processes started with the same command share the cells,
-each claiming one with a ``.lock`` file before running it), ``cells/<stage>/base.json``, ``results.json``, ``results.md`` and
-``languages_frontier.png`` (each method's worst-language NLL per verse against English's: the cost of helping the
-small languages, compared at equal majority cost).
+each claiming one with a ``.lock`` file before running it), ``cells/<stage>/base.json``, ``results.json``,
+``results.md``, ``languages_frontier_<stage>.png`` (each method's worst-language NLL per verse against English's: the
+cost of helping the small languages, compared at equal majority cost) and ``languages_curves_<stage>.png`` (validation
+curves and group weights over training).
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_languages.py \\
         --output_dir outputs/languages --resume --stage screen --seeds 0 --methods erm balanced_erm minmax_reference
@@ -226,6 +227,136 @@ def markdown_table(summary: Mapping, base: Mapping | None, majority: str) -> str
     return "\n".join(lines)
 
 
+UNITS = {  # test-stage unit -> (where in an evaluate_causal_lm result, label, decimals)
+    "sequence_nll": (("sequence_nll", "per_group"), "NLL per verse (nats)", 1),
+    "bits_per_byte": (("bits_per_byte", "per_group"), "bits per UTF-8 byte", 3),
+    "perplexity": (("per_group",), "per-token perplexity", 2),
+    "egt": (("egt", "per_group"), "EGT divergence of generations (quantized JS, base-LM features)", 3),
+}
+
+
+def unit_values(cell: Mapping, unit: str) -> dict[str, float]:
+    """Per-language values of ``unit`` (a ``UNITS`` key) in a test cell's (or the base model's) ``result``."""
+    value = cell["result"]
+    for key in UNITS[unit][0]:
+        value = value[key]
+    return value
+
+
+def unit_table(cells: Sequence[Mapping], base: Mapping | None, majority: str, unit: str) -> str:
+    """Test-stage table of one ``unit``: per method (and the base model) each language's value, the worst group and
+    the gap (worst - best), mean ± std over seeds (gap and worst computed per seed first)."""
+    _, _, decimals = UNITS[unit]
+    rows: dict[str, list[dict[str, float]]] = {}
+    if base is not None:
+        rows["base"] = [unit_values(base, unit)]
+    for cell in cells:
+        rows.setdefault(cell["method"], []).append(unit_values(cell, unit))
+    if not rows:
+        return ""
+    languages = [majority, *sorted(g for g in next(iter(rows.values()))[0] if g != majority)]
+
+    def pm(values: Sequence[float]) -> str:
+        mean, std = mean_std(values)
+        return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if len(values) > 1 else f"{mean:.{decimals}f}"
+
+    lines = [
+        "| method | " + " | ".join(languages) + " | worst | gap | seeds |",
+        "| --- |" + " ---: |" * (len(languages) + 3),
+    ]
+    for method, found in rows.items():
+        cells_ = [pm([row[g] for row in found]) for g in languages]
+        cells_ += [
+            pm([max(row.values()) for row in found]),
+            pm([max(row.values()) - min(row.values()) for row in found]),
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells_) + f" | {len(found)} |")
+    return "\n".join(lines)
+
+
+def egt_detail(cells: Sequence[Mapping], base: Mapping | None) -> str:
+    """One line per test model (every seed) with its EGT per language and 95 % interval, the noise floor, and the gap
+    with its permutation p-value: whether the generation gap is resolved, not only its size."""
+    lines = ["| model | language | EGT | 95 % interval | null floor | gap | gap p-value |", "| --- |" + " ---: |" * 6]
+    models = ([("base", base)] if base is not None else []) + [
+        (f"{cell['method']}/seed{cell['seed']}", cell) for cell in cells
+    ]
+    for name, model in models:
+        report = model["result"].get("egt")
+        if report is None:
+            continue
+        for i, (group, value) in enumerate(sorted(report["per_group"].items())):
+            low, high = report["ci"][group]
+            gap = f"{report['gap']:.3f} | {report['gap_p_value']:.3f}" if i == 0 else " | "
+            lines.append(
+                f"| {name if i == 0 else ''} | {group} | {value:.3f} | [{low:.3f}, {high:.3f}] | "
+                f"{report['null_floor'][group]:.3f} | {gap} |"
+            )
+    return "\n".join(lines)
+
+
+def paired_differences(cells: Sequence[Mapping], method: str, control: str, unit: str = "sequence_nll") -> dict:
+    """Per language, mean ± std over the seeds both ran of ``method`` - ``control`` (same seed, same test verses)."""
+    by_key = {(cell["method"], cell["seed"]): unit_values(cell, unit) for cell in cells}
+    seeds = sorted(seed for (name, seed) in by_key if name == method and (control, seed) in by_key)
+    if not seeds:
+        return {}
+    languages = list(by_key[(method, seeds[0])])
+    return {
+        "seeds": seeds,
+        "per_group": {
+            g: mean_std([by_key[(method, seed)][g] - by_key[(control, seed)][g] for seed in seeds]) for g in languages
+        },
+    }
+
+
+def plot_curves(cells: Sequence[Mapping], majority: str, path: Path) -> Path:
+    """Over training: each method's validation NLL per verse of the worst minority and of the majority (one line
+    per seed), and the group weights of the methods that move them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(cell["method"] for cell in cells))}
+    for cell in cells:
+        rows = [row for row in cell["curve"] if "validation" in row]
+        steps = [row["step"] for row in rows]
+        per_group = [row["validation"]["sequence_nll"]["per_group"] for row in rows]
+        colour = colours[cell["method"]]
+        label = (
+            cell["method"] if cell["seed"] == min(c["seed"] for c in cells if c["method"] == cell["method"]) else None
+        )
+        left.plot(
+            steps, [max(v for g, v in r.items() if g != majority) for r in per_group], "-", color=colour, label=label
+        )
+        left.plot(steps, [r[majority] for r in per_group], ":", color=colour)
+        weighted = [row for row in cell["curve"] if "weights" in row]
+        if weighted and len({round(w, 6) for row in weighted for w in row["weights"].values()}) > 1:
+            for i, group in enumerate(sorted(weighted[0]["weights"])):
+                right.plot(
+                    [row["step"] for row in weighted],
+                    [row["weights"][group] for row in weighted],
+                    ["-", "--", ":", "-."][i % 4],
+                    color=colour,
+                    label=f"{cell['method']} {group}" if label else None,
+                )
+    left.set_xlabel("step")
+    left.set_ylabel("validation NLL per verse (nats)")
+    left.set_title(f"worst minority (solid) and {majority} (dotted)", fontsize=10)
+    left.legend(fontsize=7)
+    right.set_xlabel("step")
+    right.set_ylabel("group weight")
+    right.set_title("group weights of the weighting methods", fontsize=10)
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: Path, title: str) -> Path:
     """Worst-minority NLL per verse against the majority's, one point per method (error bars: std over seeds), the
     methods of one family joined by a line in knob order."""
@@ -384,6 +515,25 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
             summary, base, majority, output_dir / f"languages_frontier_{stage}.png", f"{stage} ({source})"
         )
         parts += [f"![worst minority vs {majority}]({figure.name})", ""]
+        curves = plot_curves(cells, majority, output_dir / f"languages_curves_{stage}.png")
+        parts += [f"![validation curves and group weights]({curves.name})", ""]
+        if stage == "test":
+            for unit in ("bits_per_byte", "perplexity"):
+                parts += [f"### test: {UNITS[unit][1]}", "", unit_table(cells, base, majority, unit), ""]
+            differences = {
+                f"{method} - {control}": found
+                for method, control in (("minmax_sequence", "stratified_erm"), ("minmax_sequence", "erm"))
+                if (found := paired_differences(cells, method, control))
+            }
+            payload[stage]["paired_differences"] = differences
+            for name, found in differences.items():
+                values = ", ".join(f"{g} {m:+.2f} ± {d:.2f}" for g, (m, d) in found["per_group"].items())
+                parts += [f"Paired test NLL per verse, {name} (seeds {found['seeds']}): {values}.", ""]
+            egt_cells = [cell for cell in cells if "egt" in cell["result"]]
+            egt_base = base if base is not None and "egt" in base["result"] else None
+            if egt_cells or egt_base is not None:
+                parts += [f"### test: {UNITS['egt'][1]}", "", unit_table(egt_cells, egt_base, majority, "egt"), ""]
+                parts += [egt_detail(egt_cells, egt_base), ""]
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     (output_dir / "results.md").write_text("\n".join(parts), encoding="utf-8")

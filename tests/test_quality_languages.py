@@ -1,0 +1,73 @@
+"""``benchmarks/quality_languages.py``: the cell claims that let two processes share one queue, and the test-stage
+tables, on synthetic cells (hand-computed values; no model)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.quality_languages import claim, paired_differences, release, unit_table, unit_values
+
+
+def test_claim_is_exclusive_while_its_process_lives(tmp_path):
+    path = tmp_path / "cells" / "test" / "erm" / "seed0.json"
+    assert claim(path)
+    assert (path.parent / "seed0.json.lock").read_text() == str(os.getpid())
+    assert not claim(path)  # held by a live process (this one)
+    release(path)
+    assert not (path.parent / "seed0.json.lock").exists()
+    assert claim(path)
+
+
+def test_claim_takes_over_the_lock_of_a_dead_process(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = tmp_path / "seed1.json"
+    (tmp_path / "seed1.json.lock").write_text(finished.stdout.strip())
+    assert claim(path)
+    assert (tmp_path / "seed1.json.lock").read_text() == str(os.getpid())
+
+
+def cell(method: str, seed: int, nll: dict[str, float], bpb: dict[str, float]) -> dict:
+    return {
+        "method": method,
+        "seed": seed,
+        "result": {"sequence_nll": {"per_group": nll}, "bits_per_byte": {"per_group": bpb}, "per_group": bpb},
+    }
+
+
+CELLS = [
+    cell("erm", 0, {"en": 80.0, "de": 156.0, "fr": 140.0}, {"en": 1.0, "de": 2.0, "fr": 1.5}),
+    cell("erm", 1, {"en": 79.0, "de": 155.0, "fr": 141.0}, {"en": 1.1, "de": 2.2, "fr": 1.4}),
+    cell("minmax_sequence", 0, {"en": 86.0, "de": 146.0, "fr": 138.0}, {"en": 1.2, "de": 1.9, "fr": 1.3}),
+    cell("minmax_sequence", 1, {"en": 85.0, "de": 147.0, "fr": 137.0}, {"en": 1.3, "de": 1.8, "fr": 1.3}),
+]
+
+
+def test_paired_differences_are_per_seed_differences():
+    found = paired_differences(CELLS, "minmax_sequence", "erm")
+    assert found["seeds"] == [0, 1]
+    mean, std = found["per_group"]["de"]
+    assert mean == pytest.approx(statistics.fmean([146 - 156, 147 - 155]))
+    assert std == pytest.approx(statistics.stdev([-10.0, -8.0]))
+    assert paired_differences(CELLS, "minmax_sequence", "stratified_erm") == {}
+
+
+def test_unit_table_computes_worst_and_gap_per_seed_first():
+    table = unit_table(CELLS, None, "en", "bits_per_byte").splitlines()
+    assert table[0] == "| method | en | de | fr | worst | gap | seeds |"
+    erm = table[2].split(" | ")
+    # worst per seed: 2.0, 2.2 -> 2.100 ± 0.141; gap per seed: 1.0, 1.1 -> 1.050 ± 0.071
+    assert erm[4] == f"{statistics.fmean([2.0, 2.2]):.3f} ± {statistics.stdev([2.0, 2.2]):.3f}"
+    assert erm[5] == f"{statistics.fmean([1.0, 1.1]):.3f} ± {statistics.stdev([1.0, 1.1]):.3f}"
+    assert table[3].startswith("| minmax_sequence | 1.250 ± 0.071 |")
+
+
+def test_test_values_reads_each_unit():
+    assert unit_values(CELLS[0], "sequence_nll")["de"] == 156.0
+    assert unit_values(CELLS[0], "perplexity")["fr"] == 1.5
+    with pytest.raises(KeyError):
+        unit_values(CELLS[0], "egt")
