@@ -47,6 +47,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from benchmarks.cells import base_path, cell_path, mean_std, read_json, write_json
+from hf_egt.core.metrics.plot import pyplot, save_figure
+
 logger = logging.getLogger("quality_bold")
 
 # method -> (EGTTrainer objective, HyperLoRAConfig fields of a HyperLoRA adapter or None for LoRA, further EGTConfig
@@ -81,12 +84,6 @@ TABLE_METHODS = ("erm", "reweight", "minmax", "hyper")
 
 
 # ------------------------------------------------------------------------------------------------------ aggregation
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value)."""
-    values = [float(value) for value in values]
-    if not values:
-        raise ValueError("`values` is empty: no finished cell to aggregate.")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize_cells(cells: Sequence[Mapping]) -> dict:
@@ -167,11 +164,7 @@ def _worst_names(method_summary: Mapping) -> str:
 def plot_summaries(summaries: Mapping[str, Mapping], path: str | Path) -> Path:
     """Per-group perplexity per method (bars: mean over seeds, error bars: std), base as hollow bars; one panel per
     domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     domains = list(summaries)
     widths = [max(3, len(summaries[domain]["base"]["per_group"])) for domain in domains]
     figure, axes = plt.subplots(
@@ -207,21 +200,13 @@ def plot_summaries(summaries: Mapping[str, Mapping], path: str | Path) -> Path:
         axis.set_title(f"BOLD {domain.replace('_', ' ')}")
         axis.legend(fontsize=7)
     axes[0][0].set_ylabel("perplexity on held-out people (lower is better)")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=80)
 
 
 def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | Path) -> Path:
     """Per domain: held-out (test) and validation worst-group perplexity against steps for every method with a curve
     (seed-averaged where several seeds share the steps), and each method's group weights over training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     domains = [d for d in curves if curves[d]]
     methods = {d: sorted({cell["method"] for cell in curves[d]}) for d in domains}
     width = 1 + max(len(m) for m in methods.values())
@@ -257,32 +242,10 @@ def plot_curves(curves: Mapping[str, Sequence[Mapping]], path: str | Path) -> Pa
                 axis.legend(fontsize=6)
         for axis in axes[row][1 + len(methods[domain]) :]:
             axis.axis("off")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=70)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=70)
 
 
 # ---------------------------------------------------------------------------------------------------------- running
-def cell_path(output_dir: str | Path, domain: str, method: str, seed: int) -> Path:
-    return Path(output_dir) / "cells" / domain / method / f"seed{seed}.json"
-
-
-def base_path(output_dir: str | Path, domain: str) -> Path:
-    return Path(output_dir) / "cells" / domain / "base.json"
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _write_json(path: Path, payload: Mapping) -> None:
-    """Write through a temporary file, so a killed run never leaves a half-written cell that ``--resume`` trusts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    partial.replace(path)
 
 
 def domain_data(records: list[dict], settings, split_seed: int, validation_fraction: float = 0.0):
@@ -376,7 +339,7 @@ def run_cell(
     elif "group_update_dataset" in overrides:
         raise ValueError(f"Method {method!r} needs a validation split: pass `eval_steps` > 0 and `validation`.")
     if overrides.get("group_reference") == "column":
-        reference = _read_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json")
+        reference = read_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json")
         if reference is None:
             raise FileNotFoundError(
                 f"{method!r} needs the reference losses of the erm cell of seed {seed}: run erm first."
@@ -396,7 +359,7 @@ def run_cell(
     train_s = time.perf_counter() - started
     if method == "erm" and selection and store_reference:
         losses = trainer.reference_losses(trainer.train_dataset).tolist()
-        _write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
+        write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
         fix_context(trainer.model, hyper_set)
     result = None
@@ -545,7 +508,7 @@ def run_quality(
             payload |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(test["group"])}
             if validation is not None:
                 payload["validation_counts"] = label_counts(validation["group"])
-            _write_json(base_path(output_dir, domain), payload)
+            write_json(base_path(output_dir, domain), payload)
         for method, seed in todo:
             progress.set_postfix_str(f"{domain}/{method}/seed{seed}")
             cell = run_cell(
@@ -562,7 +525,7 @@ def run_quality(
                 validation=validation,
                 eval_steps=eval_steps if selecting else 0,
             )
-            _write_json(cell_path(output_dir, domain, method, seed), cell)
+            write_json(cell_path(output_dir, domain, method, seed), cell)
             logger.info(
                 "%s/%s/seed%d: gap %.2f, worst %s, overall %.2f (train %.0f s, eval %.0f s)",
                 domain,
@@ -591,10 +554,10 @@ def run_quality(
 
 def collect(output_dir: str | Path, domain: str, methods: Sequence[str], seeds: Sequence[int]) -> tuple[dict, list]:
     """The base result and the finished cells of a domain, read back from their JSON files."""
-    base = _read_json(base_path(output_dir, domain))
+    base = read_json(base_path(output_dir, domain))
     if base is None:
         raise FileNotFoundError(f"{base_path(output_dir, domain)} is missing: the domain {domain!r} has not run.")
-    cells = [_read_json(cell_path(output_dir, domain, m, s)) for m in methods for s in seeds]
+    cells = [read_json(cell_path(output_dir, domain, m, s)) for m in methods for s in seeds]
     return base, [cell for cell in cells if cell is not None]
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import statistics
 import sys
@@ -46,7 +45,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from benchmarks.quality_bold import _read_json, _write_json, mean_std, run_cell
+from benchmarks.cells import base_path, cell_path, claim, mean_std, read_json, release, write_json
+from benchmarks.quality_bold import run_cell
+from hf_egt.core.metrics.plot import pyplot, save_figure
 
 logger = logging.getLogger("quality_languages")
 
@@ -131,37 +132,6 @@ def tagged(dataset, tokenizer, max_length: int, method: str):
             {**{k: v[0].tolist() for k, v in inputs.items()}, "labels": labels[0].tolist(), "group": row["group"]}
         )
     return Dataset.from_list(rows)
-
-
-def cell_path(output_dir: Path, stage: str, method: str, seed: int) -> Path:
-    return output_dir / "cells" / stage / method / f"seed{seed}.json"
-
-
-def claim(path: Path) -> bool:
-    """Claim the cell of ``path`` for this process (``path.lock`` holding its pid, created exclusively): ``False``
-    when another live process holds it. A lock left by a dead process is taken over."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text() or 0), 0)
-                return False
-            except (ProcessLookupError, ValueError):
-                lock.unlink(missing_ok=True)  # its process is gone: a killed run
-                continue
-            except PermissionError:
-                return False
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(str(os.getpid()))
-        return True
-    return False
-
-
-def release(path: Path) -> None:
-    path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
 def best_validation(cell: Mapping) -> dict[str, float]:
@@ -313,11 +283,7 @@ def paired_differences(cells: Sequence[Mapping], method: str, control: str, unit
 def plot_curves(cells: Sequence[Mapping], majority: str, path: Path) -> Path:
     """Over training: each method's validation NLL per verse of the worst minority and of the majority (one line
     per seed), and the group weights of the methods that move them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(cell["method"] for cell in cells))}
     for cell in cells:
@@ -351,20 +317,13 @@ def plot_curves(cells: Sequence[Mapping], majority: str, path: Path) -> Path:
     right.set_title("group weights of the weighting methods", fontsize=10)
     if right.get_legend_handles_labels()[0]:
         right.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: Path, title: str) -> Path:
     """Worst-minority NLL per verse against the majority's, one point per method (error bars: std over seeds), the
     methods of one family joined by a line in knob order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 5))
     for family, members in FAMILIES.items():
         points = [summary[m] for m in members if m in summary]
@@ -389,10 +348,7 @@ def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: P
     axis.set_title(title, fontsize=10)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=7, loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def egt_kwargs(args: argparse.Namespace, tokenizer) -> dict:
@@ -443,7 +399,7 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
         for method in args.methods
         if not (args.resume and cell_path(output_dir, args.stage, method, seed).is_file())
     ]
-    base_file = output_dir / "cells" / args.stage / "base.json"
+    base_file = base_path(output_dir, args.stage)
     started = time.perf_counter()
     if todo or not base_file.is_file():
         model, tokenizer = load_cached_smollm2()
@@ -454,7 +410,7 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
                 model, tokenizer, dataset, settings, f"base/{args.stage}", args.n_bootstrap, **test_kwargs
             )
             base |= {"train_counts": label_counts(train["group"]), "eval_counts": label_counts(dataset["group"])}
-            _write_json(base_file, base)
+            write_json(base_file, base)
             release(base_file)
         for method, seed in tqdm(todo, desc="cells"):
             path = cell_path(output_dir, args.stage, method, seed)
@@ -482,7 +438,7 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
                 test_kwargs=test_kwargs,
             )
             cell["stage"] = args.stage
-            _write_json(path, cell)
+            write_json(path, cell)
             release(path)
             logger.info(
                 "%s/seed%d: best step %s, validation %s", method, seed, cell["best_step"], best_validation(cell)
@@ -499,11 +455,11 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
             cell
             for method in LANGUAGE_METHODS
             for path in sorted((output_dir / "cells" / stage / method).glob("seed*.json"))
-            if (cell := _read_json(path)) is not None
+            if (cell := read_json(path)) is not None
         ]
         if not cells:
             continue
-        base = _read_json(output_dir / "cells" / stage / "base.json")
+        base = read_json(base_path(output_dir, stage))
         source = "validation" if stage == "screen" else "test"
         summary = summarize(cells, majority, source)
         payload[stage] = {"summary": summary, "base": base, "cells": cells}

@@ -8,10 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from benchmarks.cells import cell_path
 from benchmarks.quality_bold import (
-    cell_path,
     markdown_table,
-    mean_std,
     run_quality,
     summarize_cells,
     summarize_domain,
@@ -63,11 +62,6 @@ def _cell(seed: int, per_group: dict[str, float], overall: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ aggregation
-def test_mean_std_is_the_sample_standard_deviation():
-    assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
-    assert mean_std([5.0]) == (5.0, 0.0)
-    with pytest.raises(ValueError, match="empty"):
-        mean_std([])
 
 
 def test_summary_averages_per_seed_gaps_and_worst_groups():

@@ -1,34 +1,13 @@
-"""``benchmarks/quality_languages.py``: the cell claims that let two processes share one queue, and the test-stage
-tables, on synthetic cells (hand-computed values; no model)."""
+"""``benchmarks/quality_languages.py``: the test-stage tables, on synthetic cells (hand-computed values; no
+model)."""
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 
 import pytest
 
-from benchmarks.quality_languages import claim, paired_differences, release, unit_table, unit_values
-
-
-def test_claim_is_exclusive_while_its_process_lives(tmp_path):
-    path = tmp_path / "cells" / "test" / "erm" / "seed0.json"
-    assert claim(path)
-    assert (path.parent / "seed0.json.lock").read_text() == str(os.getpid())
-    assert not claim(path)  # held by a live process (this one)
-    release(path)
-    assert not (path.parent / "seed0.json.lock").exists()
-    assert claim(path)
-
-
-def test_claim_takes_over_the_lock_of_a_dead_process(tmp_path):
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    path = tmp_path / "seed1.json"
-    (tmp_path / "seed1.json.lock").write_text(finished.stdout.strip())
-    assert claim(path)
-    assert (tmp_path / "seed1.json.lock").read_text() == str(os.getpid())
+from benchmarks.quality_languages import paired_differences, unit_table, unit_values
 
 
 def cell(method: str, seed: int, nll: dict[str, float], bpb: dict[str, float]) -> dict:

@@ -81,13 +81,8 @@ def run_demo(
     """
     from hf_egt.apps.offline import load_cached_smollm2, minilm_path
     from hf_egt.core.groups import label_counts
-    from hf_egt.integrations.evaluation import (
-        egt_markdown,
-        evaluate_causal_lm,
-        group_weight_history,
-        plot_group_weights,
-        write_report,
-    )
+    from hf_egt.core.metrics import plot_group_weights
+    from hf_egt.integrations.evaluation import egt_markdown, evaluate_causal_lm, group_weight_history, write_report
     from hf_egt.integrations.features import load_text_encoder
     from hf_egt.integrations.hub import build_model_card
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
 from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, check_runs, group_run, likelihood_report, runs_table
+from hf_egt.core.metrics.plot import plot_runs
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -458,70 +459,6 @@ def group_weight_history(log_history: Sequence[Mapping]) -> dict[str, list[tuple
             if key.startswith("group_weight/"):
                 history.setdefault(key.split("/", 1)[1], []).append((int(entry["step"]), float(value)))
     return {group: sorted(points) for group, points in sorted(history.items())}
-
-
-def plot_group_weights(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str) -> Path:
-    """The group weights over training (one line per group; ``group_weight_history``'s output), with uniform dotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 3.6))
-    for group, points in history.items():
-        axes.plot([step for step, _ in points], [weight for _, weight in points], marker=".", label=group)
-    if history:
-        axes.axhline(1 / len(history), color="gray", linestyle=":", linewidth=1, label="uniform")
-    axes.set_xlabel("step")
-    axes.set_ylabel("group weight")
-    axes.set_ylim(bottom=0)
-    axes.set_title(title)
-    axes.legend(fontsize=8)
-    return _save_figure(figure, path)
-
-
-def plot_runs(
-    runs: Mapping[str, Mapping], path: str | Path, metric: str = "perplexity", title: str | None = None
-) -> Path:
-    """Grouped bars (one cluster per group, one bar per run) with each run's gap marked in the legend and as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(runs)
-    groups = sorted({group for run in runs.values() for group in run["per_group"]})
-    width = 0.8 / max(1, len(names))
-    figure, axes = plt.subplots(figsize=(1.6 + 1.5 * len(groups) * max(1, len(names)) / 2, 4.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, name in enumerate(names):
-        values = [runs[name]["per_group"].get(group, float("nan")) for group in groups]
-        positions = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
-        color = colors[i % len(colors)]
-        axes.bar(positions, values, width, color=color, label=f"{name} (gap {runs[name]['gap']:.2f})")
-        finite = [v for v in values if not math.isnan(v)]
-        if finite:
-            axes.hlines([min(finite), max(finite)], -0.5, len(groups) - 0.5, colors=color, linestyles=":", linewidth=1)
-    axes.set_xticks(range(len(groups)))
-    axes.set_xticklabels([group.replace("_", " ") for group in groups], rotation=15, ha="right")
-    axes.set_ylabel(f"{metric} per group (lower is better)")
-    axes.set_title(title or f"{metric} per group; dotted lines: each run's best and worst group")
-    axes.legend(fontsize=8)
-    return _save_figure(figure, path)
-
-
-def _save_figure(figure, path: str | Path) -> Path:
-    """Lay out, write (PNG at 90 dpi) and close a matplotlib figure; return its path. Titles wrap to the figure's
-    width (a long title would be cut at both edges: ``tight_layout`` does not shrink text)."""
-    import matplotlib.pyplot as plt
-
-    for axes in figure.axes:
-        axes.title.set_wrap(True)
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
 
 
 def write_report(

@@ -16,7 +16,7 @@ from hf_egt.core.metrics.divergences import (
 )
 from hf_egt.core.metrics.frechet import frechet_distance, frechet_distance_from_moments, gaussian_moments
 from hf_egt.core.metrics.likelihood import group_likelihood, likelihood_report
-from hf_egt.core.metrics.plot import plot_report
+from hf_egt.core.metrics.plot import plot_group_weights, plot_report, plot_runs
 from hf_egt.core.metrics.prdc import prdc
 from hf_egt.core.metrics.quantized import fit_codebook, histogram_divergence, histogram_mauve, quantized_pr_curve
 from hf_egt.core.metrics.report import (
@@ -54,7 +54,9 @@ __all__ = [
     "kl_divergence",
     "likelihood_report",
     "minimum_samples",
+    "plot_group_weights",
     "plot_report",
+    "plot_runs",
     "pr_curve",
     "pr_divergence",
     "prdc",

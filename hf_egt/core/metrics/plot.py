@@ -1,9 +1,35 @@
-"""A picture of an EGT report: per-group values with their confidence intervals and the gap marked."""
+"""Every figure hf-egt draws, with one way to open and save them: an EGT report (per-group values with intervals,
+floors and the gap), runs side by side (grouped bars) and group weights over training. The benchmarks draw their
+study figures with the same ``pyplot`` / ``save_figure``."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (no screen needed; imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: str | Path, dpi: int = 90) -> Path:
+    """Lay out, write (PNG) and close a matplotlib figure; return its path. Titles wrap to the figure's width (a long
+    title would be cut at both edges: ``tight_layout`` does not shrink text)."""
+    for axes in figure.axes:
+        axes.title.set_wrap(True)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+    return path
 
 
 def plot_report(report: dict, path, title: str | None = None) -> Path:
@@ -14,11 +40,7 @@ def plot_report(report: dict, path, title: str | None = None) -> Path:
 
     Groups with no value (seen on one side only) are listed on the axis and marked "missing".
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = list(report["per_group"])
     values = [report["per_group"][group] for group in groups]
     intervals = [report.get("ci", {}).get(group, [math.nan, math.nan]) for group in groups]
@@ -63,11 +85,47 @@ def plot_report(report: dict, path, title: str | None = None) -> Path:
     axis.set_title(
         title or f"EGT: per-group {report['divergence']} (worst: {report['worst_group']}; grey: null floor)",
         fontsize="medium",
-        wrap=True,  # to the figure's width: `tight_layout` does not shrink a long title, it would be cut
     )
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
+
+
+def plot_group_weights(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str) -> Path:
+    """The group weights over training (one line per group; ``group_weight_history``'s output), with uniform dotted."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6.4, 3.6))
+    for group, points in history.items():
+        axes.plot([step for step, _ in points], [weight for _, weight in points], marker=".", label=group)
+    if history:
+        axes.axhline(1 / len(history), color="gray", linestyle=":", linewidth=1, label="uniform")
+    axes.set_xlabel("step")
+    axes.set_ylabel("group weight")
+    axes.set_ylim(bottom=0)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def plot_runs(
+    runs: Mapping[str, Mapping], path: str | Path, metric: str = "perplexity", title: str | None = None
+) -> Path:
+    """Grouped bars (one cluster per group, one bar per run) with each run's gap marked in the legend and as a band."""
+    plt = pyplot()
+    names = list(runs)
+    groups = sorted({group for run in runs.values() for group in run["per_group"]})
+    width = 0.8 / max(1, len(names))
+    figure, axes = plt.subplots(figsize=(1.6 + 1.5 * len(groups) * max(1, len(names)) / 2, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(names):
+        values = [runs[name]["per_group"].get(group, float("nan")) for group in groups]
+        positions = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
+        color = colors[i % len(colors)]
+        axes.bar(positions, values, width, color=color, label=f"{name} (gap {runs[name]['gap']:.2f})")
+        finite = [v for v in values if not math.isnan(v)]
+        if finite:
+            axes.hlines([min(finite), max(finite)], -0.5, len(groups) - 0.5, colors=color, linestyles=":", linewidth=1)
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels([group.replace("_", " ") for group in groups], rotation=15, ha="right")
+    axes.set_ylabel(f"{metric} per group (lower is better)")
+    axes.set_title(title or f"{metric} per group; dotted lines: each run's best and worst group")
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
