@@ -128,3 +128,17 @@ def test_prefixes_condition_the_same_scored_tokens(model_and_tokenizer):
     assert not torch.allclose(nll, plain_nll)
     with pytest.raises(ValueError, match="`prefixes` must have one entry per text, got 1 for 4 texts"):
         sequence_nll(model, tokenizer, texts, prefixes=prefixes[:1])
+
+
+def test_report_markdown_ends_with_how_rows_were_held_out_and_what_was_left_out(tmp_path):
+    from hf_egt.core.metrics import group_run
+
+    runs = {"base": group_run({"a": 3.0, "b": 5.0}, {"a": 2, "b": 1}, 4.0)}
+    paths = write_report(
+        runs, tmp_path, command="hf-egt evaluate x", held_out="20% of each group", dropped=["c: 1 row"]
+    )
+    markdown = paths["md"].read_text(encoding="utf-8")
+    assert markdown.endswith("```\n\nEvaluation rows: 20% of each group.\n\nLeft out:\n\n- c: 1 row\n")
+    assert markdown.count("Left out:") == 1
+    plain = write_report(runs, tmp_path / "plain", command="hf-egt evaluate x")["md"].read_text(encoding="utf-8")
+    assert plain.endswith("```\n") and "Left out" not in plain and "Evaluation rows" not in plain

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 import yaml
 
 from hf_egt.core.metrics import group_run
@@ -168,6 +169,22 @@ def test_model_card_without_runs_has_its_sections_and_no_report():
     assert text.index("## Group weights") < text.index("## Training")
     with_runs = build_model_card(base_model="m", runs=RUNS, objective="erm", model_name="x", sections={"Notes": "n"})
     assert with_runs.text.index("EGT) report") < with_runs.text.index("## Notes\n\nn\n\n## Training")
+
+
+def test_model_card_shows_the_egt_tables_of_runs_that_carry_them():
+    from hf_egt.core.metrics import egt_report
+    from hf_egt.integrations.evaluation import egt_markdown
+    from hf_egt.integrations.hub import GENERATION_SECTION, build_model_card
+
+    generator = torch.Generator().manual_seed(0)
+    real, generated = torch.randn(80, 2, generator=generator), 0.5 + torch.randn(80, 2, generator=generator)
+    labels = ["A"] * 40 + ["B"] * 40
+    egt = egt_report(real, labels, generated_features=generated, generated_groups=labels, n_bootstrap=0, n_null=0)
+    runs = {"base": RUNS["base"], "minmax": {**RUNS["minmax"], "egt": egt}}
+    card = str(build_model_card(base_model="m", runs=runs, objective="minmax", model_name="x", sections={"Notes": "n"}))
+    assert f"## {GENERATION_SECTION}\n\n{egt_markdown(runs)}" in card
+    assert card.index(GENERATION_SECTION) < card.index("## Notes") < card.index("## Training")
+    assert GENERATION_SECTION not in str(build_model_card(base_model="m", runs=RUNS, objective="erm", model_name="x"))
 
 
 def test_model_card_rejects_unknown_result_run():

@@ -82,7 +82,7 @@ def run_demo(
     from hf_egt.apps.offline import load_cached_smollm2, minilm_path
     from hf_egt.core.groups import label_counts
     from hf_egt.core.metrics import plot_group_weights
-    from hf_egt.integrations.evaluation import egt_markdown, evaluate_causal_lm, group_weight_history, write_report
+    from hf_egt.integrations.evaluation import evaluate_causal_lm, group_weight_history, write_report
     from hf_egt.integrations.features import load_text_encoder
     from hf_egt.integrations.hub import build_model_card
 
@@ -162,9 +162,6 @@ def run_demo(
             group_column="group",
             command=command,
             tags=["bold", "text-generation"],
-        )
-        card.text += "\n\n## Equalized Generative Treatment (EGT)\n\n" + egt_markdown(
-            {"base": runs["base"], objective: runs[objective]}
         )
         card.save(adapter_dir / "README.md")
     logger.info("Demo finished in %.0f s; report in %s", timings["total_s"], paths["md"])

@@ -470,9 +470,12 @@ def write_report(
     config: Mapping | None = None,
     command: str | None = None,
     notes: str | None = None,
+    held_out: str | None = None,
+    dropped: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs; return their paths.
-    ``notes`` (markdown) is printed under the per-group table."""
+    """Write ``report.json``, ``report.md`` and ``report.png`` for one or several runs, each once; return their paths.
+    ``notes`` (markdown) is printed under the per-group table; ``held_out`` (how the evaluated rows were held out) and
+    ``dropped`` (what was left out of training or evaluation) close the markdown."""
     check_runs(runs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -482,7 +485,9 @@ def write_report(
         payload["command"] = command
     paths["json"].write_text(strict_json_dumps(payload), encoding="utf-8")
     plot_runs(runs, paths["png"], metric=metric)
-    markdown = report_markdown(runs, title=title, metric=metric, command=command, notes=notes)
+    markdown = report_markdown(
+        runs, title=title, metric=metric, command=command, notes=notes, held_out=held_out, dropped=dropped
+    )
     paths["md"].write_text(markdown, encoding="utf-8")
     return paths
 
@@ -519,13 +524,19 @@ def report_markdown(
     metric: str = "perplexity",
     command: str | None = None,
     notes: str | None = None,
+    held_out: str | None = None,
+    dropped: Sequence[str] = (),
 ) -> str:
-    """The markdown body of a report: the per-group table, ``notes``, the EGT table when present, the plot and the
-    command."""
+    """The markdown body of a report: the per-group table, ``notes``, the EGT table when present, the plot, the
+    command, how the evaluated rows were held out and what was left out."""
     parts = [f"# {title}", "", f"{metric.capitalize()} per group (lower is better):", "", runs_table(runs), ""]
     if notes:
         parts += [notes, ""]
     parts += [egt_markdown(runs), "![per-group results](report.png)", ""]
     if command:
         parts += ["Reproduce with:", "", "```bash", command, "```", ""]
+    if held_out:
+        parts += [f"Evaluation rows: {held_out}.", ""]
+    if dropped:
+        parts += ["Left out:", "", *[f"- {item}" for item in dropped], ""]
     return "\n".join(parts)

@@ -58,6 +58,8 @@ Trained with [hf-egt](https://github.com/hf-egt/hf-egt) (Equalized Generative Tr
 quality and fix it with min-max LoRA fine-tuning).
 """
 
+GENERATION_SECTION = "EGT on generated text"
+
 OBJECTIVE_DESCRIPTIONS = {
     "erm": "empirical risk minimisation, the plain mean loss",
     "reweight": "loss reweighted by inverse group frequency",
@@ -181,12 +183,17 @@ def build_model_card(
         dropped: what was left out of training or evaluation (groups, rows), repeated from the report.
         held_out: how the evaluated rows were held out (e.g. "20% of each group, seed 42; see split.json").
         sections: further sections, title -> markdown body, after the EGT report (e.g. the final group weights).
+            Runs that carry an EGT report on generated text (``evaluate_causal_lm(feature_model=...)``) add its
+            tables first, as ``report.md`` shows them (``egt_markdown``).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     from hf_egt.core.metrics import check_runs, runs_table
+    from hf_egt.integrations.evaluation import egt_markdown
 
     check_runs(runs)
+    if any("egt" in run for run in runs.values()):
+        sections = {GENERATION_SECTION: egt_markdown(runs), **(sections or {})}
     result_run = result_run or (list(runs)[-1] if runs else None)
     if runs and result_run not in runs:
         raise ValueError(f"`result_run` {result_run!r} is not one of the runs {list(runs)}.")
