@@ -248,7 +248,7 @@ def embedding_egt(
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
     from hf_egt.core.metrics import egt_report, minimum_samples
-    from hf_egt.core.metrics.validation import check_group_labels, check_not_empty
+    from hf_egt.core.metrics.inputs import check_group_labels, check_not_empty
     from hf_egt.integrations.features import embed_texts, load_text_encoder
 
     check_not_empty(real_texts, "real_texts")

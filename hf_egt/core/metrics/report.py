@@ -3,7 +3,6 @@ proportion-based criteria (EGO, MGO) beside it."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import warnings
@@ -12,83 +11,29 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from hf_egt.core.metrics.divergences import (
-    chi2_divergence,
-    jensen_shannon_divergence,
-    kl_divergence,
-    pr_divergence,
-    reverse_kl_divergence,
-    squared_hellinger_distance,
-    total_variation_distance,
-)
-from hf_egt.core.metrics.frechet import frechet_distance
-from hf_egt.core.metrics.prdc import PRDC_KEYS, prdc
+from hf_egt.core.metrics.inputs import as_features, check_group_labels, check_not_empty, check_pair
 from hf_egt.core.metrics.projection import fit_projection
 from hf_egt.core.metrics.quantized import (
-    HISTOGRAM_DIVERGENCES,
     default_num_clusters,
     histogram_divergence,
-    quantized_estimator,
     quantized_labels,
     split_quantized_kwargs,
 )
-from hf_egt.core.metrics.summary import summarize_groups
-from hf_egt.core.metrics.validation import (
-    as_features,
-    check_group_labels,
-    check_not_empty,
-    check_pair,
-    minimum_samples,
+from hf_egt.core.metrics.registry import (
+    DIVERGENCES,
+    KNN_REFUSED_ABOVE,
+    KNN_VALIDATED_DIM,
+    QUANTIZED,
+    RECOMMENDED_TEXT_DIVERGENCE,
+    check_divergence,
 )
+from hf_egt.core.metrics.summary import summarize_groups
+from hf_egt.core.metrics.validation import minimum_samples
 
 logger = logging.getLogger(__name__)
 
-
-def _prdc_value(real, generated, key: str, k: int = 5, chunk_size: int | None = None) -> torch.Tensor:
-    return prdc(real, generated, k=k, chunk_size=chunk_size)[key]
-
-
-# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one codebook per group
-QUANTIZED = {f"quantized_{name}": name for name in HISTOGRAM_DIVERGENCES if name != "mauve"} | {"mauve": "mauve"}
-
-# name -> (estimator(real, generated, **kwargs) -> 0-d tensor, higher_is_worse)
-DIVERGENCES: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
-    "kl": (kl_divergence, True),
-    "reverse_kl": (reverse_kl_divergence, True),
-    "js": (jensen_shannon_divergence, True),
-    "tv": (total_variation_distance, True),
-    "hellinger": (squared_hellinger_distance, True),
-    "chi2": (chi2_divergence, True),
-    "pr": (pr_divergence, True),
-    "frechet": (frechet_distance, True),
-    **{key: (functools.partial(_prdc_value, key=key), False) for key in PRDC_KEYS},
-    **{name: (quantized_estimator(histogram_name), name != "mauve") for name, histogram_name in QUANTIZED.items()},
-}
+# the estimator keywords that `estimate` turns into a projection of the pair before a non-quantised estimator
 PREPROCESSING_KWARGS = ("pca", "normalize")
-# The estimator docs/metric.md supports for sentence embeddings at ~100 samples per group (384-d MiniLM): bounded,
-# symmetric, exact on histograms of each group's own codebook, with a floor and a p-value.
-RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
-# The largest dimension at which docs/metric.md validates the k-NN and Fréchet estimators (Gaussian closed forms at
-# d = 2 and 8; at d = 64 the k-NN KL is off by -61 % to +188 %, not even of the right sign). Above it they see
-# features through a PCA to this many components fitted on the pair, unless `pca` / `normalize` are given: in 384-d
-# the density-ratio estimators raise d * log(distance ratio) to the power (chi^2 of 1e36 on a null case, squared
-# Hellinger clipped to exactly 0), while on 8 components every one keeps the null case within its floor.
-KNN_VALIDATED_DIM = 8
-# Estimators refused above a smaller dimension, with the reason. The k-NN chi^2 is heavy-tailed (infinite whenever Q
-# has lighter tails than P) and validated in 1-d only: even projected to 8 components, two halves of the same BOLD
-# group (MiniLM) read 20.7 on average (largest 168) with 4 gaps in 5 "significant" (docs/metric.md).
-KNN_REFUSED_ABOVE = {
-    "chi2": (
-        2,
-        "the k-NN chi^2 is heavy-tailed (infinite whenever the generated distribution has lighter tails than the real "
-        "one) and validated in 1-d only; on a 384-d null case projected to 8 components it averaged 20.7",
-    )
-}
-
-
-def _check_divergence(divergence: str) -> None:
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
 
 
 def default_preprocessing(divergence: str, dim: int, estimator_kwargs: dict) -> dict:
@@ -111,7 +56,7 @@ def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> tor
     that leaves more dimensions is computed with a warning that the estimator is not validated there. The quantised
     estimators take ``pca`` and ``normalize`` as codebook settings.
     """
-    _check_divergence(divergence)
+    check_divergence(divergence)
     if divergence not in QUANTIZED:
         real, generated = as_features(real, "real"), as_features(generated, "generated")
         check_pair(real, generated)
@@ -136,16 +81,6 @@ def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> tor
                 stacklevel=2,
             )
     return DIVERGENCES[divergence][0](real, generated, **estimator_kwargs)
-
-
-def _group_labels(groups, num_rows: int, name: str, features_name: str) -> list:
-    """Group labels as a list of str or int (JSON keys), one per feature row."""
-    groups = check_group_labels(groups, name)
-    if len(groups) != num_rows:
-        raise ValueError(
-            f"`{name}` has {len(groups)} labels but `{features_name}` has {num_rows} rows; give one group per row."
-        )
-    return groups
 
 
 def _indices_by_group(labels: Sequence) -> dict:
@@ -376,7 +311,7 @@ def egt_report(
         a non-quantised estimator, ``KNN_VALIDATED_DIM``), ``generated_share``, ``data_share``, ``ego_gap``,
         ``mgo_gap``, ``estimator_kwargs``, ``minimum_samples``.
     """
-    _check_divergence(divergence)
+    check_divergence(divergence)
     family = "quantized" if divergence in QUANTIZED else "knn"
     n_bootstrap = DEFAULT_RESAMPLES[family][0] if n_bootstrap is None else n_bootstrap
     n_permutations = DEFAULT_RESAMPLES[family][1] if n_permutations is None else n_permutations
@@ -397,9 +332,9 @@ def egt_report(
         )
     if device is not None:
         real, generated = real.to(device), generated.to(device)
-    real_by_group = _indices_by_group(_group_labels(real_groups, real.shape[0], "real_groups", "real_features"))
+    real_by_group = _indices_by_group(check_group_labels(real_groups, "real_groups", real.shape[0], "real_features"))
     generated_by_group = _indices_by_group(
-        _group_labels(generated_groups, generated.shape[0], "generated_groups", "generated_features")
+        check_group_labels(generated_groups, "generated_groups", generated.shape[0], "generated_features")
     )
     groups = list(dict.fromkeys([*real_by_group, *generated_by_group]))
     empty = torch.empty(0, dtype=torch.long)
