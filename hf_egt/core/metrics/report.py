@@ -28,7 +28,7 @@ from hf_egt.core.metrics.registry import (
     check_divergence,
 )
 from hf_egt.core.metrics.summary import summarize_groups
-from hf_egt.core.metrics.validation import minimum_samples
+from hf_egt.core.metrics.validation import groups_below_minimum, minimum_samples
 
 logger = logging.getLogger(__name__)
 
@@ -229,12 +229,16 @@ def _label_statistic(divergence: str, num_clusters: int, histogram_kwargs: dict)
 def _check_group_sizes(divergence: str, counts: dict, estimator_kwargs: dict) -> int:
     """Raise before any work if a compared group has fewer samples than ``minimum_samples``; return that minimum."""
     minimum = minimum_samples(divergence, **estimator_kwargs)
-    short = [
-        f"Group {group!r}: `{side}` has {count[side]} sample(s)"
-        for group, count in counts.items()
-        if count["real"] and count["generated"]
+    compared = [group for group, count in counts.items() if count["real"] and count["generated"]]
+    below = {
+        side: groups_below_minimum({group: counts[group][side] for group in compared}, minimum)
         for side in ("real", "generated")
-        if count[side] < minimum
+    }
+    short = [
+        f"Group {group!r}: `{side}` has {below[side][group]} sample(s)"
+        for group in compared
+        for side in ("real", "generated")
+        if group in below[side]
     ]
     if short:
         raise ValueError(

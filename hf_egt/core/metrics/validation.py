@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
 from hf_egt.core.metrics.quantized import SAMPLES_PER_CLUSTER
 from hf_egt.core.metrics.registry import KNN_DIVERGENCES, QUANTIZED, check_divergence
 
@@ -24,3 +27,16 @@ def minimum_samples(divergence: str, **estimator_kwargs) -> int:
     if divergence in KNN_DIVERGENCES:
         return int(estimator_kwargs.get("k", 5)) + 1  # k neighbours besides the point itself
     return 2  # pooled k-NN classifier (js, tv, pr) and the Fréchet distance (a covariance)
+
+
+def groups_below_minimum(groups: Iterable | Mapping, minimum: int, *, cap: int | None = None) -> dict:
+    """The sample-size gate: ``{group: count}`` for every group with fewer than ``minimum`` samples.
+
+    ``groups`` is one label per sample, counted with ``collections.Counter``, or a mapping group -> count already
+    made. With ``cap``, a group counts at most ``cap`` samples (the rows it will use). Groups come in the order they
+    are first seen; a group that ``groups`` does not hold has no entry.
+    """
+    counts = Counter(groups)
+    if cap is not None:
+        counts = {group: min(count, cap) for group, count in counts.items()}
+    return {group: count for group, count in counts.items() if count < minimum}
