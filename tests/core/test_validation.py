@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from hf_egt.core.metrics import egt_report, minimum_samples
+from hf_egt.core.metrics import DIVERGENCES, egt_report, estimate, minimum_samples
+from hf_egt.core.metrics.registry import KNN_DIVERGENCES
 from hf_egt.core.metrics.validation import groups_below_minimum
 
 
@@ -17,6 +18,18 @@ def test_minimum_samples_per_estimator():
     assert minimum_samples("mauve") == 20 and minimum_samples("quantized_kl", num_clusters=10) == 100
     with pytest.raises(ValueError, match="Unknown `divergence` 'nope'"):
         minimum_samples("nope")
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_every_estimator_accepts_its_minimum_and_the_knn_ones_no_fewer(name):
+    generator = torch.Generator().manual_seed(0)
+    minimum = minimum_samples(name)
+    real = torch.randn(minimum, 2, generator=generator, dtype=torch.float64)
+    generated = 0.3 + torch.randn(minimum, 2, generator=generator, dtype=torch.float64)
+    assert not torch.isnan(estimate(real, generated, name))
+    if name in KNN_DIVERGENCES:  # k + 1: a sample's k-th nearest other sample must exist
+        with pytest.raises(ValueError, match=f"needs at least {minimum}"):
+            estimate(real[1:], generated[1:], name)
 
 
 def test_gate_counts_match_a_hand_count():
