@@ -428,8 +428,7 @@ HIGHDIM_PERMUTATIONS = 50
 def highdim_section(cells: Cells, out: Path) -> str:
     """Every registered divergence on two halves of the same BOLD race sentences (MiniLM, 384-d, 50 + 50 per group):
     as given (``pca=None``, the estimators before issue 22) and with the default preprocessing."""
-    from hf_egt.core.metrics import DIVERGENCES
-    from hf_egt.core.metrics.report import QUANTIZED
+    from hf_egt.core.metrics import DIVERGENCES, QUANTIZED
 
     data = torch.load(out / "bold_race_minilm_l2.pt")
     features, groups = data["features"].double(), data["groups"]

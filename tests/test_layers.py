@@ -1,6 +1,7 @@
 """The package's layers point down: ``hf_egt.core`` imports nothing of ``hf_egt.integrations`` or ``hf_egt.apps`` (nor
 the Hugging Face libraries the integrations wrap), its metric estimators nothing of the training objective, and
-``hf_egt.integrations`` imports nothing of ``hf_egt.apps``.
+``hf_egt.integrations`` imports nothing of ``hf_egt.apps``; and no module of ``hf_egt`` imports itself through others
+(an import circle, such as the metric registry's once between ``validation`` and ``report``).
 
 Checked statically on the source (every import statement, including those inside functions), so an upward import
 fails here even when it sits in a branch the other tests never run.
@@ -9,6 +10,7 @@ fails here even when it sits in a branch the other tests never run.
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,39 @@ def test_the_check_allows_downward_and_sibling_imports():
     source = "from hf_egt.core.groups import group_sums\nfrom ..metrics import summarize_groups\nimport torch\n"
     assert upward_imports(source, "hf_egt.integrations.trainer.egt_trainer") == []
     assert upward_imports("from .summary import summarize_groups\n", "hf_egt.core.metrics.likelihood") == []
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every module of ``hf_egt`` -> the modules of ``hf_egt`` it imports (at the top or inside a function)."""
+    sources = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {
+        module: {
+            name
+            for _, name in imported_modules(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
+            if name in sources and name != module
+        }
+        for module, path in sources.items()
+    }
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str]:
+    """One circle of ``graph`` (``[a, b, ..., a]``), or ``[]`` when there is none."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        return list(error.args[1])
+    return []
+
+
+def test_no_module_imports_itself_through_others():
+    assert import_circle(import_graph()) == []
+
+
+def test_the_check_finds_an_import_circle():
+    graph = {"report": {"validation", "divergences"}, "validation": {"report"}, "divergences": set()}
+    assert set(import_circle(graph)) == {"report", "validation"}
+    source = "def minimum_samples():\n    from hf_egt.core.metrics.report import DIVERGENCES\n"
+    assert (2, "hf_egt.core.metrics.report") in imported_modules(source, "hf_egt.core.metrics.validation")
 
 
 # Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules.

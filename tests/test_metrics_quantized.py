@@ -15,7 +15,6 @@ from hf_egt.core.metrics import (
     egt_report,
     estimate,
     histogram_divergence,
-    minimum_samples,
     quantized_pr_curve,
 )
 from hf_egt.core.metrics import quantized as quantized_module
@@ -225,15 +224,6 @@ def test_small_groups_are_rejected_before_any_work(monkeypatch):
             divergence="quantized_js",
             num_clusters=6,
         )
-
-
-def test_minimum_samples_per_estimator():
-    assert minimum_samples("kl") == 6 and minimum_samples("kl", k=3) == 4
-    assert minimum_samples("precision", k=5) == 6
-    assert minimum_samples("js") == 2 and minimum_samples("frechet") == 2
-    assert minimum_samples("mauve") == 20 and minimum_samples("quantized_kl", num_clusters=10) == 100
-    with pytest.raises(ValueError, match="Unknown `divergence` 'nope'"):
-        minimum_samples("nope")
 
 
 @pytest.mark.parametrize("dim", [3, 20])

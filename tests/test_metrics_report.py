@@ -324,7 +324,7 @@ def test_every_divergence_on_a_384_d_null_case_is_finite_and_within_its_floor():
     checked for range only: their floors come from halves, where precision and coverage run high (larger k-NN
     balls), so a null value falls below its floor now and then (1 group-check in 36 on seeds 0-2)."""
     from hf_egt.core.metrics.prdc import PRDC_KEYS
-    from hf_egt.core.metrics.report import KNN_VALIDATED_DIM, QUANTIZED
+    from hf_egt.core.metrics.registry import KNN_VALIDATED_DIM, QUANTIZED
 
     real, groups, generated, _ = embedding_like_null(n=100)
     with pytest.raises(ValueError, match=r"Group 'g0': `divergence`='chi2' is refused on 8-d features .*heavy-tailed"):

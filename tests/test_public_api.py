@@ -26,11 +26,11 @@ def test_every_public_name_resolves_and_is_listed(name):
 
 
 def test_measurement_names_are_the_library_objects():
-    from hf_egt.core.metrics import report
+    from hf_egt.core.metrics import registry, report
     from hf_egt.integrations import evaluation
 
     assert hf_egt.egt_report is report.egt_report
-    assert hf_egt.DIVERGENCES is report.DIVERGENCES
+    assert hf_egt.DIVERGENCES is registry.DIVERGENCES
     assert hf_egt.RECOMMENDED_TEXT_DIVERGENCE in hf_egt.DIVERGENCES
     assert hf_egt.evaluate_causal_lm is evaluation.evaluate_causal_lm
 

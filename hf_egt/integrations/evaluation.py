@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,8 +24,18 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_egt.core.losses import IGNORE_INDEX, causal_lm_token_losses
-from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, check_runs, group_run, likelihood_report, runs_table
+from hf_egt.core.metrics import (
+    RECOMMENDED_TEXT_DIVERGENCE,
+    check_runs,
+    egt_report,
+    group_run,
+    likelihood_report,
+    minimum_samples,
+    runs_table,
+)
+from hf_egt.core.metrics.inputs import check_group_labels, check_not_empty
 from hf_egt.core.metrics.plot import plot_runs
+from hf_egt.core.metrics.validation import groups_below_minimum
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 
 logger = logging.getLogger(__name__)
@@ -248,8 +259,6 @@ def embedding_egt(
     The group sizes are checked against ``minimum_samples`` before anything is embedded. Intervals, noise floors and
     the gap's p-value are on by default (``n_bootstrap=None``: the estimator's default).
     """
-    from hf_egt.core.metrics import egt_report, minimum_samples
-    from hf_egt.core.metrics.validation import check_group_labels, check_not_empty
     from hf_egt.integrations.features import embed_texts, load_text_encoder
 
     check_not_empty(real_texts, "real_texts")
@@ -257,11 +266,14 @@ def embedding_egt(
     real_groups = check_group_labels(real_groups, "real_groups")
     generated_groups = check_group_labels(generated_groups, "generated_groups")
     minimum = minimum_samples(divergence, **estimator_kwargs)
-    counts = {
-        str(group): (list(real_groups).count(group), list(generated_groups).count(group))
-        for group in dict.fromkeys([*real_groups, *generated_groups])
+    real_counts, generated_counts = Counter(real_groups), Counter(generated_groups)
+    smaller_side = {
+        group: min(count, generated_counts[group]) for group, count in real_counts.items() if group in generated_counts
     }
-    small = {group: count for group, count in counts.items() if 0 < min(count) < minimum}
+    small = {
+        str(group): (real_counts[group], generated_counts[group])
+        for group in groups_below_minimum(smaller_side, minimum)
+    }
     if small:  # before embedding anything
         raise ValueError(
             f"Group(s) {small} ((real, generated) texts) have fewer texts than the {divergence!r} estimator needs "
@@ -349,12 +361,9 @@ def groups_too_small_for_egt(
 ) -> tuple[int, dict[str, int]]:
     """``(minimum, {group: prompts})``: the groups whose number of prompts (rows, capped at ``max_prompts_per_group``)
     is below what ``divergence``'s estimator needs (``hf_egt.core.metrics.validation.minimum_samples``)."""
-    from hf_egt.core.metrics.validation import minimum_samples
-
     minimum = minimum_samples(divergence)
-    cap = max_prompts_per_group or len(groups)
-    prompts = {group: min(list(groups).count(group), cap) for group in sorted(set(groups))}
-    return minimum, {group: count for group, count in prompts.items() if count < minimum}
+    small = groups_below_minimum(groups, minimum, cap=max_prompts_per_group or None)
+    return minimum, dict(sorted(small.items()))
 
 
 def evaluate_causal_lm(

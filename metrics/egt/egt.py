@@ -11,7 +11,7 @@ import evaluate
 import numpy as np
 from hf_egt.core.metrics import DIVERGENCES
 from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE
-from hf_egt.core.metrics.validation import check_group_labels
+from hf_egt.core.metrics.inputs import check_group_labels
 from hf_egt.integrations.evaluation import embedding_egt
 
 _CITATION = """\

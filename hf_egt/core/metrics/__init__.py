@@ -19,17 +19,10 @@ from hf_egt.core.metrics.likelihood import group_likelihood, likelihood_report
 from hf_egt.core.metrics.plot import plot_group_weights, plot_report, plot_runs
 from hf_egt.core.metrics.prdc import prdc
 from hf_egt.core.metrics.quantized import fit_codebook, histogram_divergence, histogram_mauve, quantized_pr_curve
-from hf_egt.core.metrics.report import (
-    DIVERGENCES,
-    QUANTIZED,
-    RECOMMENDED_TEXT_DIVERGENCE,
-    egt_report,
-    estimate,
-    proportion_criteria,
-    report_table,
-    runs_table,
-)
+from hf_egt.core.metrics.registry import DIVERGENCES, QUANTIZED, RECOMMENDED_TEXT_DIVERGENCE
+from hf_egt.core.metrics.report import egt_report, estimate, proportion_criteria
 from hf_egt.core.metrics.summary import RUN_FIELDS, GroupRun, check_runs, group_run, summarize_groups
+from hf_egt.core.metrics.tables import report_table, runs_table
 from hf_egt.core.metrics.validation import minimum_samples
 
 __all__ = [

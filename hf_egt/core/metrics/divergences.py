@@ -32,8 +32,8 @@ import math
 
 import torch
 
+from hf_egt.core.metrics.inputs import as_features, check_min_samples, check_pair
 from hf_egt.core.metrics.knn import kth_neighbour_sq_distances, nearest_neighbour_indices, radius_counts
-from hf_egt.core.metrics.validation import as_features, check_min_samples, check_pair
 
 
 def _prepare(real, generated, min_real: int, min_generated: int, estimator: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_egt.core.metrics.validation import as_features, check_min_samples, check_pair
+from hf_egt.core.metrics.inputs import as_features, check_min_samples, check_pair
 
 
 def gaussian_moments(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from hf_egt.core.metrics.inputs import as_features, check_min_samples, check_pair
 from hf_egt.core.metrics.knn import ROW_SETS, exact_sq_distances, iter_sq_distance_blocks, kth_neighbour_sq_distances
-from hf_egt.core.metrics.validation import as_features, check_min_samples, check_pair
 
 PRDC_KEYS = ("precision", "recall", "density", "coverage")
 RELATIVE_MARGIN = 1e-6

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hf_egt.core.metrics.inputs import as_features, check_min_samples, check_pair
 from hf_egt.core.metrics.projection import Projection, fit_projection
-from hf_egt.core.metrics.validation import as_features, check_min_samples, check_pair
 
 SAMPLES_PER_CLUSTER = 10
 DEFAULT_SMOOTHING = 0.5

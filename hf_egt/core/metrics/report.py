@@ -1,94 +1,42 @@
 """The EGT report: one divergence per group between real and generated features, its spread, and the older
-proportion-based criteria (EGO, MGO) beside it."""
+proportion-based criteria (EGO, MGO) beside it.
+
+It composes the registry's estimators (``estimate``), the input and sample-size checks, and the statistics of
+``resampling``; ``tables`` writes the report as markdown."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
-from hf_egt.core.metrics.divergences import (
-    chi2_divergence,
-    jensen_shannon_divergence,
-    kl_divergence,
-    pr_divergence,
-    reverse_kl_divergence,
-    squared_hellinger_distance,
-    total_variation_distance,
-)
-from hf_egt.core.metrics.frechet import frechet_distance
-from hf_egt.core.metrics.prdc import PRDC_KEYS, prdc
+from hf_egt.core.metrics.inputs import as_features, check_group_labels, check_not_empty, check_pair
 from hf_egt.core.metrics.projection import fit_projection
 from hf_egt.core.metrics.quantized import (
-    HISTOGRAM_DIVERGENCES,
     default_num_clusters,
     histogram_divergence,
-    quantized_estimator,
     quantized_labels,
     split_quantized_kwargs,
 )
-from hf_egt.core.metrics.summary import summarize_groups
-from hf_egt.core.metrics.validation import (
-    as_features,
-    check_group_labels,
-    check_not_empty,
-    check_pair,
-    minimum_samples,
+from hf_egt.core.metrics.registry import (
+    DIVERGENCES,
+    KNN_REFUSED_ABOVE,
+    KNN_VALIDATED_DIM,
+    QUANTIZED,
+    RECOMMENDED_TEXT_DIVERGENCE,
+    check_divergence,
 )
+from hf_egt.core.metrics.resampling import gap_permutation_test, null_floor, resampled_interval
+from hf_egt.core.metrics.summary import summarize_groups
+from hf_egt.core.metrics.validation import groups_below_minimum, minimum_samples
 
 logger = logging.getLogger(__name__)
 
-
-def _prdc_value(real, generated, key: str, k: int = 5, chunk_size: int | None = None) -> torch.Tensor:
-    return prdc(real, generated, k=k, chunk_size=chunk_size)[key]
-
-
-# registry name -> name in quantized.HISTOGRAM_DIVERGENCES: the quantised family, one codebook per group
-QUANTIZED = {f"quantized_{name}": name for name in HISTOGRAM_DIVERGENCES if name != "mauve"} | {"mauve": "mauve"}
-
-# name -> (estimator(real, generated, **kwargs) -> 0-d tensor, higher_is_worse)
-DIVERGENCES: dict[str, tuple[Callable[..., torch.Tensor], bool]] = {
-    "kl": (kl_divergence, True),
-    "reverse_kl": (reverse_kl_divergence, True),
-    "js": (jensen_shannon_divergence, True),
-    "tv": (total_variation_distance, True),
-    "hellinger": (squared_hellinger_distance, True),
-    "chi2": (chi2_divergence, True),
-    "pr": (pr_divergence, True),
-    "frechet": (frechet_distance, True),
-    **{key: (functools.partial(_prdc_value, key=key), False) for key in PRDC_KEYS},
-    **{name: (quantized_estimator(histogram_name), name != "mauve") for name, histogram_name in QUANTIZED.items()},
-}
+# the estimator keywords that `estimate` turns into a projection of the pair before a non-quantised estimator
 PREPROCESSING_KWARGS = ("pca", "normalize")
-# The estimator docs/metric.md supports for sentence embeddings at ~100 samples per group (384-d MiniLM): bounded,
-# symmetric, exact on histograms of each group's own codebook, with a floor and a p-value.
-RECOMMENDED_TEXT_DIVERGENCE = "quantized_js"
-# The largest dimension at which docs/metric.md validates the k-NN and Fréchet estimators (Gaussian closed forms at
-# d = 2 and 8; at d = 64 the k-NN KL is off by -61 % to +188 %, not even of the right sign). Above it they see
-# features through a PCA to this many components fitted on the pair, unless `pca` / `normalize` are given: in 384-d
-# the density-ratio estimators raise d * log(distance ratio) to the power (chi^2 of 1e36 on a null case, squared
-# Hellinger clipped to exactly 0), while on 8 components every one keeps the null case within its floor.
-KNN_VALIDATED_DIM = 8
-# Estimators refused above a smaller dimension, with the reason. The k-NN chi^2 is heavy-tailed (infinite whenever Q
-# has lighter tails than P) and validated in 1-d only: even projected to 8 components, two halves of the same BOLD
-# group (MiniLM) read 20.7 on average (largest 168) with 4 gaps in 5 "significant" (docs/metric.md).
-KNN_REFUSED_ABOVE = {
-    "chi2": (
-        2,
-        "the k-NN chi^2 is heavy-tailed (infinite whenever the generated distribution has lighter tails than the real "
-        "one) and validated in 1-d only; on a 384-d null case projected to 8 components it averaged 20.7",
-    )
-}
-
-
-def _check_divergence(divergence: str) -> None:
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"Unknown `divergence` {divergence!r}; valid names are {sorted(DIVERGENCES)}.")
 
 
 def default_preprocessing(divergence: str, dim: int, estimator_kwargs: dict) -> dict:
@@ -111,7 +59,7 @@ def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> tor
     that leaves more dimensions is computed with a warning that the estimator is not validated there. The quantised
     estimators take ``pca`` and ``normalize`` as codebook settings.
     """
-    _check_divergence(divergence)
+    check_divergence(divergence)
     if divergence not in QUANTIZED:
         real, generated = as_features(real, "real"), as_features(generated, "generated")
         check_pair(real, generated)
@@ -138,109 +86,11 @@ def estimate(real, generated, divergence: str = "kl", **estimator_kwargs) -> tor
     return DIVERGENCES[divergence][0](real, generated, **estimator_kwargs)
 
 
-def _group_labels(groups, num_rows: int, name: str, features_name: str) -> list:
-    """Group labels as a list of str or int (JSON keys), one per feature row."""
-    groups = check_group_labels(groups, name)
-    if len(groups) != num_rows:
-        raise ValueError(
-            f"`{name}` has {len(groups)} labels but `{features_name}` has {num_rows} rows; give one group per row."
-        )
-    return groups
-
-
 def _indices_by_group(labels: Sequence) -> dict:
     by_group: dict = {}
     for index, label in enumerate(labels):
         by_group.setdefault(label, []).append(index)
     return {group: torch.tensor(indices) for group, indices in by_group.items()}
-
-
-def resampled_interval(
-    real,
-    generated,
-    statistic: Callable,
-    value: float,
-    n_bootstrap: int,
-    generator: torch.Generator,
-    confidence: float = 0.95,
-    method: str = "subsampling",
-    lower_bound: float | None = None,
-) -> list[float]:
-    """Confidence interval of ``statistic(real, generated)`` from ``n_bootstrap`` resampled replicates.
-
-    - ``"bootstrap"``: each side resampled with replacement at its full size (for histogram estimators, where
-      repeated samples are harmless);
-    - ``"subsampling"``: half of each side drawn without replacement (Politis, Romano and Wolf 1999), the spread
-      shrunk by sqrt(1/2) to the full size; for k-NN estimators, which duplicated points break (zero distances).
-
-    The replicates' deviations from their own mean are placed around ``value``: the interval covers sampling
-    variability, not the estimator's sample-size-dependent bias (that is what ``null_floor`` shows). A statistic that
-    cannot go below ``lower_bound`` (a divergence of two histograms cannot be negative) has its interval clipped there.
-    """
-    replicates = []
-    for _ in range(n_bootstrap):
-        if method == "bootstrap":
-            real_rows = torch.randint(len(real), (len(real),), generator=generator)
-            generated_rows = torch.randint(len(generated), (len(generated),), generator=generator)
-        else:
-            real_rows = torch.randperm(len(real), generator=generator)[: max(2, len(real) // 2)]
-            generated_rows = torch.randperm(len(generated), generator=generator)[: max(2, len(generated) // 2)]
-        replicates.append(float(statistic(real[real_rows], generated[generated_rows])))
-    scale = 1.0 if method == "bootstrap" else math.sqrt(0.5)
-    deviations = (np.asarray(replicates) - np.mean(replicates)) * scale
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(deviations, [tail, 1 - tail])
-    low, high = value + float(low), value + float(high)
-    if lower_bound is not None:
-        low, high = max(low, lower_bound), max(high, lower_bound)
-    return [low, high]
-
-
-def null_floor(
-    real, statistic: Callable, n_null: int, generator: torch.Generator, quantile: float
-) -> tuple[float, list[float]]:
-    """The estimator between two disjoint random halves of one group's real samples, ``n_null`` times: the values a
-    comparison of a distribution with itself reaches. Returns (the ``quantile`` of those values, the values)."""
-    half = len(real) // 2
-    values = []
-    for _ in range(n_null):
-        order = torch.randperm(len(real), generator=generator)
-        values.append(float(statistic(real[order[:half]], real[order[half : 2 * half]])))
-    return float(np.quantile(values, quantile)), values
-
-
-def _gap(values) -> float:
-    finite = [value for value in values if not math.isnan(value)]
-    return max(finite) - min(finite) if len(finite) >= 2 else math.nan
-
-
-def gap_permutation_test(
-    real, real_rows: dict, generated, generated_rows: dict, statistic: Callable, n_permutations: int, generator
-) -> tuple[float, float]:
-    """``(observed gap, p-value)`` of the gap (max - min over groups) under label permutation.
-
-    The group labels are shuffled among the real samples and, separately, among the generated samples of the
-    compared groups, each group keeping its counts: every permuted group then has the pooled quality, and the share
-    of permuted gaps at least as large as the observed one (with the usual +1 in numerator and denominator) is the
-    p-value of "the groups differ".
-    """
-    groups = list(real_rows)
-    observed = _gap([float(statistic(real[real_rows[g]], generated[generated_rows[g]])) for g in groups])
-    if math.isnan(observed) or n_permutations == 0:
-        return observed, math.nan
-    real_pool = torch.cat([real_rows[g] for g in groups])
-    generated_pool = torch.cat([generated_rows[g] for g in groups])
-    real_sizes = [len(real_rows[g]) for g in groups]
-    generated_sizes = [len(generated_rows[g]) for g in groups]
-    exceed = 0
-    for _ in range(n_permutations):
-        real_split = real_pool[torch.randperm(len(real_pool), generator=generator)].split(real_sizes)
-        generated_split = generated_pool[torch.randperm(len(generated_pool), generator=generator)].split(
-            generated_sizes
-        )
-        permuted = [float(statistic(real[r], generated[q])) for r, q in zip(real_split, generated_split)]
-        exceed += _gap(permuted) >= observed
-    return observed, (1 + exceed) / (1 + n_permutations)
 
 
 def proportion_criteria(real_counts: dict, generated_counts: dict) -> dict:
@@ -294,12 +144,16 @@ def _label_statistic(divergence: str, num_clusters: int, histogram_kwargs: dict)
 def _check_group_sizes(divergence: str, counts: dict, estimator_kwargs: dict) -> int:
     """Raise before any work if a compared group has fewer samples than ``minimum_samples``; return that minimum."""
     minimum = minimum_samples(divergence, **estimator_kwargs)
-    short = [
-        f"Group {group!r}: `{side}` has {count[side]} sample(s)"
-        for group, count in counts.items()
-        if count["real"] and count["generated"]
+    compared = [group for group, count in counts.items() if count["real"] and count["generated"]]
+    below = {
+        side: groups_below_minimum({group: counts[group][side] for group in compared}, minimum)
         for side in ("real", "generated")
-        if count[side] < minimum
+    }
+    short = [
+        f"Group {group!r}: `{side}` has {below[side][group]} sample(s)"
+        for group in compared
+        for side in ("real", "generated")
+        if group in below[side]
     ]
     if short:
         raise ValueError(
@@ -376,7 +230,7 @@ def egt_report(
         a non-quantised estimator, ``KNN_VALIDATED_DIM``), ``generated_share``, ``data_share``, ``ego_gap``,
         ``mgo_gap``, ``estimator_kwargs``, ``minimum_samples``.
     """
-    _check_divergence(divergence)
+    check_divergence(divergence)
     family = "quantized" if divergence in QUANTIZED else "knn"
     n_bootstrap = DEFAULT_RESAMPLES[family][0] if n_bootstrap is None else n_bootstrap
     n_permutations = DEFAULT_RESAMPLES[family][1] if n_permutations is None else n_permutations
@@ -397,9 +251,9 @@ def egt_report(
         )
     if device is not None:
         real, generated = real.to(device), generated.to(device)
-    real_by_group = _indices_by_group(_group_labels(real_groups, real.shape[0], "real_groups", "real_features"))
+    real_by_group = _indices_by_group(check_group_labels(real_groups, "real_groups", real.shape[0], "real_features"))
     generated_by_group = _indices_by_group(
-        _group_labels(generated_groups, generated.shape[0], "generated_groups", "generated_features")
+        check_group_labels(generated_groups, "generated_groups", generated.shape[0], "generated_features")
     )
     groups = list(dict.fromkeys([*real_by_group, *generated_by_group]))
     empty = torch.empty(0, dtype=torch.long)
@@ -518,59 +372,3 @@ def egt_report(
         "minimum_samples": minimum,
         "estimator_kwargs": {key: value for key, value in estimator_kwargs.items() if key != "chunk_size"},
     }
-
-
-def _format(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def report_table(report: dict, digits: int = 3) -> str:
-    """Markdown table of an ``egt_report``: per group the counts, the value with its interval, the noise floor and
-    whether the value is within it; then the gap with its permutation p-value, and the pooled value."""
-    level = round(100 * report.get("confidence", 0.95))
-    lines = [
-        f"| group | real | generated | {report['divergence']} | {level} % interval | null floor | within floor |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
-    ]
-    for group, value in report["per_group"].items():
-        counts = report["counts"][group]
-        low, high = report.get("ci", {}).get(group, [math.nan, math.nan])
-        interval = "n/a" if math.isnan(low) else f"[{_format(low, digits)}, {_format(high, digits)}]"
-        within = report.get("within_floor", {}).get(group)
-        flag = "n/a" if within is None else ("**yes** (noise)" if within else "no")
-        if group in report.get("missing", {}):
-            flag = f"missing {report['missing'][group]} samples"
-        floor = _format(report.get("null_floor", {}).get(group, math.nan), digits)
-        lines.append(
-            f"| {group} | {counts['real']} | {counts['generated']} | {_format(value, digits)} | {interval} | "
-            f"{floor} | {flag} |"
-        )
-    p_value = report.get("gap_p_value", math.nan)
-    verdict = {True: "significant", False: "**not significant**", None: "not tested"}[report.get("gap_significant")]
-    lines.append(
-        f"| **gap** (worst: {report['worst_group']}) | | | **{_format(report['gap'], digits)}** | "
-        f"p = {_format(p_value, 3)}, {verdict} | | |"
-    )
-    lines.append(
-        f"| overall | {sum(c['real'] for c in report['counts'].values())} | "
-        f"{sum(c['generated'] for c in report['counts'].values())} | {_format(report['overall'], digits)} "
-        "| | | |"
-    )
-    return "\n".join(lines)
-
-
-def runs_table(runs: Mapping[str, Mapping], key: str = "per_group", value_format: str = "{:.2f}") -> str:
-    """Markdown table: one row per group, one column per run, then gap, worst group and overall rows."""
-    names = list(runs)
-    groups = sorted({group for run in runs.values() for group in run[key]})
-    lines = ["| group | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    for group in groups:
-        cells = [value_format.format(runs[name][key][group]) if group in runs[name][key] else "" for name in names]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| **gap (max − min)** | " + " | ".join(f"**{value_format.format(runs[n]['gap'])}**" for n in names) + " |"
-    )
-    lines.append("| worst group | " + " | ".join(str(runs[n]["worst_group"]) for n in names) + " |")
-    if all("overall" in runs[n] for n in names):
-        lines.append("| overall | " + " | ".join(value_format.format(runs[n]["overall"]) for n in names) + " |")
-    return "\n".join(lines)
