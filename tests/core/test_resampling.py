@@ -45,12 +45,6 @@ def test_bootstrap_interval_is_the_normal_interval_of_a_difference_of_means():
     assert again == [low, high]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="half-samples drawn without replacement already vary like full-size estimates (finite-population "
-    "correction 1 - b/n = 1/2 at b = n/2), so shrinking their spread by sqrt(1/2) makes the interval sqrt(2) too "
-    "narrow: 0.71 of the normal half-width here (0.73 of the Monte-Carlo spread for the k-NN KL at n = 400, 2-d)",
-)
 def test_subsampling_interval_is_the_normal_interval_of_a_difference_of_means():
     real, generated = normal(400, 0), normal(400, 1, shift=0.2)
     value = float(mean_difference(real, generated))

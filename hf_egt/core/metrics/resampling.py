@@ -29,8 +29,10 @@ def resampled_interval(
 
     - ``"bootstrap"``: each side resampled with replacement at its full size (for histogram estimators, where
       repeated samples are harmless);
-    - ``"subsampling"``: half of each side drawn without replacement (Politis, Romano and Wolf 1999), the spread
-      shrunk by sqrt(1/2) to the full size; for k-NN estimators, which duplicated points break (zero distances).
+    - ``"subsampling"``: half of each side drawn without replacement (Politis, Romano and Wolf 1999), for k-NN
+      estimators, which duplicated points break (zero distances). Half-samples drawn without replacement vary about as
+      much as full-size estimates (finite-population correction 1 - b/n = 1/2 at b = n/2), so their spread is used
+      as it is.
 
     The replicates' deviations from their own mean are placed around ``value``: the interval covers sampling
     variability, not the estimator's sample-size-dependent bias (that is what ``null_floor`` shows). A statistic that
@@ -45,8 +47,7 @@ def resampled_interval(
             real_rows = torch.randperm(len(real), generator=generator)[: max(2, len(real) // 2)]
             generated_rows = torch.randperm(len(generated), generator=generator)[: max(2, len(generated) // 2)]
         replicates.append(float(statistic(real[real_rows], generated[generated_rows])))
-    scale = 1.0 if method == "bootstrap" else math.sqrt(0.5)
-    deviations = (np.asarray(replicates) - np.mean(replicates)) * scale
+    deviations = np.asarray(replicates) - np.mean(replicates)
     tail = (1 - confidence) / 2
     low, high = np.quantile(deviations, [tail, 1 - tail])
     low, high = value + float(low), value + float(high)
