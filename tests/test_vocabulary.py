@@ -163,7 +163,10 @@ def test_an_old_spelling_works_and_warns(parsers, surface, old, new):
         with pytest.warns(FutureWarning, match=rf"GroupObjective: `{old}` is deprecated .*use `{new}`"):
             renamed = GroupObjective(groups=["a", "b"], **{old: value})
         settings = {k: v for k, v in renamed.state_dict().items() if not hasattr(v, "shape")}
-        assert settings[old] == value  # the state keeps the attribute names
+        assert settings[new] == value and old not in settings  # the state and the attributes use the new names
+        assert getattr(renamed, new) == value
+        with pytest.warns(FutureWarning, match=rf"GroupObjective: `\.{old}` is deprecated .*use `\.{new}`"):
+            assert getattr(renamed, old) == value
         same = GroupObjective(groups=["a", "b"], **{new: value}).state_dict()
         assert settings == {k: v for k, v in same.items() if not hasattr(v, "shape")}
         with pytest.raises(TypeError, match=rf"pass `{new}` only"):

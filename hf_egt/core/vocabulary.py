@@ -53,6 +53,38 @@ def renamed_keywords(renamed: Mapping[str, str], where: str | None = None) -> Ca
     return decorate
 
 
+def renamed_attribute(old: str, new: str, where: str) -> property:
+    """A property ``old`` that reads and writes the attribute ``new``, with the one deprecation warning."""
+
+    def get(self):
+        warn_renamed(f"`.{old}`", f"`.{new}`", where)
+        return getattr(self, new)
+
+    def set(self, value):
+        warn_renamed(f"`.{old}`", f"`.{new}`", where)
+        setattr(self, new, value)
+
+    return property(get, set, doc=f"Deprecated alias of ``{new}`` (removed in hf-egt {REMOVAL_VERSION}).")
+
+
+def renamed_state_keys(state: Mapping, renamed: Mapping[str, str], where: str) -> dict:
+    """``state`` with each old key of ``renamed`` (``{"old": "new"}``) under its new name: a state saved before the
+    rename still loads, with one deprecation warning naming the old keys. A state holding both spellings of a key keeps
+    the new one."""
+    old = [key for key in renamed if key in state]
+    if not old:
+        return dict(state)
+    warn_renamed(
+        "the state key(s) " + ", ".join(repr(key) for key in old),
+        ", ".join(repr(renamed[key]) for key in old),
+        where,
+    )
+    upgraded = {key: value for key, value in state.items() if key not in renamed}
+    for key in old:
+        upgraded.setdefault(renamed[key], state[key])
+    return upgraded
+
+
 class _RenamedOption(argparse.Action):
     """A hidden option that warns, then acts as the option it was renamed to."""
 

@@ -448,7 +448,7 @@ class EGTTrainerMixin:
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_checkpoint(self.args.output_dir)
         if isinstance(resume_from_checkpoint, str):
-            check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.mode)
+            check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.objective)
             self.objective.load(objective_state_path(resume_from_checkpoint))
         self._unmark_evaluation_preparation()
         return super().train(resume_from_checkpoint, *args, **kwargs)
