@@ -413,7 +413,7 @@ def run_cell(
             prefixes=test_prefixes,
             **(test_kwargs or {}),
         )
-    weights = trainer.objective.weights.detach().cpu().tolist()
+    weights = trainer.group_objective.weights.detach().cpu().tolist()
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
     if selection:
         import shutil
@@ -432,7 +432,7 @@ def run_cell(
         "result": result,
         "best_step": _best_step(trainer.state) if selection else None,
         "curve": training_curve(trainer.state.log_history) if selection else None,
-        "final_group_weights": dict(zip(trainer.objective.groups, weights)),
+        "final_group_weights": dict(zip(trainer.group_objective.groups, weights)),
         "train_loss": losses[-1] if losses else None,
         "train_s": train_s,
         "eval_s": time.perf_counter() - started - train_s,

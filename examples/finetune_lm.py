@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
         trainer.train()
         results[objective] = group_metrics(trainer.evaluate())
         results[objective]["final_group_weights"] = dict(
-            zip(trainer.objective.groups, trainer.objective.weights.tolist())
+            zip(trainer.group_objective.groups, trainer.group_objective.weights.tolist())
         )
         trainer.save_model()
         logger.info("%s: %s", objective, results[objective])

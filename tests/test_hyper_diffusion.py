@@ -150,7 +150,7 @@ def test_hyper_resume_is_exact(unet_folder, tmp_path):
     assert first.keys() == second.keys() and all(k.startswith("hypernetwork.") for k in first)
     for key in first:
         torch.testing.assert_close(first[key], second[key], msg=key)
-    torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)
+    torch.testing.assert_close(straight.group_objective.weights, resumed.group_objective.weights)
 
 
 def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):

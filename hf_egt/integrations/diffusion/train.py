@@ -44,6 +44,7 @@ from hf_egt.core.vocabulary import (
     add_renamed_options,
     check_required_options,
     objective_state_path,
+    renamed_attribute,
 )
 from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 from hf_egt.integrations.diffusion.data import (
@@ -305,13 +306,16 @@ def check_report_to(report_to: str) -> None:
 
 @dataclass
 class TrainResult:
-    """What ``main`` returns: the trained (unwrapped) model, the objective and the number of optimizer steps."""
+    """What ``main`` returns: the trained (unwrapped) model, the group objective and the number of optimizer steps."""
 
     model: Any
-    objective: NoiseLevelGroupObjective
+    group_objective: NoiseLevelGroupObjective
     global_step: int
     kind: str
     log_history: list[dict] = field(default_factory=list)
+
+    # `group_objective` is the objective object, `args.objective` its name; the old spelling warns.
+    objective = renamed_attribute("objective", "group_objective", "TrainResult")
 
 
 def window_generator(seed: int, step: int, process_index: int) -> torch.Generator:
@@ -833,5 +837,9 @@ def main(args: argparse.Namespace) -> TrainResult:
             push_to_hub(args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), card)
     accelerator.end_training()
     return TrainResult(
-        model=model, objective=objective, global_step=global_step, kind=components.kind, log_history=log_history
+        model=model,
+        group_objective=objective,
+        global_step=global_step,
+        kind=components.kind,
+        log_history=log_history,
     )
