@@ -352,9 +352,9 @@ def run_cell(
     if hyper:
         # The whole training set fixes the HyperLoRA context of every evaluation: left unset, each evaluation batch
         # would generate its LoRA weights from its own (test) sentences; fixed, it is one adapter like the LoRA ones.
-        from hf_egt.integrations.hyper import FixedContextCallback, context_batch, fix_context
+        from hf_egt.integrations.hyper import FixedContextCallback, fix_context, tokenize_context_set
 
-        hyper_set = context_batch(tokenizer, train["text"], settings.max_length)
+        context_set = tokenize_context_set(tokenizer, train["text"], settings.max_length)
     seeded = replace(settings, seed=seed)
     if hyper and hyper_learning_rate is not None:
         seeded = replace(seeded, learning_rate=hyper_learning_rate)
@@ -372,7 +372,7 @@ def run_cell(
             "metric_for_best_model": selection_metric,
         }
         if hyper:  # every evaluation measures the adapter of the training set's context, as the final one below
-            selection["callbacks"] = [FixedContextCallback(hyper_set)]
+            selection["callbacks"] = [FixedContextCallback(context_set)]
     elif "group_update_dataset" in overrides:
         raise ValueError(f"Method {method!r} needs a validation split: pass `eval_steps` > 0 and `validation`.")
     if overrides.get("group_reference") == "column":
@@ -398,7 +398,7 @@ def run_cell(
         losses = trainer.reference_losses(trainer.train_dataset).tolist()
         _write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
-        fix_context(trainer.model, hyper_set)
+        fix_context(trainer.model, context_set)
     result = None
     if test is not None:
         result = evaluate_causal_lm(

@@ -206,8 +206,8 @@ MATRIX = [
      r"`--lora_target_modules`: \['qkv'\] match no layer .*'q_proj'"),
     ("max-train-per-group-0", "train", lambda t, o, d: ["--max_train_per_group", "0"],
      r"`--max_train_per_group` must be >= 1"),
-    ("hyper-context-rows", "train", lambda t, o, d: ["--hyper", "--hyper_context_rows", "0"],
-     r"`--hyper_context_rows` must be >= 1"),
+    ("hyper-context-size", "train", lambda t, o, d: ["--hyper", "--hyper_context_size", "0"],
+     r"`--hyper_context_size` must be >= 1"),
     # model
     ("model-missing", "train", lambda t, o, d: ["--model_name_or_path", t / "no" / "model"],
      r"`--model_name_or_path`: no such file or folder .*no/model"),
@@ -641,7 +641,7 @@ def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_jso
 
     out = tmp_path / "hyper"
     argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--hyper"]
-    _train([*argv, "--eval_base", "false", "--hyper_context_rows", "8"])
+    _train([*argv, "--eval_base", "false", "--hyper_context_size", "8"])
     card = (out / "README.md").read_text()
     assert "AutoPeftModelForCausalLM.from_pretrained" in card and 'subfolder="hypernetwork")' in card
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"

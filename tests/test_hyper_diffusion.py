@@ -77,7 +77,7 @@ def test_hyper_training_lowers_the_denoising_loss_on_a_fixed_batch(hyper_run, un
     base = UNet2DModel.from_pretrained(unet_folder, subfolder="unet").eval()
     before = denoising_loss(base, images, labels, noise, timesteps)
     model = result.model.train()
-    after_batch_set = denoising_loss(model, images, labels, noise, timesteps, set_inputs={"sample": images})
+    after_batch_set = denoising_loss(model, images, labels, noise, timesteps, context_set={"sample": images})
     after_context = denoising_loss(model.eval(), images, labels, noise, timesteps)
     assert after_batch_set < 0.9 * before, (before, after_batch_set)
     assert after_context < 0.9 * before, (before, after_context)

@@ -43,6 +43,7 @@ RECIPE_OPTIONS = {
     "--per_device_train_batch_size",
     "--lr_scheduler_type",
     "--weight_decay",
+    "--hyper_context_size",  # the context set: 64 training texts (train), 1024 training images (train-diffusion)
 }
 # Values the old keywords of GroupObjective are tried with (each differs from the default).
 KEYWORD_VALUES = {

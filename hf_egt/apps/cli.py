@@ -251,9 +251,12 @@ class TrainScriptArguments:
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (default: all-linear)."}
     )
     hyper: bool = field(default=False, metadata={"help": "Generate the LoRA factors with a hypernetwork (HyperLoRA)."})
-    hyper_context_rows: int = field(
+    hyper_context_size: int = field(
         default=64,
-        metadata={"help": "With --hyper: training rows whose set fixes the context of the exported peft adapter."},
+        metadata={
+            "help": "With --hyper: the first this many training rows are the context set, whose encoding fixes the "
+            "context of the exported peft adapter."
+        },
     )
     eval_base: bool = field(default=True, metadata={"help": "Evaluate before training too (the base model)."})
     overwrite_output_dir: bool = field(
@@ -321,7 +324,7 @@ def build_peft_config(script_args: TrainScriptArguments, model_name_or_path: str
 
 
 # Old option -> its name on every command (docs/trainer.md, "One vocabulary"); the old ones go in REMOVAL_VERSION.
-TRAIN_RENAMED_OPTIONS = {"--max_per_group": "--max_train_per_group"}
+TRAIN_RENAMED_OPTIONS = {"--max_per_group": "--max_train_per_group", "--hyper_context_rows": "--hyper_context_size"}
 EVALUATE_RENAMED_OPTIONS = {
     "--max_per_group": "--max_eval_per_group",
     "--split": "--eval_split",
@@ -425,8 +428,8 @@ def check_train_arguments(script_args: TrainScriptArguments, training_args) -> N
         value = getattr(script_args, name)
         if value is not None and value < 1:
             raise ValueError(f"`--{name}` must be >= 1 (or left out for all rows), got {value}.")
-    if script_args.hyper and script_args.hyper_context_rows < 1:
-        raise ValueError(f"`--hyper_context_rows` must be >= 1, got {script_args.hyper_context_rows}.")
+    if script_args.hyper and script_args.hyper_context_size < 1:
+        raise ValueError(f"`--hyper_context_size` must be >= 1, got {script_args.hyper_context_size}.")
 
 
 def check_training_arguments(training_args) -> None:
@@ -585,7 +588,7 @@ def held_out_sentence(record: Mapping) -> str:
 def save_hyper_artifacts(trainer, output_dir: Path) -> None:
     """The hypernetwork in ``output_dir/hypernetwork`` (a HyperLoRA peft adapter) and, in ``output_dir``,
     a plain peft adapter holding the LoRA weights generated for the context fixed after training (the set of
-    the first ``--hyper_context_rows`` training rows)."""
+    the first ``--hyper_context_size`` training rows, the context set)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.save_pretrained(output_dir / HYPERNETWORK_FOLDER)
     model.export_peft(output_dir)
@@ -594,10 +597,10 @@ def save_hyper_artifacts(trainer, output_dir: Path) -> None:
 HYPERNETWORK_FOLDER = "hypernetwork"
 
 
-def hyper_usage(base_model: str, model_name: str, context_rows: int) -> str:
+def hyper_usage(base_model: str, model_name: str, context_size: int) -> str:
     """The card's loading snippet for ``--hyper`` artifacts: the exported adapter, then the hypernetwork."""
     return (
-        f"The adapter in this folder holds the LoRA weights the hypernetwork generated for a set of {context_rows} "
+        f"The adapter in this folder holds the LoRA weights the hypernetwork generated for a set of {context_size} "
         "training rows (the weights the table's last column measured); it loads with plain peft:\n\n"
         "```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{model_name}")\n```\n\n'
@@ -672,12 +675,12 @@ def run_train(argv: Sequence[str]) -> dict:
     # peft records the model's `name_or_path` as the adapter's `base_model_name_or_path`: a local folder must be
     # recorded absolute, so that the adapter (and the card's snippet) loads from any working directory
     model.name_or_path = model.config._name_or_path = base_model
-    hyper_set = None
+    context_set = None
     if script_args.hyper:  # the set whose encoding fixes the context of every evaluation and of the exported adapter
-        from hf_egt.integrations.hyper import FixedContextCallback, context_batch
+        from hf_egt.integrations.hyper import FixedContextCallback, tokenize_context_set
 
-        texts = train[training_args.text_column][: script_args.hyper_context_rows]
-        hyper_set = context_batch(tokenizer, texts, training_args.max_length)
+        texts = train[training_args.text_column][: script_args.hyper_context_size]
+        context_set = tokenize_context_set(tokenizer, texts, training_args.max_length)
     trainer = EGTTrainer(
         model=model,
         args=training_args,
@@ -686,7 +689,7 @@ def run_train(argv: Sequence[str]) -> dict:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[RunRecordCallback(run_record)]
-        + ([FixedContextCallback(hyper_set)] if hyper_set is not None else []),
+        + ([FixedContextCallback(context_set)] if context_set is not None else []),
     )
     runs = {}
     if script_args.eval_base:
@@ -697,13 +700,13 @@ def run_train(argv: Sequence[str]) -> dict:
             remove_checkpoints(output_dir)
         write_split_record(data.split, output_dir)
     trainer.train(resume_from_checkpoint=resume)
-    context_rows = None
-    if hyper_set is not None:
+    context_size = None
+    if context_set is not None:
         from hf_egt.integrations.hyper import fix_context
 
         # on every process, so that the final evaluation measures exactly the adapter `save_hyper_artifacts` exports
-        fix_context(trainer.accelerator.unwrap_model(trainer.model), hyper_set)
-        context_rows = len(hyper_set["input_ids"])
+        fix_context(trainer.accelerator.unwrap_model(trainer.model), context_set)
+        context_size = len(context_set["input_ids"])
     runs[training_args.objective] = trainer.evaluate_groups()
     trainer.save_model(str(output_dir))
     result = {"runs": runs, "output_dir": str(output_dir), "dropped": data.dropped, "split": data.split}
@@ -747,7 +750,7 @@ def run_train(argv: Sequence[str]) -> dict:
         adapter_description="HyperLoRA (hypernetwork-generated LoRA), exported as a peft LoRA adapter"
         if script_args.hyper
         else None,
-        usage=hyper_usage(base_model, model_name, context_rows) if script_args.hyper else None,
+        usage=hyper_usage(base_model, model_name, context_size) if script_args.hyper else None,
         eval_counts=data.split["eval_counts"],
         settings=settings,
         dropped=data.dropped,

@@ -350,7 +350,7 @@ def hyper_prediction(components, model, x: dict, batch: dict) -> tuple[torch.Ten
     """A ``HyperLoRAModel``'s prediction whose LoRA factors are generated from the micro-batch's clean latents, and
     its PLE term (``None`` without PLE). The conditioning also conditions the PLE sampler."""
     conditioning = denoiser_conditioning(components, batch)
-    output = model(x["noisy"], x["timesteps"], **conditioning, set_inputs={"sample": x["latents"], **conditioning})
+    output = model(x["noisy"], x["timesteps"], **conditioning, context_set={"sample": x["latents"], **conditioning})
     return output.sample, output.get("ple")
 
 
