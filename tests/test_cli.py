@@ -258,7 +258,7 @@ def test_train_and_evaluate_report_the_same_overall_on_the_same_adapter_and_rows
     argv += ["--per_device_eval_batch_size", "3", "--output_dir", out, "--report_to", "none", "--save_strategy", "no"]
     trained = _main(argv)["runs"]
     evaluated = _main(
-        ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out, "--compare_base"]
+        ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out, "--eval_base"]
         + ["--feature_model", "none", "--per_device_eval_batch_size", "5", "--output_dir", tmp_path / "evaluate"]
     )["runs"]
     for train_name, evaluate_name in (("base", "base"), ("minmax", "train")):
@@ -317,7 +317,7 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--no_egt", "--output_dir", out, "--model_name_or_path", tiny_lm]
+    argv = ["demo", "--quick", "--feature_model", "none", "--output_dir", out, "--model_name_or_path", tiny_lm]
     argv += ["--max_steps", "2", "--max_train_per_group", "8", "--max_eval_per_group", "3"]
     argv += ["--per_device_train_batch_size", "4"]
     _main(argv)

@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-from hf_egt.apps.cli import EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
-from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
+from hf_egt.apps.cli import DEMO_COMMAND_RENAMED_OPTIONS, EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
 from hf_egt.core.vocabulary import renamed_options_of
 from hf_egt.integrations.diffusion.train import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
@@ -18,7 +17,7 @@ RENAMED = {
     "train": TRAIN_RENAMED_OPTIONS,
     "evaluate": EVALUATE_RENAMED_OPTIONS,
     "train-diffusion": DIFFUSION_RENAMED_OPTIONS,
-    "demo": DEMO_RENAMED_OPTIONS,
+    "demo": DEMO_COMMAND_RENAMED_OPTIONS,
 }
 # What each command needs to parse at all (its required options), by their current names.
 REQUIRED = {
@@ -45,6 +44,9 @@ RECIPE_OPTIONS = {
     "--weight_decay",
     "--hyper_context_size",  # the context set: 64 training texts (train), 1024 training images (train-diffusion)
 }
+# Shared flags whose default is what each command does without them: `train` evaluates the base model before training
+# unless `--eval_base false`; `evaluate --adapter` reports the adapter alone unless `--eval_base`.
+COMMAND_DEFAULT_OPTIONS = {"--eval_base"}
 # Values the old keywords of GroupObjective are tried with (each differs from the default).
 KEYWORD_VALUES = {
     "mode": "ema",
@@ -93,7 +95,7 @@ def test_each_shared_option_has_one_default_and_one_set_of_choices(parsers):
     shared = {option: found for option, found in seen.items() if len(found) > 1}
     assert {"--seed", "--group_column", "--lora_r", "--lora_alpha", "--objective", "--max_length"} <= set(shared)
     for option, found in shared.items():
-        if option in RECIPE_OPTIONS:
+        if option in RECIPE_OPTIONS | COMMAND_DEFAULT_OPTIONS:
             continue
         choices = {command: action.choices and list(action.choices) for command, action in found.items()}
         assert len({repr(c) for c in choices.values()}) == 1, (option, choices)
@@ -174,11 +176,12 @@ def test_an_old_spelling_works_and_warns(parsers, surface, old, new):
             GroupObjective(groups=["a", "b"], **{old: value, new: value})
         return
     parser = parsers[surface]
-    value = _value_for(parser._option_string_actions[new])
-    base = required_argv(surface, leave_out=new)  # a required option is given by its old name alone
+    option, *fixed = new.split(maxsplit=1)  # "--feature_model none": an old flag that meant one value of an option
+    value = fixed or _value_for(parser._option_string_actions[option])
+    base = required_argv(surface, leave_out=option)  # a required option is given by its old name alone
     with pytest.warns(FutureWarning, match=rf"{re.escape(old)} is deprecated .*use {re.escape(new)} "):
-        with_old = parser.parse_args([*base, old, *value])
-    assert vars(with_old) == vars(parser.parse_args([*base, new, *value]))
+        with_old = parser.parse_args([*base, old, *([] if fixed else value)])
+    assert vars(with_old) == vars(parser.parse_args([*base, option, *value]))
     assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", parser.format_help())  # hidden from --help
 
 

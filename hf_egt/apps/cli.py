@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_egt import __version__
+from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
 from hf_egt.core.resume import GROUP_OBJECTIVE_RECORD_FIELDS, resolved_model_path
 from hf_egt.core.vocabulary import (
     LEGACY_OBJECTIVE_STATE_NAMES,
@@ -329,7 +330,10 @@ EVALUATE_RENAMED_OPTIONS = {
     "--max_per_group": "--max_eval_per_group",
     "--split": "--eval_split",
     "--batch_size": "--per_device_eval_batch_size",
+    "--compare_base": "--eval_base",
 }
+# the demo's settings' old names (shared with benchmarks/quality_bold.py), and its old flag for "no EGT"
+DEMO_COMMAND_RENAMED_OPTIONS = {**DEMO_RENAMED_OPTIONS, "--no_egt": "--feature_model none"}
 
 
 GROUPS_HELP = (
@@ -784,7 +788,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--model_name_or_path", required=True, help="Hub id, local folder or .gguf file of a causal LM."
     )
     parser.add_argument("--adapter", default=None, help="A peft adapter (folder or Hub id) to apply to the model.")
-    parser.add_argument("--compare_base", action="store_true", help="With --adapter: also report the base model.")
+    parser.add_argument(
+        "--eval_base",
+        action="store_true",
+        help="With --adapter: also evaluate the base model (without --adapter, the base model is what is evaluated).",
+    )
     parser.add_argument(
         "--dataset",
         required=True,
@@ -1034,7 +1042,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
         "seed": args.seed,
     }
     runs = {}
-    if args.adapter is None or args.compare_base:
+    if args.adapter is None or args.eval_base:
         runs["base"] = evaluate_causal_lm(model, tokenizer, texts, groups, name="base", **kwargs)
     if args.adapter is not None:
         from peft import PeftModel
@@ -1064,18 +1072,17 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options: each overrides its preset (``DEFAULT`` / ``QUICK`` of ``hf_egt.apps.demo``), so they default
     to ``None``; the names are those of ``hf-egt train`` / ``evaluate``."""
-    from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
     from hf_egt.core.objective import OBJECTIVE_MODES
 
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")
     parser.add_argument("--quick", action="store_true", help="Smaller preset (about 5 minutes on 2 CPU cores).")
-    parser.add_argument("--no_egt", action="store_true", help="Skip generation and the embedding EGT divergence.")
     advanced = parser.add_argument_group("advanced (override the preset)")
     advanced.add_argument("--model_name_or_path", default=None, help="A causal LM instead of the offline SmolLM2.")
     advanced.add_argument(
         "--feature_model",
         default="minilm",
-        help="Sentence encoder: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder.",
+        help="Sentence encoder for the EGT divergence: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder, or "
+        "'none' to skip generation and the EGT divergence.",
     )
     advanced.add_argument("--max_steps", type=int, default=None)
     advanced.add_argument("--max_train_per_group", type=int, default=None)
@@ -1089,7 +1096,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],  # the other run is the ERM baseline
         help="Group objective of the 'minmax' run (default: minmax, exponentiated-gradient group DRO).",
     )
-    add_renamed_options(parser, DEMO_RENAMED_OPTIONS, "hf-egt demo")
+    add_renamed_options(parser, DEMO_COMMAND_RENAMED_OPTIONS, "hf-egt demo")
 
 
 def run_demo_command(args: argparse.Namespace) -> dict:
@@ -1109,7 +1116,7 @@ def run_demo_command(args: argparse.Namespace) -> dict:
         "objective": "minmax_objective",
     }
     overrides = {field: getattr(args, option) for option, field in fields.items() if getattr(args, option) is not None}
-    if args.no_egt:
+    if resolve_feature_model(args.feature_model) is None:  # `--feature_model none`: no generation, no EGT
         overrides["egt"] = False
     settings = replace(settings, **overrides)
     loader = None

@@ -86,14 +86,23 @@ def renamed_state_keys(state: Mapping, renamed: Mapping[str, str], where: str) -
 
 
 class _RenamedOption(argparse.Action):
-    """A hidden option that warns, then acts as the option it was renamed to."""
+    """A hidden option that warns, then acts as the option it was renamed to (with ``fixed`` as its value, for an old
+    flag that meant one value of the new option: ``--no_egt`` is ``--feature_model none``)."""
 
-    def __init__(self, option_strings, dest, target: argparse.Action, where: str, **kwargs):
+    def __init__(self, option_strings, dest, target: argparse.Action, where: str, fixed: str | None = None, **kwargs):
         super().__init__(option_strings, dest, **kwargs)
-        self.target, self.where = target, where
+        self.target, self.where, self.fixed = target, where, fixed
+
+    @property
+    def new_spelling(self) -> str:
+        """The spelling that replaces this one: the new option, and its value for an old flag."""
+        option = self.target.option_strings[0]
+        return option if self.fixed is None else f"{option} {self.fixed}"
 
     def __call__(self, parser, namespace, values, option_string=None):
-        warn_renamed(option_string, self.target.option_strings[0], self.where)
+        warn_renamed(option_string, self.new_spelling, self.where)
+        if self.fixed is not None:
+            values = self.target.type(self.fixed) if self.target.type else self.fixed
         self.target(parser, namespace, values, self.target.option_strings[0])
 
 
@@ -129,7 +138,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 def add_renamed_options(parser: argparse.ArgumentParser, renamed: Mapping[str, str], where: str | None = None) -> None:
     """Accept each old option of ``renamed`` (``{"--old": "--new"}``) as a hidden alias of the new one: same type,
-    choices and number of values, a ``FutureWarning`` when used, absent from ``--help``.
+    choices and number of values, a ``FutureWarning`` when used, absent from ``--help``. An old flag that meant one
+    value of the new option is mapped to both (``{"--no_egt": "--feature_model none"}``): it takes no value.
 
     A required new option is checked by :func:`check_required_options` after parsing instead (argparse would not
     count the alias as giving it).
@@ -137,23 +147,24 @@ def add_renamed_options(parser: argparse.ArgumentParser, renamed: Mapping[str, s
     where = where or parser.prog
     dashed = {}  # HfArgumentParser also accepts `--new-name`: the old name's dashed spelling stays accepted too
     for old, new in renamed.items():
-        if "_" in old and new.replace("_", "-") in parser._option_string_actions:
+        if "_" in old and new.split()[0].replace("_", "-") in parser._option_string_actions:
             dashed[old.replace("_", "-")] = new
     for old, new in {**renamed, **dashed}.items():
-        target = parser._option_string_actions[new]
+        option, *value = new.split(maxsplit=1)
+        target = parser._option_string_actions[option]
         if target.required:
             target.required = False
             parser.__dict__.setdefault("_renamed_required", []).append(target)
+        shape = {"nargs": 0} if value else {"nargs": target.nargs, "const": target.const, "type": target.type}
         parser.add_argument(
             old,
             action=_RenamedOption,
             dest=target.dest,
             target=target,
             where=where,
-            nargs=target.nargs,
-            const=target.const,
-            type=target.type,
-            choices=target.choices,
+            fixed=value[0] if value else None,
+            **shape,
+            choices=None if value else target.choices,
             metavar=target.metavar,
             default=argparse.SUPPRESS,
             help=argparse.SUPPRESS,
@@ -169,9 +180,10 @@ def check_required_options(parser: argparse.ArgumentParser, namespace: argparse.
 
 
 def renamed_options_of(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``{"--old": "--new"}`` of every renamed option of ``parser`` (for tests and docs)."""
+    """``{"--old": "--new"}`` of every renamed option of ``parser`` (``"--new value"`` for an old flag that meant one
+    value of the new option), for tests and docs."""
     return {
-        option: action.target.option_strings[0]
+        option: action.new_spelling
         for action in parser._actions
         if isinstance(action, _RenamedOption)
         for option in action.option_strings
