@@ -295,7 +295,7 @@ def domain_data(records: list[dict], settings, split_seed: int, validation_fract
     from hf_egt.apps.data import subsample_per_group
     from hf_egt.apps.offline import split_by_person
 
-    train, test = split_by_person(records, settings.test_fraction, seed=split_seed)
+    train, test = split_by_person(records, settings.eval_fraction, seed=split_seed)
     validation = None
     if validation_fraction > 0:
         train, validation = split_by_person(train, validation_fraction, seed=split_seed + 1)
@@ -388,7 +388,7 @@ def run_cell(
         tokenizer,
         train,
         seeded,
-        objective=settings.minmax_objective if method == "minmax" else objective,
+        objective=settings.objective if method == "minmax" else objective,
         output_dir=output_dir,
         peft_config=lora_config(model, seeded, hyper=hyper, **(hyper_fields or {})),
         **{**selection, **overrides},
@@ -406,7 +406,7 @@ def run_cell(
             tokenizer,
             list(test["text"]),
             list(test["group"]),
-            batch_size=settings.eval_batch_size,
+            batch_size=settings.per_device_eval_batch_size,
             max_length=settings.max_length,
             name=f"{domain}/{method}/seed{seed}",
             n_bootstrap=n_bootstrap,
@@ -537,7 +537,7 @@ def run_quality(
                 tokenizer,
                 list(test["text"]),
                 list(test["group"]),
-                batch_size=settings.eval_batch_size,
+                batch_size=settings.per_device_eval_batch_size,
                 max_length=settings.max_length,
                 name=f"{domain}/base",
             )
@@ -702,14 +702,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the by-person split and subsampling.")
     parser.add_argument("--max_train_per_group", type=int, default=DEFAULT.max_train_per_group)
     parser.add_argument("--max_eval_per_group", type=int, default=DEFAULT.max_eval_per_group)
-    parser.add_argument("--test_fraction", type=float, default=DEFAULT.test_fraction, help="Share of people held out.")
+    parser.add_argument("--eval_fraction", type=float, default=DEFAULT.eval_fraction, help="Share of people held out.")
     parser.add_argument(
         "--max_steps",
         type=int,
         default=30,
         help="Optimizer steps per cell (demo: 60; 30 so 36 cells fit in ~1 h on a shared 2-core CPU).",
     )
-    parser.add_argument("--per_device_train_batch_size", type=int, default=DEFAULT.batch_size)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=DEFAULT.per_device_train_batch_size)
     parser.add_argument("--learning_rate", type=float, default=DEFAULT.learning_rate)
     parser.add_argument("--max_length", type=int, default=DEFAULT.max_length)
     parser.add_argument(
@@ -720,7 +720,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--group_step_size", type=float, default=DEFAULT.group_step_size)
     parser.add_argument(
         "--objective",
-        default=DEFAULT.minmax_objective,
+        default=DEFAULT.objective,
         choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],
         help="Objective of the minmax method.",
     )
@@ -735,7 +735,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log_level", default="INFO")
     # the names of `hf-egt demo` (whose settings these are); the old ones are still read, with a warning
-    add_renamed_options(parser, DEMO_RENAMED_OPTIONS)
+    add_renamed_options(parser, {**DEMO_RENAMED_OPTIONS, "--test_fraction": "--eval_fraction"})
     return parser.parse_args(argv)
 
 
@@ -746,17 +746,17 @@ def settings_from_args(args: argparse.Namespace):
         DEFAULT,
         max_train_per_group=args.max_train_per_group,
         max_eval_per_group=args.max_eval_per_group,
-        test_fraction=args.test_fraction,
+        eval_fraction=args.eval_fraction,
         max_steps=args.max_steps,
-        batch_size=args.per_device_train_batch_size,
+        per_device_train_batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate,
         max_length=args.max_length,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         lora_last_layers=args.lora_last_layers,
         group_step_size=args.group_step_size,
-        minmax_objective=args.objective,
-        egt=False,
+        objective=args.objective,
+        feature_model=None,
         seed=args.split_seed,
     )
 

@@ -336,7 +336,7 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     assert sum(points[-1][1] for points in weights.values()) == pytest.approx(1.0, abs=1e-5)
     assert "](weights.png)" in markdown and (out / "weights.png").stat().st_size > 1000
     # the base row is the untouched model's evaluation on the same held-out rows
-    settings = replace(QUICK, max_train_per_group=8, max_eval_per_group=3, egt=False)
+    settings = replace(QUICK, max_train_per_group=8, max_eval_per_group=3, feature_model=None)
     _, test = demo_data(settings)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_lm), AutoTokenizer.from_pretrained(tiny_lm)
     base = evaluate_causal_lm(model, tokenizer, test["text"], test["group"], max_length=settings.max_length)

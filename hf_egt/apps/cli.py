@@ -865,16 +865,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     add_renamed_options(parser, EVALUATE_RENAMED_OPTIONS, "hf-egt evaluate")
 
 
-def resolve_feature_model(name: str | None) -> str | None:
-    if name is None or name.lower() == "none":
-        return None
-    if name.lower() == "minilm":
-        from hf_egt.apps.offline import minilm_path
-
-        return str(minilm_path())
-    return name
-
-
 def load_feature_model(name: str) -> tuple:
     """The ``(model, tokenizer)`` of ``--feature_model``, loaded before any perplexity or generation, or an error that
     names the option (a missing folder, a Hub id that cannot be found or is not cached offline, a non-encoder)."""
@@ -953,6 +943,7 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     (divergence name, sample sizes, paths, data) runs before the model is loaded.
     """
     from hf_egt.apps.data import load_grouped_splits, subsample_per_group
+    from hf_egt.apps.offline import resolve_feature_model
     from hf_egt.core.metrics.validation import minimum_samples
     from hf_egt.integrations.evaluation import evaluate_causal_lm, write_report
 
@@ -1070,8 +1061,9 @@ def run_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------- demo
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options: each overrides its preset (``DEFAULT`` / ``QUICK`` of ``hf_egt.apps.demo``), so they default
-    to ``None``; the names are those of ``hf-egt train`` / ``evaluate``."""
+    """The demo's options: each overrides the ``DemoSettings`` field of its name in the preset (``DEFAULT`` /
+    ``QUICK`` of ``hf_egt.apps.recipe``), so they default to ``None``; the names are those of ``hf-egt train`` /
+    ``evaluate``."""
     from hf_egt.core.objective import OBJECTIVE_MODES
 
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")
@@ -1080,9 +1072,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     advanced.add_argument("--model_name_or_path", default=None, help="A causal LM instead of the offline SmolLM2.")
     advanced.add_argument(
         "--feature_model",
-        default="minilm",
+        default=None,
         help="Sentence encoder for the EGT divergence: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder, or "
-        "'none' to skip generation and the EGT divergence.",
+        "'none' to skip generation and the EGT divergence (default: the preset's, minilm; --quick: none).",
     )
     advanced.add_argument("--max_steps", type=int, default=None)
     advanced.add_argument("--max_train_per_group", type=int, default=None)
@@ -1100,25 +1092,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> dict:
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
-    from hf_egt.apps.demo import DEFAULT, QUICK, run_demo
+    from hf_egt.apps.demo import DEFAULT, QUICK, DemoSettings, run_demo
 
-    settings = QUICK if args.quick else DEFAULT
-    # option -> DemoSettings field (the field names are in the demo's report: kept as they are)
-    fields = {
-        "max_steps": "max_steps",
-        "max_train_per_group": "max_train_per_group",
-        "max_eval_per_group": "max_eval_per_group",
-        "max_prompts_per_group": "max_prompts_per_group",
-        "per_device_train_batch_size": "batch_size",
-        "group_step_size": "group_step_size",
-        "objective": "minmax_objective",
-    }
-    overrides = {field: getattr(args, option) for option, field in fields.items() if getattr(args, option) is not None}
-    if resolve_feature_model(args.feature_model) is None:  # `--feature_model none`: no generation, no EGT
-        overrides["egt"] = False
-    settings = replace(settings, **overrides)
+    # each option given overrides the preset's field of the same name
+    names = {field.name for field in fields(DemoSettings)}
+    overrides = {name: value for name, value in vars(args).items() if name in names and value is not None}
+    if str(overrides.get("feature_model")).lower() == "none":  # `--feature_model none`: no generation, no EGT
+        overrides["feature_model"] = None
+    settings = replace(QUICK if args.quick else DEFAULT, **overrides)
     loader = None
     if args.model_name_or_path is not None:
         check_model_path(args.model_name_or_path)
@@ -1127,13 +1110,7 @@ def run_demo_command(args: argparse.Namespace) -> dict:
         def loader():
             return load_causal_lm(args.model_name_or_path)
 
-    return run_demo(
-        args.output_dir,
-        args.quick,
-        settings=settings,
-        model_loader=loader,
-        feature_model=resolve_feature_model(args.feature_model) if settings.egt else None,
-    )
+    return run_demo(args.output_dir, args.quick, settings=settings, model_loader=loader)
 
 
 # -------------------------------------------------------------------------------------------------------------- main

@@ -30,13 +30,14 @@ DEMO_OBJECTIVES = ("erm", "minmax")
 
 
 def demo_data(settings: DemoSettings):
-    """BOLD records of ``settings.domain`` split by person: ``(train, test)`` ``datasets.Dataset``s."""
+    """BOLD records of ``settings.dataset`` split by person: ``(train, test)`` ``datasets.Dataset``s."""
     from datasets import Dataset
 
     from hf_egt.apps.data import subsample_per_group
     from hf_egt.apps.offline import load_bold_records, split_by_person
 
-    train, test = split_by_person(load_bold_records(settings.domain), settings.test_fraction, seed=settings.seed)
+    records = load_bold_records(settings.bold_domain)
+    train, test = split_by_person(records, settings.eval_fraction, seed=settings.seed)
     train = subsample_per_group(Dataset.from_list(train), "group", settings.max_train_per_group, settings.seed)
     test = subsample_per_group(Dataset.from_list(test), "group", settings.max_eval_per_group, settings.seed)
     return train, test
@@ -68,7 +69,6 @@ def run_demo(
     *,
     settings: DemoSettings | None = None,
     model_loader: Callable | None = None,
-    feature_model: str | None = None,
 ) -> dict:
     """Fine-tune with ERM and min-max, measure base / ERM / min-max per group, write the report; return it.
 
@@ -77,9 +77,10 @@ def run_demo(
         quick: the ``QUICK`` preset (about 5 minutes on 2 CPU cores) instead of ``DEFAULT``.
         settings: explicit sizes (overrides ``quick``); tests pass tiny ones.
         model_loader: returns ``(model, tokenizer)``; default the cached SmolLM2-135M-Instruct.
-        feature_model: sentence encoder for the EGT divergence; default the offline MiniLM.
+
+    The EGT divergence's sentence encoder is ``settings.feature_model`` (``None``: no generation, no EGT).
     """
-    from hf_egt.apps.offline import load_cached_smollm2, minilm_path
+    from hf_egt.apps.offline import load_cached_smollm2, resolve_feature_model
     from hf_egt.core.groups import label_counts
     from hf_egt.integrations.evaluation import (
         egt_markdown,
@@ -98,15 +99,16 @@ def run_demo(
     train, test = demo_data(settings)
     model, tokenizer = (model_loader or load_cached_smollm2)()
     base_model_name = SMOLLM2_HUB_ID if model_loader is None else model.config.name_or_path
-    encoder = load_text_encoder(feature_model or minilm_path()) if settings.egt else None  # loaded once, used 3 times
+    feature_model = resolve_feature_model(settings.feature_model)
+    encoder = load_text_encoder(feature_model) if feature_model is not None else None  # loaded once, used 3 times
     eval_kwargs = {
-        "batch_size": settings.eval_batch_size,
+        "batch_size": settings.per_device_eval_batch_size,
         "max_length": settings.max_length,
         "feature_model": encoder,
         "num_prompt_words": settings.num_prompt_words,
         "max_new_tokens": settings.max_new_tokens,
         "max_prompts_per_group": settings.max_prompts_per_group,
-        "divergence": settings.egt_divergence,
+        "divergence": settings.divergence,
         "seed": settings.seed,
     }
     texts, groups = list(test["text"]), list(test["group"])
@@ -120,7 +122,7 @@ def run_demo(
             tokenizer,
             train,
             settings,
-            objective=settings.minmax_objective if objective == "minmax" else objective,
+            objective=settings.objective if objective == "minmax" else objective,
             output_dir=output_dir / "trainer" / objective,
         )
         runs[objective] = evaluate_causal_lm(trainer.model, tokenizer, texts, groups, name=objective, **eval_kwargs)
@@ -161,9 +163,9 @@ def run_demo(
         card = build_model_card(
             base_model=base_model_name,
             runs={"base": runs["base"], objective: runs[objective]},
-            objective=settings.minmax_objective if objective == "minmax" else objective,
+            objective=settings.objective if objective == "minmax" else objective,
             model_name=f"smollm2-135m-bold-race-{objective}",
-            dataset=f"bold-{settings.domain}",
+            dataset=settings.dataset,
             group_column="group",
             command=command,
             tags=["bold", "text-generation"],
