@@ -307,6 +307,23 @@ def test_train_then_push_sends_adapter_card_and_report(tmp_path, tiny_lm, tiny_j
 
 # ------------------------------------------------------------------------------------------------------------ demo
 @pytest.mark.slow
+def test_demo_options_override_the_preset_field_of_their_name():
+    from hf_egt.apps.cli import build_parser, demo_settings
+    from hf_egt.apps.recipe import DEFAULT, QUICK
+
+    def settings(*argv):
+        return demo_settings(build_parser(["demo"]).parse_args(["demo", *argv]))
+
+    assert settings() == DEFAULT and settings("--quick") == QUICK  # an option not given keeps the preset's value
+    assert (DEFAULT.feature_model, QUICK.feature_model) == ("minilm", None)
+    assert settings("--feature_model", "none").feature_model is None
+    assert settings("--quick", "--feature_model", "minilm").feature_model == "minilm"
+    changed = settings("--per_device_train_batch_size", "3", "--objective", "ema", "--max_steps", "5")
+    assert (changed.per_device_train_batch_size, changed.objective, changed.max_steps) == (3, "ema", 5)
+    with pytest.warns(FutureWarning, match="--no_egt is deprecated"):
+        assert settings("--no_egt").feature_model is None
+
+
 def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     from dataclasses import replace
 

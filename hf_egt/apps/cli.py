@@ -1091,17 +1091,24 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     add_renamed_options(parser, DEMO_COMMAND_RENAMED_OPTIONS, "hf-egt demo")
 
 
-def run_demo_command(args: argparse.Namespace) -> dict:
+def demo_settings(args: argparse.Namespace):
+    """The preset (``QUICK`` with ``--quick``, else ``DEFAULT``) with each option given overriding the
+    ``DemoSettings`` field of its name."""
     from dataclasses import fields, replace
 
-    from hf_egt.apps.demo import DEFAULT, QUICK, DemoSettings, run_demo
+    from hf_egt.apps.recipe import DEFAULT, QUICK, DemoSettings
 
-    # each option given overrides the preset's field of the same name
     names = {field.name for field in fields(DemoSettings)}
     overrides = {name: value for name, value in vars(args).items() if name in names and value is not None}
-    if str(overrides.get("feature_model")).lower() == "none":  # `--feature_model none`: no generation, no EGT
+    if str(overrides.get("feature_model", "")).lower() == "none":  # `--feature_model none`: no generation, no EGT
         overrides["feature_model"] = None
-    settings = replace(QUICK if args.quick else DEFAULT, **overrides)
+    return replace(QUICK if args.quick else DEFAULT, **overrides)
+
+
+def run_demo_command(args: argparse.Namespace) -> dict:
+    from hf_egt.apps.demo import run_demo
+
+    settings = demo_settings(args)
     loader = None
     if args.model_name_or_path is not None:
         check_model_path(args.model_name_or_path)
