@@ -82,13 +82,10 @@ def test_unknown_command_and_option_fail(capsys):
 
 def test_train_diffusion_forwards_its_arguments(monkeypatch):
     received = {}
-    module = types.ModuleType("hf_egt.integrations.diffusion.train")
+    module = types.ModuleType("hf_egt.apps.train_diffusion")
     module.parse_args = lambda argv: {"argv": list(argv)}
     module.main = lambda args: received.setdefault("args", args)
-    package = types.ModuleType("hf_egt.integrations.diffusion")
-    package.train = module
-    monkeypatch.setitem(sys.modules, "hf_egt.integrations.diffusion", package)
-    monkeypatch.setitem(sys.modules, "hf_egt.integrations.diffusion.train", module)
+    monkeypatch.setitem(sys.modules, "hf_egt.apps.train_diffusion", module)
     _main(["train-diffusion", "--dataset", "digits", "--help-like", "x"])
     assert received["args"] == {"argv": ["--dataset", "digits", "--help-like", "x"]}
 

@@ -264,7 +264,7 @@ def class_conditional_unet(tmp_path_factory):
 
 
 def train(model, output_dir, *extra: str):
-    from hf_egt.integrations.diffusion.train import main, parse_args
+    from hf_egt.apps.train_diffusion import main, parse_args
 
     argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
     argv += ["--save_steps", "0", "--learning_rate", "1e-2", *extra]
@@ -425,7 +425,7 @@ def test_clear_errors_on_bad_columns_and_unet_without_attention(class_conditiona
 
 
 def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_unet, tmp_path, monkeypatch):
-    from hf_egt.integrations.diffusion import train as train_module
+    from hf_egt.apps import train_diffusion as train_module
 
     calls, checked = [], []
     monkeypatch.setattr(train_module, "push_to_hub", lambda *args: calls.append(args))

@@ -26,7 +26,7 @@ HYPER = ("--hyper", "--hyper_hidden_size", "32", "--hyper_context_dim", "16", "-
 
 
 def train(model, output_dir, *extra: str):
-    from hf_egt.integrations.diffusion.train import main, parse_args
+    from hf_egt.apps.train_diffusion import main, parse_args
 
     argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
     argv += ["--save_steps", "0", "--learning_rate", "3e-3", *extra]
@@ -183,7 +183,7 @@ def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
     ],
 )
 def test_bad_hyper_arguments_name_the_argument(argv, message, capsys):
-    from hf_egt.integrations.diffusion.train import parse_args
+    from hf_egt.apps.train_diffusion import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--model_name_or_path", "x", "--dataset", "digits-imbalanced", *argv])

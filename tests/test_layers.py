@@ -103,7 +103,9 @@ def test_the_check_allows_downward_and_sibling_imports():
     assert upward_imports("from .summary import summarize_groups\n", "hf_egt.core.metrics.likelihood") == []
 
 
-# Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules.
+# Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules. (The
+# diffusion examples are scripts of `hf-egt train-diffusion` itself, as diffusers' examples are scripts: they run its
+# `parse_args` and `main`, hf_egt.apps.train_diffusion.)
 PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo")
 
 

@@ -9,9 +9,9 @@ import re
 import pytest
 
 from hf_egt.apps.cli import DEMO_COMMAND_RENAMED_OPTIONS, EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
+from hf_egt.apps.train_diffusion import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
 from hf_egt.core.vocabulary import renamed_options_of
-from hf_egt.integrations.diffusion.train import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 
 RENAMED = {
     "train": TRAIN_RENAMED_OPTIONS,
@@ -186,7 +186,7 @@ def test_an_old_spelling_works_and_warns(parsers, surface, old, new):
 
 
 def test_a_required_option_given_by_its_old_name_counts(parsers, capsys):
-    from hf_egt.integrations.diffusion.train import parse_args
+    from hf_egt.apps.train_diffusion import parse_args
 
     with pytest.warns(FutureWarning):
         args = parse_args(["--pretrained_model_name_or_path", "m", "--dataset_name", "d"])

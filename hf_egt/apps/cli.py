@@ -1,7 +1,7 @@
 """The ``hf-egt`` command line.
 
     hf-egt train            fine-tune a causal LM with LoRA and a group objective (EGTTrainer), report, card, push
-    hf-egt train-diffusion  the diffusion training script (hf_egt.integrations.diffusion.train), arguments forwarded
+    hf-egt train-diffusion  LoRA-fine-tune a diffusers model with a group objective (hf_egt.apps.train_diffusion)
     hf-egt evaluate         per-group perplexity and EGT divergence of a model (+ adapter) on a dataset
     hf-egt demo             the offline demo: SmolLM2-135M on BOLD race, base vs ERM vs min-max
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("hf_egt.apps.cli")
 
 COMMANDS = {
     "train": "fine-tune a causal LM with LoRA and a group objective (all TrainingArguments options apply)",
-    "train-diffusion": "train a diffusion model with a group objective (hf_egt.integrations.diffusion.train)",
+    "train-diffusion": "train a diffusion model with a group objective (LoRA or HyperLoRA on a diffusers UNet)",
     "evaluate": "per-group perplexity and EGT divergence of a model (and adapter) on a dataset",
     "demo": "offline demo: SmolLM2-135M on BOLD race, base vs ERM vs min-max, with report and plot",
 }
@@ -1151,7 +1151,7 @@ def build_parser(commands_with_options: Sequence[str] = tuple(COMMANDS)) -> argp
 def command_parsers() -> dict[str, argparse.ArgumentParser]:
     """The parser of every command (``train``'s and ``train-diffusion``'s are their own, the others sub-parsers), for
     ``--help`` and for the test that each shared concept has one name and one default across them."""
-    from hf_egt.integrations.diffusion.train import build_parser as diffusion_parser
+    from hf_egt.apps.train_diffusion import build_parser as diffusion_parser
 
     commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
     return {
@@ -1196,8 +1196,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     if args.command == "train":
         result = run_train(argv[1:])
     elif args.command == "train-diffusion":
-        from hf_egt.integrations.diffusion.train import main as diffusion_main
-        from hf_egt.integrations.diffusion.train import parse_args as diffusion_parse_args
+        from hf_egt.apps.train_diffusion import main as diffusion_main
+        from hf_egt.apps.train_diffusion import parse_args as diffusion_parse_args
 
         return diffusion_main(diffusion_parse_args(argv[1:]))
     elif args.command == "evaluate":

@@ -12,6 +12,8 @@ from peft.config import PeftConfig
 # peft cannot be one of its members (`peft.utils.peft_types.register_peft_method` refuses other names), so it is the
 # plain string, which peft's mappings (dicts keyed by the `str` enum) look up the same way.
 HYPER_LORA = "HYPER_LORA"
+# Where `hf-egt train --hyper` and `train-diffusion --hyper` save the hypernetwork, beside the plain LoRA it exports.
+HYPERNETWORK_FOLDER = "hypernetwork"
 SET_ENCODER_INPUTS = ("auto", "input_embeddings", "last_hidden", "unet_pooled")
 PLE_REDUCTIONS = ("mean", "sum")
 POSITIVE_INTEGERS = (
