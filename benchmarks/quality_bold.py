@@ -678,9 +678,9 @@ def write_results(
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from hf_egt.apps.arguments import add_renamed_options
     from hf_egt.apps.recipe import DEFAULT, DEMO_RENAMED_OPTIONS
     from hf_egt.core.objective import OBJECTIVE_MODES
-    from hf_egt.core.vocabulary import add_renamed_options
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter

@@ -91,7 +91,7 @@ def test_train_diffusion_forwards_its_arguments(monkeypatch):
 
 
 def test_redacted_command_hides_tokens():
-    from hf_egt.apps.cli import redacted_command
+    from hf_egt.apps.arguments import redacted_command
 
     command = redacted_command("hf-egt train", ["--hub_token", "hf_secret", "--x", "1", "--hub_token=hf_other"])
     assert "hf_secret" not in command and "hf_other" not in command

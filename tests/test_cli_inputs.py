@@ -391,7 +391,7 @@ def test_version_and_python_dash_m():
 
 
 def test_redaction_covers_every_spelling():
-    from hf_egt.apps.cli import redacted_command
+    from hf_egt.apps.arguments import redacted_command
 
     argv = ["--hub_token", "s1", "--hub-token=s2", "--hub_token=s3", "--hub-token", "s4", "--token", "s5", "--x", "1"]
     command = redacted_command("hf-egt train", argv)

@@ -17,8 +17,9 @@ from peft import PeftConfig, PeftModel, PeftModelForCausalLM, get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
+from hf_egt.apps.arguments import add_config_arguments
 from hf_egt.integrations.hyper import HYPER_LORA, HyperLoRAConfig, HyperLoRAModel
-from hf_egt.integrations.hyper.config import add_config_arguments, config_values, option_name
+from hf_egt.integrations.hyper.config import config_values, option_name
 from tests.test_hyper import TARGETS, batch, hyper_config, tiny_llama
 
 

@@ -119,3 +119,29 @@ def test_examples_and_benchmarks_do_not_import_the_programs(path):
     imports = imported_modules(path.read_text(encoding="utf-8"), "script")
     used = [f"{line}: {name}" for line, name in imports if any(name.startswith(p) for p in PROGRAMS)]
     assert used == []
+
+
+def is_under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def package_sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def parses_command_lines(source: str) -> list[str]:
+    """The imports of argparse in ``source`` (``"line: name"``)."""
+    return [f"{line}: {name}" for line, name in imported_modules(source, "m") if is_under(name, "argparse")]
+
+
+@pytest.mark.parametrize("path", package_sources(), ids=lambda path: module_name(path))
+def test_only_the_apps_parse_command_lines(path):
+    """Every argparse parser is a program's: the library (core, integrations) takes config objects and keywords."""
+    if module_name(path).startswith("hf_egt.apps"):
+        return
+    assert parses_command_lines(path.read_text(encoding="utf-8")) == []
+
+
+def test_the_argparse_check_finds_an_import():
+    assert parses_command_lines("def f():\n    import argparse\n") == ["2: argparse"]
+    assert parses_command_lines("from argparse import Namespace\n") != []

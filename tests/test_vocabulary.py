@@ -8,10 +8,10 @@ import re
 
 import pytest
 
+from hf_egt.apps.arguments import renamed_options_of
 from hf_egt.apps.cli import DEMO_COMMAND_RENAMED_OPTIONS, EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
 from hf_egt.apps.train_diffusion import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
-from hf_egt.core.vocabulary import renamed_options_of
 
 RENAMED = {
     "train": TRAIN_RENAMED_OPTIONS,

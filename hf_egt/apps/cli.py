@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,15 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_egt import __version__
-from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
-from hf_egt.core.resume import GROUP_OBJECTIVE_RECORD_FIELDS, resolved_model_path
-from hf_egt.core.vocabulary import (
-    LEGACY_OBJECTIVE_STATE_NAMES,
-    OBJECTIVE_STATE_NAME,
+from hf_egt.apps.arguments import (
+    FALSE_STRINGS,
+    TRUE_STRINGS,
     DefaultsHelpFormatter,
     add_dashed_aliases,
     add_renamed_options,
+    redacted_command,
 )
+from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
+from hf_egt.core.resume import GROUP_OBJECTIVE_RECORD_FIELDS, resolved_model_path
+from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES, OBJECTIVE_STATE_NAME
 
 logger = logging.getLogger("hf_egt.apps.cli")
 
@@ -47,12 +48,9 @@ COMMANDS = {
     "demo": "offline demo: SmolLM2-135M on BOLD race, base vs ERM vs min-max, with report and plot",
 }
 FORWARDED = ("train", "train-diffusion")
-# Options whose value is a secret, in every spelling argparse accepts (HfArgumentParser adds the dashed alias).
-SECRET_OPTIONS = ("--hub_token", "--hub-token", "--token")
 # What a finished or interrupted run leaves in its output folder: a fresh run must not overwrite it silently.
 RUN_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "report.json", OBJECTIVE_STATE_NAME)
 RUN_OUTPUTS += LEGACY_OBJECTIVE_STATE_NAMES
-TRUE_STRINGS, FALSE_STRINGS = ("true", "yes", "1", "latest"), ("false", "no", "0", "")
 DEBUG_ENV = "HF_EGT_DEBUG"
 
 
@@ -141,31 +139,6 @@ def load_checked_causal_lm(model_name_or_path: str):
 
     check_causal_lm(model_name_or_path)
     return load_causal_lm(model_name_or_path)
-
-
-def is_secret_option(option: str) -> bool:
-    """Whether ``option`` (``--hub_token``, ``--hub-token``, ``--token``, or an abbreviation of one) names a secret."""
-    if not option.startswith("--") or len(option) < 4:
-        return False
-    normalized = option.replace("-", "_")
-    return any(secret.replace("-", "_").startswith(normalized) for secret in SECRET_OPTIONS)
-
-
-def redacted_command(program: str, argv: Sequence[str]) -> str:
-    """The command line as a shell string, with the values of secret options (``--hub_token``) replaced."""
-    shown, hide_next = [], False
-    for arg in argv:
-        if hide_next:
-            shown.append("<redacted>")
-            hide_next = False
-        elif is_secret_option(arg):
-            shown.append(arg)
-            hide_next = True
-        elif "=" in arg and is_secret_option(arg.split("=", 1)[0]):
-            shown.append(arg.split("=", 1)[0] + "=<redacted>")
-        else:
-            shown.append(arg)
-    return f"{program} {shlex.join(shown)}".strip()
 
 
 def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
@@ -350,7 +323,7 @@ def train_parser():
 
     from transformers import HfArgumentParser, TrainingArguments
 
-    from hf_egt.integrations.hyper.config import add_config_arguments
+    from hf_egt.apps.arguments import add_config_arguments
     from hf_egt.integrations.trainer import EGTConfig
 
     parser = HfArgumentParser(

@@ -20,14 +20,14 @@ import logging
 import os
 import shutil
 
+from hf_egt.apps.arguments import add_config_arguments, add_renamed_options, check_required_options
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
 from hf_egt.core.resume import resolved_model_path
 from hf_egt.core.samplers import GROUP_SAMPLINGS
-from hf_egt.core.vocabulary import add_renamed_options, check_required_options
 from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 from hf_egt.integrations.diffusion.data import DIGITS_DATASET_NAME
 from hf_egt.integrations.diffusion.train import HYPER_CONFIG_FIELDS, TrainResult, check_checkpoint, train
-from hf_egt.integrations.hyper.config import HYPERNETWORK_FOLDER, POSITIVE_INTEGERS, add_config_arguments, option_name
+from hf_egt.integrations.hyper.config import HYPERNETWORK_FOLDER, POSITIVE_INTEGERS, option_name
 
 logger = logging.getLogger(__name__)
 
