@@ -52,7 +52,8 @@ def test_train_help_has_group_and_training_arguments(capsys):
 def test_evaluate_takes_the_dashed_spellings_and_its_help_shows_the_defaults(capsys):
     """Every `hf-egt evaluate` option also has the dashed spelling `hf-egt train` (HfArgumentParser) accepts, and
     `--help` shows each default that is not already in the text."""
-    from hf_egt.apps.cli import command_parsers, train_parser
+    from hf_egt.apps.cli import command_parsers
+    from hf_egt.apps.train import train_parser
 
     parser = command_parsers()["evaluate"]
     underscored = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and "_" in o]
@@ -103,7 +104,7 @@ def _forbid_model_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the input is validated")
 
-    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", fail)
+    monkeypatch.setattr("hf_egt.apps.checks.load_checked_causal_lm", fail)
 
 
 def test_push_without_token_fails_before_anything(monkeypatch, tmp_path, tiny_lm, tiny_json):
@@ -152,7 +153,7 @@ def test_unknown_datasets_list_the_valid_ones(tmp_path):
 def test_model_without_causal_lm_head_is_rejected(tmp_path):
     from transformers import DistilBertConfig, LlamaConfig
 
-    from hf_egt.apps.cli import check_causal_lm
+    from hf_egt.apps.checks import check_causal_lm
 
     encoder = tmp_path / "encoder"
     DistilBertConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, hidden_dim=16).save_pretrained(encoder)
@@ -305,7 +306,8 @@ def test_train_then_push_sends_adapter_card_and_report(tmp_path, tiny_lm, tiny_j
 # ------------------------------------------------------------------------------------------------------------ demo
 @pytest.mark.slow
 def test_demo_options_override_the_preset_field_of_their_name():
-    from hf_egt.apps.cli import build_parser, demo_settings
+    from hf_egt.apps.cli import build_parser
+    from hf_egt.apps.demo import demo_settings
     from hf_egt.apps.recipe import DEFAULT, QUICK
 
     def settings(*argv):

@@ -331,7 +331,7 @@ def test_bad_input_is_one_error_line_before_any_work(
 
     import huggingface_hub
 
-    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.apps.checks.load_checked_causal_lm", no_model)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.setattr("hf_egt.integrations.diffusion.train.load_components", no_model)
@@ -445,7 +445,7 @@ def test_push_to_an_unreachable_hub_fails_before_any_work(monkeypatch, capsys, t
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the Hub is checked")
 
-    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.apps.checks.load_checked_causal_lm", no_model)
     monkeypatch.setattr("hf_egt.apps.data.load_grouped_splits", no_model)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
@@ -526,7 +526,7 @@ def test_resume_checks_the_run_record_of_a_real_checkpoint(tmp_path, tiny_lm, ti
     before = _snapshot(out)
     resume = ["--resume_from_checkpoint", "true", "--max_steps", "3"]
     with monkeypatch.context() as patch:
-        patch.setattr("hf_egt.apps.cli.load_checked_causal_lm", lambda *a: pytest.fail("the model was loaded"))
+        patch.setattr("hf_egt.apps.checks.load_checked_causal_lm", lambda *a: pytest.fail("the model was loaded"))
         with pytest.raises(ValueError, match=r"`--dataset`: .*checkpoint-2 was saved with '.*bios\.jsonl' .*other"):
             _train([*common, "--dataset", other, *resume])
         with pytest.raises(ValueError, match=r"`--lora_r`: .*checkpoint-2 was saved with 2, this run has 4"):

@@ -200,7 +200,7 @@ def test_egt_trainer_checkpoints_are_peft_adapters_and_resume_exactly(tmp_path):
 def test_train_and_train_diffusion_declare_the_config_options():
     """`hf-egt train` and the diffusion script take their HyperLoRA options from the config: one name, default and
     help for each option the two share."""
-    from hf_egt.apps.cli import TRAIN_HYPER_FIELDS, train_parser
+    from hf_egt.apps.train import TRAIN_HYPER_FIELDS, train_parser
     from hf_egt.integrations.diffusion.train import HYPER_CONFIG_FIELDS
 
     by_name = {f.name: f for f in fields(HyperLoRAConfig)}

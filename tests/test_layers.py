@@ -106,7 +106,13 @@ def test_the_check_allows_downward_and_sibling_imports():
 # Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules. (The
 # diffusion examples are scripts of `hf-egt train-diffusion` itself, as diffusers' examples are scripts: they run its
 # `parse_args` and `main`, hf_egt.apps.train_diffusion.)
-PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo")
+PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo", "hf_egt.apps.train", "hf_egt.apps.evaluate")
+# One module per command; the entry point dispatches to them, and none of them imports another or the entry point.
+COMMAND_MODULES = ("hf_egt.apps.train", "hf_egt.apps.evaluate", "hf_egt.apps.demo", "hf_egt.apps.train_diffusion")
+
+
+def is_under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def script_sources() -> list[Path]:
@@ -117,12 +123,8 @@ def script_sources() -> list[Path]:
 @pytest.mark.parametrize("path", script_sources(), ids=lambda path: path.name)
 def test_examples_and_benchmarks_do_not_import_the_programs(path):
     imports = imported_modules(path.read_text(encoding="utf-8"), "script")
-    used = [f"{line}: {name}" for line, name in imports if any(name.startswith(p) for p in PROGRAMS)]
+    used = [f"{line}: {name}" for line, name in imports if any(is_under(name, p) for p in PROGRAMS)]
     assert used == []
-
-
-def is_under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 def package_sources() -> list[Path]:
@@ -145,3 +147,11 @@ def test_only_the_apps_parse_command_lines(path):
 def test_the_argparse_check_finds_an_import():
     assert parses_command_lines("def f():\n    import argparse\n") == ["2: argparse"]
     assert parses_command_lines("from argparse import Namespace\n") != []
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_a_command_module_imports_no_other_command_nor_the_entry_point(module):
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    imports = imported_modules(path.read_text(encoding="utf-8"), module)
+    others = [m for m in (*COMMAND_MODULES, "hf_egt.apps.cli") if m != module]
+    assert [f"{line}: {name}" for line, name in imports if any(is_under(name, m) for m in others)] == []

@@ -211,7 +211,7 @@ def test_worst_group_perplexity_selects_the_best_model(tmp_path):
 
 
 def test_cli_parses_the_robust_options_and_worst_group_selection():
-    from hf_egt.apps.cli import parse_train_arguments
+    from hf_egt.apps.train import parse_train_arguments
 
     argv = ["--model_name_or_path", "m", "--dataset", "d", "--output_dir", "o"]
     argv += ["--group_sampling", "stratified", "--group_loss_estimate", "last", "--group_weight_floor", "0.1"]

@@ -9,7 +9,9 @@ import re
 import pytest
 
 from hf_egt.apps.arguments import renamed_options_of
-from hf_egt.apps.cli import DEMO_COMMAND_RENAMED_OPTIONS, EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
+from hf_egt.apps.demo import DEMO_COMMAND_RENAMED_OPTIONS
+from hf_egt.apps.evaluate import EVALUATE_RENAMED_OPTIONS
+from hf_egt.apps.train import TRAIN_RENAMED_OPTIONS
 from hf_egt.apps.train_diffusion import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
 
@@ -239,7 +241,7 @@ def test_egt_report_takes_the_generated_side_by_keyword_only():
 
 def test_train_reads_an_old_spelling_into_the_new_field(tmp_path):
     """Through `HfArgumentParser.parse_args_into_dataclasses` (the path `hf-egt train` takes), dashed spelling too."""
-    from hf_egt.apps.cli import parse_train_arguments
+    from hf_egt.apps.train import parse_train_arguments
 
     for spelling in ("--max_per_group", "--max-per-group"):
         with pytest.warns(FutureWarning, match="use --max_train_per_group"):

@@ -5,7 +5,8 @@ model, the ERM adapter and the min-max adapter are measured on sentences about *
 perplexity per group, and (by default) the EGT divergence between each group's real sentences and the model's
 continuations of their first words, in MiniLM embedding space. ``DIR/report.json`` holds ``runs -> {base, erm, minmax}
 -> {per_group, gap, worst_group, overall}``; ``report.md`` and ``report.png`` show them; ``adapters/<objective>`` hold
-the adapters (with a model card).
+the adapters (with a model card). ``run_demo_command`` is the ``hf-egt demo`` command: its options override the
+preset's ``DemoSettings`` field of the same name.
 
 The race axis of BOLD is imbalanced (Hispanic and Latino Americans: 103 sentences, against thousands for the others):
 the case min-max is meant for. On it, min-max does not beat ERM at this budget nor, with any of the group-robust
@@ -14,6 +15,7 @@ options, at each method's best validation step (docs/results.md); the report sho
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 import time
@@ -21,7 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from hf_egt.apps.recipe import DEFAULT, QUICK, DemoSettings, train_adapter
+from hf_egt.apps import checks
+from hf_egt.apps.arguments import add_renamed_options
+from hf_egt.apps.recipe import DEFAULT, DEMO_RENAMED_OPTIONS, QUICK, DemoSettings, train_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +180,65 @@ def run_demo(
         card.save(adapter_dir / "README.md")
     logger.info("Demo finished in %.0f s; report in %s", timings["total_s"], paths["md"])
     return {"runs": runs, "config": config, "paths": {key: str(path) for key, path in paths.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------- command
+# the demo's settings' old names (shared with benchmarks/quality_bold.py), and its old flag for "no EGT"
+DEMO_COMMAND_RENAMED_OPTIONS = {**DEMO_RENAMED_OPTIONS, "--no_egt": "--feature_model none"}
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options: each overrides the ``DemoSettings`` field of its name in the preset (``DEFAULT`` /
+    ``QUICK`` of ``hf_egt.apps.recipe``), so they default to ``None``; the names are those of ``hf-egt train`` /
+    ``evaluate``."""
+    from hf_egt.core.objective import OBJECTIVE_MODES
+
+    parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")
+    parser.add_argument("--quick", action="store_true", help="Smaller preset (about 5 minutes on 2 CPU cores).")
+    advanced = parser.add_argument_group("advanced (override the preset)")
+    advanced.add_argument("--model_name_or_path", default=None, help="A causal LM instead of the offline SmolLM2.")
+    advanced.add_argument(
+        "--feature_model",
+        default=None,
+        help="Sentence encoder for the EGT divergence: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder, or "
+        "'none' to skip generation and the EGT divergence (default: the preset's, minilm; --quick: none).",
+    )
+    advanced.add_argument("--max_steps", type=int, default=None)
+    advanced.add_argument("--max_train_per_group", type=int, default=None)
+    advanced.add_argument("--max_eval_per_group", type=int, default=None)
+    advanced.add_argument("--max_prompts_per_group", type=int, default=None)
+    advanced.add_argument("--per_device_train_batch_size", type=int, default=None)
+    advanced.add_argument("--group_step_size", type=float, default=None)
+    advanced.add_argument(
+        "--objective",
+        default=None,
+        choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],  # the other run is the ERM baseline
+        help="Group objective of the 'minmax' run (default: minmax, exponentiated-gradient group DRO).",
+    )
+    add_renamed_options(parser, DEMO_COMMAND_RENAMED_OPTIONS, "hf-egt demo")
+
+
+def demo_settings(args: argparse.Namespace) -> DemoSettings:
+    """The preset (``QUICK`` with ``--quick``, else ``DEFAULT``) with each option given overriding the
+    ``DemoSettings`` field of its name."""
+    from dataclasses import fields, replace
+
+    names = {field.name for field in fields(DemoSettings)}
+    overrides = {name: value for name, value in vars(args).items() if name in names and value is not None}
+    if str(overrides.get("feature_model", "")).lower() == "none":  # `--feature_model none`: no generation, no EGT
+        overrides["feature_model"] = None
+    return replace(QUICK if args.quick else DEFAULT, **overrides)
+
+
+def run_demo_command(args: argparse.Namespace) -> dict:
+    """``hf-egt demo``: ``run_demo`` with ``demo_settings(args)`` and, with ``--model_name_or_path``, that model."""
+    settings = demo_settings(args)
+    loader = None
+    if args.model_name_or_path is not None:
+        checks.check_model_path(args.model_name_or_path)
+        from hf_egt.apps.offline import load_causal_lm
+
+        def loader():
+            return load_causal_lm(args.model_name_or_path)
+
+    return run_demo(args.output_dir, args.quick, settings=settings, model_loader=loader)

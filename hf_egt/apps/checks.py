@@ -1,0 +1,180 @@
+"""The checks the ``hf-egt`` commands share, one rule each, run before any model is loaded or trained (``train``,
+``evaluate`` and ``demo``; ``train-diffusion`` still has its own output-folder and resume rules):
+
+- the model (``--model_name_or_path``): :func:`check_model_path`, :func:`check_causal_lm`,
+  :func:`check_target_modules`;
+- the adapter (``--adapter``): :func:`check_adapter_path`;
+- the output folder (``--output_dir``): :func:`check_output_dir` refuses a new run into a folder holding another run's
+  checkpoints or outputs unless ``--overwrite_output_dir``; :func:`remove_checkpoints` is what that option removes,
+  once every other check has passed;
+- the resume (``--resume_from_checkpoint``): :func:`resolve_resume`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from hf_egt.apps.arguments import FALSE_STRINGS, TRUE_STRINGS
+from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES, OBJECTIVE_STATE_NAME
+
+logger = logging.getLogger(__name__)
+
+# What a finished or interrupted run leaves in its output folder: a fresh run must not overwrite it silently.
+RUN_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "report.json", OBJECTIVE_STATE_NAME)
+RUN_OUTPUTS += LEGACY_OBJECTIVE_STATE_NAMES
+
+
+# ------------------------------------------------------------------------------------------------------------- model
+def check_causal_lm(model_name_or_path: str) -> None:
+    """Raise a ``ValueError`` when ``model_name_or_path`` has no causal-LM head (checked on its config, no weights).
+
+    A ``.gguf`` file is accepted as is (GGUF checkpoints of text generators are causal LMs).
+    """
+    if Path(model_name_or_path).suffix == ".gguf":
+        return
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} is a {config.model_type!r} model, which has no causal-LM "
+            "head in transformers; pass a decoder-only text generator (Llama, Qwen2, GPT-2, SmolLM2, ...)."
+        )
+    causal_architectures = set()
+    for names in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal_architectures.update([names] if isinstance(names, str) else names)
+    architectures = config.architectures or []
+    if architectures and not any(
+        name in causal_architectures or name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures
+    ):
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} was saved as {architectures}, without a causal-LM head "
+            f"(expected e.g. {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.model_type]!r}); a new head would be random."
+        )
+
+
+def check_model_path(model_name_or_path: str) -> None:
+    """Raise a ``FileNotFoundError`` naming ``--model_name_or_path`` when it is neither an existing file or folder nor
+    something the Hub (or its cache, offline) can resolve; then ``check_causal_lm`` (config only, no weights)."""
+    path = Path(model_name_or_path).expanduser()
+    looks_local = (
+        path.suffix == ".gguf" or model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
+    )
+    if not path.exists() and looks_local:
+        raise FileNotFoundError(
+            f"`--model_name_or_path`: no such file or folder {model_name_or_path!r}; pass a folder with a "
+            "config.json, a .gguf file, or a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct."
+        )
+    try:
+        check_causal_lm(str(path) if path.exists() else model_name_or_path)
+    except OSError as error:  # includes huggingface_hub's errors for unknown or unreachable repos
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"`--model_name_or_path`: cannot load {model_name_or_path!r}: not a local folder with a config.json, "
+            f"and the Hub (or its offline cache) does not have it ({first_line})."
+        ) from error
+    except ValueError as error:
+        if str(error).startswith("`--model_name_or_path`"):
+            raise
+        raise ValueError(
+            f"`--model_name_or_path`: {model_name_or_path!r} is not a valid folder or Hub id ({error})."
+        ) from error
+
+
+def check_target_modules(model_name_or_path: str, target_modules: Sequence[str]) -> None:
+    """Every ``--lora_target_modules`` entry must name layers of the model (peft matches a name or a dotted suffix),
+    checked on an empty (meta-device) model built from the config: no weights are read."""
+    if list(target_modules) == ["all-linear"] or Path(model_name_or_path).suffix == ".gguf":
+        return
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_name_or_path))
+    names = [name for name, _ in model.named_modules()]
+    missing = [key for key in target_modules if not any(n == key or n.endswith(f".{key}") for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(
+            f"`--lora_target_modules`: {missing} match no layer of {model_name_or_path!r}; its linear layers are "
+            f"{linear} (or pass `all-linear`)."
+        )
+
+
+def load_checked_causal_lm(model_name_or_path: str):
+    """``hf_egt.apps.offline.load_causal_lm`` (Hub id, folder or ``.gguf`` file) after ``check_causal_lm``."""
+    from hf_egt.apps.offline import load_causal_lm
+
+    check_causal_lm(model_name_or_path)
+    return load_causal_lm(model_name_or_path)
+
+
+# ----------------------------------------------------------------------------------------------------------- adapter
+def check_adapter_path(adapter: str | None) -> None:
+    """A local ``--adapter`` folder must hold ``adapter_config.json``; anything else is taken as a Hub id."""
+    if adapter is None:
+        return
+    path = Path(adapter)
+    if path.is_dir() and not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"`--adapter`: {adapter!r} has no adapter_config.json; pass the output folder of `hf-egt train` (or any "
+            "peft adapter folder)."
+        )
+    if not path.exists() and (adapter.startswith((".", "/", "~")) or adapter.count("/") > 1):
+        raise FileNotFoundError(f"`--adapter`: no such folder {adapter!r}.")
+
+
+# -------------------------------------------------------------------------------------------------------- output dir
+def run_outputs(output_dir: str | Path) -> list[str]:
+    """The checkpoints and output files of an earlier run found in ``output_dir`` (empty for a new folder)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = sorted(path.name for path in folder.glob("checkpoint-*") if path.is_dir())
+    return found + [name for name in RUN_OUTPUTS if (folder / name).exists()]
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> list[str]:
+    """Refuse (``ValueError``) a fresh run into a folder holding another run's outputs unless ``overwrite``; returns
+    those outputs (what ``overwrite`` replaces)."""
+    existing = [] if resume else run_outputs(output_dir)
+    if existing and not overwrite:
+        raise ValueError(
+            f"`--output_dir`: {str(output_dir)!r} already holds the outputs of a run ({', '.join(existing[:6])}); pass "
+            "`--resume_from_checkpoint true` to continue it, `--overwrite_output_dir` to replace it, or another "
+            "`--output_dir`."
+        )
+    return existing
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Delete the ``checkpoint-*`` folders of an earlier run (``--overwrite_output_dir``), so that a later
+    ``--resume_from_checkpoint true`` cannot pick one of them."""
+    for path in sorted(Path(output_dir).glob("checkpoint-*")):
+        if path.is_dir():
+            logger.warning("--overwrite_output_dir: removing %s of an earlier run.", path)
+            shutil.rmtree(path)
+
+
+# ------------------------------------------------------------------------------------------------------------ resume
+def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
+    """``--resume_from_checkpoint``: ``true`` (or ``latest``) is the last checkpoint of ``output_dir``, a path is
+    itself; ``false`` or nothing is a fresh run. A missing checkpoint is a ``FileNotFoundError``."""
+    from hf_egt.integrations.trainer import last_checkpoint
+
+    if value is None or value is False or str(value).lower() in FALSE_STRINGS:
+        return None
+    if value is True or str(value).lower() in TRUE_STRINGS:
+        return last_checkpoint(output_dir)
+    if not os.path.isdir(value):
+        raise FileNotFoundError(
+            f"`--resume_from_checkpoint`: no such checkpoint folder {value!r}; pass a `checkpoint-<step>` folder, or "
+            f"`true` for the last one in `--output_dir` {output_dir!r}."
+        )
+    return str(value)
