@@ -145,7 +145,8 @@ MATRIX = [
     ("resume-missing", "train", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-99"],
      r"`--resume_from_checkpoint`: no such checkpoint folder .*checkpoint-99"),
     ("resume-true-none", "train", lambda t, o, d: ["--resume_from_checkpoint", "true"],
-     r"`resume_from_checkpoint`: no `checkpoint-<step>` folder in the output directory"),
+     r"`--resume_from_checkpoint` 'true': no `checkpoint-<step>` folder in the output directory .*out' to resume from; "
+     r"pass a `checkpoint-<step>` folder, another `--output_dir`, or leave out `--resume_from_checkpoint`"),
     ("resume-truncated", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
      truncate=True)], r"checkpoint-2/adapter_model\.safetensors is unreadable or truncated"),
     ("resume-other-groups", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
@@ -277,6 +278,12 @@ MATRIX = [
      r"`--feature_model` '.*empty' could not be loaded as a text encoder"),
     # diffusion
     ("diffusion-resume-missing", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-9"],
+     r"`--resume_from_checkpoint`: no such checkpoint folder .*checkpoint-9"),
+    # one resume rule for both commands: `latest` without a checkpoint is an error, as it is for `train`
+    ("diffusion-resume-latest-none", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", "latest"],
+     r"`--resume_from_checkpoint` 'latest': no `checkpoint-<step>` folder in the output directory"),
+    ("diffusion-resume-no-objective", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     (o / "checkpoint-9").mkdir() or o / "checkpoint-9"],
      r"`--resume_from_checkpoint`: .*checkpoint-9/group_objective\.safetensors does not exist"),
     ("diffusion-resume-truncated", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
      _diffusion_checkpoint(o / "checkpoint-2")],
@@ -306,7 +313,11 @@ MATRIX = [
     ("diffusion-push-without-token", "train-diffusion", lambda t, o, d: ["--push_to_hub", "--hub_model_id", "me/x"],
      r"Pushing to the Hub needs a token"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
-     r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
+     r"`--output_dir`: .* already holds the outputs of a run \(checkpoint-4\); pass `--resume_from_checkpoint true`"),
+    # one output-folder rule for both commands: a finished run's outputs (no checkpoint left) are refused too
+    ("diffusion-output-dir-outputs", "train-diffusion", lambda t, o, d: [
+     (o / "group_objective.safetensors").touch() or "--seed", "1"],
+     r"`--output_dir`: .* already holds the outputs of a run \(group_objective\.safetensors\)"),
 ]  # fmt: skip
 
 

@@ -1,5 +1,4 @@
-"""The checks the ``hf-egt`` commands share, one rule each, run before any model is loaded or trained (``train``,
-``evaluate`` and ``demo``; ``train-diffusion`` still has its own output-folder and resume rules):
+"""The checks every ``hf-egt`` command shares, one rule each, run before any model is loaded or trained:
 
 - the model (``--model_name_or_path``): :func:`check_model_path`, :func:`check_causal_lm`,
   :func:`check_target_modules`;
@@ -7,13 +6,23 @@
 - the output folder (``--output_dir``): :func:`check_output_dir` refuses a new run into a folder holding another run's
   checkpoints or outputs unless ``--overwrite_output_dir``; :func:`remove_checkpoints` is what that option removes,
   once every other check has passed;
-- the resume (``--resume_from_checkpoint``): :func:`resolve_resume`.
+- the resume (``--resume_from_checkpoint``): :func:`resolve_resume`, the one rule of ``train`` and
+  ``train-diffusion``, and :func:`check_resume_allow_changes`.
+
+The resume rule: nothing or ``false`` (``no``, ``0``) is a new run; ``true`` (``yes``, ``1``, ``latest``) is the newest
+``checkpoint-<step>`` folder of ``--output_dir``, and an error when there is none; any other value is a checkpoint
+folder, which must exist. ``train`` always refused ``true`` without a checkpoint, while ``train-diffusion`` started a
+new run: the safer rule is kept, since a run asked to continue that silently starts over trains from scratch under a
+command that says it resumes (and, with ``--overwrite_output_dir`` absent, in a folder the user meant to continue).
+Each command then checks what its own checkpoints hold (``hf_egt.integrations.trainer.check_checkpoint``,
+``hf_egt.integrations.diffusion.train.check_checkpoint``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +32,18 @@ from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES, OBJECTIVE_STATE
 
 logger = logging.getLogger(__name__)
 
-# What a finished or interrupted run leaves in its output folder: a fresh run must not overwrite it silently.
-RUN_OUTPUTS = ("adapter_model.safetensors", "model.safetensors", "report.json", OBJECTIVE_STATE_NAME)
-RUN_OUTPUTS += LEGACY_OBJECTIVE_STATE_NAMES
+# What a finished or interrupted run leaves in its output folder (train: the peft adapter or a full model; train-
+# diffusion: a peft adapter or the diffusers LoRA file), besides its checkpoints: a new run must not overwrite it
+# silently.
+RUN_OUTPUTS = (
+    "adapter_model.safetensors",
+    "model.safetensors",
+    "pytorch_lora_weights.safetensors",
+    "report.json",
+    OBJECTIVE_STATE_NAME,
+    *LEGACY_OBJECTIVE_STATE_NAMES,
+)
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------------------------- model
@@ -131,6 +149,15 @@ def check_adapter_path(adapter: str | None) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- output dir
+def checkpoints_of(output_dir: str | os.PathLike) -> list[str]:
+    """The ``checkpoint-<step>`` folders of ``output_dir``, oldest (smallest step) first; empty for a new folder."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.is_dir() and CHECKPOINT_PATTERN.match(path.name)]
+    return [str(path) for path in sorted(found, key=lambda path: int(path.name.split("-")[1]))]
+
+
 def run_outputs(output_dir: str | Path) -> list[str]:
     """The checkpoints and output files of an earlier run found in ``output_dir`` (empty for a new folder)."""
     folder = Path(output_dir)
@@ -163,18 +190,30 @@ def remove_checkpoints(output_dir: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ resume
-def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
-    """``--resume_from_checkpoint``: ``true`` (or ``latest``) is the last checkpoint of ``output_dir``, a path is
-    itself; ``false`` or nothing is a fresh run. A missing checkpoint is a ``FileNotFoundError``."""
-    from hf_egt.integrations.trainer import last_checkpoint
-
+def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """``--resume_from_checkpoint``, one rule for every command (see the module's docstring): ``None`` for a new run,
+    else the checkpoint folder to resume from. A ``FileNotFoundError`` names the option and what would be valid."""
     if value is None or value is False or str(value).lower() in FALSE_STRINGS:
         return None
     if value is True or str(value).lower() in TRUE_STRINGS:
-        return last_checkpoint(output_dir)
+        found = checkpoints_of(output_dir)
+        if not found:
+            raise FileNotFoundError(
+                f"`--resume_from_checkpoint` {str(value)!r}: no `checkpoint-<step>` folder in the output directory "
+                f"{str(output_dir)!r} to resume from; pass a `checkpoint-<step>` folder, another `--output_dir`, or "
+                "leave out `--resume_from_checkpoint` (or pass `false`) to start a new run."
+            )
+        return found[-1]
     if not os.path.isdir(value):
         raise FileNotFoundError(
             f"`--resume_from_checkpoint`: no such checkpoint folder {value!r}; pass a `checkpoint-<step>` folder, or "
-            f"`true` for the last one in `--output_dir` {output_dir!r}."
+            f"`true` (or `latest`) for the last one in `--output_dir` {str(output_dir)!r}."
         )
     return str(value)
+
+
+def check_resume_allow_changes(allow_changes: Sequence[str], resume: str | None) -> None:
+    """``--resume_allow_changes`` names differences a resume accepts: without a checkpoint to resume, it is an error
+    (it would be silently ignored)."""
+    if allow_changes and resume is None:
+        raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")

@@ -414,9 +414,8 @@ def run_train(argv: Sequence[str]) -> dict:
     check_train_arguments(script_args, training_args)
     check_training_arguments(training_args)
     output_dir = Path(training_args.output_dir)
-    resume = checks.resolve_resume(training_args.resume_from_checkpoint, str(output_dir))
-    if script_args.resume_allow_changes and resume is None:
-        raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
+    resume = checks.resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    checks.check_resume_allow_changes(script_args.resume_allow_changes, resume)
     replaced = checks.check_output_dir(output_dir, resume, script_args.overwrite_output_dir)
     push, repo_id, token = training_args.push_to_hub, training_args.hub_model_id, training_args.hub_token
     if push:

@@ -2,9 +2,9 @@
 diffusers model, the program around the library loop :func:`hf_egt.integrations.diffusion.train.train`.
 
 Here: the options (argparse, the names of ``hf-egt train`` for every shared concept, docs/trainer.md "One
-vocabulary", the old spellings of ``RENAMED_OPTIONS`` warning), their checks, the output-folder and resume policy
-(``latest`` without a checkpoint starts a new run), the model card and the push. The loop, its checkpoints and their
-compatibility record are library code in ``hf_egt.integrations.diffusion.train``.
+vocabulary", the old spellings of ``RENAMED_OPTIONS`` warning), their checks, the output-folder and resume policy (the
+rules of ``hf_egt.apps.checks``, shared with ``hf-egt train``), the model card and the push. The loop, its checkpoints
+and their compatibility record are library code in ``hf_egt.integrations.diffusion.train``.
 
 With ``--hyper`` the trained module is a :class:`~hf_egt.integrations.hyper.HyperLoRAModel` over the frozen UNet: a
 hypernetwork that generates the LoRA factors from a set of images (each micro-batch's clean images while training),
@@ -16,10 +16,9 @@ the hypernetwork itself under ``hypernetwork/``.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import shutil
 
+from hf_egt.apps import checks
 from hf_egt.apps.arguments import add_config_arguments, add_renamed_options, check_required_options
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
 from hf_egt.core.resume import resolved_model_path
@@ -28,8 +27,6 @@ from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 from hf_egt.integrations.diffusion.data import DIGITS_DATASET_NAME
 from hf_egt.integrations.diffusion.train import HYPER_CONFIG_FIELDS, TrainResult, check_checkpoint, train
 from hf_egt.integrations.hyper.config import HYPERNETWORK_FOLDER, POSITIVE_INTEGERS, option_name
-
-logger = logging.getLogger(__name__)
 
 # Options that only mean something with --hyper: refused without it rather than silently ignored.
 HYPER_OPTIONS = (*(option_name(name) for name in HYPER_CONFIG_FIELDS), "ple_inference_steps", "hyper_context_size")
@@ -213,8 +210,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ):
         if not valid:
             raise ValueError(f"`--{name}` must be {rule}, got {getattr(args, name)}.")
-    if args.resume_allow_changes and not args.resume_from_checkpoint:
-        raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
     if args.report_to is not None:
         check_report_to(args.report_to)
     if not args.hyper:
@@ -311,55 +306,20 @@ def push_to_hub(folder: str, repo_id: str, card_text: str) -> None:
     push_folder_to_hub(folder, repo_id, card_text)
 
 
-def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str) -> str | None:
-    """The checkpoint to resume from: ``latest`` (or ``true``) is the newest in ``output_dir`` (``None`` when there is
-    none: a new run); a path must be a checkpoint folder holding the objective state (a ``FileNotFoundError``
-    naming it otherwise, raised before anything is loaded)."""
-    if resume_from_checkpoint.lower() not in ("latest", "true"):
-        check_checkpoint(resume_from_checkpoint)
-        return resume_from_checkpoint
-    folders = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
-    if not folders:
-        return None
-    latest = os.path.join(output_dir, max(folders, key=lambda d: int(d.split("-")[1])))
-    check_checkpoint(latest)
-    return latest
-
-
-def check_output_dir(args: argparse.Namespace) -> None:
-    """A new run (no ``--resume_from_checkpoint``) refuses an ``--output_dir`` holding checkpoints unless
-    ``--overwrite_output_dir``: they belong to another run and would be mixed with this one's."""
-    if args.resume_from_checkpoint or args.overwrite_output_dir or not os.path.isdir(args.output_dir):
-        return
-    existing = sorted(d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-"))
-    if existing:
-        raise ValueError(
-            f"`--output_dir`: {args.output_dir!r} already holds checkpoints of a run ({', '.join(existing[:5])}); "
-            "pass `--resume_from_checkpoint latest` to continue it, `--overwrite_output_dir` to replace it, or "
-            "another `--output_dir`."
-        )
-
-
-def remove_checkpoints(output_dir: str) -> None:
-    """``--overwrite_output_dir``: remove the earlier run's checkpoints."""
-    for folder in sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint-")):
-        logger.warning("--overwrite_output_dir: removing %s of an earlier run.", folder)
-        shutil.rmtree(os.path.join(output_dir, folder))
-
-
 def main(args: argparse.Namespace) -> TrainResult:
     """Run the command on parsed options (``parse_args``): the checks that need no model (output folder, resume, Hub),
     the library loop, then, on the main process, the model card and the push. Returns the loop's ``TrainResult``."""
-    check_output_dir(args)
+    resume = checks.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    checks.check_resume_allow_changes(args.resume_allow_changes, resume)
+    if resume is not None:  # what this command's checkpoints hold, before anything is loaded
+        check_checkpoint(resume)
+    replaced = checks.check_output_dir(args.output_dir, resume, args.overwrite_output_dir)
     if args.push_to_hub:  # a missing token or an unreachable Hub fails now, not after training
         from hf_egt.integrations.hub import check_hub_reachable, resolve_hub_token
 
         check_hub_reachable(resolve_hub_token())
-    resume = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
-    if args.resume_from_checkpoint and resume is None:
-        logger.info("No checkpoint in %s; starting a new run.", args.output_dir)
     # every check has passed and the model is ready: only then are the earlier run's checkpoints removed
-    remove = (lambda: remove_checkpoints(args.output_dir)) if args.overwrite_output_dir and resume is None else None
+    remove = (lambda: checks.remove_checkpoints(args.output_dir)) if replaced else None
     result = train(args, resume, before_first_step=remove)
     if result.is_main_process:
         card = model_card(args, result.kind, result.group_objective, result.context_size)
