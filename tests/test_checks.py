@@ -83,3 +83,17 @@ def test_both_training_commands_resolve_the_resume_with_this_rule(tmp_path, monk
         main([command, "--model_name_or_path", "m", "--dataset", "d", "--output_dir", out, "--resume_from_checkpoint",
               "latest"])  # fmt: skip
     assert seen == [("latest", out)]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [("learning_rate", -1.0, ">= 0"), ("adam_beta1", 1.0, r"in \[0, 1\)"), ("warmup_steps", -2, ">= 0")],
+)
+def test_the_optimizer_numbers_are_checked_by_one_rule_for_both_commands(name, value, rule):
+    from types import SimpleNamespace
+
+    options = dict(learning_rate=1e-4, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8)
+    options["warmup_steps"] = 0
+    checks.check_optimizer_options(SimpleNamespace(**options))
+    with pytest.raises(ValueError, match=rf"`--{name}` must be {rule}, got {value}"):
+        checks.check_optimizer_options(SimpleNamespace(**{**options, name: value}))

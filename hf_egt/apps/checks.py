@@ -7,7 +7,9 @@
   checkpoints or outputs unless ``--overwrite_output_dir``; :func:`remove_checkpoints` is what that option removes,
   once every other check has passed;
 - the resume (``--resume_from_checkpoint``): :func:`resolve_resume`, the one rule of ``train`` and
-  ``train-diffusion``, and :func:`check_resume_allow_changes`.
+  ``train-diffusion``, and :func:`check_resume_allow_changes`;
+- the optimizer's numbers: :func:`check_optimizer_options`, what AdamW and the schedule would reject only once the
+  model is loaded.
 
 The resume rule: nothing or ``false`` (``no``, ``0``) is a new run; ``true`` (``yes``, ``1``, ``latest``) is the newest
 ``checkpoint-<step>`` folder of ``--output_dir``, and an error when there is none; any other value is a checkpoint
@@ -217,3 +219,21 @@ def check_resume_allow_changes(allow_changes: Sequence[str], resume: str | None)
     (it would be silently ignored)."""
     if allow_changes and resume is None:
         raise ValueError("`--resume_allow_changes` only applies with `--resume_from_checkpoint`.")
+
+
+# --------------------------------------------------------------------------------------------------------- optimizer
+def check_optimizer_options(options) -> None:
+    """The values AdamW and the learning-rate schedule reject only once the model is loaded (``learning_rate``,
+    ``weight_decay``, ``adam_beta1`` / ``adam_beta2``, ``adam_epsilon``, ``warmup_steps`` of ``options``): a
+    ``ValueError`` naming the option and its valid range."""
+    bounds = (
+        ("learning_rate", options.learning_rate >= 0, ">= 0"),
+        ("weight_decay", options.weight_decay >= 0, ">= 0"),
+        ("adam_beta1", 0 <= options.adam_beta1 < 1, "in [0, 1)"),
+        ("adam_beta2", 0 <= options.adam_beta2 < 1, "in [0, 1)"),
+        ("adam_epsilon", options.adam_epsilon >= 0, ">= 0"),
+        ("warmup_steps", options.warmup_steps >= 0, ">= 0"),
+    )
+    for name, valid, rule in bounds:
+        if not valid:
+            raise ValueError(f"`--{name}` must be {rule}, got {getattr(options, name)}.")

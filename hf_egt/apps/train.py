@@ -238,17 +238,7 @@ def check_training_arguments(training_args) -> None:
         get_available_reporting_integrations,
     )
 
-    bounds = (
-        ("learning_rate", training_args.learning_rate >= 0, ">= 0"),
-        ("weight_decay", training_args.weight_decay >= 0, ">= 0"),
-        ("adam_beta1", 0 <= training_args.adam_beta1 < 1, "in [0, 1)"),
-        ("adam_beta2", 0 <= training_args.adam_beta2 < 1, "in [0, 1)"),
-        ("adam_epsilon", training_args.adam_epsilon >= 0, ">= 0"),
-        ("warmup_steps", training_args.warmup_steps >= 0, ">= 0"),
-    )
-    for name, valid, rule in bounds:
-        if not valid:
-            raise ValueError(f"`--{name}` must be {rule}, got {getattr(training_args, name)}.")
+    checks.check_optimizer_options(training_args)
     parameter = torch.nn.Parameter(torch.zeros(1))
     try:
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args)

@@ -199,17 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--group_sampling_exponent must be in [0, 1] (0: balanced, 1: natural), got "
             f"{args.group_sampling_exponent}."
         )
-    # what AdamW and the scheduler would reject only after the model is loaded
-    for name, valid, rule in (
-        ("learning_rate", args.learning_rate >= 0, ">= 0"),
-        ("weight_decay", args.weight_decay >= 0, ">= 0"),
-        ("adam_beta1", 0 <= args.adam_beta1 < 1, "in [0, 1)"),
-        ("adam_beta2", 0 <= args.adam_beta2 < 1, "in [0, 1)"),
-        ("adam_epsilon", args.adam_epsilon >= 0, ">= 0"),
-        ("warmup_steps", args.warmup_steps >= 0, ">= 0"),
-    ):
-        if not valid:
-            raise ValueError(f"`--{name}` must be {rule}, got {getattr(args, name)}.")
+    checks.check_optimizer_options(args)  # what AdamW and the scheduler would reject only after the model is loaded
     if args.report_to is not None:
         check_report_to(args.report_to)
     if not args.hyper:
