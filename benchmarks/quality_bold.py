@@ -258,7 +258,7 @@ def domain_data(records: list[dict], settings, split_seed: int, validation_fract
     from hf_egt.apps.data import subsample_per_group
     from hf_egt.apps.offline import split_by_person
 
-    train, test = split_by_person(records, settings.test_fraction, seed=split_seed)
+    train, test = split_by_person(records, settings.eval_fraction, seed=split_seed)
     validation = None
     if validation_fraction > 0:
         train, validation = split_by_person(train, validation_fraction, seed=split_seed + 1)
@@ -315,9 +315,9 @@ def run_cell(
     if hyper:
         # The whole training set fixes the HyperLoRA context of every evaluation: left unset, each evaluation batch
         # would generate its LoRA weights from its own (test) sentences; fixed, it is one adapter like the LoRA ones.
-        from hf_egt.integrations.hyper import FixedContextCallback, context_batch, fix_context
+        from hf_egt.integrations.hyper import FixedContextCallback, fix_context, tokenize_context_set
 
-        hyper_set = context_batch(tokenizer, train["text"], settings.max_length)
+        context_set = tokenize_context_set(tokenizer, train["text"], settings.max_length)
     seeded = replace(settings, seed=seed)
     if hyper and hyper_learning_rate is not None:
         seeded = replace(seeded, learning_rate=hyper_learning_rate)
@@ -335,7 +335,7 @@ def run_cell(
             "metric_for_best_model": selection_metric,
         }
         if hyper:  # every evaluation measures the adapter of the training set's context, as the final one below
-            selection["callbacks"] = [FixedContextCallback(hyper_set)]
+            selection["callbacks"] = [FixedContextCallback(context_set)]
     elif "group_update_dataset" in overrides:
         raise ValueError(f"Method {method!r} needs a validation split: pass `eval_steps` > 0 and `validation`.")
     if overrides.get("group_reference") == "column":
@@ -351,7 +351,7 @@ def run_cell(
         tokenizer,
         train,
         seeded,
-        objective=settings.minmax_objective if method == "minmax" else objective,
+        objective=settings.objective if method == "minmax" else objective,
         output_dir=output_dir,
         peft_config=lora_config(model, seeded, hyper=hyper, **(hyper_fields or {})),
         **{**selection, **overrides},
@@ -361,7 +361,7 @@ def run_cell(
         losses = trainer.reference_losses(trainer.train_dataset).tolist()
         write_json(work_dir / "cells" / domain / "erm" / f"seed{seed}.reference.json", {"losses": losses})
     if hyper:
-        fix_context(trainer.model, hyper_set)
+        fix_context(trainer.model, context_set)
     result = None
     if test is not None:
         result = evaluate_causal_lm(
@@ -369,14 +369,14 @@ def run_cell(
             tokenizer,
             list(test["text"]),
             list(test["group"]),
-            batch_size=settings.eval_batch_size,
+            batch_size=settings.per_device_eval_batch_size,
             max_length=settings.max_length,
             name=f"{domain}/{method}/seed{seed}",
             n_bootstrap=n_bootstrap,
             prefixes=test_prefixes,
             **(test_kwargs or {}),
         )
-    weights = trainer.objective.weights.detach().cpu().tolist()
+    weights = trainer.group_objective.weights.detach().cpu().tolist()
     losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
     if selection:
         import shutil
@@ -395,7 +395,7 @@ def run_cell(
         "result": result,
         "best_step": _best_step(trainer.state) if selection else None,
         "curve": training_curve(trainer.state.log_history) if selection else None,
-        "final_group_weights": dict(zip(trainer.objective.groups, weights)),
+        "final_group_weights": dict(zip(trainer.group_objective.groups, weights)),
         "train_loss": losses[-1] if losses else None,
         "train_s": train_s,
         "eval_s": time.perf_counter() - started - train_s,
@@ -500,7 +500,7 @@ def run_quality(
                 tokenizer,
                 list(test["text"]),
                 list(test["group"]),
-                batch_size=settings.eval_batch_size,
+                batch_size=settings.per_device_eval_batch_size,
                 max_length=settings.max_length,
                 name=f"{domain}/base",
             )
@@ -641,9 +641,9 @@ def write_results(
 
 # -------------------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from hf_egt.apps.arguments import add_renamed_options
     from hf_egt.apps.recipe import DEFAULT, DEMO_RENAMED_OPTIONS
     from hf_egt.core.objective import OBJECTIVE_MODES
-    from hf_egt.core.vocabulary import add_renamed_options
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -665,14 +665,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the by-person split and subsampling.")
     parser.add_argument("--max_train_per_group", type=int, default=DEFAULT.max_train_per_group)
     parser.add_argument("--max_eval_per_group", type=int, default=DEFAULT.max_eval_per_group)
-    parser.add_argument("--test_fraction", type=float, default=DEFAULT.test_fraction, help="Share of people held out.")
+    parser.add_argument("--eval_fraction", type=float, default=DEFAULT.eval_fraction, help="Share of people held out.")
     parser.add_argument(
         "--max_steps",
         type=int,
         default=30,
         help="Optimizer steps per cell (demo: 60; 30 so 36 cells fit in ~1 h on a shared 2-core CPU).",
     )
-    parser.add_argument("--per_device_train_batch_size", type=int, default=DEFAULT.batch_size)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=DEFAULT.per_device_train_batch_size)
     parser.add_argument("--learning_rate", type=float, default=DEFAULT.learning_rate)
     parser.add_argument("--max_length", type=int, default=DEFAULT.max_length)
     parser.add_argument(
@@ -683,7 +683,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--group_step_size", type=float, default=DEFAULT.group_step_size)
     parser.add_argument(
         "--objective",
-        default=DEFAULT.minmax_objective,
+        default=DEFAULT.objective,
         choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],
         help="Objective of the minmax method.",
     )
@@ -698,7 +698,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log_level", default="INFO")
     # the names of `hf-egt demo` (whose settings these are); the old ones are still read, with a warning
-    add_renamed_options(parser, DEMO_RENAMED_OPTIONS)
+    add_renamed_options(parser, {**DEMO_RENAMED_OPTIONS, "--test_fraction": "--eval_fraction"})
     return parser.parse_args(argv)
 
 
@@ -709,17 +709,17 @@ def settings_from_args(args: argparse.Namespace):
         DEFAULT,
         max_train_per_group=args.max_train_per_group,
         max_eval_per_group=args.max_eval_per_group,
-        test_fraction=args.test_fraction,
+        eval_fraction=args.eval_fraction,
         max_steps=args.max_steps,
-        batch_size=args.per_device_train_batch_size,
+        per_device_train_batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate,
         max_length=args.max_length,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         lora_last_layers=args.lora_last_layers,
         group_step_size=args.group_step_size,
-        minmax_objective=args.objective,
-        egt=False,
+        objective=args.objective,
+        feature_model=None,
         seed=args.split_seed,
     )
 

@@ -371,7 +371,7 @@ def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: i
         tokenizer,
         list(dataset["text"]),
         list(dataset["group"]),
-        batch_size=settings.eval_batch_size,
+        batch_size=settings.per_device_eval_batch_size,
         max_length=settings.max_length,
         name=name,
         n_bootstrap=n_bootstrap,
@@ -544,12 +544,12 @@ def settings_from_args(args: argparse.Namespace):
     return replace(
         DEFAULT,
         max_steps=args.max_steps,
-        batch_size=args.per_device_train_batch_size,
+        per_device_train_batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate,
         max_length=args.max_length,
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
-        egt=False,
+        feature_model=None,
         seed=args.split_seed,
     )
 

@@ -99,7 +99,7 @@ def generate(unet, scheduler_config, per_class: int, steps: int, seed: int) -> t
 
 
 def finetune(base: str, output_dir: str, variant: str, seed: int, args):
-    from hf_egt.integrations.diffusion.train import main, parse_args
+    from hf_egt.apps.train_diffusion import main, parse_args
 
     argv = [
         "--model_name_or_path", base, "--dataset", "digits-imbalanced", "--resolution", "8",

@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
         base_model, tokenizer = load_causal_lm(args.model_name_or_path)
 
     records = load_bold_records(args.domain, groups=args.groups, seed=args.seed)
-    train_records, test_records = split_by_person(records, test_fraction=0.2, seed=args.seed)
+    train_records, test_records = split_by_person(records, eval_fraction=0.2, seed=args.seed)
     train = to_dataset(proportional_sample(train_records, args.max_train_examples, args.seed))
     test = to_dataset(capped_per_group(test_records, args.max_eval_per_group, args.seed))
     counts = {g: train["group"].count(g) for g in sorted(set(train["group"]))}
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
         trainer.train()
         results[objective] = group_metrics(trainer.evaluate())
         results[objective]["final_group_weights"] = dict(
-            zip(trainer.objective.groups, trainer.objective.weights.tolist())
+            zip(trainer.group_objective.groups, trainer.group_objective.weights.tolist())
         )
         trainer.save_model()
         logger.info("%s: %s", objective, results[objective])

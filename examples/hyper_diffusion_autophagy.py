@@ -3,8 +3,8 @@
 
 A small class-conditional ``UNet2DModel`` is pretrained briefly (ERM) on ``digits-imbalanced`` and then frozen: it is
 the common starting point of every fit. Each generation fits an adapter on the current data set with
-``hf_egt.integrations.diffusion.train`` (the script of ``hf-egt train-diffusion``), from the same frozen base and the
-same seed:
+``hf_egt.apps.train_diffusion`` (the command ``hf-egt train-diffusion``), from the same frozen base and the same
+seed:
 
 * ``lora`` — a plain LoRA (``--lora_r 8 --lora_conv``);
 * ``hyper`` — ``--hyper``: a hypernetwork generating that LoRA from a set of images (the exported LoRA is the one
@@ -117,7 +117,7 @@ def save_dataset(images: torch.Tensor, labels: torch.Tensor, folder: str) -> str
 def fit(base: str, data: str, output_dir: str, method: str, args, probe_sets: list[torch.Tensor]):
     """One fit with the training script; returns the model to sample from (a peft model with the LoRA loaded) and
     statistics: final loss, mean PLE term, and for a hypernetwork its `context_sensitivity` over `probe_sets`."""
-    from hf_egt.integrations.diffusion.train import main, parse_args
+    from hf_egt.apps.train_diffusion import main, parse_args
 
     argv = [
         "--model_name_or_path", base, "--dataset", data, "--resolution", "8",

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Min-max (group DRO) LoRA fine-tuning of a diffusers model, with accelerate.
 
-The loop lives in ``hf_egt/integrations/diffusion/train.py`` (read it there: argparse, an ``Accelerator``, a plain loop
-over prefetched accumulation windows) so that ``hf-egt train-diffusion`` and this script run the same code.
+The command is ``hf_egt/apps/train_diffusion.py`` (the options, the output-folder and resume rules, the card, the
+push); the loop it runs is library code in ``hf_egt/integrations/diffusion/train.py`` (read it there: an
+``Accelerator``, a plain loop over prefetched accumulation windows), so that ``hf-egt train-diffusion`` and this script
+run the same code.
 
 Examples:
 
@@ -24,7 +26,7 @@ Examples:
         --mixed_precision bf16 --objective minmax --noise_buckets 4 --validation_steps 500 --push_to_hub
 """
 
-from hf_egt.integrations.diffusion.train import main, parse_args
+from hf_egt.apps.train_diffusion import main, parse_args
 
 if __name__ == "__main__":
     main(parse_args())

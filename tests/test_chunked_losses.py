@@ -338,8 +338,8 @@ def test_trainer_chunked_equals_full_logits_and_accumulation(tmp_path):
     assert not full._chunked_token_losses and whole._chunked_token_losses and split._chunked_token_losses
     assert_same_params(lora_params(full), lora_params(whole))
     assert_same_params(lora_params(whole), lora_params(split))
-    torch.testing.assert_close(whole.objective.weights, split.objective.weights)
-    torch.testing.assert_close(full.objective.weights, whole.objective.weights)
+    torch.testing.assert_close(whole.group_objective.weights, split.group_objective.weights)
+    torch.testing.assert_close(full.group_objective.weights, whole.group_objective.weights)
     full_eval, chunked_eval = full.evaluate(), whole.evaluate()
     for group in ("a", "b"):
         key = f"eval_group_loss/{group}"
@@ -381,4 +381,4 @@ def test_two_processes_chunked_with_checkpointing_equal_one_process_full_logits(
     assert_same_params(lora_params(one), {name: params[name] for name in lora_params(one)})
     result = json.loads((tmp_path / "two" / "result.json").read_text())
     assert result["chunked"] is True
-    torch.testing.assert_close(one.objective.weights, torch.tensor(result["weights"], dtype=torch.float64))
+    torch.testing.assert_close(one.group_objective.weights, torch.tensor(result["weights"], dtype=torch.float64))

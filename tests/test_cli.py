@@ -52,7 +52,8 @@ def test_train_help_has_group_and_training_arguments(capsys):
 def test_evaluate_takes_the_dashed_spellings_and_its_help_shows_the_defaults(capsys):
     """Every `hf-egt evaluate` option also has the dashed spelling `hf-egt train` (HfArgumentParser) accepts, and
     `--help` shows each default that is not already in the text."""
-    from hf_egt.apps.cli import command_parsers, train_parser
+    from hf_egt.apps.cli import command_parsers
+    from hf_egt.apps.train import train_parser
 
     parser = command_parsers()["evaluate"]
     underscored = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and "_" in o]
@@ -82,19 +83,16 @@ def test_unknown_command_and_option_fail(capsys):
 
 def test_train_diffusion_forwards_its_arguments(monkeypatch):
     received = {}
-    module = types.ModuleType("hf_egt.integrations.diffusion.train")
+    module = types.ModuleType("hf_egt.apps.train_diffusion")
     module.parse_args = lambda argv: {"argv": list(argv)}
     module.main = lambda args: received.setdefault("args", args)
-    package = types.ModuleType("hf_egt.integrations.diffusion")
-    package.train = module
-    monkeypatch.setitem(sys.modules, "hf_egt.integrations.diffusion", package)
-    monkeypatch.setitem(sys.modules, "hf_egt.integrations.diffusion.train", module)
+    monkeypatch.setitem(sys.modules, "hf_egt.apps.train_diffusion", module)
     _main(["train-diffusion", "--dataset", "digits", "--help-like", "x"])
     assert received["args"] == {"argv": ["--dataset", "digits", "--help-like", "x"]}
 
 
 def test_redacted_command_hides_tokens():
-    from hf_egt.apps.cli import redacted_command
+    from hf_egt.apps.arguments import redacted_command
 
     command = redacted_command("hf-egt train", ["--hub_token", "hf_secret", "--x", "1", "--hub_token=hf_other"])
     assert "hf_secret" not in command and "hf_other" not in command
@@ -106,7 +104,7 @@ def _forbid_model_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the input is validated")
 
-    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", fail)
+    monkeypatch.setattr("hf_egt.apps.checks.load_checked_causal_lm", fail)
 
 
 def test_push_without_token_fails_before_anything(monkeypatch, tmp_path, tiny_lm, tiny_json):
@@ -155,7 +153,7 @@ def test_unknown_datasets_list_the_valid_ones(tmp_path):
 def test_model_without_causal_lm_head_is_rejected(tmp_path):
     from transformers import DistilBertConfig, LlamaConfig
 
-    from hf_egt.apps.cli import check_causal_lm
+    from hf_egt.apps.checks import check_causal_lm
 
     encoder = tmp_path / "encoder"
     DistilBertConfig(vocab_size=10, dim=8, n_layers=1, n_heads=2, hidden_dim=16).save_pretrained(encoder)
@@ -258,7 +256,7 @@ def test_train_and_evaluate_report_the_same_overall_on_the_same_adapter_and_rows
     argv += ["--per_device_eval_batch_size", "3", "--output_dir", out, "--report_to", "none", "--save_strategy", "no"]
     trained = _main(argv)["runs"]
     evaluated = _main(
-        ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out, "--compare_base"]
+        ["evaluate", "--model_name_or_path", tiny_lm, "--dataset", tiny_json, "--adapter", out, "--eval_base"]
         + ["--feature_model", "none", "--per_device_eval_batch_size", "5", "--output_dir", tmp_path / "evaluate"]
     )["runs"]
     for train_name, evaluate_name in (("base", "base"), ("minmax", "train")):
@@ -307,6 +305,24 @@ def test_train_then_push_sends_adapter_card_and_report(tmp_path, tiny_lm, tiny_j
 
 # ------------------------------------------------------------------------------------------------------------ demo
 @pytest.mark.slow
+def test_demo_options_override_the_preset_field_of_their_name():
+    from hf_egt.apps.cli import build_parser
+    from hf_egt.apps.demo import demo_settings
+    from hf_egt.apps.recipe import DEFAULT, QUICK
+
+    def settings(*argv):
+        return demo_settings(build_parser(["demo"]).parse_args(["demo", *argv]))
+
+    assert settings() == DEFAULT and settings("--quick") == QUICK  # an option not given keeps the preset's value
+    assert (DEFAULT.feature_model, QUICK.feature_model) == ("minilm", None)
+    assert settings("--feature_model", "none").feature_model is None
+    assert settings("--quick", "--feature_model", "minilm").feature_model == "minilm"
+    changed = settings("--per_device_train_batch_size", "3", "--objective", "ema", "--max_steps", "5")
+    assert (changed.per_device_train_batch_size, changed.objective, changed.max_steps) == (3, "ema", 5)
+    with pytest.warns(FutureWarning, match="--no_egt is deprecated"):
+        assert settings("--no_egt").feature_model is None
+
+
 def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     from dataclasses import replace
 
@@ -317,7 +333,7 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
     out = tmp_path / "demo"
-    argv = ["demo", "--quick", "--no_egt", "--output_dir", out, "--model_name_or_path", tiny_lm]
+    argv = ["demo", "--quick", "--feature_model", "none", "--output_dir", out, "--model_name_or_path", tiny_lm]
     argv += ["--max_steps", "2", "--max_train_per_group", "8", "--max_eval_per_group", "3"]
     argv += ["--per_device_train_batch_size", "4"]
     _main(argv)
@@ -336,7 +352,7 @@ def test_demo_command_on_a_tiny_model(tmp_path, tiny_lm, monkeypatch):
     assert sum(points[-1][1] for points in weights.values()) == pytest.approx(1.0, abs=1e-5)
     assert "](weights.png)" in markdown and (out / "weights.png").stat().st_size > 1000
     # the base row is the untouched model's evaluation on the same held-out rows
-    settings = replace(QUICK, max_train_per_group=8, max_eval_per_group=3, egt=False)
+    settings = replace(QUICK, max_train_per_group=8, max_eval_per_group=3, feature_model=None)
     _, test = demo_data(settings)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_lm), AutoTokenizer.from_pretrained(tiny_lm)
     base = evaluate_causal_lm(model, tokenizer, test["text"], test["group"], max_length=settings.max_length)

@@ -145,7 +145,8 @@ MATRIX = [
     ("resume-missing", "train", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-99"],
      r"`--resume_from_checkpoint`: no such checkpoint folder .*checkpoint-99"),
     ("resume-true-none", "train", lambda t, o, d: ["--resume_from_checkpoint", "true"],
-     r"`resume_from_checkpoint`: no `checkpoint-<step>` folder in the output directory"),
+     r"`--resume_from_checkpoint` 'true': no `checkpoint-<step>` folder in the output directory .*out' to resume from; "
+     r"pass a `checkpoint-<step>` folder, another `--output_dir`, or leave out `--resume_from_checkpoint`"),
     ("resume-truncated", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
      truncate=True)], r"checkpoint-2/adapter_model\.safetensors is unreadable or truncated"),
     ("resume-other-groups", "train", lambda t, o, d: ["--resume_from_checkpoint", _checkpoint(o / "checkpoint-2",
@@ -206,8 +207,8 @@ MATRIX = [
      r"`--lora_target_modules`: \['qkv'\] match no layer .*'q_proj'"),
     ("max-train-per-group-0", "train", lambda t, o, d: ["--max_train_per_group", "0"],
      r"`--max_train_per_group` must be >= 1"),
-    ("hyper-context-rows", "train", lambda t, o, d: ["--hyper", "--hyper_context_rows", "0"],
-     r"`--hyper_context_rows` must be >= 1"),
+    ("hyper-context-size", "train", lambda t, o, d: ["--hyper", "--hyper_context_size", "0"],
+     r"`--hyper_context_size` must be >= 1"),
     # model
     ("model-missing", "train", lambda t, o, d: ["--model_name_or_path", t / "no" / "model"],
      r"`--model_name_or_path`: no such file or folder .*no/model"),
@@ -277,6 +278,12 @@ MATRIX = [
      r"`--feature_model` '.*empty' could not be loaded as a text encoder"),
     # diffusion
     ("diffusion-resume-missing", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", o / "checkpoint-9"],
+     r"`--resume_from_checkpoint`: no such checkpoint folder .*checkpoint-9"),
+    # one resume rule for both commands: `latest` without a checkpoint is an error, as it is for `train`
+    ("diffusion-resume-latest-none", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint", "latest"],
+     r"`--resume_from_checkpoint` 'latest': no `checkpoint-<step>` folder in the output directory"),
+    ("diffusion-resume-no-objective", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
+     (o / "checkpoint-9").mkdir() or o / "checkpoint-9"],
      r"`--resume_from_checkpoint`: .*checkpoint-9/group_objective\.safetensors does not exist"),
     ("diffusion-resume-truncated", "train-diffusion", lambda t, o, d: ["--resume_from_checkpoint",
      _diffusion_checkpoint(o / "checkpoint-2")],
@@ -306,7 +313,11 @@ MATRIX = [
     ("diffusion-push-without-token", "train-diffusion", lambda t, o, d: ["--push_to_hub", "--hub_model_id", "me/x"],
      r"Pushing to the Hub needs a token"),
     ("diffusion-output-dir", "train-diffusion", lambda t, o, d: [_checkpoint(o / "checkpoint-4") and "--seed", "1"],
-     r"`--output_dir`: .* already holds checkpoints of a run \(checkpoint-4\)"),
+     r"`--output_dir`: .* already holds the outputs of a run \(checkpoint-4\); pass `--resume_from_checkpoint true`"),
+    # one output-folder rule for both commands: a finished run's outputs (no checkpoint left) are refused too
+    ("diffusion-output-dir-outputs", "train-diffusion", lambda t, o, d: [
+     (o / "group_objective.safetensors").touch() or "--seed", "1"],
+     r"`--output_dir`: .* already holds the outputs of a run \(group_objective\.safetensors\)"),
 ]  # fmt: skip
 
 
@@ -331,7 +342,7 @@ def test_bad_input_is_one_error_line_before_any_work(
 
     import huggingface_hub
 
-    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.apps.checks.load_checked_causal_lm", no_model)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.setattr("hf_egt.integrations.diffusion.train.load_components", no_model)
@@ -391,7 +402,7 @@ def test_version_and_python_dash_m():
 
 
 def test_redaction_covers_every_spelling():
-    from hf_egt.apps.cli import redacted_command
+    from hf_egt.apps.arguments import redacted_command
 
     argv = ["--hub_token", "s1", "--hub-token=s2", "--hub_token=s3", "--hub-token", "s4", "--token", "s5", "--x", "1"]
     command = redacted_command("hf-egt train", argv)
@@ -445,7 +456,7 @@ def test_push_to_an_unreachable_hub_fails_before_any_work(monkeypatch, capsys, t
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded before the Hub is checked")
 
-    monkeypatch.setattr("hf_egt.apps.cli.load_checked_causal_lm", no_model)
+    monkeypatch.setattr("hf_egt.apps.checks.load_checked_causal_lm", no_model)
     monkeypatch.setattr("hf_egt.apps.data.load_grouped_splits", no_model)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
@@ -526,7 +537,7 @@ def test_resume_checks_the_run_record_of_a_real_checkpoint(tmp_path, tiny_lm, ti
     before = _snapshot(out)
     resume = ["--resume_from_checkpoint", "true", "--max_steps", "3"]
     with monkeypatch.context() as patch:
-        patch.setattr("hf_egt.apps.cli.load_checked_causal_lm", lambda *a: pytest.fail("the model was loaded"))
+        patch.setattr("hf_egt.apps.checks.load_checked_causal_lm", lambda *a: pytest.fail("the model was loaded"))
         with pytest.raises(ValueError, match=r"`--dataset`: .*checkpoint-2 was saved with '.*bios\.jsonl' .*other"):
             _train([*common, "--dataset", other, *resume])
         with pytest.raises(ValueError, match=r"`--lora_r`: .*checkpoint-2 was saved with 2, this run has 4"):
@@ -641,7 +652,7 @@ def test_hyper_artifacts_load_with_the_card_snippets(tmp_path, tiny_lm, tiny_jso
 
     out = tmp_path / "hyper"
     argv = ["--model_name_or_path", tiny_lm, "--dataset", tiny_json, *BASE_TRAIN, "--output_dir", out, "--hyper"]
-    _train([*argv, "--eval_base", "false", "--hyper_context_rows", "8"])
+    _train([*argv, "--eval_base", "false", "--hyper_context_size", "8"])
     card = (out / "README.md").read_text()
     assert "AutoPeftModelForCausalLM.from_pretrained" in card and 'subfolder="hypernetwork")' in card
     assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"

@@ -264,7 +264,7 @@ def class_conditional_unet(tmp_path_factory):
 
 
 def train(model, output_dir, *extra: str):
-    from hf_egt.integrations.diffusion.train import main, parse_args
+    from hf_egt.apps.train_diffusion import main, parse_args
 
     argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
     argv += ["--save_steps", "0", "--learning_rate", "1e-2", *extra]
@@ -330,8 +330,8 @@ def test_resume_is_exact(class_conditional_unet, tmp_path, options):
     )
     assert resumed.global_step == straight.global_step == 4
     assert_same_lora(straight.model, resumed.model)
-    torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)
-    assert not torch.allclose(straight.objective.weights, torch.full_like(straight.objective.weights, 0.1))
+    torch.testing.assert_close(straight.group_objective.weights, resumed.group_objective.weights)
+    assert not torch.allclose(straight.group_objective.weights, torch.full_like(straight.group_objective.weights, 0.1))
 
 
 def test_gradient_accumulation_is_exact(class_conditional_unet, tmp_path):
@@ -364,7 +364,7 @@ def test_gradient_accumulation_is_exact(class_conditional_unet, tmp_path):
         "2",
     )
     assert_same_lora(whole.model, split.model, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(whole.objective.weights, split.objective.weights)
+    torch.testing.assert_close(whole.group_objective.weights, split.group_objective.weights)
 
 
 def test_unconditional_unet_lora_loads_with_plain_peft(tmp_path):
@@ -400,7 +400,7 @@ def test_stable_diffusion_lora_loads_with_plain_diffusers(tmp_path):
     extra += ("--per_device_train_batch_size", "4", "--max_steps", "2", "--validation_steps", "2")
     extra += ("--num_validation_images", "2", "--validation_inference_steps", "2", "--noise_buckets", "2")
     result = train(model, tmp_path / "out", *extra)
-    assert result.kind == "stable-diffusion" and result.objective.groups == ["blue", "red"]
+    assert result.kind == "stable-diffusion" and result.group_objective.groups == ["blue", "red"]
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
 
     pipeline = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
@@ -425,7 +425,7 @@ def test_clear_errors_on_bad_columns_and_unet_without_attention(class_conditiona
 
 
 def test_push_to_hub_uploads_the_output_folder_with_its_card(class_conditional_unet, tmp_path, monkeypatch):
-    from hf_egt.integrations.diffusion import train as train_module
+    from hf_egt.apps import train_diffusion as train_module
 
     calls, checked = [], []
     monkeypatch.setattr(train_module, "push_to_hub", lambda *args: calls.append(args))

@@ -364,9 +364,9 @@ def test_card_snippets_define_every_name_they_use(tmp_path):
     """The loading snippets of every card (`hf-egt train`, with `--hyper`, and `train-diffusion` for a UNet and a
     Stable Diffusion pipeline) run as written: no undefined name, no placeholder repo."""
     pytest.importorskip("diffusers")
-    from hf_egt.apps.cli import hyper_usage
+    from hf_egt.apps.train import hyper_usage
+    from hf_egt.apps.train_diffusion import model_card, parse_args
     from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
-    from hf_egt.integrations.diffusion.train import model_card, parse_args
     from hf_egt.integrations.hub import build_model_card
 
     run = {

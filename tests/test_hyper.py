@@ -240,8 +240,14 @@ def test_unet2d_forward_and_ple_with_diffusion_sampler():
     clean = torch.randn(4, 1, 8, 8)
     noisy = clean + torch.randn_like(clean)
     timesteps = torch.randint(0, 10, (4,))
-    output = model(noisy, timesteps, set_inputs={"sample": clean})
+    output = model(noisy, timesteps, context_set={"sample": clean})
     assert output.sample.shape == clean.shape
+    with torch.no_grad(), pytest.warns(FutureWarning, match=r"`set_inputs` is deprecated .*use `context_set`"):
+        old = model.eval()(noisy, timesteps, set_inputs={"sample": clean})  # the old keyword, for one release
+    model.train()
+    with torch.no_grad():
+        torch.testing.assert_close(old.sample, model.eval()(noisy, timesteps, context_set={"sample": clean}).sample)
+    model.train()
     loss = output.sample.pow(2).mean() + output["ple"]
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.hypernetwork.parameters())

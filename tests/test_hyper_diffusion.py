@@ -26,7 +26,7 @@ HYPER = ("--hyper", "--hyper_hidden_size", "32", "--hyper_context_dim", "16", "-
 
 
 def train(model, output_dir, *extra: str):
-    from hf_egt.integrations.diffusion.train import main, parse_args
+    from hf_egt.apps.train_diffusion import main, parse_args
 
     argv = ["--model_name_or_path", model, "--output_dir", str(output_dir), "--seed", "3"]
     argv += ["--save_steps", "0", "--learning_rate", "3e-3", *extra]
@@ -77,7 +77,7 @@ def test_hyper_training_lowers_the_denoising_loss_on_a_fixed_batch(hyper_run, un
     base = UNet2DModel.from_pretrained(unet_folder, subfolder="unet").eval()
     before = denoising_loss(base, images, labels, noise, timesteps)
     model = result.model.train()
-    after_batch_set = denoising_loss(model, images, labels, noise, timesteps, set_inputs={"sample": images})
+    after_batch_set = denoising_loss(model, images, labels, noise, timesteps, context_set={"sample": images})
     after_context = denoising_loss(model.eval(), images, labels, noise, timesteps)
     assert after_batch_set < 0.9 * before, (before, after_batch_set)
     assert after_context < 0.9 * before, (before, after_context)
@@ -150,7 +150,7 @@ def test_hyper_resume_is_exact(unet_folder, tmp_path):
     assert first.keys() == second.keys() and all(k.startswith("hypernetwork.") for k in first)
     for key in first:
         torch.testing.assert_close(first[key], second[key], msg=key)
-    torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)
+    torch.testing.assert_close(straight.group_objective.weights, resumed.group_objective.weights)
 
 
 def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
@@ -183,7 +183,7 @@ def test_stable_diffusion_hyper_lora_loads_with_plain_diffusers(tmp_path):
     ],
 )
 def test_bad_hyper_arguments_name_the_argument(argv, message, capsys):
-    from hf_egt.integrations.diffusion.train import parse_args
+    from hf_egt.apps.train_diffusion import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--model_name_or_path", "x", "--dataset", "digits-imbalanced", *argv])

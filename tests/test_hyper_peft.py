@@ -17,8 +17,9 @@ from peft import PeftConfig, PeftModel, PeftModelForCausalLM, get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
+from hf_egt.apps.arguments import add_config_arguments
 from hf_egt.integrations.hyper import HYPER_LORA, HyperLoRAConfig, HyperLoRAModel
-from hf_egt.integrations.hyper.config import add_config_arguments, config_values, option_name
+from hf_egt.integrations.hyper.config import config_values, option_name
 from tests.test_hyper import TARGETS, batch, hyper_config, tiny_llama
 
 
@@ -199,7 +200,7 @@ def test_egt_trainer_checkpoints_are_peft_adapters_and_resume_exactly(tmp_path):
 def test_train_and_train_diffusion_declare_the_config_options():
     """`hf-egt train` and the diffusion script take their HyperLoRA options from the config: one name, default and
     help for each option the two share."""
-    from hf_egt.apps.cli import TRAIN_HYPER_FIELDS, train_parser
+    from hf_egt.apps.train import TRAIN_HYPER_FIELDS, train_parser
     from hf_egt.integrations.diffusion.train import HYPER_CONFIG_FIELDS
 
     by_name = {f.name: f for f in fields(HyperLoRAConfig)}
@@ -292,12 +293,12 @@ def test_fixed_context_callback_evaluates_the_adapter_of_the_training_set(tmp_pa
     from hf_egt.integrations.hyper import FixedContextCallback, fix_context
 
     trainer, train = _hyper_trainer(tmp_path / "fixed")
-    set_batch = pad_batch(train["input_ids"])
-    trainer.add_callback(FixedContextCallback(set_batch))
+    context_set = pad_batch(train["input_ids"])
+    trainer.add_callback(FixedContextCallback(context_set))
     trainer.train()
     logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     assert len(logged) == 6
-    fix_context(trainer.model, set_batch)
+    fix_context(trainer.model, context_set)
     assert trainer.evaluate()["eval_loss"] == pytest.approx(logged[-1], rel=1e-6)
     trainer.model.base_model.clear_context()  # each evaluation batch's own rows: another adapter
     assert abs(trainer.evaluate()["eval_loss"] - logged[-1]) > 5e-5  # 50x the tolerance above
@@ -306,7 +307,23 @@ def test_fixed_context_callback_evaluates_the_adapter_of_the_training_set(tmp_pa
     unfixed.train()
     assert not bool(unfixed.model.base_model.hypernetwork.has_context)
     with pytest.raises(ValueError, match="input_ids"):
-        FixedContextCallback({"pixel_values": set_batch["input_ids"]})
+        FixedContextCallback({"pixel_values": context_set["input_ids"]})
+
+
+def test_the_old_names_of_the_context_set_still_work_with_a_warning():
+    """`context_batch`, `set_batch=` (one release): the context set has one name, `context_set`."""
+    from hf_egt.integrations.hyper import FixedContextCallback, context_batch, tokenize_context_set
+
+    class Tokenizer:
+        def __call__(self, texts, **kwargs):
+            return {"input_ids": torch.tensor([[len(text)] for text in texts])}
+
+    with pytest.warns(FutureWarning, match=r"`context_batch` is deprecated .*use `tokenize_context_set`"):
+        old = context_batch(Tokenizer(), ["ab", "c"], 8)
+    assert torch.equal(old["input_ids"], tokenize_context_set(Tokenizer(), ["ab", "c"], 8)["input_ids"])
+    with pytest.warns(FutureWarning, match=r"`set_batch` is deprecated .*use `context_set`"):
+        callback = FixedContextCallback(set_batch=old)
+    assert callback.context_set == old
 
 
 def test_best_checkpoint_restores_the_context_it_was_measured_with(tmp_path):
@@ -323,13 +340,13 @@ def test_best_checkpoint_restores_the_context_it_was_measured_with(tmp_path):
         greater_is_better=True,
     )
     trainer, train = _hyper_trainer(tmp_path, **overrides)
-    set_batch = pad_batch(train["input_ids"])
-    trainer.add_callback(FixedContextCallback(set_batch))
+    context_set = pad_batch(train["input_ids"])
+    trainer.add_callback(FixedContextCallback(context_set))
     trainer.train()
     logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     hyper = trainer.model.base_model
     assert bool(hyper.hypernetwork.has_context)
     with torch.no_grad():  # the restored context is the restored hypernetwork's encoding of the set
-        torch.testing.assert_close(hyper.hypernetwork.context, hyper.encode(**set_batch))
+        torch.testing.assert_close(hyper.hypernetwork.context, hyper.encode(**context_set))
     assert max(logged) > logged[-1] + 5e-5  # the selected step is not the last: its context is not the last one
     assert trainer.evaluate()["eval_loss"] == pytest.approx(max(logged), rel=1e-6)

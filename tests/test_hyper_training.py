@@ -66,7 +66,7 @@ def test_training_a_few_steps_in_transformers_trainer_lowers_the_loss(tmp_path):
     base_before = {k: v.clone() for k, v in model.get_base_model().state_dict().items()}
     trainer = Trainer(model=model, args=arguments(tmp_path), train_dataset=rows)
     trainer._set_signature_columns_if_needed()
-    assert {"input_ids", "attention_mask", "labels", "set_inputs"} <= set(trainer._signature_columns)
+    assert {"input_ids", "attention_mask", "labels", "context_set"} <= set(trainer._signature_columns)
     assert "unused" not in trainer._signature_columns
     trainer.train()
     after = mean_loss(model, pattern_dataset())

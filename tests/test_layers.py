@@ -138,8 +138,16 @@ def test_the_check_finds_an_import_circle():
     assert (2, "hf_egt.core.metrics.report") in imported_modules(source, "hf_egt.core.metrics.validation")
 
 
-# Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules.
-PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo")
+# Programs other code must not build on: examples and benchmarks use the library and the data/recipe modules. (The
+# diffusion examples are scripts of `hf-egt train-diffusion` itself, as diffusers' examples are scripts: they run its
+# `parse_args` and `main`, hf_egt.apps.train_diffusion.)
+PROGRAMS = ("hf_egt.apps.cli", "hf_egt.apps.demo", "hf_egt.apps.train", "hf_egt.apps.evaluate")
+# One module per command; the entry point dispatches to them, and none of them imports another or the entry point.
+COMMAND_MODULES = ("hf_egt.apps.train", "hf_egt.apps.evaluate", "hf_egt.apps.demo", "hf_egt.apps.train_diffusion")
+
+
+def is_under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def script_sources() -> list[Path]:
@@ -150,5 +158,35 @@ def script_sources() -> list[Path]:
 @pytest.mark.parametrize("path", script_sources(), ids=lambda path: path.name)
 def test_examples_and_benchmarks_do_not_import_the_programs(path):
     imports = imported_modules(path.read_text(encoding="utf-8"), "script")
-    used = [f"{line}: {name}" for line, name in imports if any(name.startswith(p) for p in PROGRAMS)]
+    used = [f"{line}: {name}" for line, name in imports if any(is_under(name, p) for p in PROGRAMS)]
     assert used == []
+
+
+def package_sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def parses_command_lines(source: str) -> list[str]:
+    """The imports of argparse in ``source`` (``"line: name"``)."""
+    return [f"{line}: {name}" for line, name in imported_modules(source, "m") if is_under(name, "argparse")]
+
+
+@pytest.mark.parametrize("path", package_sources(), ids=lambda path: module_name(path))
+def test_only_the_apps_parse_command_lines(path):
+    """Every argparse parser is a program's: the library (core, integrations) takes config objects and keywords."""
+    if module_name(path).startswith("hf_egt.apps"):
+        return
+    assert parses_command_lines(path.read_text(encoding="utf-8")) == []
+
+
+def test_the_argparse_check_finds_an_import():
+    assert parses_command_lines("def f():\n    import argparse\n") == ["2: argparse"]
+    assert parses_command_lines("from argparse import Namespace\n") != []
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_a_command_module_imports_no_other_command_nor_the_entry_point(module):
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    imports = imported_modules(path.read_text(encoding="utf-8"), module)
+    others = [m for m in (*COMMAND_MODULES, "hf_egt.apps.cli") if m != module]
+    assert [f"{line}: {name}" for line, name in imports if any(is_under(name, m) for m in others)] == []

@@ -313,6 +313,34 @@ def test_state_round_trip(tmp_path, mode):
         assert other.groups == ["x", "y", "z"]
 
 
+def test_a_state_saved_under_the_old_key_names_still_loads_with_a_warning(tmp_path):
+    """States and files written before the rename (`mode`, `step_size`...) load for one release, warning once."""
+    from hf_egt.core.objective import RENAMED_KEYWORDS
+    from hf_egt.core.serialization import save_tensors_with_metadata
+
+    objective = GroupObjective(groups=["a", "b"], objective="ema", group_step_size=0.3, group_temperature=2.0)
+    objective(torch.tensor([1.0, 3.0]), ["a", "b"])
+    state = objective.state_dict()
+    assert set(RENAMED_KEYWORDS.values()) <= set(state) and not set(RENAMED_KEYWORDS) & set(state)
+    old_name = {new: old for old, new in RENAMED_KEYWORDS.items()}
+    old = {old_name.get(key, key): value for key, value in state.items()}
+    assert "mode" in old and "objective" not in old
+    restored = GroupObjective(groups=["a", "b"], objective="ema")
+    with pytest.warns(FutureWarning, match=r"state key\(s\) 'mode', 'step_size'.*use 'objective', 'group_step_size'"):
+        restored.load_state_dict(old)
+    assert (restored.group_step_size, restored.group_temperature) == (0.3, 2.0)
+    torch.testing.assert_close(restored.weights, objective.weights)
+    path = tmp_path / "old.safetensors"
+    tensors = {k: v for k, v in old.items() if isinstance(v, torch.Tensor)}
+    save_tensors_with_metadata(tensors, {k: v for k, v in old.items() if k not in tensors}, path)
+    with pytest.warns(FutureWarning, match="state key"):
+        from_file = GroupObjective.from_file(path)
+    assert (from_file.objective, from_file.group_temperature) == ("ema", 2.0)
+    with pytest.raises(ValueError, match="objective 'ema', this objective has objective 'minmax'"):
+        with pytest.warns(FutureWarning):
+            GroupObjective(groups=["a", "b"]).load_state_dict(old)
+
+
 def test_load_state_rejects_other_groups():
     state = GroupObjective(groups=["a", "b"]).state_dict()
     with pytest.raises(ValueError, match="groups"):

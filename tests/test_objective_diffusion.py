@@ -33,11 +33,11 @@ def test_stratified_steps_hold_every_digit_and_sizes_come_from_the_training_set(
         "--max_steps",
         "3",
     )
-    groups = result.objective.groups
+    groups = result.group_objective.groups
     for log in result.log_history:  # 12 images per step, 10 digits: each digit once or twice
         assert sorted(log[f"group_count/{g}"] for g in groups) == [1.0] * 8 + [2.0] * 2
     labels = load_image_dataset("digits-imbalanced", "train")["group"]
     expected = [float(sum(1 for label in labels if label == g)) for g in groups]
-    assert result.objective.objectives[0].group_sizes.tolist() == expected
+    assert result.group_objective.objectives[0].group_sizes.tolist() == expected
     assert min(expected) < max(expected) / 2  # imbalanced: the sizes are not the window's
-    assert result.objective.weights.min() >= 0.1 / len(groups) - 1e-9
+    assert result.group_objective.weights.min() >= 0.1 / len(groups) - 1e-9

@@ -173,7 +173,7 @@ def test_state_round_trip_keeps_the_robust_settings(tmp_path):
     objective(torch.tensor([1.0]), ["b"])
     objective.save(str(tmp_path / "state.safetensors"))
     restored = GroupObjective.from_file(str(tmp_path / "state.safetensors"))
-    assert (restored.loss_estimate, restored.weight_floor) == ("ema", 0.1)
+    assert (restored.group_loss_estimate, restored.group_weight_floor) == ("ema", 0.1)
     torch.testing.assert_close(restored.group_sizes, torch.tensor([3.0, 7.0], dtype=torch.float64))
     torch.testing.assert_close(restored.weights, objective.weights)
     for twin in (objective, restored):

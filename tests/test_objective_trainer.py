@@ -28,7 +28,7 @@ def test_excess_loss_reference_is_the_base_models_per_example_loss(tmp_path):
             expected = base(**DataCollatorForCausalLM()([row])).loss.item()
         assert value == pytest.approx(expected, rel=1e-5)
     trainer.train()
-    assert trainer.objective.step == 3
+    assert trainer.group_objective.step == 3
 
 
 def test_excess_loss_from_a_column_drives_the_first_update_by_hand(tmp_path):
@@ -49,7 +49,7 @@ def test_excess_loss_from_a_column_drives_the_first_update_by_hand(tmp_path):
     trainer.train()
     # group "a" is 0.5 above its reference on every row, group "b" below (clipped to 0)
     expected = [math.exp(eta * 0.5), 1.0]
-    assert trainer.objective.weights.tolist() == pytest.approx([e / sum(expected) for e in expected], rel=1e-5)
+    assert trainer.group_objective.weights.tolist() == pytest.approx([e / sum(expected) for e in expected], rel=1e-5)
 
 
 def test_reference_column_missing_is_named(tmp_path):
@@ -75,15 +75,15 @@ def test_held_out_losses_drive_the_weights(tmp_path):
         peft_config=lora(),
     )
     trainer.train()
-    assert trainer.objective.step == 1  # one update, at step 2 (not at 1 or 3)
+    assert trainer.group_objective.step == 1  # one update, at step 2 (not at 1 or 3)
     updates = [log for log in trainer.state.log_history if "group_update_group_loss/a" in log]
     assert [log["step"] for log in updates] == [2]
     train_logs = [log for log in trainer.state.log_history if "loss" in log]
     assert [log["step"] for log in train_logs] == [1, 2, 3]  # the update's log does not replace the step's own
-    assert train_logs[-1]["group_weight/a"] == pytest.approx(trainer.objective.weights[0].item(), rel=1e-6)
+    assert train_logs[-1]["group_weight/a"] == pytest.approx(trainer.group_objective.weights[0].item(), rel=1e-6)
     group_losses = [updates[0]["group_update_group_loss/a"], updates[0]["group_update_group_loss/b"]]
     expected = [math.exp(eta * loss) for loss in group_losses]
-    assert trainer.objective.weights.tolist() == pytest.approx([e / sum(expected) for e in expected], rel=1e-6)
+    assert trainer.group_objective.weights.tolist() == pytest.approx([e / sum(expected) for e in expected], rel=1e-6)
 
 
 def old_on_step_end(self, args, state, control, **kwargs):
@@ -135,13 +135,13 @@ def test_held_out_update_reuses_the_scheduled_evaluation(tmp_path, monkeypatch, 
             self.trainer, self.weights = trainer, weights
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.weights.append(self.trainer.objective.weights.clone())
+            self.weights.append(self.trainer.group_objective.weights.clone())
 
     new, new_passes, new_weights = run("new")
     monkeypatch.setattr(GroupWeightsFromEvalCallback, "on_step_end", old_on_step_end)
     old, old_passes, old_weights = run("old")
 
-    assert new.objective.step == old.objective.step == 4  # one update per step, in both
+    assert new.group_objective.step == old.group_objective.step == 4  # one update per step, in both
     split = len(held_out)
     # the old callback passed over the split at every step, and the scheduled evaluation again at steps 2 and 4
     assert [step for step, size in old_passes if size == split].count(2) == 2
@@ -150,8 +150,8 @@ def test_held_out_update_reuses_the_scheduled_evaluation(tmp_path, monkeypatch, 
     assert len(new_weights) == len(old_weights) == 4
     for new_step, old_step in zip(new_weights, old_weights):
         torch.testing.assert_close(new_step, old_step, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(new.objective.weights, old.objective.weights, rtol=1e-6, atol=1e-9)
-    assert not torch.allclose(new.objective.weights, torch.full((2,), 0.5, dtype=torch.float64))  # it moved
+    torch.testing.assert_close(new.group_objective.weights, old.group_objective.weights, rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(new.group_objective.weights, torch.full((2,), 0.5, dtype=torch.float64))  # it moved
 
 
 def test_group_update_dataset_must_be_an_eval_dataset(tmp_path):
@@ -172,7 +172,7 @@ def test_adjustment_uses_training_set_group_sizes(tmp_path):
         train_dataset=group_dataset({"a": 20, "b": 12}, seed=0),
         peft_config=lora(),
     )
-    assert trainer.objective.group_sizes.tolist() == [20.0, 12.0]
+    assert trainer.group_objective.group_sizes.tolist() == [20.0, 12.0]
 
 
 def test_worst_group_perplexity_selects_the_best_model(tmp_path):
@@ -211,7 +211,7 @@ def test_worst_group_perplexity_selects_the_best_model(tmp_path):
 
 
 def test_cli_parses_the_robust_options_and_worst_group_selection():
-    from hf_egt.apps.cli import parse_train_arguments
+    from hf_egt.apps.train import parse_train_arguments
 
     argv = ["--model_name_or_path", "m", "--dataset", "d", "--output_dir", "o"]
     argv += ["--group_sampling", "stratified", "--group_loss_estimate", "last", "--group_weight_floor", "0.1"]
@@ -257,4 +257,4 @@ def test_sft_trainer_stratified_sampling_and_base_reference(tmp_path):
     for batch in trainer.get_train_dataloader():
         assert sorted(batch["group"].tolist()) == [0, 0, 1, 1]
     trainer.train()
-    assert trainer.objective.step == 2
+    assert trainer.group_objective.step == 2

@@ -28,15 +28,15 @@ SETTINGS = replace(
     DEFAULT,
     max_train_per_group=6,
     max_eval_per_group=3,
-    test_fraction=0.34,
+    eval_fraction=0.34,
     max_steps=2,
-    batch_size=4,
+    per_device_train_batch_size=4,
     max_length=16,
     lora_r=2,
     lora_alpha=4,
     lora_last_layers=1,
-    eval_batch_size=4,
-    egt=False,
+    per_device_eval_batch_size=4,
+    feature_model=None,
 )
 
 
@@ -175,7 +175,7 @@ def test_each_method_at_its_own_best_validation_step(tmp_path, tiny_model_and_to
         held_out_domain=None,
         seeds=[0],
         methods=methods,
-        settings=replace(SETTINGS, max_steps=4, test_fraction=0.34, batch_size=3),
+        settings=replace(SETTINGS, max_steps=4, eval_fraction=0.34, per_device_train_batch_size=3),
         model_loader=lambda: (model, tokenizer),
         records_loader=synthetic_records,
         validation_fraction=0.5,

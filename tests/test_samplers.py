@@ -144,7 +144,7 @@ def test_trainer_resume_with_stratified_sampling_is_exact(tmp_path):
     resumed = stratified_trainer(tmp_path / "resumed", max_steps=8)
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))
     assert_same_params(lora_params(straight), lora_params(resumed))
-    torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)
+    torch.testing.assert_close(straight.group_objective.weights, resumed.group_objective.weights)
 
 
 @pytest.mark.slow

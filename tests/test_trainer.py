@@ -139,8 +139,8 @@ def test_gradient_accumulation_gives_the_same_parameters_and_weights(tmp_path, a
     split = train_run(tmp_path / "4x2", arch, objective, per_device_train_batch_size=4, gradient_accumulation_steps=2)
     assert whole.state.global_step == split.state.global_step == 3
     assert_same_params(lora_params(whole), lora_params(split))
-    torch.testing.assert_close(whole.objective.weights, split.objective.weights)
-    assert not torch.allclose(whole.objective.weights, torch.full((2,), 0.5, dtype=torch.float64))  # it moved
+    torch.testing.assert_close(whole.group_objective.weights, split.group_objective.weights)
+    assert not torch.allclose(whole.group_objective.weights, torch.full((2,), 0.5, dtype=torch.float64))  # it moved
 
 
 @pytest.mark.parametrize("state_name", [OBJECTIVE_STATE_NAME, *LEGACY_OBJECTIVE_STATE_NAMES])
@@ -152,7 +152,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, state_name):
     assert (checkpoint / OBJECTIVE_STATE_NAME).is_file()
     (checkpoint / OBJECTIVE_STATE_NAME).rename(checkpoint / state_name)
     saved = GroupObjective.from_file(str(checkpoint / state_name))
-    torch.testing.assert_close(saved.weights, first.objective.weights)
+    torch.testing.assert_close(saved.weights, first.group_objective.weights)
 
     resumed = EGTTrainer(
         model=tiny_llama(),
@@ -165,9 +165,9 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, state_name):
     else:
         with pytest.warns(FutureWarning, match=rf"{state_name}.*use 'group_objective\.safetensors'"):
             resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.objective.step == straight.objective.step == 4
+    assert resumed.group_objective.step == straight.group_objective.step == 4
     assert_same_params(lora_params(straight), lora_params(resumed))
-    torch.testing.assert_close(straight.objective.weights, resumed.objective.weights)
+    torch.testing.assert_close(straight.group_objective.weights, resumed.group_objective.weights)
     # the adapter loads with plain peft
     PeftModel.from_pretrained(tiny_llama(), str(checkpoint))
 
@@ -179,7 +179,7 @@ def test_two_processes_match_one_process(tmp_path):
     params = load_file(str(tmp_path / "two" / "params.safetensors"))
     assert_same_params(lora_params(one), {name: params[name] for name in lora_params(one)})
     weights = json.loads((tmp_path / "two" / "weights.json").read_text())
-    torch.testing.assert_close(one.objective.weights, torch.tensor(weights, dtype=torch.float64))
+    torch.testing.assert_close(one.group_objective.weights, torch.tensor(weights, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,7 +278,11 @@ def test_integer_labels_explicit_group_order_and_raw_text(tmp_path):
         processing_class=tokenizer,
         peft_config=lora(),
     )
-    assert trainer.objective.groups == [7, 3]
+    assert trainer.group_objective.groups == [7, 3]
+    with pytest.warns(FutureWarning, match=r"EGTTrainer: `\.objective` is deprecated .*use `\.group_objective`"):
+        assert trainer.objective is trainer.group_objective  # the old spelling, for one release
+    with pytest.warns(FutureWarning, match=r"GroupCollator: `\.objective` is deprecated"):
+        assert trainer.data_collator.objective is trainer.group_objective
     assert trainer.train_dataset.column_names == ["group", "input_ids", "attention_mask"]
     assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) == 6
     batch = next(iter(trainer.get_train_dataloader()))

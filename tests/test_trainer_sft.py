@@ -106,7 +106,7 @@ def test_sft_minmax_trains_and_logs_group_stats(tmp_path):
     trainer.train()
     first = trainer.state.log_history[0]
     assert {"group_loss/a", "group_loss/b", "group_weight/b", "mean_token_accuracy"} <= first.keys()
-    assert trainer.objective.step == 2
+    assert trainer.group_objective.step == 2
     metrics = trainer.evaluate()
     assert {"eval_group_loss/a", "eval_group_perplexity/b", "eval_group_loss_gap", "eval_worst_group"} <= metrics.keys()
 

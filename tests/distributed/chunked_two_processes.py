@@ -27,6 +27,8 @@ if trainer.accelerator.is_main_process:
     params = {name: p.detach().contiguous() for name, p in trainer.model.named_parameters() if p.requires_grad}
     save_file(params, f"{output_dir}/params.safetensors")
     with open(f"{output_dir}/result.json", "w") as handle:
-        json.dump({"weights": trainer.objective.weights.tolist(), "chunked": trainer._chunked_token_losses}, handle)
+        json.dump(
+            {"weights": trainer.group_objective.weights.tolist(), "chunked": trainer._chunked_token_losses}, handle
+        )
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit

@@ -28,6 +28,6 @@ if trainer.accelerator.is_main_process:
         {name: tensor.contiguous() for name, tensor in lora_params(trainer).items()}, f"{output_dir}/params.safetensors"
     )
     with open(f"{output_dir}/weights.json", "w") as handle:
-        json.dump(trainer.objective.weights.tolist(), handle)
+        json.dump(trainer.group_objective.weights.tolist(), handle)
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit

@@ -1,7 +1,7 @@
 """Min-max (group DRO) LoRA fine-tuning of diffusers models.
 
-Building blocks of ``examples/train_egt_diffusion.py`` (the loop itself lives in
-:mod:`hf_egt.integrations.diffusion.train`):
+Building blocks of ``hf-egt train-diffusion`` (``hf_egt.apps.train_diffusion``, ``examples/train_egt_diffusion.py``);
+the training loop itself is :func:`hf_egt.integrations.diffusion.train.train`:
 
 - :mod:`~hf_egt.integrations.diffusion.data`: image datasets with a group column, and the offline ``digits-imbalanced``
   set;

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from hf_egt.core.objective import GroupObjective, all_reduce_sum
+from hf_egt.core.vocabulary import renamed_attribute
 
 
 class NoiseLevelGroupObjective:
@@ -47,8 +48,11 @@ class NoiseLevelGroupObjective:
         return self.objectives[0].groups
 
     @property
-    def mode(self) -> str:
-        return self.objectives[0].mode
+    def objective(self) -> str:
+        """The group objective's name (``OBJECTIVE_MODES``), the same for every bucket."""
+        return self.objectives[0].objective
+
+    mode = renamed_attribute("mode", "objective", "NoiseLevelGroupObjective")
 
     @property
     def step(self) -> int:

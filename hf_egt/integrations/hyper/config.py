@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import Any
 
 from peft.config import PeftConfig
 
@@ -12,6 +12,8 @@ from peft.config import PeftConfig
 # peft cannot be one of its members (`peft.utils.peft_types.register_peft_method` refuses other names), so it is the
 # plain string, which peft's mappings (dicts keyed by the `str` enum) look up the same way.
 HYPER_LORA = "HYPER_LORA"
+# Where `hf-egt train --hyper` and `train-diffusion --hyper` save the hypernetwork, beside the plain LoRA it exports.
+HYPERNETWORK_FOLDER = "hypernetwork"
 SET_ENCODER_INPUTS = ("auto", "input_embeddings", "last_hidden", "unet_pooled")
 PLE_REDUCTIONS = ("mean", "sum")
 POSITIVE_INTEGERS = (
@@ -23,7 +25,6 @@ POSITIVE_INTEGERS = (
     "hidden_size",
     "head_rank",
 )
-_ARGUMENT_TYPES = {"int": int, "float": float, "str": str}
 
 
 @dataclass
@@ -137,26 +138,7 @@ def option_name(field_name: str) -> str:
     return field_name if field_name.startswith("ple_") else f"hyper_{field_name}"
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """Declare `--<option_name(field)>` for each `HyperLoRAConfig` field in `names` on `parser` (or an argument
-    group), with the field's type, default, help and choices: one declaration of each option, the config's."""
-    by_name = {f.name: f for f in fields(HyperLoRAConfig)}
-    unknown = [name for name in names if name not in by_name]
-    if unknown:
-        raise ValueError(f"{unknown} are not `HyperLoRAConfig` fields; its fields are {sorted(by_name)}.")
-    for name in names:
-        spec = by_name[name]
-        default = spec.default if spec.default is not MISSING else None
-        kwargs = {"default": default, "help": spec.metadata["help"], "dest": option_name(name)}
-        if "choices" in spec.metadata:
-            kwargs["choices"] = spec.metadata["choices"]
-        if isinstance(default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:  # the annotation's first type: "int | None" -> int
-            kwargs["type"] = _ARGUMENT_TYPES[str(spec.type).split("|")[0].strip()]
-        parser.add_argument(f"--{option_name(name)}", **kwargs)
-
-
-def config_values(namespace: argparse.Namespace, names: Sequence[str]) -> dict:
-    """The `HyperLoRAConfig` keyword arguments `add_config_arguments(parser, names)` parsed into `namespace`."""
-    return {name: getattr(namespace, option_name(name)) for name in names}
+def config_values(options: Any, names: Sequence[str]) -> dict:
+    """The `HyperLoRAConfig` keyword arguments held by `options` (an object with one attribute per
+    `option_name(field)`, e.g. what `hf_egt.apps.arguments.add_config_arguments(parser, names)` parsed)."""
+    return {name: getattr(options, option_name(name)) for name in names}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_egt.core.vocabulary import warn_renamed
 from hf_egt.integrations.hyper.config import HYPER_LORA, HyperLoRAConfig
 from hf_egt.integrations.hyper.encoders import SetEmbedder, SetEncoder, build_embedder, is_unet
 from hf_egt.integrations.hyper.generator import LoRAGenerator, generated_parameters, slots_from_shapes
@@ -195,7 +196,7 @@ class HyperLoRAModel(nn.Module):
         self._ple_calls = 0
 
     def _expose_base_signature(self, base_model: nn.Module) -> None:
-        """Give this instance's `forward` the base model's signature (plus `set_inputs`).
+        """Give this instance's `forward` the base model's signature (plus `context_set`).
 
         `transformers.Trainer` keeps only the batch columns named in `inspect.signature(model.forward)`; with the
         generic `forward(*args, **kwargs)` it would drop `input_ids`. The instance gets a bound copy of `forward`
@@ -203,7 +204,7 @@ class HyperLoRAModel(nn.Module):
         """
         base_signature = inspect.signature(base_model.forward)
         parameters = [p for p in base_signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        parameters.append(inspect.Parameter("set_inputs", inspect.Parameter.KEYWORD_ONLY, default=None))
+        parameters.append(inspect.Parameter("context_set", inspect.Parameter.KEYWORD_ONLY, default=None))
         parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         self_parameter = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
         function = HyperLoRAModel.forward
@@ -344,15 +345,21 @@ class HyperLoRAModel(nn.Module):
     # ----------------------------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, *args, set_inputs: Mapping[str, Any] | None = None, **kwargs):
+    def forward(self, *args, context_set: Mapping[str, Any] | None = None, **kwargs):
         """Run the base model with LoRA factors generated from a set.
 
-        The set is `set_inputs` (a batch as a dict, e.g. the clean images of a diffusion step) when given; else the
-        batch itself while training, or when no context is fixed; else the context fixed by `set_context`.
+        The set is `context_set` (a batch as a dict, e.g. the clean images of a diffusion step) when given; else the
+        batch itself while training, or when no context is fixed; else the context fixed by `set_context`. The old
+        keyword `set_inputs` still works for one release, with a `FutureWarning`.
         """
+        if "set_inputs" in kwargs:
+            if context_set is not None:
+                raise TypeError("HyperLoRAModel.forward: pass `context_set` only (`set_inputs` is its old name).")
+            warn_renamed("`set_inputs`", "`context_set`", "HyperLoRAModel.forward")
+            context_set = kwargs.pop("set_inputs")
         self._forward_ran = True
-        if set_inputs is not None:
-            embeddings = self.embedder(self.peft_model, (), dict(set_inputs))
+        if context_set is not None:
+            embeddings = self.embedder(self.peft_model, (), dict(context_set))
         elif self.training or self._context is None:
             embeddings = self.embed(*args, **kwargs)
         else:
@@ -363,7 +370,7 @@ class HyperLoRAModel(nn.Module):
             factors = self.generate_factors(self.hypernetwork.set_encoder(embeddings))
         output = torch.func.functional_call(self.peft_model, self._functional_parameters(factors), args, kwargs)
         if self.training and self.hyper_config.ple_weight > 0 and embeddings is not None and torch.is_grad_enabled():
-            sample_args, sample_kwargs = ((), dict(set_inputs)) if set_inputs is not None else (args, kwargs)
+            sample_args, sample_kwargs = ((), dict(context_set)) if context_set is not None else (args, kwargs)
             penalty = self.hyper_config.ple_weight * self._ple_term(embeddings, factors, sample_args, sample_kwargs)
             if isinstance(output, Mapping):
                 output["ple"] = penalty

@@ -57,7 +57,7 @@ def check_checkpoint(checkpoint: str, groups: Sequence[str | int] | None = None,
             f"`resume_from_checkpoint`: {objective_path} was saved for groups {saved}, but this run has groups "
             f"{list(groups)}; resume with the same data and `groups`."
         )
-    saved_mode = settings.get("mode")
+    saved_mode = settings.get("objective", settings.get("mode"))  # "mode": states saved before the rename
     if objective is not None and saved_mode != objective:
         raise ValueError(
             f"`resume_from_checkpoint`: {objective_path} was saved with objective {saved_mode!r}, but this run has "

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from hf_egt.core.objective import GroupObjective
+from hf_egt.core.vocabulary import renamed_attribute, renamed_keywords
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,19 @@ class GroupCollator:
     the features hold it.
     """
 
+    objective = renamed_attribute("objective", "group_objective", "GroupCollator")
+
+    @renamed_keywords({"objective": "group_objective"})
     def __init__(
-        self, collator: Callable, group_column: str, objective: GroupObjective, reference_column: str | None = None
+        self,
+        collator: Callable,
+        group_column: str,
+        group_objective: GroupObjective,
+        reference_column: str | None = None,
     ):
         self.collator = collator
         self.group_column = group_column
-        self.objective = objective
+        self.group_objective = group_objective
         self.reference_column = reference_column
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -63,7 +71,7 @@ class GroupCollator:
         labels = [f[self.group_column] for f in features]
         taken = (self.group_column, self.reference_column)
         batch = self.collator([{k: v for k, v in f.items() if k not in taken} for f in features])
-        batch[self.group_column] = self.objective.encode(labels)
+        batch[self.group_column] = self.group_objective.encode(labels)
         if self.reference_column is not None and all(self.reference_column in f for f in features):
             batch[self.reference_column] = torch.tensor([float(f[self.reference_column]) for f in features])
         return batch

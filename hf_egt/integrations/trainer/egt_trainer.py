@@ -2,7 +2,7 @@
 
 Swap ``Trainer`` for ``EGTTrainer`` and ``TrainingArguments`` for ``EGTConfig``; give every training row a group label
 (``group_column``). The loss becomes ``sum_g q_g L_g`` where ``L_g`` is the token-mean loss of group ``g`` and the
-weights ``q`` come from ``hf_egt.core.objective.GroupObjective`` (``trainer.objective``).
+weights ``q`` come from ``hf_egt.core.objective.GroupObjective`` (``trainer.group_objective``).
 
 How the loss is computed, and why it is exact for any split of a batch:
 
@@ -41,7 +41,7 @@ from hf_egt.core.metrics.likelihood import group_likelihood
 from hf_egt.core.metrics.summary import GroupRun, group_run
 from hf_egt.core.objective import GroupObjective
 from hf_egt.core.samplers import group_sampler
-from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME, objective_state_path
+from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME, objective_state_path, renamed_attribute
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
 from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
 from hf_egt.integrations.trainer.config import EGTConfig, GroupArguments
@@ -115,6 +115,8 @@ class EGTTrainerMixin:
 
     # `compute_loss` normalises over the whole accumulation window itself.
     loss_is_scaled_for_ga = True
+    # `trainer.group_objective` is the `GroupObjective`; `args.objective` is its name. The old spelling warns.
+    objective = renamed_attribute("objective", "group_objective", "EGTTrainer")
 
     def _setup_objective(self, args, train_dataset, eval_dataset) -> None:
         if not isinstance(args, GroupArguments):
@@ -152,7 +154,7 @@ class EGTTrainerMixin:
         sizes = None
         if train_labels is not None:  # training-set group sizes, for the adjustment of every group (the reference)
             sizes = [sum(1 for label in train_labels if label == group) for group in groups]
-        self.objective = GroupObjective(
+        self.group_objective = GroupObjective(
             objective=args.objective,
             group_step_size=args.group_step_size,
             groups=groups,
@@ -175,7 +177,7 @@ class EGTTrainerMixin:
     def _finish_setup(self) -> None:
         reference_column = self.args.group_reference_column if self.args.group_reference != "none" else None
         self.data_collator = GroupCollator(
-            self.data_collator, self.args.group_column, self.objective, reference_column=reference_column
+            self.data_collator, self.args.group_column, self.group_objective, reference_column=reference_column
         )
         self._log_under_output_dir()
         reason = "`chunked_token_losses=False`"
@@ -241,8 +243,8 @@ class EGTTrainerMixin:
         args = self.args
         return group_sampler(
             args.group_sampling,
-            self.objective.encode(labels),
-            self.objective.num_groups,
+            self.group_objective.encode(labels),
+            self.group_objective.num_groups,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
             exponent=args.group_sampling_exponent,
@@ -270,8 +272,8 @@ class EGTTrainerMixin:
     def update_weights_from_group_sums(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Update the group weights from an evaluation's per-group loss sums and counts (tokens, or sequences for
         `group_loss_unit="sequence"`); returns them."""
-        weights = self.objective.observe(group_means(sums, counts), counts)
-        for group, weight in zip(self.objective.groups, weights):
+        weights = self.group_objective.observe(group_means(sums, counts), counts)
+        for group, weight in zip(self.group_objective.groups, weights):
             self._group_log[f"group_weight/{group}"] = weight.item()
         return weights
 
@@ -319,7 +321,7 @@ class EGTTrainerMixin:
                 group_loss_weights(count_target_tokens(batch["labels"]), self.args.group_loss_unit)
                 for batch in batch_samples
             ]
-            self.objective.begin_window([batch[column] for batch in batch_samples], weights)
+            self.group_objective.begin_window([batch[column] for batch in batch_samples], weights)
             self._window_remaining = len(batch_samples)
         return batch_samples, num_items_in_batch
 
@@ -357,9 +359,9 @@ class EGTTrainerMixin:
         self, losses: torch.Tensor, group_ids: torch.Tensor, counts: torch.Tensor, reference: torch.Tensor | None
     ) -> torch.Tensor:
         if self._window_remaining == 0:  # called outside the training loop: a window of one batch
-            self.objective.begin_window([group_ids], [counts])
+            self.group_objective.begin_window([group_ids], [counts])
             self._window_remaining = 1
-        loss = self.objective.window_loss(losses, group_ids, counts, reference_losses=reference).loss
+        loss = self.group_objective.window_loss(losses, group_ids, counts, reference_losses=reference).loss
         self._window_remaining -= 1
         if self._window_remaining == 0:
             self._end_window()
@@ -368,14 +370,14 @@ class EGTTrainerMixin:
 
     def _end_window(self) -> None:
         try:
-            window = self.objective.end_window(update=self.args.group_update_dataset is None)
+            window = self.group_objective.end_window(update=self.args.group_update_dataset is None)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"{error} (training step {self.state.global_step + 1}). The loss diverged: lower the learning rate or "
                 "`group_step_size`, or check the data of that group."
             ) from error
         for group, loss, count, weight in zip(
-            self.objective.groups, window.group_losses, window.group_counts, window.weights
+            self.group_objective.groups, window.group_losses, window.group_counts, window.weights
         ):
             if count > 0:
                 self._group_log[f"group_loss/{group}"] = loss.item()
@@ -399,15 +401,17 @@ class EGTTrainerMixin:
             rows = torch.stack([losses.detach().double(), counts.double(), group_ids.double()], dim=1)
             rows = self.accelerator.gather_for_metrics(rows).cpu()
             ids, tokens_of_row = rows[:, 2].long(), rows[:, 1]
-            sums, tokens = group_sums(rows[:, 0], ids, self.objective.num_groups, tokens_of_row)
-            scored = torch.bincount(ids, weights=(tokens_of_row > 0).double(), minlength=self.objective.num_groups)
+            sums, tokens = group_sums(rows[:, 0], ids, self.group_objective.num_groups, tokens_of_row)
+            scored = torch.bincount(
+                ids, weights=(tokens_of_row > 0).double(), minlength=self.group_objective.num_groups
+            )
             for total, part in zip(self._eval_sums, (sums, tokens, scored)):
                 total.add_(part)
         return (losses * counts).sum() / counts.sum().clamp_min(1)
 
     def evaluation_loop(self, *args, **kwargs):
         prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        num_groups = self.objective.num_groups
+        num_groups = self.group_objective.num_groups
         self._eval_sums = tuple(torch.zeros(num_groups, dtype=torch.float64) for _ in range(3))
         try:
             output = super().evaluation_loop(*args, **kwargs)
@@ -415,7 +419,7 @@ class EGTTrainerMixin:
         finally:
             self._eval_sums = None
         self._last_eval_group_sums = (sums, tokens, sequences)
-        likelihood = group_likelihood(sums, tokens, self.objective.groups, group_sequences=sequences)
+        likelihood = group_likelihood(sums, tokens, self.group_objective.groups, group_sequences=sequences)
         self.group_evaluations[prefix] = likelihood
         output.metrics.update(eval_metrics_from_likelihood(likelihood, prefix))
         return output
@@ -427,7 +431,7 @@ class EGTTrainerMixin:
         Trainer's `<prefix>_loss`, a mean over batches)."""
         self.evaluate(eval_dataset, metric_key_prefix=metric_key_prefix)
         if not any(self._last_eval_group_sums[1] > 0):
-            raise ValueError(f"The evaluation scored no token of any group {self.objective.groups}.")
+            raise ValueError(f"The evaluation scored no token of any group {self.group_objective.groups}.")
         return self.last_eval_run()
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
@@ -439,7 +443,7 @@ class EGTTrainerMixin:
         if self.args.should_save:
             output_dir = output_dir if output_dir is not None else self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
-            self.objective.save(os.path.join(output_dir, OBJECTIVE_STATE_NAME))
+            self.group_objective.save(os.path.join(output_dir, OBJECTIVE_STATE_NAME))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """`Trainer.train`; a checkpoint (or `True`: the last one in `output_dir`) is checked, including its group
@@ -448,8 +452,8 @@ class EGTTrainerMixin:
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_checkpoint(self.args.output_dir)
         if isinstance(resume_from_checkpoint, str):
-            check_checkpoint(resume_from_checkpoint, self.objective.groups, self.objective.mode)
-            self.objective.load(objective_state_path(resume_from_checkpoint))
+            check_checkpoint(resume_from_checkpoint, self.group_objective.groups, self.group_objective.objective)
+            self.group_objective.load(objective_state_path(resume_from_checkpoint))
         self._unmark_evaluation_preparation()
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
@@ -488,9 +492,9 @@ class EGTTrainerMixin:
         if self._last_eval_group_sums is None:
             raise ValueError("No evaluation yet: call `evaluate()` first.")
         sums, tokens, sequences = self._last_eval_group_sums
-        likelihood = group_likelihood(sums, tokens, self.objective.groups, group_sequences=sequences)
-        scored = [g for g, count in zip(self.objective.groups, tokens.tolist()) if count > 0]
-        rows = dict(zip(self.objective.groups, sequences.tolist()))
+        likelihood = group_likelihood(sums, tokens, self.group_objective.groups, group_sequences=sequences)
+        scored = [g for g, count in zip(self.group_objective.groups, tokens.tolist()) if count > 0]
+        rows = dict(zip(self.group_objective.groups, sequences.tolist()))
         run = group_run(
             {group: likelihood["perplexity"]["per_group"][group] for group in scored},
             {group: rows[group] for group in scored},
@@ -644,7 +648,7 @@ class GroupWeightsFromEvalCallback(TrainerCallback):
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        groups = self.trainer.objective.groups
+        groups = self.trainer.group_objective.groups
         of_update_split = f"{self.trainer.group_update_prefix}_group_loss/{groups[0]}" in (metrics or {})
         if self._waiting_step == state.global_step and of_update_split:
             self._waiting_step = None
@@ -751,7 +755,7 @@ class EGTTrainer(EGTTrainerMixin, Trainer):
                 eval_dataset, self.processing_class, args.text_column, args.max_length, metric_key_prefix
             )
             resolve_groups(
-                self.objective.groups,
+                self.group_objective.groups,
                 None,
                 {metric_key_prefix: dataset_group_labels(eval_dataset, args.group_column, metric_key_prefix)},
             )
