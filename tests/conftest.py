@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import REPO_ROOT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -72,7 +74,7 @@ def run_accelerate_launch(target: list[str], num_processes: int = 2, timeout: in
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     # ACCELERATE_USE_CPU: without it, a script whose Accelerator() is not built with cpu=True (Trainer, the diffusion
     # script) starts as independent single processes, each rank 0 of 1, on a machine without GPUs.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     env["ACCELERATE_USE_CPU"] = "1"
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return subprocess.run([*launch, *map(str, target)], capture_output=True, text=True, timeout=timeout, env=env)

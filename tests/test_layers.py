@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "hf_egt"
+from tests import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "hf_egt"
 CORE_FORBIDDEN = (
     "hf_egt.integrations",
     "hf_egt.apps",

@@ -14,6 +14,7 @@ from hf_egt.apps.evaluate import EVALUATE_RENAMED_OPTIONS
 from hf_egt.apps.train import TRAIN_RENAMED_OPTIONS
 from hf_egt.apps.train_diffusion import RENAMED_OPTIONS as DIFFUSION_RENAMED_OPTIONS
 from hf_egt.core.objective import RENAMED_KEYWORDS, GroupObjective
+from tests import REPO_ROOT
 
 RENAMED = {
     "train": TRAIN_RENAMED_OPTIONS,
@@ -347,10 +348,9 @@ def api_surfaces() -> dict[str, set[str]]:
 
 def evaluate_module_names() -> set[str]:
     """The keywords of the `evaluate` module metrics/egt (`compute`'s, as its `_compute` receives them)."""
-    from pathlib import Path
 
     evaluate = pytest.importorskip("evaluate")
-    metric = evaluate.load(str(Path(__file__).resolve().parents[1] / "metrics" / "egt"))
+    metric = evaluate.load(str(REPO_ROOT / "metrics" / "egt"))
     return parameter_names(type(metric)._compute) - {"reference_samples"} | {"references"}
 
 

@@ -11,7 +11,7 @@ import sys
 
 from safetensors.torch import save_file
 
-from tests.test_chunked_losses import train
+from tests.core.test_losses import train
 
 output_dir = sys.argv[1]
 trainer = train(

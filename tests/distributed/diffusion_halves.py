@@ -10,7 +10,7 @@ import sys
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
-from tests.test_diffusion import diffusion_window_case, window_gradients
+from tests.integrations.diffusion.test_train import diffusion_window_case, window_gradients
 
 accelerator = Accelerator(cpu=True)
 assert accelerator.num_processes == 2, accelerator.num_processes

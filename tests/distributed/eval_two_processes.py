@@ -11,8 +11,8 @@ import sys
 
 from safetensors.torch import save_file
 
-from tests.test_trainer import lora_params
-from tests.test_trainer_evaluation import evaluation_trainer
+from tests.integrations.trainer.test_egt_trainer import lora_params
+from tests.integrations.trainer.test_egt_trainer_evaluation import evaluation_trainer
 
 output_dir, mode = sys.argv[1], sys.argv[2]
 trainer = evaluation_trainer(output_dir, per_device_train_batch_size=4)

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from hf_egt.core.samplers import group_sampler
-from tests.test_samplers import GROUP_IDS
+from tests.core.test_samplers import GROUP_IDS
 
 sampling, output = sys.argv[1], sys.argv[2]
 accelerator = Accelerator(cpu=True)

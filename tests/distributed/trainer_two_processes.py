@@ -10,7 +10,7 @@ import sys
 from safetensors.torch import save_file
 
 from hf_egt import EGTTrainer
-from tests.test_trainer import config, lora, lora_params
+from tests.integrations.trainer.test_egt_trainer import config, lora, lora_params
 from tests.trainer_utils import group_dataset, tiny_llama
 
 output_dir = sys.argv[1]

@@ -25,10 +25,9 @@ from hf_egt.integrations.output_head import (
     output_head,
 )
 from hf_egt.integrations.trainer import DataCollatorForCausalLM
-
-from .conftest import accelerate_launch
-from .test_trainer import assert_same_params, config, lora, lora_params
-from .trainer_utils import VOCAB, group_dataset, tiny_gpt2, tiny_llama
+from tests.conftest import accelerate_launch
+from tests.integrations.trainer.test_egt_trainer import assert_same_params, config, lora, lora_params
+from tests.trainer_utils import VOCAB, group_dataset, tiny_gpt2, tiny_llama
 
 TOLERANCE = dict(rtol=1e-6, atol=1e-6)  # float32
 EXACT = dict(rtol=1e-10, atol=1e-12)  # float64
@@ -362,7 +361,7 @@ def test_bad_chunk_size_in_the_config(tmp_path):
 
 
 def test_sequence_nll_chunked_equals_full_logits():
-    from .trainer_utils import tiny_bpe_llama
+    from tests.trainer_utils import tiny_bpe_llama
 
     texts = ["the cat sat on the mat", "a dog", "the bird flew over the house and away", "x"]
     model, tokenizer = tiny_bpe_llama(texts * 3, 280)

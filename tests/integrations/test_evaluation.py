@@ -15,8 +15,7 @@ from hf_egt.integrations.evaluation import (
     write_report,
 )
 from tests.conftest import load_strict_json
-
-from .trainer_utils import tiny_bpe_llama
+from tests.trainer_utils import tiny_bpe_llama
 
 
 def test_undefined_values_are_null_with_their_reason_beside_them():

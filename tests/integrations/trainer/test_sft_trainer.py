@@ -7,9 +7,8 @@ import torch
 from datasets import Dataset
 
 from hf_egt import EGTSFTConfig, EGTSFTTrainer
-
-from .test_trainer import lora
-from .trainer_utils import GROUP_TOKENS, VOCAB, tiny_llama
+from tests.integrations.trainer.test_egt_trainer import lora
+from tests.trainer_utils import GROUP_TOKENS, VOCAB, tiny_llama
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }} {{ message['content'] }} <eos> {% endfor %}"

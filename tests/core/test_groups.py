@@ -109,9 +109,8 @@ def test_evaluate_groups_is_what_the_metric_names_say_with_a_token_pooled_overal
     `evaluate()`'s `eval_group_perplexity/<g>` keys; its `overall` is the token-pooled `eval_overall_perplexity`, the
     exp of all groups' summed NLL over their summed tokens (not exp of Trainer's batch-mean `eval_loss`)."""
     from hf_egt import EGTTrainer
-
-    from .test_trainer import config, lora
-    from .trainer_utils import group_dataset, tiny_llama
+    from tests.integrations.trainer.test_egt_trainer import config, lora
+    from tests.trainer_utils import group_dataset, tiny_llama
 
     trainer = EGTTrainer(
         model=tiny_llama(),

@@ -1,16 +1,16 @@
 """The `evaluate` module metrics/egt and the text/image feature helpers."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from hf_egt.core.metrics import RECOMMENDED_TEXT_DIVERGENCE, egt_report
 from hf_egt.integrations.features import embed_images, embed_texts, load_text_encoder
+from tests import REPO_ROOT
 
 evaluate = pytest.importorskip("evaluate")
-MODULE = str(Path(__file__).resolve().parents[1] / "metrics" / "egt")
+MODULE = str(REPO_ROOT / "metrics" / "egt")
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ from hf_egt.core.samplers import (
     stratified_quotas,
     temperature_example_weights,
 )
-
-from .conftest import accelerate_launch
+from tests.conftest import accelerate_launch
 
 GROUP_IDS = [0] * 30 + [1] * 9 + [2] * 3  # imbalanced, 42 rows
 
@@ -112,9 +111,8 @@ def test_stratified_quotas_and_errors():
 # ------------------------------------------------------------------------------------------------ with EGTTrainer
 def stratified_trainer(tmp_path, **overrides):
     from hf_egt import EGTTrainer
-
-    from .test_trainer import config, lora
-    from .trainer_utils import group_dataset, tiny_llama
+    from tests.integrations.trainer.test_egt_trainer import config, lora
+    from tests.trainer_utils import group_dataset, tiny_llama
 
     args = config(tmp_path, group_sampling="stratified", per_device_train_batch_size=4, **overrides)
     return EGTTrainer(
@@ -135,7 +133,7 @@ def test_trainer_stratified_batches_hold_every_group(tmp_path):
 
 
 def test_trainer_resume_with_stratified_sampling_is_exact(tmp_path):
-    from .test_trainer import assert_same_params, lora_params
+    from tests.integrations.trainer.test_egt_trainer import assert_same_params, lora_params
 
     straight = stratified_trainer(tmp_path / "straight", max_steps=8)  # crosses an epoch boundary (6 steps)
     straight.train()

@@ -20,7 +20,7 @@ from transformers import LlamaForCausalLM
 from hf_egt.apps.arguments import add_config_arguments
 from hf_egt.integrations.hyper import HYPER_LORA, HyperLoRAConfig, HyperLoRAModel
 from hf_egt.integrations.hyper.config import config_values, option_name
-from tests.test_hyper import TARGETS, batch, hyper_config, tiny_llama
+from tests.integrations.hyper.test_model import TARGETS, batch, hyper_config, tiny_llama
 
 
 def trained_like(model) -> None:

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from hf_egt.integrations.diffusion.losses import per_example_mse
-from tests.test_diffusion import DIGITS, save_tiny_caption_dataset, save_tiny_stable_diffusion, save_tiny_unet2d
+from tests.integrations.diffusion.test_train import (
+    DIGITS,
+    save_tiny_caption_dataset,
+    save_tiny_stable_diffusion,
+    save_tiny_unet2d,
+)
 
 diffusers = pytest.importorskip("diffusers")
 

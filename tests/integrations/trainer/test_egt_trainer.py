@@ -14,9 +14,8 @@ from hf_egt import EGTConfig, EGTTrainer, GroupObjective
 from hf_egt.core.losses import causal_lm_token_losses, sequence_losses
 from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES
 from hf_egt.integrations.trainer import OBJECTIVE_STATE_NAME, DataCollatorForCausalLM
-
-from .conftest import accelerate_launch
-from .trainer_utils import VOCAB, group_dataset, tiny_gpt2, tiny_llama
+from tests.conftest import accelerate_launch
+from tests.trainer_utils import VOCAB, group_dataset, tiny_gpt2, tiny_llama
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 LORA_TARGETS = {

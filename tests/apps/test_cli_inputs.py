@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import REPO_ROOT
 from tests.conftest import GROUPS
-from tests.test_hub import FakeHub
+from tests.integrations.test_hub import FakeHub
 
 BASE_TRAIN = ["--group_column", "gender", "--report_to", "none", "--max_steps", "2", "--use_cpu"]
 BASE_TRAIN += ["--lora_r", "2", "--lora_target_modules", "q_proj", "v_proj", "--per_device_train_batch_size", "4"]
@@ -413,8 +414,8 @@ def test_evaluate_load_rejects_an_unknown_divergence_config():
     import evaluate
 
     with pytest.raises(ValueError, match=r"Unknown EGT configuration 'kld'.*'kl'.*'quantized_js'"):
-        evaluate.load(str(Path(__file__).parents[1] / "metrics" / "egt"), "kld")
-    assert evaluate.load(str(Path(__file__).parents[1] / "metrics" / "egt"), "hellinger").config_name == "hellinger"
+        evaluate.load(str(REPO_ROOT / "metrics" / "egt"), "kld")
+    assert evaluate.load(str(REPO_ROOT / "metrics" / "egt"), "hellinger").config_name == "hellinger"
 
 
 def test_skip_unusable_groups_warns_and_reports_what_was_left_out(tmp_path):

@@ -11,9 +11,8 @@ from transformers import TrainerCallback
 
 from hf_egt import EGTConfig, EGTTrainer
 from hf_egt.integrations.trainer import DataCollatorForCausalLM
-
-from .test_trainer import config, lora
-from .trainer_utils import group_dataset, tiny_llama
+from tests.integrations.trainer.test_egt_trainer import config, lora
+from tests.trainer_utils import group_dataset, tiny_llama
 
 
 def test_excess_loss_reference_is_the_base_models_per_example_loss(tmp_path):
@@ -241,8 +240,7 @@ def test_config_rejects_bad_robust_options(tmp_path, overrides, message):
 
 def test_sft_trainer_stratified_sampling_and_base_reference(tmp_path):
     from hf_egt import EGTSFTTrainer
-
-    from .test_trainer_sft import chat_tokenizer, conversations, sft_config
+    from tests.integrations.trainer.test_sft_trainer import chat_tokenizer, conversations, sft_config
 
     args = sft_config(tmp_path, group_sampling="stratified", group_reference="base", per_device_train_batch_size=4)
     trainer = EGTSFTTrainer(

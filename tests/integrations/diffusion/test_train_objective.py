@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_diffusion import DIGITS, save_tiny_unet2d, train
+from tests.integrations.diffusion.test_train import DIGITS, save_tiny_unet2d, train
 
 
 @pytest.fixture(scope="module")

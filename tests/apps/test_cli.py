@@ -7,13 +7,13 @@ import math
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests import REPO_ROOT
 from tests.conftest import GROUPS, run_accelerate_launch
-from tests.test_hub import FakeHub
+from tests.integrations.test_hub import FakeHub
 
 
 def _main(argv):
@@ -393,7 +393,7 @@ def test_group_weight_history_reads_the_logged_weights_in_step_order():
 def test_console_script_exits_zero_after_a_command(tmp_path, tiny_lm, tiny_json):
     """Through the entry point pyproject.toml installs as `hf-egt` (what a shell runs): exit 0, report on disk."""
     tomllib = pytest.importorskip("tomllib")
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     module, function = pyproject["project"]["scripts"]["hf-egt"].split(":")
     script = f"import sys; from {module} import {function}; sys.argv[0] = 'hf-egt'; sys.exit({function}())"
     out = tmp_path / "eval"
@@ -446,11 +446,10 @@ def test_train_runs_under_accelerate_launch(tmp_path, tiny_lm, tiny_json):
 def test_finetune_and_push_example(tmp_path, tiny_lm, tiny_json, monkeypatch):
     """The copy-me example: fine-tune, write report and card, push adapter + card + report in one commit."""
     import importlib.util
-    from pathlib import Path
 
     from huggingface_hub import constants
 
-    path = Path(__file__).parents[1] / "examples" / "finetune_and_push.py"
+    path = REPO_ROOT / "examples" / "finetune_and_push.py"
     spec = importlib.util.spec_from_file_location("finetune_and_push", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

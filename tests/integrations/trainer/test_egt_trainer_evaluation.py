@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from hf_egt import EGTTrainer
 from tests.conftest import accelerate_launch
-from tests.test_trainer import config, lora, lora_params
+from tests.integrations.trainer.test_egt_trainer import config, lora, lora_params
 from tests.trainer_utils import group_dataset, tiny_llama
 
 EVAL_COUNTS = {"a": 9, "b": 8}  # 17 rows: two processes get 9 each, one of them repeated
