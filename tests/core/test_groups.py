@@ -1,5 +1,6 @@
-"""The one implementation of each shared reduction against the copies it replaced (written out here as references)
-and hand computations: per-group perplexity, masked means, group counts."""
+"""The per-group reductions (``hf_egt.core.groups``) and what reduces through them, against hand computations and
+equivalent computations: per-group sums against a loop over rows and across any split of a batch into micro-batches,
+the trainer's per-group metrics by hand, masked means by hand, group counts."""
 
 from __future__ import annotations
 
@@ -8,44 +9,88 @@ import math
 import pytest
 import torch
 
-from hf_egt.core.groups import label_counts
+from hf_egt.core.groups import group_means, group_sums, label_counts
 from hf_egt.core.losses import masked_mean, sequence_losses
 from hf_egt.core.metrics import group_likelihood, likelihood_report, summarize_groups
 from hf_egt.integrations.trainer.egt_trainer import group_eval_metrics
 
 
-def old_trainer_metrics(sums, counts, groups, prefix):
-    """`group_eval_metrics` as the trainer computed it before it used `group_likelihood`."""
-    losses = {g: (s / c).item() if c > 0 else math.nan for g, s, c in zip(groups, sums, counts)}
-    perplexities = {g: math.exp(min(loss, 700.0)) if not math.isnan(loss) else math.nan for g, loss in losses.items()}
-    metrics = {f"{prefix}_group_loss/{g}": loss for g, loss in losses.items()}
-    metrics.update({f"{prefix}_group_perplexity/{g}": ppl for g, ppl in perplexities.items()})
-    if any(not math.isnan(loss) for loss in losses.values()):
-        loss_summary = summarize_groups(losses)
-        metrics[f"{prefix}_group_loss_gap"] = loss_summary["gap"]
-        metrics[f"{prefix}_group_perplexity_gap"] = summarize_groups(perplexities)["gap"]
-        metrics[f"{prefix}_worst_group_loss"] = losses[loss_summary["worst_group"]]
-        metrics[f"{prefix}_worst_group_perplexity"] = perplexities[loss_summary["worst_group"]]
-        metrics[f"{prefix}_worst_group"] = loss_summary["worst_group"]
-    return metrics
+def rows_of_groups(seed: int = 0, rows: int = 23, num_groups: int = 4):
+    """Integer-valued losses and weights (sums of them are exact in float64), random group ids; group 3 left empty."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randint(0, 50, (rows,), generator=generator).double()
+    weights = torch.randint(0, 7, (rows,), generator=generator).double()
+    ids = torch.randint(0, num_groups - 1, (rows,), generator=generator)
+    return values, ids, weights, num_groups
 
 
-def same(a, b) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+def test_group_sums_equal_a_loop_over_rows():
+    values, ids, weights, num_groups = rows_of_groups()
+    sums, counts = group_sums(values, ids, num_groups, weights)
+    loop_sums, loop_counts = [0.0] * num_groups, [0.0] * num_groups
+    for value, group, weight in zip(values.tolist(), ids.tolist(), weights.tolist()):
+        loop_sums[group] += value * weight
+        loop_counts[group] += weight
+    assert sums.tolist() == loop_sums and counts.tolist() == loop_counts
+    assert sums[3] == 0 and counts[3] == 0  # a group absent from the batch
+    unweighted_sums, row_counts = group_sums(values, ids, num_groups)
+    assert row_counts.tolist() == [float(ids.tolist().count(g)) for g in range(num_groups)]
+    assert unweighted_sums.tolist() == [
+        sum(v for v, g in zip(values.tolist(), ids.tolist()) if g == k) for k in range(4)
+    ]
 
 
-@pytest.mark.parametrize(
-    ("sums", "counts"),
-    [([6.0, 12.5, 1.0], [3.0, 5.0, 4.0]), ([6.0, 0.0, 2.0], [3.0, 0.0, 1.0]), ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])],
-)
-def test_trainer_metrics_equal_the_old_formula(sums, counts):
-    sums, counts = torch.tensor(sums, dtype=torch.float64), torch.tensor(counts, dtype=torch.float64)
-    groups = ["x", "y", "z"]
-    new, old = group_eval_metrics(sums, counts, groups, "eval"), old_trainer_metrics(sums, counts, groups, "eval")
-    assert list(new) == [*old, "eval_overall_loss", "eval_overall_perplexity"]
-    assert all(same(new[key], old[key]) for key in old), (new, old)
-    pooled = float(sums.sum() / counts.sum()) if counts.sum() > 0 else math.nan
-    assert same(new["eval_overall_loss"], pooled) and same(new["eval_overall_perplexity"], math.exp(pooled))
+@pytest.mark.parametrize("cuts", [(5,), (1, 2, 3), (7, 7, 20), (0, 23)])
+def test_group_sums_do_not_depend_on_the_split_into_micro_batches(cuts):
+    """An accumulation window's per-group sums are the sums of its micro-batches' sums, wherever the batch is cut."""
+    values, ids, weights, num_groups = rows_of_groups(seed=1)
+    whole = group_sums(values, ids, num_groups, weights)
+    bounds = [0, *cuts, len(values)]
+    parts = [group_sums(values[a:b], ids[a:b], num_groups, weights[a:b]) for a, b in zip(bounds, bounds[1:])]
+    for total, index in zip(whole, range(2)):
+        assert torch.equal(total, sum(part[index] for part in parts))
+    means = group_means(*whole)
+    for group in range(num_groups):
+        chosen = [(v * w, w) for v, g, w in zip(values.tolist(), ids.tolist(), weights.tolist()) if g == group]
+        weight = sum(w for _, w in chosen)
+        expected = sum(x for x, _ in chosen) / weight if weight > 0 else 0.0
+        assert means[group].item() == pytest.approx(expected, rel=1e-15)
+
+
+def test_group_means_give_zero_to_an_empty_group():
+    means = group_means(torch.tensor([6.0, 0.0, 5.0]), torch.tensor([3.0, 0.0, 2.0]))
+    assert means.tolist() == [2.0, 0.0, 2.5]
+
+
+def test_trainer_metrics_by_hand():
+    """Losses 6/3, 12.5/5, 1/4; perplexities their exp; the gap and worst group of the losses, and the worst group's
+    perplexity; `overall` pools every token (19.5 / 12), not the groups' mean."""
+    sums, counts = (
+        torch.tensor([6.0, 12.5, 1.0], dtype=torch.float64),
+        torch.tensor([3.0, 5.0, 4.0], dtype=torch.float64),
+    )
+    metrics = group_eval_metrics(sums, counts, ["x", "y", "z"], "eval")
+    losses = {"x": 2.0, "y": 2.5, "z": 0.25}
+    for group, loss in losses.items():
+        assert metrics[f"eval_group_loss/{group}"] == pytest.approx(loss)
+        assert metrics[f"eval_group_perplexity/{group}"] == pytest.approx(math.exp(loss))
+    assert metrics["eval_group_loss_gap"] == pytest.approx(2.25)
+    assert metrics["eval_group_perplexity_gap"] == pytest.approx(math.exp(2.5) - math.exp(0.25))
+    assert metrics["eval_worst_group"] == "y"
+    assert metrics["eval_worst_group_loss"] == pytest.approx(2.5)
+    assert metrics["eval_worst_group_perplexity"] == pytest.approx(math.exp(2.5))
+    assert metrics["eval_overall_loss"] == pytest.approx(19.5 / 12)
+    assert metrics["eval_overall_perplexity"] == pytest.approx(math.exp(19.5 / 12))
+
+
+def test_trainer_metrics_skip_a_group_without_tokens_and_have_no_gap_without_any():
+    metrics = group_eval_metrics(torch.tensor([6.0, 0.0, 5.0]), torch.tensor([3.0, 0.0, 1.0]), ["x", "y", "z"], "e")
+    assert math.isnan(metrics["e_group_loss/y"]) and math.isnan(metrics["e_group_perplexity/y"])
+    assert metrics["e_worst_group"] == "z" and metrics["e_group_loss_gap"] == pytest.approx(3.0)
+    assert metrics["e_overall_loss"] == pytest.approx(11.0 / 4)
+    empty = group_eval_metrics(torch.zeros(2), torch.zeros(2), ["x", "y"], "e")
+    assert not any("gap" in key or "worst" in key for key in empty)
+    assert math.isnan(empty["e_overall_loss"]) and math.isnan(empty["e_overall_perplexity"])
 
 
 def test_group_likelihood_by_hand():
@@ -74,21 +119,19 @@ def test_likelihood_report_points_are_group_likelihood_of_the_group_sums():
 
 
 @pytest.mark.parametrize("shape", [(4, 6), (4, 6, 3)])
-def test_masked_mean_equals_the_copies_it_replaced(shape):
+def test_masked_mean_by_hand(shape):
     generator = torch.Generator().manual_seed(0)
     values = torch.randn(shape, generator=generator)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0]])
     means, counts = masked_mean(values, mask)
     assert counts.tolist() == [3.0, 6.0, 0.0, 3.0]
-    expanded = mask.unsqueeze(-1) if len(shape) == 3 else mask
-    # features.mean_pool (sentence-transformers' pooling) and hyper/encoders.masked_mean, as they were
-    reference = (values * expanded).sum(dim=1) / expanded.sum(dim=1).clamp(min=1e-9)
-    torch.testing.assert_close(means, reference, rtol=0, atol=0)
+    # each row: the mean of the positions its mask keeps; a row with none gets 0 (of the values' trailing shape)
     by_hand = torch.stack(
-        [values[i][mask[i].bool()].mean(dim=0) if mask[i].any() else values[i, 0] * 0 for i in range(4)]
+        [values[i][mask[i].bool()].mean(dim=0) if mask[i].any() else torch.zeros(shape[2:]) for i in range(4)]
     )
     torch.testing.assert_close(means, by_hand)
     torch.testing.assert_close(masked_mean(values, None)[0], values.mean(dim=1))
+    assert masked_mean(values, None)[1].tolist() == [6.0] * 4
 
 
 def test_sequence_losses_are_masked_means_of_the_token_losses():
@@ -102,6 +145,11 @@ def test_label_counts_as_strings_in_sorted_order():
     assert label_counts(["b", "a", "b", 1, "1"]) == {"1": 2, "a": 1, "b": 2}
     assert list(label_counts(["z", "a", "m"])) == ["a", "m", "z"]
     assert label_counts([]) == {}
+    labels = [3, "x", 3, None, "x", "x"]
+    loop: dict[str, int] = {}
+    for label in labels:
+        loop[str(label)] = loop.get(str(label), 0) + 1
+    assert label_counts(labels) == dict(sorted(loop.items())) and sum(label_counts(labels).values()) == len(labels)
 
 
 def test_evaluate_groups_is_what_the_metric_names_say_with_a_token_pooled_overall(tmp_path):
