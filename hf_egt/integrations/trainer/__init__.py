@@ -1,11 +1,13 @@
 """The transformers / TRL integration: `EGTConfig` + `EGTTrainer`, and `EGTSFTConfig` + `EGTSFTTrainer` (TRL).
 
-`config` holds the documented options, `egt_trainer` the trainer, `data_utils` the collators and dataset helpers,
-`modeling` the adapter wrapping, `checkpoints` the resume checks; the TRL pair (`sft_config`, `sft_trainer`) is imported
-on first use, so that TRL stays optional.
+`config` holds the documented options, `egt_trainer` the trainer and its group-objective logic (`EGTTrainerMixin`),
+`hub_mixin` the model-card and Hub policy (`EGTHubMixin`), `callbacks` the eval-driven weight update, `data_utils` the
+collators and dataset helpers, `modeling` the adapter wrapping, `checkpoints` the resume checks; the TRL pair
+(`sft_config`, `sft_trainer`) is imported on first use, so that TRL stays optional.
 """
 
 from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME
+from hf_egt.integrations.trainer.callbacks import GroupWeightsFromEvalCallback
 from hf_egt.integrations.trainer.checkpoints import RunRecordCallback, check_checkpoint, last_checkpoint
 from hf_egt.integrations.trainer.config import (
     GROUP_REFERENCES,
@@ -23,9 +25,9 @@ from hf_egt.integrations.trainer.data_utils import (
 from hf_egt.integrations.trainer.egt_trainer import (
     EGTTrainer,
     EGTTrainerMixin,
-    GroupWeightsFromEvalCallback,
     group_eval_metrics,
 )
+from hf_egt.integrations.trainer.hub_mixin import EGTHubMixin
 from hf_egt.integrations.trainer.modeling import wrap_model
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "RunRecordCallback",
     "DataCollatorForCausalLM",
     "EGTConfig",
+    "EGTHubMixin",
     "EGTTrainer",
     "EGTTrainerMixin",
     "GroupArguments",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from hf_egt.core.groups import group_means, group_sums
 from hf_egt.core.losses import (
@@ -43,6 +43,7 @@ from hf_egt.core.objective import GroupObjective
 from hf_egt.core.samplers import group_sampler
 from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME, objective_state_path, renamed_attribute
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
+from hf_egt.integrations.trainer.callbacks import GroupWeightsFromEvalCallback
 from hf_egt.integrations.trainer.checkpoints import check_checkpoint, last_checkpoint
 from hf_egt.integrations.trainer.config import EGTConfig, GroupArguments
 from hf_egt.integrations.trainer.data_utils import (
@@ -53,6 +54,7 @@ from hf_egt.integrations.trainer.data_utils import (
     resolve_groups,
     tokenize_text_dataset,
 )
+from hf_egt.integrations.trainer.hub_mixin import EGTHubMixin
 from hf_egt.integrations.trainer.modeling import wrap_model
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,8 @@ def eval_metrics_from_likelihood(likelihood: dict, prefix: str) -> dict[str, Any
 
 
 class EGTTrainerMixin:
-    """Group-objective logic shared by [`EGTTrainer`] and [`hf_egt.EGTSFTTrainer`].
+    """Group-objective logic shared by [`EGTTrainer`] and [`hf_egt.EGTSFTTrainer`] (their card and Hub policy is
+    [`EGTHubMixin`], in hub_mixin.py).
 
     Subclasses implement `_token_losses(model, inputs) -> (token_losses, mask, outputs)` and call `_setup_objective`
     before and `_finish_setup` after `super().__init__`.
@@ -483,7 +486,7 @@ class EGTTrainerMixin:
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
                 callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
 
-    # -- model card and Hub -------------------------------------------------------------------------------------------
+    # -- the last evaluation as a run ----------------------------------------------------------------------------------
 
     def last_eval_run(self) -> GroupRun:
         """The last evaluation as a `GroupRun` (a card column): per-group perplexity of the groups it scored, their
@@ -505,178 +508,13 @@ class EGTTrainerMixin:
         run["sequence_nll"] = likelihood["sequence_nll"]  # NLL per row: comparable across groups of parallel texts
         return run
 
-    def _base_model_id(self) -> str:
-        """The Hub id or path of the model the adapter applies to (peft's record, else the model config's)."""
-        model = self.accelerator.unwrap_model(self.model)
-        peft_config = getattr(model, "peft_config", None)
-        if isinstance(peft_config, dict) and peft_config:
-            recorded = next(iter(peft_config.values())).base_model_name_or_path
-            if recorded:
-                return recorded
-        get_base_model = getattr(model, "get_base_model", None)
-        base = get_base_model() if callable(get_base_model) else model
-        return getattr(getattr(base, "config", None), "_name_or_path", None) or type(base).__name__
-
-    def create_model_card(
-        self,
-        model_name: str | None = None,
-        dataset_name: str | None = None,
-        tags: str | Sequence[str] | None = None,
-        *,
-        runs: dict[str, dict] | None = None,
-        **card_kwargs,
-    ) -> None:
-        """Write the EGT model card (`hf_egt.integrations.hub.build_model_card`: the per-group table, the settings,
-        what was held out) to `output_dir/README.md`, instead of `Trainer`'s default card.
-
-        Args:
-            model_name: the card's title (default: `hub_model_id`, else the output folder's name).
-            dataset_name: the training dataset (Hub id or description).
-            tags: extra tags.
-            runs: run name -> per-group summary, one column each (e.g. `{"base": ..., "minmax": ...}`); default: the
-                last evaluation, under the objective's name (without one, no card is written: a warning says so).
-            **card_kwargs: the other arguments of `build_model_card` (`settings`, `held_out`, `eval_counts`,
-                `command`, `usage`, `base_model`...).
-        """
-        if not self.is_world_process_zero():
-            return
-        from hf_egt.integrations.hub import build_model_card
-
-        if runs is None:
-            if self._last_eval_group_sums is None:  # e.g. TRL writes the card at every checkpoint
-                logger.warning("No evaluation yet: no EGT card written (call `evaluate()` first, or pass `runs=`).")
-                return
-            runs = {self.args.objective: self.last_eval_run()}
-        card_kwargs.setdefault("base_model", self._base_model_id())
-        card_kwargs.setdefault("group_column", self.args.group_column)
-        card = build_model_card(
-            runs=runs,
-            objective=self.args.objective,
-            model_name=model_name
-            or self.hub_model_id
-            or self.args.hub_model_id
-            or os.path.basename(os.path.abspath(self.args.output_dir)),
-            dataset=dataset_name,
-            tags=[tags] if isinstance(tags, str) else list(tags or ()),
-            **card_kwargs,
-        )
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        card.save(os.path.join(self.args.output_dir, "README.md"))
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        save_model_first: bool = True,
-        **kwargs,
-    ):
-        """Save the adapter, write the EGT card (`create_model_card(**kwargs)`) and upload `output_dir` in one commit
-        through `hf_egt.integrations.hub.push_folder_to_hub`: only the allow-listed files (`hub.UPLOAD_PATTERNS`: the
-        card, reports, split record, adapter, tokenizer; never checkpoints, optimizer states or training arguments),
-        and none that holds the token. Returns the `huggingface_hub.CommitInfo` (on the main process; `None`
-        elsewhere). The upload is always blocking: `blocking` is accepted for `Trainer` compatibility.
-        `save_model_first=False` uploads what `output_dir` already holds (e.g. an adapter exported after `save_model`).
-        """
-        from hf_egt.integrations.hub import push_folder_to_hub, resolve_hub_token
-
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        token = token if token is not None else self.args.hub_token
-        repo_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        if save_model_first:
-            self.save_model(_internal_call=True)
-        if not self.is_world_process_zero():
-            return None
-        self.create_model_card(model_name=kwargs.pop("model_name", repo_id), **kwargs)
-        private = private if private is not None else self.args.hub_private_repo
-        return push_folder_to_hub(
-            self.args.output_dir,
-            repo_id,
-            token=resolve_hub_token(token),
-            private=bool(private),
-            commit_message=commit_message or "Upload hf-egt adapter, model card and EGT report",
-            revision=revision if revision is not None else self.args.hub_revision,
-        )
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """`Trainer.init_hf_repo` (create the repo before training, so that a bad token or repo id fails early),
-        through the same `huggingface_hub.HfApi` client as `push_to_hub` (`Trainer` reuses one shared client)."""
-        if not self.is_world_process_zero():
-            return
-        from huggingface_hub import HfApi
-
-        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        token = token if token is not None else self.args.hub_token
-        private = private if private is not None else self.args.hub_private_repo
-        self.hub_model_id = HfApi(token=token).create_repo(repo_id, private=bool(private), exist_ok=True).repo_id
-        self.push_in_progress = None
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """`Trainer` uploads each checkpoint folder (optimizer states, pickled training arguments) without an
-        allow-list; here nothing is uploaded until `push_to_hub`, which sends the allow-listed files only."""
-        if not getattr(self, "_checkpoint_push_noted", False):
-            logger.info("EGTTrainer pushes once, at `push_to_hub()`, with the EGT card: checkpoints stay local.")
-            self._checkpoint_push_noted = True
-
-
-class GroupWeightsFromEvalCallback(TrainerCallback):
-    """Every `group_update_steps` optimizer steps, update the group weights from the group losses of the validation
-    split `group_update_dataset` (held-out-driven weights: a small group fitted fast on training data keeps its
-    weight while its held-out loss stays high). The update is in the objective's state, saved with checkpoints.
-
-    On a step where the scheduled evaluation passes over that split too (it runs after `on_step_end`, on the same
-    model), the update waits for it and uses its group sums (`on_evaluate`): one pass instead of two, the same weights.
-    They then show in the next training log (the step's own log is written before the evaluation).
-    """
-
-    def __init__(self, trainer: EGTTrainerMixin):
-        self.trainer = trainer
-        self._waiting_step: int | None = None  # a step whose update waits for the scheduled evaluation
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._update_if_still_waiting()
-        return control
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % args.group_update_steps == 0:
-            if control.should_evaluate:
-                self._waiting_step = state.global_step
-            else:
-                self.trainer.update_weights_from_eval()
-        return control
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        groups = self.trainer.group_objective.groups
-        of_update_split = f"{self.trainer.group_update_prefix}_group_loss/{groups[0]}" in (metrics or {})
-        if self._waiting_step == state.global_step and of_update_split:
-            self._waiting_step = None
-            self.trainer.update_weights_from_last_eval()
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._update_if_still_waiting()
-        return control
-
-    def _update_if_still_waiting(self) -> None:
-        """The scheduled evaluation did not come (another callback cancelled it): run the update's own pass."""
-        if self._waiting_step is not None:
-            logger.warning(
-                "The evaluation scheduled at step %d did not run; group weights updated from their own pass over %r.",
-                self._waiting_step,
-                self.trainer.args.group_update_dataset,
-            )
-            self._waiting_step = None
-            self.trainer.update_weights_from_eval()
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The trainer.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class EGTTrainer(EGTTrainerMixin, Trainer):
+class EGTTrainer(EGTHubMixin, EGTTrainerMixin, Trainer):
     """[`~transformers.Trainer`] for causal LMs with a group objective (min-max by default) over `group_column`.
 
     Args:

@@ -29,6 +29,7 @@ import torch
 from trl import SFTTrainer
 
 from hf_egt.integrations.trainer.egt_trainer import EGTTrainerMixin
+from hf_egt.integrations.trainer.hub_mixin import EGTHubMixin
 from hf_egt.integrations.trainer.sft_config import EGTSFTConfig
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def _is_messages_dataset(dataset) -> bool:
     return "messages" in columns and "input_ids" not in columns
 
 
-class EGTSFTTrainer(EGTTrainerMixin, SFTTrainer):
+class EGTSFTTrainer(EGTHubMixin, EGTTrainerMixin, SFTTrainer):
     """[`~trl.SFTTrainer`] with a group objective (min-max by default) over `args.group_column`.
 
     Takes the arguments of [`~trl.SFTTrainer`]; `args` must be an [`EGTSFTConfig`]. `peft_config` is any peft
