@@ -112,7 +112,8 @@ class EGTTrainerMixin:
     """Group-objective logic shared by [`EGTTrainer`] and [`hf_egt.EGTSFTTrainer`] (their card and Hub policy is
     [`EGTHubMixin`], in hub_mixin.py).
 
-    Subclasses implement `_token_losses(model, inputs) -> (token_losses, mask, outputs)` and call `_setup_objective`
+    Subclasses implement `_full_token_losses(model, inputs) -> (token_losses, mask, outputs)` (the path without
+    chunks) and call `_setup_objective`
     before and `_finish_setup` after `super().__init__`.
     """
 
@@ -295,6 +296,26 @@ class EGTTrainerMixin:
         self._signature_columns = [*self._signature_columns, *(c for c in kept if c not in self._signature_columns)]
 
     # -- per-token losses ---------------------------------------------------------------------------------------------
+
+    # Keywords of every forward that makes per-token losses (EGTSFTTrainer: no cache, TRL's entropy/accuracy stats).
+    _token_loss_forward_kwargs: dict[str, Any] = {}
+
+    def _token_losses(self, model, inputs: dict[str, Any]):
+        """``(token_losses, mask, outputs)``: the one place that chooses between the chunked path (no full logits)
+        and the trainer's full path (`_full_token_losses`: the logits, or TRL's fused head)."""
+        if "labels" not in inputs:
+            raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        chunked = self._chunked_token_losses_of(
+            model, model_inputs, inputs["labels"], **self._token_loss_forward_kwargs
+        )
+        if chunked is not None:
+            return chunked
+        return self._full_token_losses(model, inputs)
+
+    def _full_token_losses(self, model, inputs: dict[str, Any]):
+        """``(token_losses, mask, outputs)`` without the chunked path; each trainer supplies its own."""
+        raise NotImplementedError
 
     def _chunked_token_losses_of(self, model, inputs: dict[str, Any], labels: torch.Tensor, **forward_kwargs):
         """``(token_losses, mask, outputs)`` from the chunked path (`TokenLossArguments`), or `None` when the full
@@ -599,16 +620,9 @@ class EGTTrainer(EGTHubMixin, EGTTrainerMixin, Trainer):
             )
         return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def _token_losses(self, model, inputs: dict[str, Any]):
-        """Per-token losses from the chunked path, or a forward without labels (no loss inside the model) and one
-        per-token cross-entropy on its logits."""
-        if "labels" not in inputs:
-            raise ValueError("EGTTrainer needs `labels` in every batch (-100 where a token must not count).")
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        chunked = self._chunked_token_losses_of(model, model_inputs, inputs["labels"])
-        if chunked is not None:
-            return chunked
-        outputs = model(**model_inputs)
+    def _full_token_losses(self, model, inputs: dict[str, Any]):
+        """A forward without labels (no loss inside the model) and one per-token cross-entropy on its logits."""
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         logits = output_field(outputs, "logits")
         if logits is None:
             logits = outputs[0]

@@ -165,18 +165,16 @@ class EGTSFTTrainer(EGTHubMixin, EGTTrainerMixin, SFTTrainer):
         self.args.assistant_only_loss = assistant_only
         self._finish_setup()
 
+    _token_loss_forward_kwargs = {"use_cache": False, "token_loss_stats": True}
+
+    def _full_token_losses(self, model, inputs):
+        """TRL's fused LM head: per-token log-probabilities without the full logits."""
+        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+        return -outputs.log_probs, outputs.label_mask, outputs
+
     def _token_losses(self, model, inputs):
-        """Per-token losses from the chunked path (else TRL's fused LM head), and TRL's entropy / token-accuracy
-        metrics."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        chunked = self._chunked_token_losses_of(
-            model, model_inputs, inputs["labels"], use_cache=False, token_loss_stats=True
-        )
-        if chunked is not None:
-            token_losses, mask, outputs = chunked
-        else:
-            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
-            token_losses, mask = -outputs.log_probs, outputs.label_mask
+        """The mixin's per-token losses (chunked, else TRL's fused head), and TRL's entropy / token-accuracy metrics."""
+        token_losses, mask, outputs = super()._token_losses(model, inputs)
         mode = "train" if model.training else "eval"
         num_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
         if outputs.entropy is not None:
