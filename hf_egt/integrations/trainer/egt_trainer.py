@@ -39,7 +39,7 @@ from hf_egt.core.losses import (
 )
 from hf_egt.core.metrics.likelihood import group_likelihood
 from hf_egt.core.metrics.summary import GroupRun, group_run
-from hf_egt.core.objective import GroupObjective
+from hf_egt.core.objective import GroupLabels, GroupObjective
 from hf_egt.core.samplers import group_sampler
 from hf_egt.core.vocabulary import OBJECTIVE_STATE_NAME, objective_state_path, renamed_attribute
 from hf_egt.integrations.output_head import TOKEN_LOSS_LABELS, add_token_loss_forward, check_token_loss_forward
@@ -155,9 +155,12 @@ class EGTTrainerMixin:
                 f"`group_reference`='column' but the train dataset has no column {args.group_reference_column!r}; its "
                 f"columns are {columns}. Set `group_reference_column` or `group_reference`='base'."
             )
+        # The training labels are read, checked and encoded here, once: the group sizes (the reference of the
+        # adjustment of every group) and the group sampler both use these ids.
+        self._train_group_ids = None if train_labels is None else GroupLabels(groups).encode(train_labels)
         sizes = None
-        if train_labels is not None:  # training-set group sizes, for the adjustment of every group (the reference)
-            sizes = [sum(1 for label in train_labels if label == group) for group in groups]
+        if self._train_group_ids is not None:
+            sizes = torch.bincount(self._train_group_ids, minlength=len(groups)).tolist()
         self.group_objective = GroupObjective(
             objective=args.objective,
             group_step_size=args.group_step_size,
@@ -243,11 +246,15 @@ class EGTTrainerMixin:
         if self.args.group_sampling == "natural":
             return super()._get_train_sampler(train_dataset)
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        labels = dataset_group_labels(train_dataset, self.args.group_column, "train")
+        if len(train_dataset) != len(self._train_group_ids):
+            raise ValueError(
+                f"The train dataset has {len(train_dataset)} rows but had {len(self._train_group_ids)} when the "
+                "trainer read its group labels: build the trainer with the dataset it trains on."
+            )
         args = self.args
         return group_sampler(
             args.group_sampling,
-            self.group_objective.encode(labels),
+            self._train_group_ids,
             self.group_objective.num_groups,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
