@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,14 @@ def tiny_json(tmp_path_factory):
     return path
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now: two launches at once (two test runs side by side) would otherwise both
+    bind torchrun's default 29500, and the second fails with "address already in use"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_accelerate_launch(target: list[str], num_processes: int = 2, timeout: int = 300):
     """Run ``accelerate launch <target>`` on ``num_processes`` CPU processes (gloo) and return the completed process.
 
@@ -71,7 +80,7 @@ def run_accelerate_launch(target: list[str], num_processes: int = 2, timeout: in
     """
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", str(num_processes), "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     # ACCELERATE_USE_CPU: without it, a script whose Accelerator() is not built with cpu=True (Trainer, the diffusion
     # script) starts as independent single processes, each rank 0 of 1, on a machine without GPUs.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
