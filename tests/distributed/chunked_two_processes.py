@@ -12,6 +12,7 @@ import sys
 from safetensors.torch import save_file
 
 from tests.core.test_losses import train
+from tests.distributed.ending import finish
 
 output_dir = sys.argv[1]
 trainer = train(
@@ -30,5 +31,4 @@ if trainer.accelerator.is_main_process:
         json.dump(
             {"weights": trainer.group_objective.weights.tolist(), "chunked": trainer._chunked_token_losses}, handle
         )
-trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
+finish(trainer.accelerator)

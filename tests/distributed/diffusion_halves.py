@@ -10,6 +10,7 @@ import sys
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from tests.distributed.ending import finish
 from tests.integrations.diffusion.test_train import diffusion_window_case, window_gradients
 
 accelerator = Accelerator(cpu=True)
@@ -21,5 +22,4 @@ if accelerator.is_main_process:
         save_file({name: g.contiguous() for name, g in named.items()}, f"{sys.argv[1]}/gradients_{index}.safetensors")
     with open(f"{sys.argv[1]}/weights.json", "w") as handle:
         json.dump(weights, handle)
-accelerator.wait_for_everyone()
-accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
+finish(accelerator)

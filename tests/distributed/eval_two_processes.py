@@ -11,6 +11,7 @@ import sys
 
 from safetensors.torch import save_file
 
+from tests.distributed.ending import finish
 from tests.integrations.trainer.test_egt_trainer import lora_params
 from tests.integrations.trainer.test_egt_trainer_evaluation import evaluation_trainer
 
@@ -29,5 +30,4 @@ if trainer.accelerator.is_main_process:
     save_file({name: t.contiguous() for name, t in lora_params(trainer).items()}, f"{output_dir}/params.safetensors")
     with open(f"{output_dir}/result.json", "w") as handle:
         json.dump(result, handle)
-trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
+finish(trainer.accelerator)

@@ -9,6 +9,7 @@ import sys
 from accelerate import Accelerator
 
 from hf_egt import OBJECTIVE_MODES, GroupObjective
+from tests.distributed.ending import finish
 from tests.distributed_batches import make_batches
 
 accelerator = Accelerator(cpu=True)
@@ -37,5 +38,4 @@ for mode in OBJECTIVE_MODES:
 if accelerator.is_main_process:
     with open(sys.argv[1], "w") as handle:
         json.dump(results, handle)
-accelerator.wait_for_everyone()
-accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
+finish(accelerator)

@@ -10,6 +10,7 @@ from accelerate import Accelerator
 
 from hf_egt.core.samplers import group_sampler
 from tests.core.test_samplers import GROUP_IDS
+from tests.distributed.ending import finish
 
 sampling, output = sys.argv[1], sys.argv[2]
 accelerator = Accelerator(cpu=True)
@@ -26,5 +27,4 @@ torch.distributed.all_gather_object(gathered, batches)
 if accelerator.is_main_process:
     with open(output, "w") as handle:
         json.dump({"0": gathered[0], "1": gathered[1]}, handle)
-accelerator.wait_for_everyone()
-accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
+finish(accelerator)

@@ -10,6 +10,7 @@ import sys
 from safetensors.torch import save_file
 
 from hf_egt import EGTTrainer
+from tests.distributed.ending import finish
 from tests.integrations.trainer.test_egt_trainer import config, lora, lora_params
 from tests.trainer_utils import group_dataset, tiny_llama
 
@@ -29,5 +30,4 @@ if trainer.accelerator.is_main_process:
     )
     with open(f"{output_dir}/weights.json", "w") as handle:
         json.dump(trainer.group_objective.weights.tolist(), handle)
-trainer.accelerator.wait_for_everyone()
-trainer.accelerator.end_training()  # destroys the process group: no gloo teardown race at interpreter exit
+finish(trainer.accelerator)
