@@ -282,7 +282,8 @@ def paired_differences(cells: Sequence[Mapping], method: str, control: str, unit
 
 def plot_curves(cells: Sequence[Mapping], majority: str, path: Path) -> Path:
     """Over training: each method's validation NLL per verse of the worst minority and of the majority (one line
-    per seed), and the group weights of the methods that move them."""
+    per seed), and each language's weight in the step's loss (logged ``group_weight``): for a plain mean (``erm``,
+    ``stratified_erm``) that is the language's share of the step's scored tokens, for min-max its learned weight."""
     plt = pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = {method: f"C{i}" for i, method in enumerate(dict.fromkeys(cell["method"] for cell in cells))}
@@ -314,7 +315,7 @@ def plot_curves(cells: Sequence[Mapping], majority: str, path: Path) -> Path:
     left.legend(fontsize=7)
     right.set_xlabel("step")
     right.set_ylabel("group weight")
-    right.set_title("group weights of the weighting methods", fontsize=10)
+    right.set_title("weight of each language in the step's loss (plain mean: its token share)", fontsize=10)
     if right.get_legend_handles_labels()[0]:
         right.legend(fontsize=7)
     return save_figure(figure, path, dpi=120)
