@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from hf_egt.apps.arguments import FALSE_STRINGS, TRUE_STRINGS
+from hf_egt.core.resume import checkpoints_of
 from hf_egt.core.vocabulary import LEGACY_OBJECTIVE_STATE_NAMES, OBJECTIVE_STATE_NAME
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ RUN_OUTPUTS = (
     OBJECTIVE_STATE_NAME,
     *LEGACY_OBJECTIVE_STATE_NAMES,
 )
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------------------------- model
@@ -151,15 +150,6 @@ def check_adapter_path(adapter: str | None) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- output dir
-def checkpoints_of(output_dir: str | os.PathLike) -> list[str]:
-    """The ``checkpoint-<step>`` folders of ``output_dir``, oldest (smallest step) first; empty for a new folder."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [path for path in folder.iterdir() if path.is_dir() and CHECKPOINT_PATTERN.match(path.name)]
-    return [str(path) for path in sorted(found, key=lambda path: int(path.name.split("-")[1]))]
-
-
 def run_outputs(output_dir: str | Path) -> list[str]:
     """The checkpoints and output files of an earlier run found in ``output_dir`` (empty for a new folder)."""
     folder = Path(output_dir)

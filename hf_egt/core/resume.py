@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,18 @@ class RecordField:
 
     option: str
     may_change: bool
+
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoints_of(output_dir: str | os.PathLike) -> list[str]:
+    """The ``checkpoint-<step>`` folders of ``output_dir``, oldest (smallest step) first; empty for a new folder."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.is_dir() and CHECKPOINT_PATTERN.match(path.name)]
+    return [str(path) for path in sorted(found, key=lambda path: int(path.name.split("-")[1]))]
 
 
 def write_run_record(record: Mapping, folder: str | os.PathLike) -> str:

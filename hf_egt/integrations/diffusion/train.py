@@ -32,6 +32,7 @@ from hf_egt.core.resume import (
     GROUP_OBJECTIVE_RECORD_FIELDS,
     RecordField,
     check_run_record,
+    checkpoints_of,
     dataset_entry,
     resolved_model_path,
     write_run_record,
@@ -235,11 +236,9 @@ def save_checkpoint(accelerator, group_objective, args, global_step: int, record
     """``accelerator.save_state`` plus the group objective's safetensors file and the run's compatibility ``record``
     (``hf_egt.core.resume``); keep at most ``save_total_limit``."""
     if args.save_total_limit is not None and accelerator.is_main_process:
-        folders = sorted(
-            (d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1])
-        )
+        folders = checkpoints_of(args.output_dir)
         for folder in folders[: max(0, len(folders) - args.save_total_limit + 1)]:
-            shutil.rmtree(os.path.join(args.output_dir, folder))
+            shutil.rmtree(folder)
     path = os.path.join(args.output_dir, f"checkpoint-{global_step}")
     accelerator.save_state(path)  # a HyperLoRAModel's state dict is its hypernetwork only
     if accelerator.is_main_process:
