@@ -63,6 +63,13 @@ LANGUAGE_METHODS = {
     "balanced_erm": ("erm", None, {"group_sampling": "balanced"}),
     # the sampling of the *_sequence methods with the plain mean: what their weights add beyond exact balance
     "stratified_erm": ("erm", None, {"group_sampling": "stratified"}),
+    # its knob: every step holds the shares p_g ∝ n_g^alpha exactly (alpha 0 is stratified_erm; below 0 the minorities
+    # get more than an equal share): stratified sampling's own curve of worst language against English, to compare
+    # the min-max recipes with at equal English cost
+    **{
+        f"stratified_erm_{alpha}": ("erm", None, {"group_sampling": "stratified", "group_sampling_exponent": alpha})
+        for alpha in (0.3, -0.1, -0.25)
+    },
     # the reference group DRO update on per-token losses: eta 0.01, natural sampling
     "minmax_reference": ("minmax", None, {"group_step_size": 0.01}),
     # exponentiated gradient on per-verse losses, every step holding every language, absent-safe, DoReMi's floor
@@ -84,7 +91,8 @@ LANGUAGE_METHODS = {
 TAGGED_METHODS = {"tag_erm": ("erm", None, {}), "neutral_tag_erm": ("erm", None, {})}
 LANGUAGE_METHODS |= TAGGED_METHODS
 FAMILIES = {
-    "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm", "stratified_erm"),
+    "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm"),
+    "stratified": ("stratified_erm_0.3", "stratified_erm", "stratified_erm_-0.1", "stratified_erm_-0.25"),
     "ema_sequence": ("ema_sequence_20", "ema_sequence_50", "ema_sequence_100"),
 }
 STAGES = ("screen", "test")
@@ -447,17 +455,33 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
     return write_results(output_dir, args, command, time.perf_counter() - started, asdict(settings))
 
 
+def stage_cells(output_dir: Path, stage: str) -> list[dict]:
+    """The finished cells of ``stage``, in ``LANGUAGE_METHODS`` order. The screen also counts the test cells of the
+    (method, seed) pairs it has no cell of: a test cell trains exactly as a screen cell and keeps the same validation
+    curve, so its best validation step is a screen result too (no retraining to compare with it on validation)."""
+
+    def finished(stage_: str) -> list[dict]:
+        return [
+            cell
+            for method in LANGUAGE_METHODS
+            for path in sorted((output_dir / "cells" / stage_ / method).glob("seed*.json"))
+            if (cell := read_json(path)) is not None
+        ]
+
+    cells = finished(stage)
+    if stage == "screen":
+        screened = {(cell["method"], cell["seed"]) for cell in cells}
+        cells += [cell for cell in finished("test") if (cell["method"], cell["seed"]) not in screened]
+        cells.sort(key=lambda cell: (list(LANGUAGE_METHODS).index(cell["method"]), cell["seed"]))
+    return cells
+
+
 def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall_s: float, settings: dict) -> dict:
     majority = args.languages[0]
     payload = {"command": command, "settings": settings, "args": vars(args), "wall_s_this_invocation": wall_s}
     parts = ["# Languages as groups: NLL per verse on the parallel Bible", "", "```bash", command, "```", ""]
     for stage in STAGES:
-        cells = [
-            cell
-            for method in LANGUAGE_METHODS
-            for path in sorted((output_dir / "cells" / stage / method).glob("seed*.json"))
-            if (cell := read_json(path)) is not None
-        ]
+        cells = stage_cells(output_dir, stage)
         if not cells:
             continue
         base = read_json(base_path(output_dir, stage))

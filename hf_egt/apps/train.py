@@ -9,6 +9,7 @@ data, model path) runs before the model is loaded (``hf_egt.apps.checks``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,9 +180,14 @@ def parse_train_arguments(argv: Sequence[str]):
     them without their values (a mistyped secret option must not be echoed)."""
     from hf_egt.integrations.hyper.config import config_values
 
-    script_args, training_args, hyper_namespace, unknown = train_parser().parse_args_into_dataclasses(
-        args=list(argv), return_remaining_strings=True
-    )
+    parser = train_parser()
+    try:
+        script_args, training_args, hyper_namespace, unknown = parser.parse_args_into_dataclasses(
+            args=list(argv), return_remaining_strings=True
+        )
+    except ValueError as error:  # a config's own check: name the option, not the field
+        options = {action.dest for action in parser._actions}
+        raise ValueError(re.sub(r"`(\w+)`", lambda m: f"`--{m[1]}`" if m[1] in options else m[0], str(error))) from None
     if unknown:
         options = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")] or ["<positional values>"]
         raise ValueError(f"unrecognized arguments: {' '.join(options)} (run `hf-egt train --help` for the options).")

@@ -22,7 +22,7 @@ from hf_egt.apps import checks
 from hf_egt.apps.arguments import add_config_arguments, add_renamed_options, check_required_options
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
 from hf_egt.core.resume import resolved_model_path
-from hf_egt.core.samplers import GROUP_SAMPLINGS
+from hf_egt.core.samplers import GROUP_SAMPLINGS, check_sampling_exponent
 from hf_egt.integrations.diffusion.buckets import NoiseLevelGroupObjective
 from hf_egt.integrations.diffusion.data import DIGITS_DATASET_NAME
 from hf_egt.integrations.diffusion.train import HYPER_CONFIG_FIELDS, TrainResult, check_checkpoint, train
@@ -85,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="natural",
         help="natural proportions, balanced (weighted sampler N / n_g with replacement, group_DRO's "
         "--reweight_groups), temperature (p_g ∝ n_g ** --group_sampling_exponent) or stratified (every optimizer "
-        "step holds every group); seeded with --seed and the epoch.",
+        "step holds each group's share exactly; equal by default); seeded with --seed and the epoch.",
     )
     group(
         "--group_sampling_exponent",
         type=float,
-        default=0.5,
-        help="alpha of temperature sampling (p_g ∝ n_g ** alpha): 1 natural, 0 balanced.",
+        default=None,
+        help="alpha of temperature and stratified sampling (shares ∝ n_g ** alpha), in [-1, 1]: 1 natural, 0 equal, "
+        "below 0 favours small groups; default 0.5 for temperature, 0 for stratified.",
     )
     group(
         "--group_loss_estimate",
@@ -194,11 +195,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--per_device_train_batch_size, --gradient_accumulation_steps and --max_steps must be >= 1.")
     if args.noise_buckets < 1:
         parser.error(f"--noise_buckets must be >= 1, got {args.noise_buckets}.")
-    if not 0.0 <= args.group_sampling_exponent <= 1.0:
-        parser.error(
-            f"--group_sampling_exponent must be in [0, 1] (0: balanced, 1: natural), got "
-            f"{args.group_sampling_exponent}."
-        )
+    try:
+        check_sampling_exponent(args.group_sampling_exponent)
+    except ValueError as error:  # name the option, not the field
+        raise ValueError(str(error).replace("`group_sampling_exponent`", "`--group_sampling_exponent`")) from None
     checks.check_optimizer_options(args)  # what AdamW and the scheduler would reject only after the model is loaded
     if args.report_to is not None:
         check_report_to(args.report_to)

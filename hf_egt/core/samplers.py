@@ -8,10 +8,18 @@
   replacement: the multilingual baseline (XLM, Conneau & Lample 2019; mBART, mT5 use alpha 0.3-0.7). ``alpha = 1`` is
   the natural proportions (drawn with replacement), ``alpha = 0`` is ``balanced``.
 - ``stratified``: the index stream is cut into chunks of one optimizer step (``step_size`` examples over all
-  micro-batches and processes); every chunk holds ``step_size // k`` examples of each group plus one more for
-  ``step_size % k`` groups drawn at random, so *every* step holds every group (DoReMi's proxy samples domains
-  uniformly; its issue #5 shows batches missing domains let the weights collapse). Within a group, examples are drawn
-  without replacement from a reshuffled cycle.
+  micro-batches and processes); by default (``alpha = 0``) every chunk holds ``step_size // k`` examples of each group
+  plus one more for ``step_size % k`` groups drawn at random, so *every* step holds every group (DoReMi's proxy samples
+  domains uniformly; its issue #5 shows batches missing domains let the weights collapse). With an ``alpha`` other than
+  0, group ``g`` fills the share ``p_g ∝ n_g ** alpha`` of every step: ``floor(p_g * step_size)`` examples, plus one
+  more with probability equal to the fraction left (systematic sampling, so a step always holds exactly
+  ``step_size``); that is temperature sampling with the shares held exactly in every step instead of in
+  expectation, the knob that traces stratified sampling's trade-off between the groups. Within a group, examples are
+  drawn without replacement from a reshuffled cycle.
+
+``alpha`` (``group_sampling_exponent``) lies in [-1, 1]: 1 is the natural proportions, 0 equal shares, and below 0
+the smaller groups get *more* than an equal share. Its default depends on the sampling: 0.5 for ``temperature`` (the
+multilingual baseline), 0 for ``stratified`` (equal shares).
 
 Both samplers are a pure function of ``(seed, epoch)``: every process draws the same stream (accelerate then deals its
 batches round-robin, each process getting its own part), and a resumed run that skips the first batches of an epoch
@@ -25,6 +33,24 @@ from collections.abc import Iterator, Sequence
 import torch
 
 GROUP_SAMPLINGS = ("natural", "balanced", "temperature", "stratified")
+DEFAULT_EXPONENTS = {"temperature": 0.5, "stratified": 0.0}  # alpha when `group_sampling_exponent` is None
+
+
+def check_sampling_exponent(exponent: float | None) -> None:
+    """Refuse an ``alpha`` outside [-1, 1] (``None`` is the sampling's default), naming the option."""
+    if exponent is not None and not -1.0 <= exponent <= 1.0:
+        raise ValueError(
+            "`group_sampling_exponent` must be in [-1, 1] (1: natural proportions, 0: equal shares, below 0: the "
+            f"smaller groups favoured beyond equal), got {exponent}."
+        )
+
+
+def sampling_shares(group_ids: torch.Tensor, num_groups: int, exponent: float) -> torch.Tensor:
+    """Each group's share ``p_g = n_g ** alpha / sum_h n_h ** alpha`` (float64) of a temperature draw or a stratified
+    step."""
+    check_sampling_exponent(exponent)
+    weights = torch.bincount(group_ids, minlength=num_groups).double().pow(exponent)
+    return weights / weights.sum()
 
 
 def balanced_example_weights(group_ids: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -35,18 +61,35 @@ def balanced_example_weights(group_ids: torch.Tensor, num_groups: int) -> torch.
 def temperature_example_weights(group_ids: torch.Tensor, num_groups: int, exponent: float) -> torch.Tensor:
     """Per-example weights ``N * n_g ** (alpha - 1)``: group ``g``'s total weight is ``N * n_g ** alpha``, so a
     weighted draw picks group ``g`` with probability ``n_g ** alpha / sum_h n_h ** alpha``."""
-    if not 0.0 <= exponent <= 1.0:
-        raise ValueError(f"`group_sampling_exponent` must be in [0, 1] (0: balanced, 1: natural), got {exponent}.")
+    check_sampling_exponent(exponent)
     counts = torch.bincount(group_ids, minlength=num_groups).double()
     return len(group_ids) * counts[group_ids].pow(exponent - 1.0)
 
 
-def stratified_quotas(num_groups: int, step_size: int, generator: torch.Generator) -> torch.Tensor:
-    """How many examples of each group one step of ``step_size`` holds: ``step_size // k`` each, plus one for
-    ``step_size % k`` groups drawn at random."""
-    quotas = torch.full((num_groups,), step_size // num_groups, dtype=torch.long)
-    extra = torch.randperm(num_groups, generator=generator)[: step_size % num_groups]
-    quotas[extra] += 1
+def stratified_quotas(
+    num_groups: int, step_size: int, generator: torch.Generator, shares: torch.Tensor | None = None
+) -> torch.Tensor:
+    """How many examples of each group one step of ``step_size`` holds.
+
+    Equal shares (``shares=None``): ``step_size // k`` each, plus one for ``step_size % k`` groups drawn at random.
+    Else ``floor(p_g * step_size)`` each, plus one for group ``g`` with probability equal to its fraction left, by
+    systematic sampling in a random order of the groups: exactly ``step_size`` in all, ``p_g * step_size`` on
+    average.
+    """
+    order = torch.randperm(num_groups, generator=generator)
+    if shares is None:
+        quotas = torch.full((num_groups,), step_size // num_groups, dtype=torch.long)
+        quotas[order[: step_size % num_groups]] += 1
+        return quotas
+    expected = shares.double() * step_size
+    quotas = expected.floor().long()
+    extra = step_size - int(quotas.sum())
+    if extra > 0:
+        ends = (expected - quotas)[order].cumsum(0)  # the fractions left, laid end to end in a random order
+        points = torch.rand((), generator=generator, dtype=torch.float64) + torch.arange(extra, dtype=torch.float64)
+        # each fraction is < 1, so no interval holds two points: `extra` distinct groups
+        chosen = torch.searchsorted(ends, points, right=True).clamp(max=num_groups - 1)
+        quotas[order[chosen]] += 1
     return quotas
 
 
@@ -95,19 +138,22 @@ class BalancedGroupSampler(TemperatureGroupSampler):
 
 
 class StratifiedGroupSampler(_GroupSampler):
-    """Chunks of ``step_size`` indices, each holding every group (see the module docstring).
+    """Chunks of ``step_size`` indices, each holding every group in equal shares, or in shares ``∝ n_g ** exponent``
+    (see the module docstring).
 
     Args:
         group_ids: each example's group id.
-        step_size: examples per optimizer step over all processes (batch size × accumulation × processes); at least
-            the number of groups.
+        step_size: examples per optimizer step over all processes (batch size × accumulation × processes); with equal
+            shares, at least the number of groups.
         num_groups: number of groups (default: the largest id + 1).
         seed: seed of the stream (with the epoch).
+        exponent: ``alpha`` of the shares, in [-1, 1]; 0 (default) is equal shares.
     """
 
-    def __init__(self, group_ids, step_size: int, num_groups: int | None = None, seed: int = 0):
+    def __init__(self, group_ids, step_size: int, num_groups: int | None = None, seed: int = 0, exponent: float = 0.0):
         super().__init__(group_ids, num_groups, seed)
-        if step_size < self.num_groups:
+        self.shares = None if exponent == 0.0 else sampling_shares(self.group_ids, self.num_groups, exponent)
+        if self.shares is None and step_size < self.num_groups:
             raise ValueError(
                 f"`step_size`={step_size} examples per optimizer step cannot hold all {self.num_groups} groups: raise "
                 "the batch size (or gradient accumulation) to at least the number of groups, or use balanced sampling."
@@ -124,7 +170,8 @@ class StratifiedGroupSampler(_GroupSampler):
         positions = [0] * self.num_groups
         for _ in range(len(self) // self.step_size):
             chunk = []
-            for g, quota in enumerate(stratified_quotas(self.num_groups, self.step_size, generator).tolist()):
+            quotas = stratified_quotas(self.num_groups, self.step_size, generator, self.shares)
+            for g, quota in enumerate(quotas.tolist()):
                 for _ in range(quota):
                     if positions[g] == len(cycles[g]):  # a group used up: reshuffle it and start again
                         cycles[g], positions[g] = members[g][torch.randperm(len(members[g]), generator=generator)], 0
@@ -140,18 +187,19 @@ def group_sampler(
     num_groups: int,
     seed: int,
     step_size: int | None = None,
-    exponent: float = 0.5,
+    exponent: float | None = None,
 ) -> torch.utils.data.Sampler | None:
     """The sampler for ``sampling`` (``None`` for ``natural``: keep the caller's default random sampler); ``exponent``
-    is ``temperature``'s alpha."""
+    is the alpha of ``temperature`` and ``stratified`` (``None``: ``DEFAULT_EXPONENTS``)."""
     if sampling not in GROUP_SAMPLINGS:
         raise ValueError(f"`group_sampling` must be one of {GROUP_SAMPLINGS}, got {sampling!r}.")
     if sampling == "natural":
         return None
     if sampling == "balanced":
         return BalancedGroupSampler(group_ids, num_groups, seed)
+    alpha = DEFAULT_EXPONENTS[sampling] if exponent is None else exponent
     if sampling == "temperature":
-        return TemperatureGroupSampler(group_ids, num_groups, seed, exponent)
+        return TemperatureGroupSampler(group_ids, num_groups, seed, alpha)
     if step_size is None:
         raise ValueError("Stratified sampling needs `step_size` (examples per optimizer step over all processes).")
-    return StratifiedGroupSampler(group_ids, step_size, num_groups, seed)
+    return StratifiedGroupSampler(group_ids, step_size, num_groups, seed, alpha)

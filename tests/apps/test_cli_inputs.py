@@ -210,6 +210,10 @@ MATRIX = [
      r"`--max_train_per_group` must be >= 1"),
     ("hyper-context-size", "train", lambda t, o, d: ["--hyper", "--hyper_context_size", "0"],
      r"`--hyper_context_size` must be >= 1"),
+    ("sampling-exponent", "train", lambda t, o, d: ["--group_sampling", "stratified", "--group_sampling_exponent",
+     "1.5"], r"`--group_sampling_exponent` must be in \[-1, 1\] .*got 1\.5"),
+    ("diffusion-sampling-exponent", "train-diffusion", lambda t, o, d: ["--group_sampling_exponent", "-2"],
+     r"`--group_sampling_exponent` must be in \[-1, 1\] .*got -2\.0"),
     # model
     ("model-missing", "train", lambda t, o, d: ["--model_name_or_path", t / "no" / "model"],
      r"`--model_name_or_path`: no such file or folder .*no/model"),

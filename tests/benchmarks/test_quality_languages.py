@@ -50,3 +50,16 @@ def test_test_values_reads_each_unit():
     assert unit_values(CELLS[0], "perplexity")["fr"] == 1.5
     with pytest.raises(KeyError):
         unit_values(CELLS[0], "egt")
+
+
+def test_screen_counts_the_test_cells_it_has_no_cell_of(tmp_path):
+    from benchmarks.cells import cell_path, write_json
+    from benchmarks.quality_languages import stage_cells
+
+    write_json(cell_path(tmp_path, "screen", "stratified_erm", 0), {"method": "stratified_erm", "seed": 0, "at": "s"})
+    for method, seed in (("stratified_erm", 0), ("minmax_sequence", 0), ("erm", 1)):
+        write_json(cell_path(tmp_path, "test", method, seed), {"method": method, "seed": seed, "at": "t"})
+    screen = [(c["method"], c["seed"], c["at"]) for c in stage_cells(tmp_path, "screen")]
+    # the screen's own cell wins over the test cell of the same (method, seed); LANGUAGE_METHODS order
+    assert screen == [("erm", 1, "t"), ("stratified_erm", 0, "s"), ("minmax_sequence", 0, "t")]
+    assert [c["at"] for c in stage_cells(tmp_path, "test")] == ["t", "t", "t"]  # the test stage reads only its own

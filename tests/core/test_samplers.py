@@ -12,6 +12,7 @@ from hf_egt.core.samplers import (
     TemperatureGroupSampler,
     balanced_example_weights,
     group_sampler,
+    sampling_shares,
     stratified_quotas,
     temperature_example_weights,
 )
@@ -52,10 +53,21 @@ def test_temperature_sampler_draws_groups_in_proportion_to_n_to_the_alpha():
         assert abs(counts[group] - expected[group]) < 165
 
 
-@pytest.mark.parametrize("exponent", [-0.1, 1.5])
-def test_temperature_exponent_outside_zero_one_is_refused(exponent):
-    with pytest.raises(ValueError, match=r"`group_sampling_exponent` must be in \[0, 1\]"):
+@pytest.mark.parametrize("exponent", [-1.5, 1.5])
+def test_exponent_outside_minus_one_one_is_refused(exponent):
+    with pytest.raises(ValueError, match=r"`group_sampling_exponent` must be in \[-1, 1\]"):
         TemperatureGroupSampler(GROUP_IDS, 3, exponent=exponent)
+    with pytest.raises(ValueError, match=r"`group_sampling_exponent` must be in \[-1, 1\]"):
+        StratifiedGroupSampler(GROUP_IDS, step_size=8, exponent=exponent)
+
+
+def test_exponent_none_is_each_samplings_default():
+    assert group_sampler("temperature", GROUP_IDS, 3, seed=0).weights.tolist() == pytest.approx(
+        temperature_example_weights(torch.tensor(GROUP_IDS), 3, 0.5).tolist()
+    )
+    default = group_sampler("stratified", GROUP_IDS, 3, seed=0, step_size=8)
+    assert default.shares is None  # equal shares, the stream stratified sampling always drew
+    assert list(default) == list(group_sampler("stratified", GROUP_IDS, 3, seed=0, step_size=8, exponent=0.0))
 
 
 def test_balanced_sampler_draws_groups_uniformly_with_replacement():
@@ -94,6 +106,35 @@ def test_stratified_every_step_holds_every_group_with_its_quota():
     # within a group, examples come without replacement until the group is used up
     small = [i for i in indices if GROUP_IDS[i] == 2]
     assert sorted(small[:3]) == [39, 40, 41]
+
+
+@pytest.mark.parametrize("exponent", [1.0, 0.5, -0.5])
+def test_stratified_shares_hold_each_step_to_n_to_the_alpha(exponent):
+    """Each step holds floor or ceil of p_g * step_size of group g, exactly step_size in all, and p_g * step_size on
+    average (systematic sampling of the fractions left)."""
+    sampler = StratifiedGroupSampler(GROUP_IDS, step_size=8, num_groups=3, seed=1, exponent=exponent)
+    sizes = torch.tensor([30.0, 9.0, 3.0], dtype=torch.float64)
+    expected = 8 * sizes**exponent / (sizes**exponent).sum()
+    torch.testing.assert_close(sampler.shares * 8, expected)
+    steps = []
+    for epoch in range(300):
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        steps += [Counter(GROUP_IDS[i] for i in indices[start : start + 8]) for start in range(0, len(indices), 8)]
+    per_step = torch.tensor([[step[g] for g in range(3)] for step in steps], dtype=torch.float64)
+    assert (per_step.sum(dim=1) == 8).all()
+    assert ((per_step >= expected.floor()) & (per_step <= expected.ceil())).all()
+    # 1,800 steps: the std of a group's mean count is at most 0.5 / sqrt(1800) ~ 0.012; 5 std
+    assert (per_step.mean(dim=0) - expected).abs().max() < 0.06
+
+
+def test_stratified_below_zero_gives_small_groups_more_than_equal():
+    shares = sampling_shares(torch.tensor(GROUP_IDS), 3, -0.5)
+    assert shares[2] > 1 / 3 > shares[0] and shares[2] > shares[1] > shares[0]  # the smallest group most
+    quotas = stratified_quotas(3, 4, torch.Generator().manual_seed(0), shares)
+    assert quotas.sum() == 4
+    # unequal shares need no room for every group in a step: a group is in it with probability p_g * step_size
+    assert len(list(StratifiedGroupSampler(GROUP_IDS, step_size=2, exponent=-0.5))) == 42
 
 
 def test_stratified_quotas_and_errors():

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from hf_egt.core.losses import GROUP_LOSS_UNITS
 from hf_egt.core.objective import LOSS_ESTIMATES, OBJECTIVE_MODES
-from hf_egt.core.samplers import GROUP_SAMPLINGS
+from hf_egt.core.samplers import GROUP_SAMPLINGS, check_sampling_exponent
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +46,13 @@ class GroupArguments:
             `"natural"` (the data's proportions), `"balanced"` (weighted sampler with replacement, per-example weight
             `N / n_g`, as group_DRO's `--reweight_groups`), `"temperature"` (group `g` drawn with probability
             `∝ n_g ** group_sampling_exponent`, the multilingual baseline) or `"stratified"` (every optimizer step
-            holds every group); see `hf_egt.core.samplers`. Seeded with `data_seed` (else `seed`) and the epoch, so
-            resuming is exact.
-        group_sampling_exponent (`float`, *optional*, defaults to `0.5`):
-            The `alpha` of `"temperature"` sampling, in [0, 1]: 1 is the natural proportions, 0 is balanced.
+            holds each group's share exactly: equal shares by default); see `hf_egt.core.samplers`. Seeded with
+            `data_seed` (else `seed`) and the epoch, so resuming is exact.
+        group_sampling_exponent (`float` or `None`, *optional*, defaults to `None`):
+            The `alpha` of `"temperature"` and `"stratified"` sampling (group shares `∝ n_g ** alpha`), in [-1, 1]:
+            1 is the natural proportions, 0 equal shares, below 0 favours the smaller groups beyond equal. `None` is
+            each sampling's default: 0.5 for `"temperature"`, 0 for `"stratified"`. With `"stratified"` it is the
+            knob that trades the large groups' quality for the small ones'.
         group_loss_unit (`str`, *optional*, defaults to `"token"`):
             What a group's loss averages over, in the objective and the weight update: `"token"` (the mean over the
             group's tokens) or `"sequence"` (the mean over its sequences of each one's summed NLL, comparable across
@@ -98,14 +101,18 @@ class GroupArguments:
     group_sampling: str = field(
         default="natural",
         metadata={
-            "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g) or "
-            "stratified (every optimizer step holds every group).",
+            "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g), "
+            "temperature (p_g ∝ n_g ** group_sampling_exponent) or stratified (every optimizer step holds each group's "
+            "share exactly).",
             "choices": list(GROUP_SAMPLINGS),
         },
     )
-    group_sampling_exponent: float = field(
-        default=0.5,
-        metadata={"help": "alpha of temperature sampling (p_g ∝ n_g ** alpha): 1 natural, 0 balanced."},
+    group_sampling_exponent: float | None = field(
+        default=None,
+        metadata={
+            "help": "alpha of temperature and stratified sampling (shares ∝ n_g ** alpha), in [-1, 1]: 1 natural, 0 "
+            "equal, below 0 favours small groups; default 0.5 for temperature, 0 for stratified."
+        },
     )
     group_loss_unit: str = field(
         default="token",
@@ -159,11 +166,7 @@ class GroupArguments:
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
-        if not 0.0 <= self.group_sampling_exponent <= 1.0:
-            raise ValueError(
-                f"`group_sampling_exponent` must be in [0, 1] (0: balanced, 1: natural), got "
-                f"{self.group_sampling_exponent}."
-            )
+        check_sampling_exponent(self.group_sampling_exponent)
         if not 0.0 <= self.group_weight_floor < 1.0:
             raise ValueError(f"`group_weight_floor` must be in [0, 1), got {self.group_weight_floor}.")
         if self.group_update_steps < 1:
