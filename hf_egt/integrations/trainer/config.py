@@ -45,9 +45,10 @@ class GroupArguments:
         group_sampling (`str`, *optional*, defaults to `"natural"`):
             `"natural"` (the data's proportions), `"balanced"` (weighted sampler with replacement, per-example weight
             `N / n_g`, as group_DRO's `--reweight_groups`), `"temperature"` (group `g` drawn with probability
-            `∝ n_g ** group_sampling_exponent`, the multilingual baseline) or `"stratified"` (every optimizer step
-            holds every group); see `hf_egt.core.samplers`. Seeded with `data_seed` (else `seed`) and the epoch, so
-            resuming is exact.
+            `∝ n_g ** group_sampling_exponent`, the multilingual baseline), `"stratified"` (every optimizer step
+            holds every group) or `"homogeneous"` (every micro-batch of `per_device_train_batch_size` rows holds one
+            group, the groups taking turns: a HyperLoRA adapter generated from its batch sees one group); see
+            `hf_egt.core.samplers`. Seeded with `data_seed` (else `seed`) and the epoch, so resuming is exact.
         group_sampling_exponent (`float`, *optional*, defaults to `0.5`):
             The `alpha` of `"temperature"` sampling, in [0, 1]: 1 is the natural proportions, 0 is balanced.
         group_loss_unit (`str`, *optional*, defaults to `"token"`):
@@ -98,8 +99,9 @@ class GroupArguments:
     group_sampling: str = field(
         default="natural",
         metadata={
-            "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g) or "
-            "stratified (every optimizer step holds every group).",
+            "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g), "
+            "temperature (p_g ∝ n_g ** alpha), stratified (every optimizer step holds every group) or homogeneous "
+            "(every micro-batch holds one group, the groups taking turns).",
             "choices": list(GROUP_SAMPLINGS),
         },
     )
