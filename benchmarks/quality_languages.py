@@ -827,24 +827,28 @@ def run_own_context_cell(model, tokenizer, train, validation, test, settings, se
     return cell
 
 
-def context_control_table(cells: Sequence[Mapping]) -> str:
+def context_control_table(cells: Sequence[Mapping], majority: str) -> str:
     """One row per ``hyper_own_context`` cell (seed): the context sensitivity across the languages' context sets and
-    within the majority, then per language the validation NLL per verse with its own context and with the donor's
-    (``swap_donors``): ``own → swapped (donor)``."""
+    within the majority, then per language (majority first) the validation NLL per verse with its own context, with
+    the donor's (``swap_donors``) and the difference: ``own → swapped (donor, swapped - own)``."""
     found = [cell for cell in cells if "swapped_context" in cell]
     if not found:
         return ""
-    languages = list(found[0]["swapped_context"]["own"])
+    languages = [majority, *sorted(g for g in found[0]["swapped_context"]["own"] if g != majority)]
     header = ["seed", "sensitivity across languages", "within majority", *languages]
     lines = ["| " + " | ".join(header) + " |", "| ---: |" + " ---: |" * (len(header) - 1)]
     for cell in found:
         sensitivity, control = cell["context_sensitivity"], cell["swapped_context"]
         within = sensitivity["within_majority"]
-        values = [f"{control['own'][g]:.1f} → {control['swapped'][g]:.1f} ({control['donor'][g]})" for g in languages]
+        values = [
+            f"{control['own'][g]:.1f} → {control['swapped'][g]:.1f} ({control['donor'][g]}, "
+            f"{control['difference'][g]:+.2f})"
+            for g in languages
+        ]
         row = [
             str(cell["seed"]),
-            f"{sensitivity['across_languages']:.4f}",
-            "n/a" if within is None else f"{within:.4f}",
+            f"{sensitivity['across_languages']:.2e}",
+            "n/a" if within is None else f"{within:.2e}",
         ]
         lines.append("| " + " | ".join(row + values) + " |")
     return "\n".join(lines)
@@ -964,7 +968,7 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
         parts += [f"![worst minority vs {majority}]({figure.name})", ""]
         curves = plot_curves(cells, majority, output_dir / f"languages_curves_{stage}.png")
         parts += [f"![validation curves and group weights]({curves.name})", ""]
-        control = context_control_table(cells)
+        control = context_control_table(cells, majority)
         if control:
             payload[stage]["context_control"] = [
                 {k: cell[k] for k in ("seed", "context_sensitivity", "swapped_context")}

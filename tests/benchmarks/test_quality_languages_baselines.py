@@ -14,6 +14,7 @@ from datasets import Dataset
 from benchmarks.cells import cell_path, write_json
 from benchmarks.quality_languages import (
     OWN_ADAPTER,
+    context_control_table,
     context_sensitivities,
     egt_detail,
     markdown_table,
@@ -296,3 +297,24 @@ def test_swapped_context_control_has_a_donor_and_both_values_per_language(tiny_h
     assert 0 < sensitivity["across_languages"] <= 1
     assert sensitivity["within_majority"] is not None  # 6 English rows hold 3 disjoint sets of 2
     assert context_sensitivities(trainer.model, train, tokenizer, contexts, 4, 16)["within_majority"] is None
+
+
+def test_context_control_table_lists_own_and_swapped_values_majority_first():
+    control = {
+        "donor": {"de": "en", "en": "de", "fr": "en"},
+        "own": {"de": 110.0, "en": 45.0, "fr": 90.0},
+        "swapped": {"de": 112.5, "en": 45.25, "fr": 90.0},
+        "difference": {"de": 2.5, "en": 0.25, "fr": 0.0},
+    }
+    cell = {
+        "seed": 3,
+        "context_sensitivity": {"across_languages": 0.02, "within_majority": None},
+        "swapped_context": control,
+    }
+    lines = context_control_table([cell, {"seed": 0, "method": "erm"}], "en").splitlines()
+    assert lines[0] == "| seed | sensitivity across languages | within majority | en | de | fr |"
+    assert (
+        lines[2]
+        == "| 3 | 2.00e-02 | n/a | 45.0 → 45.2 (de, +0.25) | 110.0 → 112.5 (en, +2.50) | 90.0 → 90.0 (en, +0.00) |"
+    )
+    assert len(lines) == 3  # cells of other methods have no row
