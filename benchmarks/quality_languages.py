@@ -18,6 +18,18 @@ drawn once (``--split_seed``) for all languages and all cells (``hf_egt.apps.bib
 SmolLM2 (features that work in every language it reads), with the library's recommended estimator (per-group
 codebooks), noise floors and intervals.
 
+Two baselines are not one adapter trained on all languages. ``own_adapter`` trains one LoRA adapter per language
+on that language's rows only (same recipe, each kept at its best step on its own language's validation verses): the
+reference point of a whole adapter per language. Its four trainings are written as parts
+(``cells/<stage>/own_adapter/seed<k>.<language>.json``; a killed run loses at most one) and assembled into the cell
+when all exist. ``hyper_own_context`` is HyperLoRA at LoRA's parameter count trained on one-language micro-batches
+(``group_sampling="homogeneous"``), each language evaluated with the adapter generated from its own first
+``--hyper_context_size`` training verses: does one shared hypernetwork help the small languages? Its cell also holds
+the ``context_sensitivity`` of the adapters generated from the four contexts and a swapped-context control (each
+minority's validation NLL per verse with English's context, English's with German's). In both, each language is
+measured by a separate model or context: the per-language values are exact, but the EGT gap across languages and its
+p-value (which need one model's generations of every language) are not computed.
+
 Outputs in ``--output_dir``: ``cells/<stage>/<method>/seed<k>.json`` (``--resume`` skips the cells whose file exists;
 a killed run loses at most the cell in progress; several processes started with the same command share the cells,
 each claiming one with a ``.lock`` file before running it), ``cells/<stage>/base.json``, ``results.json``,
@@ -28,6 +40,8 @@ curves and group weights over training).
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD python benchmarks/quality_languages.py \\
         --output_dir outputs/languages --resume --stage screen --seeds 0 --methods erm balanced_erm minmax_reference
 
+    ... --methods own_adapter hyper_own_context   # the two baselines (with --stage screen or --stage test)
+
 Development languages: en (majority), fr, es, de. Other languages (``--languages en it ru ro``...) are for confirming
 a choice: do not tune on them.
 """
@@ -37,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import statistics
 import sys
@@ -90,6 +105,23 @@ LANGUAGE_METHODS = {
 # gets no BOS token, so only the difference between the two is the language information.
 TAGGED_METHODS = {"tag_erm": ("erm", None, {}), "neutral_tag_erm": ("erm", None, {})}
 LANGUAGE_METHODS |= TAGGED_METHODS
+# One LoRA adapter per language (a reference point, not a competitor): each trained with the same recipe (steps,
+# batch, learning rate) on its language's training verses only, kept at its best step on its own language's
+# validation verses and tested on its own language's test verses. What a language reaches with a whole adapter to
+# itself, with no transfer from the others and no competition for capacity. Four trainings per cell, each written
+# as a part (``cells/<stage>/own_adapter/seed<k>.<language>.json``) and assembled into the cell when all are done.
+OWN_ADAPTER = "own_adapter"
+# HyperLoRA at LoRA's parameter count (quality_bold's hyper_matched) whose adapter of each language is generated from
+# that language's own rows: trained on one-language micro-batches (``group_sampling="homogeneous"``: the context of
+# every training forward is one language's batch) and evaluated, during training and after, with each language's
+# context fixed to its first ``--hyper_context_size`` training verses. Does one shared hypernetwork help the small
+# languages when each gets its own generated adapter? The cell also measures whether the adapter depends on its
+# context at all (``context_sensitivity``) and what each language loses with another language's context.
+HYPER_OWN_CONTEXT = "hyper_own_context"
+LANGUAGE_METHODS |= {
+    OWN_ADAPTER: ("erm", None, {}),
+    HYPER_OWN_CONTEXT: ("erm", {"match_lora_parameters": True}, {"group_sampling": "homogeneous"}),
+}
 FAMILIES = {
     "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm"),
     "stratified": ("stratified_erm_0.3", "stratified_erm", "stratified_erm_-0.1", "stratified_erm_-0.25"),
@@ -143,13 +175,25 @@ def tagged(dataset, tokenizer, max_length: int, method: str):
 
 
 def best_validation(cell: Mapping) -> dict[str, float]:
-    """Per-language validation NLL per verse at the cell's best step (the step it kept)."""
+    """Per-language validation NLL per verse at the cell's best step (the step it kept); for a cell of one adapter per
+    language (``best_step`` a mapping language -> step), each language's value at its own adapter's best step."""
+    best = cell["best_step"]
+    steps = best if isinstance(best, Mapping) else None
+    found: dict[str, float] = {}
     for row in cell["curve"]:
-        if row["step"] == cell["best_step"]:
-            return row["validation"]["sequence_nll"]["per_group"]
-    raise ValueError(
-        f"Cell {cell['method']}/seed{cell['seed']} has no evaluation at its best step {cell['best_step']}."
-    )
+        per_group = row.get("validation", {}).get("sequence_nll", {}).get("per_group", {})
+        if steps is None and row["step"] == best:
+            return per_group
+        if steps is not None:
+            found |= {g: v for g, v in per_group.items() if steps.get(g) == row["step"]}
+    if steps is not None and set(found) == set(steps):
+        return {g: found[g] for g in steps}
+    raise ValueError(f"Cell {cell['method']}/seed{cell['seed']} has no evaluation at its best step {best}.")
+
+
+def step_label(step) -> str:
+    """A cell's best step as a table shows it: the step, or each language's (``en 40 fr 80 ...``)."""
+    return " ".join(f"{g} {s}" for g, s in step.items()) if isinstance(step, Mapping) else str(step)
 
 
 def summarize(cells: Sequence[Mapping], majority: str, source: str) -> dict:
@@ -200,7 +244,7 @@ def markdown_table(summary: Mapping, base: Mapping | None, majority: str) -> str
         seeds = len(row["seeds"])
         cells = [pm(row["per_group"][g], seeds) for g in languages]
         cells += [pm(row["worst_minority"], seeds), pm(row["group_mean"], seeds)]
-        cells += [" / ".join(str(step) for step in row["best_step"]), " ".join(map(str, row["seeds"]))]
+        cells += [" / ".join(step_label(step) for step in row["best_step"]), " ".join(map(str, row["seeds"]))]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -265,7 +309,9 @@ def egt_detail(cells: Sequence[Mapping], base: Mapping | None) -> str:
             continue
         for i, (group, value) in enumerate(sorted(report["per_group"].items())):
             low, high = report["ci"][group]
-            gap = f"{report['gap']:.3f} | {report['gap_p_value']:.3f}" if i == 0 else " | "
+            gap = " | "
+            if i == 0:  # a cell assembled from one model per language has no gap test across them (None)
+                gap = " | ".join("n/a" if report.get(k) is None else f"{report[k]:.3f}" for k in ("gap", "gap_p_value"))
             lines.append(
                 f"| {name if i == 0 else ''} | {group} | {value:.3f} | [{low:.3f}, {high:.3f}] | "
                 f"{report['null_floor'][group]:.3f} | {gap} |"
@@ -389,6 +435,433 @@ def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: i
     return {"result": result, "per_group": result["sequence_nll"]["per_group"], "eval_s": time.perf_counter() - started}
 
 
+# ------------------------------------------------------------------------------------ one model per language: merging
+
+PER_GROUP_NOTE = (
+    "Each language's values come from a separate evaluation (its own adapter, or its own HyperLoRA context): the "
+    "per-language values and their intervals are exact; the values across languages (EGT's gap and its permutation "
+    "p-value, ratio, pooled overall) need one model's generations of every language and are not computed (None)."
+)
+
+
+def merge_results(parts: Mapping[str, Mapping]) -> dict:
+    """One ``evaluate_causal_lm`` result from per-language ones (``parts[language]`` scored that language's rows only),
+    of the same shape: per-group perplexity, NLL per token, NLL per verse and bits per byte with their intervals and
+    scored counts; gap, worst group and the pooled overall recomputed from the per-group values and counts; the EGT
+    report's per-group fields, its across-language fields (gap, p-value, ...) ``None`` (``PER_GROUP_NOTE``)."""
+    import math
+
+    from hf_egt.core.metrics.summary import group_run, summarize_groups
+
+    languages = sorted(parts)
+    for language in languages:
+        if set(parts[language]["per_group"]) != {language}:
+            raise ValueError(f"The part of {language!r} scored {sorted(parts[language]['per_group'])}, not it alone.")
+    scored = {g: parts[g]["scored"][g] for g in languages}
+
+    def pooled(values: Mapping[str, float], weight: str) -> float:
+        total = sum(scored[g][weight] for g in languages)
+        return sum(values[g] * scored[g][weight] for g in languages) / total
+
+    loss = {g: parts[g]["loss_per_group"][g] for g in languages}
+    overall_loss = pooled(loss, "tokens")
+    perplexity = {g: parts[g]["per_group"][g] for g in languages}
+    result = {
+        **group_run(perplexity, {g: parts[g]["counts"][g] for g in languages}, math.exp(overall_loss)),
+        "loss_per_group": loss,
+        "overall_loss": overall_loss,
+    }
+    for unit, weight in (("sequence_nll", "examples"), ("bits_per_byte", "bytes")):
+        if not all(unit in parts[g] for g in languages):
+            continue
+        values = {g: parts[g][unit]["per_group"][g] for g in languages}
+        result[unit] = {**summarize_groups(values), "overall": pooled(values, weight)}
+        if all("ci" in parts[g][unit] for g in languages):
+            result[unit]["ci"] = {g: parts[g][unit]["ci"][g] for g in languages}
+    result["scored"] = scored
+    if all("egt" in parts[g] for g in languages):
+        reports = {g: parts[g]["egt"] for g in languages}
+        egt = {}
+        for key, value in reports[languages[0]].items():
+            if key in ACROSS_GROUPS:
+                continue
+            if isinstance(value, Mapping) and set(value) <= {languages[0]} and key != "estimator_kwargs":
+                egt[key] = {g: reports[g][key][g] for g in languages if g in reports[g][key]}
+            elif all(reports[g].get(key) == value for g in languages):
+                egt[key] = value  # a setting shared by every part (divergence, resamples, ...)
+            else:
+                egt[key] = {g: reports[g].get(key) for g in languages}  # a setting that differs (e.g. clusters)
+        result["egt"] = {**egt, **dict.fromkeys(ACROSS_GROUPS), "note": PER_GROUP_NOTE}
+        result["samples"] = {g: parts[g].get("samples", {}).get(g, []) for g in languages}
+    return result
+
+
+ACROSS_GROUPS = (
+    "gap",
+    "gap_p_value",
+    "gap_significant",
+    "ratio",
+    "worst_group",
+    "best_group",
+    "overall",
+    "ego_gap",
+    "mgo_gap",
+    "generated_share",
+    "data_share",
+)
+
+
+def part_path(output_dir: Path, stage: str, seed: int, language: str) -> Path:
+    """One language's part of an ``own_adapter`` cell: ``cells/<stage>/own_adapter/seed<k>.<language>.json``."""
+    return cell_path(output_dir, stage, OWN_ADAPTER, seed).with_name(f"seed{seed}.{language}.json")
+
+
+def merge_curves(curves: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+    """Per step that every language evaluated: one curve row holding each language's validation values (perplexity
+    and NLL per verse) from its own curve, as the rows of a cell of one model."""
+    by_step: dict[int, dict[str, Mapping]] = {}
+    for language, curve in curves.items():
+        for row in curve or []:
+            if "validation" in row:
+                by_step.setdefault(row["step"], {})[language] = row["validation"]
+    rows = []
+    for step in sorted(by_step):
+        found = by_step[step]
+        if set(found) != set(curves):
+            continue
+        per_group = {g: found[g]["per_group"][g] for g in curves}
+        sequence = {g: found[g]["sequence_nll"]["per_group"][g] for g in curves}
+        validation = {
+            "per_group": per_group,
+            "worst": max(per_group.values()),
+            "sequence_nll": {"per_group": sequence, "worst": max(sequence.values())},
+        }
+        rows.append({"step": step, "validation": validation})
+    return rows
+
+
+def assemble_own_adapter(parts: Mapping[str, Mapping], stage: str) -> dict:
+    """The ``own_adapter`` cell from its per-language parts (``run_cell`` cells of one language each): the curves
+    merged by step, each language's best step, the test results merged (``merge_results``), ``train_s`` summed."""
+    first = next(iter(parts.values()))
+    results = {g: part["result"] for g, part in parts.items()}
+    return {
+        "method": OWN_ADAPTER,
+        "seed": first["seed"],
+        "stage": stage,
+        "languages": list(parts),
+        "objective": first["objective"],
+        "hyper": False,
+        "learning_rate": first["learning_rate"],
+        "trainable_parameters": {g: part["trainable_parameters"] for g, part in parts.items()},
+        "best_step": {g: part["best_step"] for g, part in parts.items()},
+        "curve": merge_curves({g: part["curve"] for g, part in parts.items()}),
+        "result": merge_results(results) if all(r is not None for r in results.values()) else None,
+        "train_loss": {g: part["train_loss"] for g, part in parts.items()},
+        "train_s": sum(part["train_s"] for part in parts.values()),
+        "eval_s": sum(part["eval_s"] for part in parts.values()),
+        "note": "One adapter per language, each trained on its language only. " + PER_GROUP_NOTE,
+    }
+
+
+def own_adapter_cell(output_dir: Path, stage: str, seed: int, languages: Sequence[str]) -> dict | None:
+    """The assembled ``own_adapter`` cell of ``seed`` when every language's part is written, else ``None``."""
+    parts = {language: read_json(part_path(output_dir, stage, seed, language)) for language in languages}
+    if any(part is None for part in parts.values()):
+        return None
+    return assemble_own_adapter(parts, stage)
+
+
+def rows_of(dataset, language: str):
+    """The rows of ``dataset`` whose group is ``language``."""
+    return dataset.select([i for i, group in enumerate(dataset["group"]) if group == language])
+
+
+def run_own_adapter(model, tokenizer, train, validation, test, settings, seed: int, args, test_kwargs) -> dict | None:
+    """Train (and write) each missing language part of the ``own_adapter`` cell of ``seed``, then return the
+    assembled cell once all parts exist (``None`` while another process still runs one)."""
+    output_dir = Path(args.output_dir)
+    for language in args.languages:
+        path = part_path(output_dir, args.stage, seed, language)
+        if (args.resume and path.is_file()) or not claim(path):
+            continue
+        part = run_cell(
+            model,
+            tokenizer,
+            rows_of(train, language),
+            rows_of(test, language) if args.stage == "test" else None,
+            settings,
+            f"languages/{language}",
+            OWN_ADAPTER,
+            seed,
+            output_dir / "work",
+            validation=rows_of(validation, language),
+            eval_steps=args.eval_steps,
+            specs=LANGUAGE_METHODS,
+            selection_metric=SELECTION_METRIC,
+            test_in_curve=False,
+            n_bootstrap=args.n_bootstrap,
+            store_reference=False,
+            test_kwargs=test_kwargs,
+        )
+        write_json(path, {**part, "stage": args.stage, "language": language})
+        release(path)
+        logger.info("%s/seed%d/%s: best step %s", OWN_ADAPTER, seed, language, part["best_step"])
+    return own_adapter_cell(output_dir, args.stage, seed, args.languages)
+
+
+# ------------------------------------------------------------------------------ HyperLoRA with each language's context
+
+
+class OwnContextEvaluation:
+    """Mixin for ``EGTTrainer`` over a HyperLoRA model: every evaluation scores each group's rows with the context
+    fixed to *that group's* context set (``context_sets[group]``, ``fix_context``), and reports the merged per-group
+    sums under the keys of the usual per-group evaluation (``<prefix>_group_sequence_nll/<g>``,
+    ``<prefix>_worst_group_sequence_nll``, ...): best-step selection and ``training_curve`` read it unchanged.
+
+    The groups' rows are disjoint, so the per-group sums of the separate passes add up to those of one pass; the
+    ``<prefix>_loss`` is the row-weighted mean of the passes' losses."""
+
+    context_sets: Mapping[str, Mapping]
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        from transformers.trainer_utils import EvalLoopOutput
+
+        from hf_egt.core.metrics.likelihood import group_likelihood
+        from hf_egt.integrations.hyper import fix_context
+        from hf_egt.integrations.trainer.egt_trainer import eval_metrics_from_likelihood
+
+        dataset = dataloader.dataset
+        labels = list(dataset[self.args.group_column])
+        unknown = sorted(set(map(str, labels)) - set(self.context_sets))
+        if unknown:
+            raise ValueError(f"No context set for the group(s) {unknown} of the evaluated rows.")
+        totals, rows, loss = None, 0, 0.0
+        for group, context_set in self.context_sets.items():
+            selected = [i for i, label in enumerate(labels) if str(label) == group]
+            if not selected:
+                continue
+            fix_context(self.model, context_set)
+            output = super().evaluation_loop(
+                self.get_eval_dataloader(dataset.select(selected)),
+                description,
+                prediction_loss_only,
+                ignore_keys,
+                metric_key_prefix,
+            )
+            part = self._last_eval_group_sums
+            totals = part if totals is None else tuple(a + b for a, b in zip(totals, part))
+            rows += output.num_samples
+            loss += output.metrics.get(f"{metric_key_prefix}_loss", float("nan")) * output.num_samples
+        sums, tokens, sequences = totals
+        self._last_eval_group_sums = totals
+        likelihood = group_likelihood(sums, tokens, self.group_objective.groups, group_sequences=sequences)
+        self.group_evaluations[metric_key_prefix] = likelihood
+        metrics = {
+            f"{metric_key_prefix}_loss": loss / rows,
+            **eval_metrics_from_likelihood(likelihood, metric_key_prefix),
+        }
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=rows)
+
+
+def own_context_trainer(context_sets: Mapping[str, Mapping]):
+    """A factory of ``EGTTrainer``s with ``OwnContextEvaluation`` (``train_adapter``'s ``trainer_class``)."""
+    from hf_egt.integrations.trainer import EGTTrainer
+
+    class OwnContextTrainer(OwnContextEvaluation, EGTTrainer):
+        pass
+
+    def build(*args, **kwargs):
+        trainer = OwnContextTrainer(*args, **kwargs)
+        trainer.context_sets = dict(context_sets)
+        return trainer
+
+    return build
+
+
+def own_context_sets(train, tokenizer, languages: Sequence[str], size: int, max_length: int) -> dict[str, dict]:
+    """Each language's context set: its first ``size`` training verses, tokenized (``tokenize_context_set``)."""
+    from hf_egt.integrations.hyper import tokenize_context_set
+
+    return {g: tokenize_context_set(tokenizer, rows_of(train, g)["text"][:size], max_length) for g in languages}
+
+
+def evaluate_with_contexts(model, tokenizer, dataset, contexts: Mapping[str, Mapping], settings, name, **kwargs):
+    """``evaluate_causal_lm`` of each language's rows of ``dataset`` with the HyperLoRA context fixed to
+    ``contexts[language]``, merged into one result (``merge_results``); ``kwargs`` go to ``evaluate_causal_lm``."""
+    from hf_egt.integrations.evaluation import evaluate_causal_lm
+    from hf_egt.integrations.hyper import fix_context
+
+    parts = {}
+    for language, context_set in contexts.items():
+        rows = rows_of(dataset, language)
+        fix_context(model, context_set)
+        parts[language] = evaluate_causal_lm(
+            model,
+            tokenizer,
+            list(rows["text"]),
+            list(rows["group"]),
+            batch_size=settings.per_device_eval_batch_size,
+            max_length=settings.max_length,
+            name=f"{name}/{language}",
+            **kwargs,
+        )
+    return merge_results(parts)
+
+
+def swap_donors(languages: Sequence[str]) -> dict[str, str]:
+    """The language whose context each language gets in the swapped-context control: the majority's (the first) for
+    every minority, the last minority's (German by default) for the majority."""
+    majority, *minorities = languages
+    return {majority: minorities[-1], **dict.fromkeys(minorities, majority)}
+
+
+def swapped_context_control(model, tokenizer, validation, contexts: Mapping[str, Mapping], settings) -> dict:
+    """Validation NLL per verse of each language with its own context and with another language's (``swap_donors``;
+    the languages are ``contexts``' keys, the majority first): if the generated adapters depend on their context, a
+    language should lose with another's."""
+    donors = swap_donors(list(contexts))
+    own = evaluate_with_contexts(model, tokenizer, validation, contexts, settings, "own context")
+    swapped_contexts = {g: contexts[donor] for g, donor in donors.items()}
+    swapped = evaluate_with_contexts(model, tokenizer, validation, swapped_contexts, settings, "swapped context")
+    own, swapped = own["sequence_nll"]["per_group"], swapped["sequence_nll"]["per_group"]
+    return {
+        "donor": donors,
+        "own": own,
+        "swapped": swapped,
+        "difference": {g: swapped[g] - own[g] for g in own},
+    }
+
+
+def context_sensitivities(model, train, tokenizer, contexts: Mapping[str, Mapping], size: int, max_length: int) -> dict:
+    """``context_sensitivity`` (``hf_egt.integrations.hyper.ple``: across-set variance of the generated LoRA weights
+    over their mean squared norm; 0 for a hypernetwork that ignores its input) of the weights generated from the
+    languages' context sets, and, as the floor that sampling alone gives, from as many disjoint sets of ``size``
+    verses of the majority (the first language; ``None`` when it has too few)."""
+    import torch
+
+    hyper = model.base_model if hasattr(model, "peft_config") and hasattr(model, "base_model") else model
+    device = next(hyper.hypernetwork.parameters()).device
+
+    def sensitivity(sets):
+        batches = [{k: v.to(device) for k, v in batch.items()} for batch in sets]
+        was_training = hyper.training
+        hyper.eval()
+        try:
+            with torch.no_grad():
+                return float(hyper.context_sensitivity(batches))
+        finally:
+            hyper.train(was_training)
+
+    from hf_egt.integrations.hyper import tokenize_context_set
+
+    majority = next(iter(contexts))
+    texts = rows_of(train, majority)["text"]
+    count = len(contexts)
+    within = None
+    if len(texts) >= count * size:
+        within = sensitivity(
+            [tokenize_context_set(tokenizer, texts[i * size : (i + 1) * size], max_length) for i in range(count)]
+        )
+    return {"across_languages": sensitivity(contexts.values()), "within_majority": within}
+
+
+def run_own_context_cell(model, tokenizer, train, validation, test, settings, seed: int, args, test_kwargs) -> dict:
+    """Train the ``hyper_own_context`` cell of ``seed`` (see ``HYPER_OWN_CONTEXT``); return the cell, with
+    ``context_sensitivity`` and the ``swapped_context`` control."""
+    import shutil
+
+    from benchmarks.quality_bold import _best_step, training_curve
+    from hf_egt.apps.recipe import lora_config, train_adapter
+
+    objective, hyper_fields, overrides = LANGUAGE_METHODS[HYPER_OWN_CONTEXT]
+    contexts = own_context_sets(train, tokenizer, args.languages, args.hyper_context_size, settings.max_length)
+    seeded = replace(settings, seed=seed)
+    output_dir = Path(args.output_dir) / "work" / "trainer" / "languages" / HYPER_OWN_CONTEXT / f"seed{seed}"
+    started = time.perf_counter()
+    trainer = train_adapter(
+        model,
+        tokenizer,
+        train,
+        seeded,
+        objective=objective,
+        output_dir=output_dir,
+        peft_config=lora_config(model, seeded, hyper=True, **hyper_fields),
+        trainer_class=own_context_trainer(contexts),
+        eval_dataset={"validation": validation},
+        eval_steps=args.eval_steps,
+        save_strategy="steps",
+        save_steps=args.eval_steps,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=SELECTION_METRIC,
+        **overrides,
+    )
+    train_s = time.perf_counter() - started
+    result = None
+    if test is not None:
+        name = f"languages/{HYPER_OWN_CONTEXT}/seed{seed}"
+        result = evaluate_with_contexts(
+            trainer.model, tokenizer, test, contexts, settings, name, n_bootstrap=args.n_bootstrap, **test_kwargs
+        )
+    swapped = swapped_context_control(trainer.model, tokenizer, validation, contexts, settings)
+    sensitivity = context_sensitivities(
+        trainer.model, train, tokenizer, contexts, args.hyper_context_size, settings.max_length
+    )
+    losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+    cell = {
+        "domain": "languages",
+        "method": HYPER_OWN_CONTEXT,
+        "seed": seed,
+        "objective": objective,
+        "hyper": True,
+        "hyper_fields": hyper_fields,
+        "overrides": overrides,
+        "hyper_context_size": args.hyper_context_size,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "learning_rate": seeded.learning_rate,
+        "result": result,
+        "best_step": _best_step(trainer.state),
+        "curve": training_curve(trainer.state.log_history),
+        "context_sensitivity": sensitivity,
+        "swapped_context": swapped,
+        "train_loss": losses[-1] if losses else None,
+        "train_s": train_s,
+        "eval_s": time.perf_counter() - started - train_s,
+    }
+    shutil.rmtree(output_dir, ignore_errors=True)  # the checkpoints were only there to reload the best one
+    return cell
+
+
+def context_control_table(cells: Sequence[Mapping], majority: str) -> str:
+    """One row per ``hyper_own_context`` cell (seed): the context sensitivity across the languages' context sets and
+    within the majority, then per language (majority first) the validation NLL per verse with its own context, with
+    the donor's (``swap_donors``) and the difference: ``own → swapped (donor, swapped - own)``."""
+    found = [cell for cell in cells if "swapped_context" in cell]
+    if not found:
+        return ""
+    languages = [majority, *sorted(g for g in found[0]["swapped_context"]["own"] if g != majority)]
+    header = ["seed", "sensitivity across languages", "within majority", *languages]
+    lines = ["| " + " | ".join(header) + " |", "| ---: |" + " ---: |" * (len(header) - 1)]
+    for cell in found:
+        sensitivity, control = cell["context_sensitivity"], cell["swapped_context"]
+        within = sensitivity["within_majority"]
+        values = [
+            f"{control['own'][g]:.1f} → {control['swapped'][g]:.1f} ({control['donor'][g]}, "
+            f"{control['difference'][g]:+.2f})"
+            for g in languages
+        ]
+        row = [
+            str(cell["seed"]),
+            f"{sensitivity['across_languages']:.2e}",
+            "n/a" if within is None else f"{within:.2e}",
+        ]
+        lines.append("| " + " | ".join(row + values) + " |")
+    return "\n".join(lines)
+
+
 def run_languages(args: argparse.Namespace, command: str) -> dict:
     """Run every missing cell of ``args.stage``, then write the results of every finished cell; return them."""
     from tqdm.auto import tqdm
@@ -423,8 +896,28 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
             release(base_file)
         for method, seed in tqdm(todo, desc="cells"):
             path = cell_path(output_dir, args.stage, method, seed)
+            if method == OWN_ADAPTER:  # resumable per language: its parts are claimed one by one
+                cell = run_own_adapter(model, tokenizer, train, validation, test, settings, seed, args, test_kwargs)
+                if cell is not None and not (args.resume and path.is_file()) and claim(path):
+                    write_json(path, cell)
+                    release(path)
+                    logger.info("%s/seed%d: validation %s", method, seed, best_validation(cell))
+                continue
             if (args.resume and path.is_file()) or not claim(path):
                 continue  # finished or running in another process since the list was made
+            if method == HYPER_OWN_CONTEXT:
+                stage_test = test if args.stage == "test" else None
+                cell = run_own_context_cell(
+                    model, tokenizer, train, validation, stage_test, settings, seed, args, test_kwargs
+                )
+                cell["stage"] = args.stage
+                write_json(path, cell)
+                release(path)
+                control = cell["swapped_context"]["difference"]
+                logger.info(
+                    "%s/seed%d: best step %s, swapped - own context %s", method, seed, cell["best_step"], control
+                )
+                continue
             conditional = method in TAGGED_METHODS
             cell = run_cell(
                 model,
@@ -465,7 +958,8 @@ def stage_cells(output_dir: Path, stage: str) -> list[dict]:
             cell
             for method in LANGUAGE_METHODS
             for path in sorted((output_dir / "cells" / stage_ / method).glob("seed*.json"))
-            if (cell := read_json(path)) is not None
+            if re.fullmatch(r"seed\d+\.json", path.name)  # not own_adapter's parts (seed<k>.<language>.json)
+            and (cell := read_json(path)) is not None
         ]
 
     cells = finished(stage)
@@ -498,6 +992,23 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
         parts += [f"![worst minority vs {majority}]({figure.name})", ""]
         curves = plot_curves(cells, majority, output_dir / f"languages_curves_{stage}.png")
         parts += [f"![validation curves and group weights]({curves.name})", ""]
+        control = context_control_table(cells, majority)
+        if control:
+            payload[stage]["context_control"] = [
+                {k: cell[k] for k in ("seed", "context_sensitivity", "swapped_context")}
+                for cell in cells
+                if "swapped_context" in cell
+            ]
+            parts += [
+                f"### {HYPER_OWN_CONTEXT}: does the generated adapter depend on its context?",
+                "",
+                "Context sensitivity of the generated LoRA weights (0: the hypernetwork ignores its input) across the "
+                "languages' context sets and across as many disjoint sets of the majority's verses; validation NLL "
+                "per verse of each language with its own context → with another language's (whose).",
+                "",
+                control,
+                "",
+            ]
         if stage == "test":
             for unit in ("bits_per_byte", "perplexity"):
                 parts += [f"### test: {UNITS[unit][1]}", "", unit_table(cells, base, majority, unit), ""]
@@ -511,6 +1022,8 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
                 values = ", ".join(f"{g} {m:+.2f} ± {d:.2f}" for g, (m, d) in found["per_group"].items())
                 parts += [f"Paired test NLL per verse, {name} (seeds {found['seeds']}): {values}.", ""]
             egt_cells = [cell for cell in cells if "egt" in cell["result"]]
+            if any("note" in cell["result"].get("egt", {}) for cell in egt_cells):
+                parts += [f"EGT of the {OWN_ADAPTER} and {HYPER_OWN_CONTEXT} rows: {PER_GROUP_NOTE}", ""]
             egt_base = base if base is not None and "egt" in base["result"] else None
             if egt_cells or egt_base is not None:
                 parts += [f"### test: {UNITS['egt'][1]}", "", unit_table(egt_cells, egt_base, majority, "egt"), ""]
@@ -546,6 +1059,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--max_length", type=int, default=80, help="Tokens; verses of <= 160 bytes fit whole.")
     parser.add_argument("--lora_r", type=int, default=8)
+    parser.add_argument(
+        "--hyper_context_size",
+        type=int,
+        default=64,
+        help=f"{HYPER_OWN_CONTEXT}: each language's context set is its first N training verses.",
+    )
     parser.add_argument("--n_bootstrap", type=int, default=1000, help="Bootstrap resamples of the test intervals.")
     parser.add_argument(
         "--egt_prompts_per_group",
@@ -555,7 +1074,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log_level", default="INFO")
     args = parser.parse_args(argv)
-    for name in ("max_steps", "eval_steps", "per_device_train_batch_size", "eval_validation_verses"):
+    for name in (
+        "max_steps",
+        "eval_steps",
+        "per_device_train_batch_size",
+        "eval_validation_verses",
+        "hyper_context_size",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.egt_prompts_per_group < 0 or args.egt_prompts_per_group > args.test_verses:

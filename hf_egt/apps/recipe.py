@@ -119,6 +119,7 @@ def train_adapter(
     eval_dataset=None,
     eval_steps: int | None = None,
     callbacks=None,
+    trainer_class=None,
     **config_overrides,
 ):
     """Train an adapter on a copy of ``model`` (left untouched) with ``EGTTrainer`` and the group ``objective``.
@@ -126,8 +127,9 @@ def train_adapter(
     ``settings.seed`` seeds the adapter's initialisation and the data order. ``peft_config`` defaults to
     ``lora_config(model, settings)``. With ``eval_dataset`` (a dataset or a dict of them) and ``eval_steps``, the
     per-group evaluation runs every ``eval_steps`` steps (its metrics land in ``trainer.state.log_history``).
-    ``callbacks`` are further ``TrainerCallback``s; ``config_overrides`` are further ``EGTConfig`` fields
-    (``group_sampling``, ``group_loss_estimate``, ...). Returns the trainer; ``trainer.model`` is the adapted model.
+    ``callbacks`` are further ``TrainerCallback``s; ``trainer_class`` replaces ``EGTTrainer`` (a subclass, or a
+    factory taking its arguments); ``config_overrides`` are further ``EGTConfig`` fields (``group_sampling``,
+    ``group_loss_estimate``, ...). Returns the trainer; ``trainer.model`` is the adapted model.
     """
     from hf_egt.integrations.trainer import EGTConfig, EGTTrainer
 
@@ -154,7 +156,7 @@ def train_adapter(
         seed=settings.seed,
     )
     args = EGTConfig(**{**config, **config_overrides})
-    trainer = EGTTrainer(
+    trainer = (trainer_class or EGTTrainer)(
         model=copy.deepcopy(model),
         args=args,
         train_dataset=train,

@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=GROUP_SAMPLINGS,
         default="natural",
         help="natural proportions, balanced (weighted sampler N / n_g with replacement, group_DRO's "
-        "--reweight_groups), temperature (p_g ∝ n_g ** --group_sampling_exponent) or stratified (every optimizer "
-        "step holds each group's share exactly; equal by default); seeded with --seed and the epoch.",
+        "--reweight_groups), temperature (p_g ∝ n_g ** --group_sampling_exponent), stratified (every optimizer "
+        "step holds each group's share exactly; equal by default) or homogeneous (every micro-batch of "
+        "--per_device_train_batch_size holds one group, the groups taking turns); seeded with --seed and the epoch.",
     )
     group(
         "--group_sampling_exponent",

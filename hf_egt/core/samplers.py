@@ -1,4 +1,5 @@
-"""Group-aware training samplers: natural, balanced and temperature (weighted, with replacement) and stratified.
+"""Group-aware training samplers: natural, balanced and temperature (weighted, with replacement), stratified and
+homogeneous.
 
 - ``natural``: the dataset's own proportions (the trainer's usual random sampler).
 - ``balanced``: every example drawn with probability proportional to ``N / n_g`` and with replacement, so each batch is
@@ -17,11 +18,19 @@
   expectation, the knob that traces stratified sampling's trade-off between the groups. Within a group, examples are
   drawn without replacement from a reshuffled cycle.
 
+- ``homogeneous``: the index stream is cut into micro-batches (``batch_size`` consecutive indices, the per-device
+  batch) that each hold *one* group; the groups take turns, every round giving each group one micro-batch in a random
+  order, so each group gets the same number of micro-batches. Within a group, examples are drawn without replacement
+  from a reshuffled cycle, as in ``stratified``. It is for a model whose forward depends on the set of rows it sees: a
+  HyperLoRA adapter generated from its batch (``hf_egt.integrations.hyper``) then generates each training forward's
+  weights from one group's rows, as it does at inference from that group's context set. With several processes,
+  accelerate deals whole micro-batches round-robin, so every process's batch stays one group.
+
 ``alpha`` (``group_sampling_exponent``) lies in [-1, 1]: 1 is the natural proportions, 0 equal shares, and below 0
 the smaller groups get *more* than an equal share. Its default depends on the sampling: 0.5 for ``temperature`` (the
 multilingual baseline), 0 for ``stratified`` (equal shares).
 
-Both samplers are a pure function of ``(seed, epoch)``: every process draws the same stream (accelerate then deals its
+All samplers are a pure function of ``(seed, epoch)``: every process draws the same stream (accelerate then deals its
 batches round-robin, each process getting its own part), and a resumed run that skips the first batches of an epoch
 sees exactly the batches it would have seen. ``set_epoch`` is called by ``Trainer`` and accelerate each epoch.
 """
@@ -32,7 +41,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-GROUP_SAMPLINGS = ("natural", "balanced", "temperature", "stratified")
+GROUP_SAMPLINGS = ("natural", "balanced", "temperature", "stratified", "homogeneous")
 DEFAULT_EXPONENTS = {"temperature": 0.5, "stratified": 0.0}  # alpha when `group_sampling_exponent` is None
 
 
@@ -181,6 +190,45 @@ class StratifiedGroupSampler(_GroupSampler):
             yield from (chunk[i] for i in order)
 
 
+class HomogeneousGroupSampler(_GroupSampler):
+    """Micro-batches of ``batch_size`` consecutive indices, each from one group, the groups taking turns (see the
+    module docstring).
+
+    Args:
+        group_ids: each example's group id.
+        batch_size: indices per micro-batch (the per-device training batch size).
+        num_groups: number of groups (default: the largest id + 1).
+        seed: seed of the stream (with the epoch).
+    """
+
+    def __init__(self, group_ids, batch_size: int, num_groups: int | None = None, seed: int = 0):
+        super().__init__(group_ids, num_groups, seed)
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        self.batch_size = batch_size
+
+    @property
+    def rounds(self) -> int:
+        """Rounds per epoch (one micro-batch of each group per round): enough to draw at least the dataset's size."""
+        return -(-len(self.group_ids) // (self.batch_size * self.num_groups))
+
+    def __len__(self) -> int:
+        return self.rounds * self.num_groups * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = self._generator()
+        members = [torch.nonzero(self.group_ids == g).flatten() for g in range(self.num_groups)]
+        cycles = [m[torch.randperm(len(m), generator=generator)] for m in members]
+        positions = [0] * self.num_groups
+        for _ in range(self.rounds):
+            for g in torch.randperm(self.num_groups, generator=generator).tolist():
+                for _ in range(self.batch_size):
+                    if positions[g] == len(cycles[g]):  # a group used up: reshuffle it and start again
+                        cycles[g], positions[g] = members[g][torch.randperm(len(members[g]), generator=generator)], 0
+                    yield int(cycles[g][positions[g]])
+                    positions[g] += 1
+
+
 def group_sampler(
     sampling: str,
     group_ids,
@@ -188,15 +236,22 @@ def group_sampler(
     seed: int,
     step_size: int | None = None,
     exponent: float | None = None,
+    batch_size: int | None = None,
 ) -> torch.utils.data.Sampler | None:
     """The sampler for ``sampling`` (``None`` for ``natural``: keep the caller's default random sampler); ``exponent``
-    is the alpha of ``temperature`` and ``stratified`` (``None``: ``DEFAULT_EXPONENTS``)."""
+    is the alpha of ``temperature`` and ``stratified`` (``None``: ``DEFAULT_EXPONENTS``), ``step_size`` the examples
+    per optimizer step of ``stratified`` and ``batch_size`` the micro-batch (per-device batch) size of
+    ``homogeneous``."""
     if sampling not in GROUP_SAMPLINGS:
         raise ValueError(f"`group_sampling` must be one of {GROUP_SAMPLINGS}, got {sampling!r}.")
     if sampling == "natural":
         return None
     if sampling == "balanced":
         return BalancedGroupSampler(group_ids, num_groups, seed)
+    if sampling == "homogeneous":
+        if batch_size is None:
+            raise ValueError("Homogeneous sampling needs `batch_size` (the per-device training batch size).")
+        return HomogeneousGroupSampler(group_ids, batch_size, num_groups, seed)
     alpha = DEFAULT_EXPONENTS[sampling] if exponent is None else exponent
     if sampling == "temperature":
         return TemperatureGroupSampler(group_ids, num_groups, seed, alpha)

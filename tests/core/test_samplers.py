@@ -8,6 +8,7 @@ import torch
 
 from hf_egt.core.samplers import (
     BalancedGroupSampler,
+    HomogeneousGroupSampler,
     StratifiedGroupSampler,
     TemperatureGroupSampler,
     balanced_example_weights,
@@ -83,10 +84,10 @@ def test_balanced_sampler_draws_groups_uniformly_with_replacement():
     assert len(set(draws) & set(range(39, 42))) == 3 and Counter(draws).most_common(1)[0][1] > 100  # replacement
 
 
-@pytest.mark.parametrize("sampler_class", ["balanced", "stratified"])
+@pytest.mark.parametrize("sampler_class", ["balanced", "stratified", "homogeneous"])
 def test_stream_is_a_function_of_seed_and_epoch(sampler_class):
     def stream(seed, epoch):
-        sampler = group_sampler(sampler_class, GROUP_IDS, 3, seed=seed, step_size=8)
+        sampler = group_sampler(sampler_class, GROUP_IDS, 3, seed=seed, step_size=8, batch_size=4)
         sampler.set_epoch(epoch)
         return list(sampler)
 
@@ -149,13 +150,40 @@ def test_stratified_quotas_and_errors():
     assert group_sampler("natural", GROUP_IDS, 3, seed=0) is None
 
 
+def test_homogeneous_every_micro_batch_is_one_group_and_groups_take_turns():
+    sampler = HomogeneousGroupSampler(GROUP_IDS, batch_size=4, num_groups=3, seed=3)
+    indices = list(sampler)
+    assert len(indices) == len(sampler) == 48  # 4 rounds of one batch of 4 per group cover the 42 rows
+    batches = [indices[start : start + 4] for start in range(0, len(indices), 4)]
+    groups = [{GROUP_IDS[i] for i in batch} for batch in batches]
+    assert all(len(found) == 1 for found in groups)  # every micro-batch holds one group
+    for start in range(0, len(groups), 3):  # every round gives each group one micro-batch
+        assert sorted(found.pop() for found in groups[start : start + 3]) == [0, 1, 2]
+    orders = {tuple(GROUP_IDS[batch[0]] for batch in batches[start : start + 3]) for start in range(0, 12, 3)}
+    assert len(orders) > 1  # the order within a round is drawn, not fixed
+    # within a group, examples come without replacement until the group is used up, then from a reshuffled cycle
+    per_group = {g: [i for i in indices if GROUP_IDS[i] == g] for g in range(3)}
+    assert len(per_group[0]) == 16 and len(set(per_group[0])) == 16
+    assert len(per_group[1]) == 16 and sorted(per_group[1][:9]) == list(range(30, 39))
+    small = per_group[2]
+    for start in range(0, 15, 3):
+        assert sorted(small[start : start + 3]) == [39, 40, 41]
+
+
+def test_homogeneous_needs_its_batch_size():
+    with pytest.raises(ValueError, match="Homogeneous sampling needs `batch_size`"):
+        group_sampler("homogeneous", GROUP_IDS, 3, seed=0, step_size=8)
+    with pytest.raises(ValueError, match="`batch_size` must be at least 1"):
+        HomogeneousGroupSampler(GROUP_IDS, batch_size=0)
+
+
 # ------------------------------------------------------------------------------------------------ with EGTTrainer
 def stratified_trainer(tmp_path, **overrides):
     from hf_egt import EGTTrainer
     from tests.integrations.trainer.test_egt_trainer import config, lora
     from tests.trainer_utils import group_dataset, tiny_llama
 
-    args = config(tmp_path, group_sampling="stratified", per_device_train_batch_size=4, **overrides)
+    args = config(tmp_path, **{"group_sampling": "stratified", "per_device_train_batch_size": 4, **overrides})
     return EGTTrainer(
         model=tiny_llama(), args=args, train_dataset=group_dataset({"a": 20, "b": 3}, seed=0), peft_config=lora()
     )
@@ -173,6 +201,17 @@ def test_trainer_stratified_batches_hold_every_group(tmp_path):
     assert {labels[i] for i in range(len(labels))} == {"a", "b"}
 
 
+def test_trainer_homogeneous_batches_hold_one_group(tmp_path):
+    trainer = stratified_trainer(tmp_path, group_sampling="homogeneous")
+    loader = trainer.get_train_dataloader()
+    assert len(loader) == 6  # 23 rows -> 3 rounds of one batch of 4 per group
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        found = [set(batch["group"].tolist()) for batch in loader]
+        assert all(len(groups) == 1 for groups in found)
+        assert sorted(groups.pop() for groups in found) == [0, 0, 0, 1, 1, 1]
+
+
 def test_trainer_resume_with_stratified_sampling_is_exact(tmp_path):
     from tests.integrations.trainer.test_egt_trainer import assert_same_params, lora_params
 
@@ -187,13 +226,13 @@ def test_trainer_resume_with_stratified_sampling_is_exact(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampling", ["balanced", "stratified"])
+@pytest.mark.parametrize("sampling", ["balanced", "stratified", "homogeneous"])
 def test_two_processes_draw_their_own_parts_of_one_stream(tmp_path, sampling):
     """Under accelerate, each process gets its own batches and the two together are the single-process stream."""
     output = tmp_path / "batches.json"
     accelerate_launch("sampler_two_processes.py", sampling, str(output))
     per_rank = json.loads(output.read_text())
-    sampler = group_sampler(sampling, GROUP_IDS, 3, seed=5, step_size=8)
+    sampler = group_sampler(sampling, GROUP_IDS, 3, seed=5, step_size=8, batch_size=4)
     per_epoch = len(per_rank["0"]) // 2
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -205,3 +244,5 @@ def test_two_processes_draw_their_own_parts_of_one_stream(tmp_path, sampling):
     if sampling == "stratified":  # each optimizer step (one batch per process) holds every group
         for first, second in zip(per_rank["0"], per_rank["1"]):
             assert {GROUP_IDS[i] for i in first + second} == {0, 1, 2}
+    if sampling == "homogeneous":  # each process's batch holds one group
+        assert all(len({GROUP_IDS[i] for i in batch}) == 1 for rank in "01" for batch in per_rank[rank])

@@ -16,7 +16,7 @@ sampling, output = sys.argv[1], sys.argv[2]
 accelerator = Accelerator(cpu=True)
 assert accelerator.num_processes == 2, accelerator.num_processes
 dataset = torch.arange(len(GROUP_IDS))
-sampler = group_sampler(sampling, GROUP_IDS, 3, seed=5, step_size=4 * accelerator.num_processes)
+sampler = group_sampler(sampling, GROUP_IDS, 3, seed=5, step_size=4 * accelerator.num_processes, batch_size=4)
 loader = accelerator.prepare(torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler))
 batches = []
 for epoch in range(2):

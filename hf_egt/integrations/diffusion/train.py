@@ -423,7 +423,7 @@ def train(
     sampler = group_sampler(
         args.group_sampling, train_group_ids, len(group_labels), seed=args.seed,
         step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes,
-        exponent=args.group_sampling_exponent,
+        exponent=args.group_sampling_exponent, batch_size=args.per_device_train_batch_size,
     )  # fmt: skip
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=args.per_device_train_batch_size, shuffle=sampler is None, sampler=sampler,

@@ -45,9 +45,11 @@ class GroupArguments:
         group_sampling (`str`, *optional*, defaults to `"natural"`):
             `"natural"` (the data's proportions), `"balanced"` (weighted sampler with replacement, per-example weight
             `N / n_g`, as group_DRO's `--reweight_groups`), `"temperature"` (group `g` drawn with probability
-            `∝ n_g ** group_sampling_exponent`, the multilingual baseline) or `"stratified"` (every optimizer step
-            holds each group's share exactly: equal shares by default); see `hf_egt.core.samplers`. Seeded with
-            `data_seed` (else `seed`) and the epoch, so resuming is exact.
+            `∝ n_g ** group_sampling_exponent`, the multilingual baseline), `"stratified"` (every optimizer step
+            holds each group's share exactly: equal shares by default) or `"homogeneous"` (every micro-batch of
+            `per_device_train_batch_size` rows holds one group, the groups taking turns: a HyperLoRA adapter
+            generated from its batch sees one group); see `hf_egt.core.samplers`. Seeded with `data_seed` (else
+            `seed`) and the epoch, so resuming is exact.
         group_sampling_exponent (`float` or `None`, *optional*, defaults to `None`):
             The `alpha` of `"temperature"` and `"stratified"` sampling (group shares `∝ n_g ** alpha`), in [-1, 1]:
             1 is the natural proportions, 0 equal shares, below 0 favours the smaller groups beyond equal. `None` is
@@ -102,8 +104,8 @@ class GroupArguments:
         default="natural",
         metadata={
             "help": "Training sampler: natural proportions, balanced (weighted, with replacement, N / n_g), "
-            "temperature (p_g ∝ n_g ** group_sampling_exponent) or stratified (every optimizer step holds each group's "
-            "share exactly).",
+            "temperature (p_g ∝ n_g ** group_sampling_exponent), stratified (every optimizer step holds each group's "
+            "share exactly) or homogeneous (every micro-batch holds one group, the groups taking turns).",
             "choices": list(GROUP_SAMPLINGS),
         },
     )

@@ -259,6 +259,7 @@ class EGTTrainerMixin:
             seed=args.data_seed if args.data_seed is not None else args.seed,
             step_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
             exponent=args.group_sampling_exponent,
+            batch_size=args.per_device_train_batch_size,
         )
 
     def update_weights_from_eval(self) -> torch.Tensor:
