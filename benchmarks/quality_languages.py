@@ -103,7 +103,13 @@ LANGUAGE_METHODS = {
 # (training, validation and test score exactly the tokens the other methods score, given the tag). Its control,
 # neutral_tag_erm, puts the same tag before every language: any token before the verse already helps a model that
 # gets no BOS token, so only the difference between the two is the language information.
-TAGGED_METHODS = {"tag_erm": ("erm", None, {}), "neutral_tag_erm": ("erm", None, {})}
+# The *_stratified_erm pair asks the same on stratified steps: does the language tag add to what sampling gives?
+TAGGED_METHODS = {
+    "tag_erm": ("erm", None, {}),
+    "neutral_tag_erm": ("erm", None, {}),
+    "tag_stratified_erm": ("erm", None, {"group_sampling": "stratified"}),
+    "neutral_tag_stratified_erm": ("erm", None, {"group_sampling": "stratified"}),
+}
 LANGUAGE_METHODS |= TAGGED_METHODS
 # One LoRA adapter per language (a reference point, not a competitor): each trained with the same recipe (steps,
 # batch, learning rate) on its language's training verses only, kept at its best step on its own language's
@@ -154,7 +160,7 @@ def language_data(args: argparse.Namespace):
 
 def language_tag(method: str, language: str) -> str:
     """The prefix of a verse under ``method`` (``TAGGED_METHODS``): its language's tag, or one tag for all."""
-    return "<text>" if method == "neutral_tag_erm" else f"<{language}>"
+    return "<text>" if method.startswith("neutral_tag") else f"<{language}>"
 
 
 def tagged(dataset, tokenizer, max_length: int, method: str):

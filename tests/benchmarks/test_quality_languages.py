@@ -63,3 +63,15 @@ def test_screen_counts_the_test_cells_it_has_no_cell_of(tmp_path):
     # the screen's own cell wins over the test cell of the same (method, seed); LANGUAGE_METHODS order
     assert screen == [("erm", 1, "t"), ("stratified_erm", 0, "s"), ("minmax_sequence", 0, "t")]
     assert [c["at"] for c in stage_cells(tmp_path, "test")] == ["t", "t", "t"]  # the test stage reads only its own
+
+
+def test_each_tagged_method_has_its_language_tag_and_each_control_one_tag_for_all():
+    from benchmarks.quality_languages import TAGGED_METHODS, language_tag
+
+    for method in TAGGED_METHODS:
+        tags = {language_tag(method, language) for language in ("en", "fr", "es", "de")}
+        assert len(tags) == (1 if method.startswith("neutral_") else 4), method
+    # each conditional method has its control: the same training with one tag for every language
+    for method, spec in TAGGED_METHODS.items():
+        if not method.startswith("neutral_"):
+            assert TAGGED_METHODS[f"neutral_{method}"] == spec
