@@ -583,6 +583,20 @@ def rows_of(dataset, language: str):
     return dataset.select([i for i, group in enumerate(dataset["group"]) if group == language])
 
 
+def cell_options(args: argparse.Namespace, test_kwargs: Mapping) -> dict:
+    """The ``run_cell`` options every cell of the study shares: validation every ``--eval_steps`` steps, each method
+    kept at its best validation worst-language NLL per verse, the test split measured once at the end."""
+    return {
+        "eval_steps": args.eval_steps,
+        "specs": LANGUAGE_METHODS,
+        "selection_metric": SELECTION_METRIC,
+        "test_in_curve": False,
+        "n_bootstrap": args.n_bootstrap,
+        "store_reference": False,
+        "test_kwargs": test_kwargs,
+    }
+
+
 def run_own_adapter(model, tokenizer, train, validation, test, settings, seed: int, args, test_kwargs) -> dict | None:
     """Train (and write) each missing language part of the ``own_adapter`` cell of ``seed``, then return the
     assembled cell once all parts exist (``None`` while another process still runs one)."""
@@ -602,13 +616,7 @@ def run_own_adapter(model, tokenizer, train, validation, test, settings, seed: i
             seed,
             output_dir / "work",
             validation=rows_of(validation, language),
-            eval_steps=args.eval_steps,
-            specs=LANGUAGE_METHODS,
-            selection_metric=SELECTION_METRIC,
-            test_in_curve=False,
-            n_bootstrap=args.n_bootstrap,
-            store_reference=False,
-            test_kwargs=test_kwargs,
+            **cell_options(args, test_kwargs),
         )
         write_json(path, {**part, "stage": args.stage, "language": language})
         release(path)
@@ -937,13 +945,7 @@ def run_languages(args: argparse.Namespace, command: str) -> dict:
                 output_dir / "work",
                 validation=tagged(validation, tokenizer, settings.max_length, method) if conditional else validation,
                 test_prefixes=[language_tag(method, group) for group in test["group"]] if conditional else None,
-                eval_steps=args.eval_steps,
-                specs=LANGUAGE_METHODS,
-                selection_metric=SELECTION_METRIC,
-                test_in_curve=False,
-                n_bootstrap=args.n_bootstrap,
-                store_reference=False,
-                test_kwargs=test_kwargs,
+                **cell_options(args, test_kwargs),
             )
             cell["stage"] = args.stage
             write_json(path, cell)
