@@ -17,7 +17,7 @@ from pathlib import Path
 from hf_egt.apps import checks
 from hf_egt.apps.arguments import add_renamed_options, redacted_command
 from hf_egt.apps.reporting import held_out_sentence
-from hf_egt.core.resume import GROUP_OBJECTIVE_RECORD_FIELDS, resolved_model_path
+from hf_egt.core.resume import GROUP_OBJECTIVE_RECORD_FIELDS, recorded_sampling_exponent, resolved_model_path
 from hf_egt.integrations.hyper.config import HYPERNETWORK_FOLDER
 
 
@@ -337,6 +337,9 @@ def train_run_record(script_args: TrainScriptArguments, training_args, split: Ma
         "hyper": script_args.hyper,
     }
     record.update({key: getattr(training_args, key) for key in TRAIN_RECORD_FIELDS if key not in record})
+    record["group_sampling_exponent"] = recorded_sampling_exponent(
+        training_args.group_sampling, training_args.group_sampling_exponent
+    )
     if script_args.hyper:
         record.update({f"hyper_{name}": value for name, value in script_args.hyper_options.items()})
     return record

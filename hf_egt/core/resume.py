@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_egt.core.samplers import DEFAULT_EXPONENTS
+
 logger = logging.getLogger(__name__)
 
 RUN_RECORD_NAME = "hf_egt_run.json"
@@ -37,6 +39,17 @@ GROUP_OBJECTIVE_RECORD_FIELDS = {
         "group_weight_floor",
     )
 }
+# Record entries that only matter under some settings of the run: compared only when the saved run or this one uses
+# them (a sampling exponent under natural sampling changes nothing, and earlier versions recorded one for every run).
+RECORD_CONDITIONS = {"group_sampling_exponent": lambda record: record.get("group_sampling") in DEFAULT_EXPONENTS}
+
+
+def recorded_sampling_exponent(sampling: str, exponent: float | None) -> float | None:
+    """The ``group_sampling_exponent`` a run's record holds: the alpha its sampling uses (``None`` resolved to the
+    sampling's default), ``None`` for a sampling that uses none."""
+    if sampling not in DEFAULT_EXPONENTS:
+        return None
+    return DEFAULT_EXPONENTS[sampling] if exponent is None else exponent
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ def check_run_record(
     accepted = []
     for key, spec in fields.items():
         if key not in saved or _same(saved[key], record.get(key)):
+            continue
+        if key in RECORD_CONDITIONS and not (RECORD_CONDITIONS[key](saved) or RECORD_CONDITIONS[key](record)):
             continue
         option = spec.option.lstrip("-")
         sentence = f"{checkpoint} was saved with {_shown(saved[key])}, this run has {_shown(record.get(key))}"

@@ -34,6 +34,7 @@ from hf_egt.core.resume import (
     check_run_record,
     checkpoints_of,
     dataset_entry,
+    recorded_sampling_exponent,
     resolved_model_path,
     write_run_record,
 )
@@ -275,6 +276,7 @@ def run_record(args, dataset, group_labels: list) -> tuple[dict, dict]:
         "groups": [str(label) for label in group_labels],
     }
     record.update({key: getattr(args, key) for key in RECORD_FIELDS if key not in record})
+    record["group_sampling_exponent"] = recorded_sampling_exponent(args.group_sampling, args.group_sampling_exponent)
     fields = {key: RecordField(option, may_change) for key, (option, may_change) in RECORD_FIELDS.items()}
     if args.hyper:
         for name in HYPER_CONFIG_FIELDS:
