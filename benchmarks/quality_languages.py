@@ -396,10 +396,14 @@ def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: P
                 color="0.7",
                 label=f"{family} ({' → '.join(m for m in members if m in summary)})",
             )
-    for method, row in summary.items():
+    for i, (method, row) in enumerate(summary.items()):
         (x, dx), (y, dy) = row["per_group"][majority], row["worst_minority"]
-        axis.errorbar(x, y, xerr=dx if dx == dx else None, yerr=dy if dy == dy else None, fmt="o", capsize=3)
-        axis.annotate(method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        # squares: a tag before every verse (compare with its constant-tag control only); diamond: one adapter per
+        # language (a reference point, 4x the parameters and steps)
+        marker = "s" if method in TAGGED_METHODS else "D" if method == OWN_ADAPTER else "o"
+        axis.errorbar(x, y, xerr=dx if dx == dx else None, yerr=dy if dy == dy else None, fmt=marker, capsize=3)
+        # labels alternate above and below their points, so that neighbours on one curve stay readable
+        axis.annotate(method, (x, y), textcoords="offset points", xytext=(4, 4 if i % 2 else -11), fontsize=8)
     if base is not None:
         per_group = base["per_group"]
         minority = max(v for g, v in per_group.items() if g != majority)
@@ -408,7 +412,7 @@ def plot_frontier(summary: Mapping, base: Mapping | None, majority: str, path: P
     axis.set_ylabel("worst minority language NLL per verse, nats")
     axis.set_title(title, fontsize=10)
     if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=7, loc="upper right")
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below: the corners hold points
     return save_figure(figure, path, dpi=120)
 
 
@@ -995,7 +999,11 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
             parts += [f"Training verses per language: {base['train_counts']}; {source}: {base['eval_counts']}.", ""]
         parts += [markdown_table(summary, base, majority), ""]
         figure = plot_frontier(
-            summary, base, majority, output_dir / f"languages_frontier_{stage}.png", f"{stage} ({source})"
+            summary,
+            base,
+            majority,
+            output_dir / f"languages_frontier_{stage}.png",
+            f"{stage} ({source}); squares: a tag before each verse, diamond: one adapter per language",
         )
         parts += [f"![worst minority vs {majority}]({figure.name})", ""]
         curves = plot_curves(cells, majority, output_dir / f"languages_curves_{stage}.png")
