@@ -427,11 +427,12 @@ def egt_kwargs(args: argparse.Namespace, tokenizer) -> dict:
     return {"feature_model": (base.model, tokenizer), "max_prompts_per_group": args.egt_prompts_per_group}
 
 
-def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: int, **kwargs) -> dict:
+def evaluate_rows(model, tokenizer, dataset, settings, name: str, **kwargs) -> dict:
+    """``evaluate_causal_lm`` of ``dataset``'s texts by group with the study's batch size and length; ``kwargs`` go
+    to it (``n_bootstrap``, the EGT's ``feature_model``, ...)."""
     from hf_egt.integrations.evaluation import evaluate_causal_lm
 
-    started = time.perf_counter()
-    result = evaluate_causal_lm(
+    return evaluate_causal_lm(
         model,
         tokenizer,
         list(dataset["text"]),
@@ -439,9 +440,13 @@ def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: i
         batch_size=settings.per_device_eval_batch_size,
         max_length=settings.max_length,
         name=name,
-        n_bootstrap=n_bootstrap,
         **kwargs,
     )
+
+
+def evaluate_base(model, tokenizer, dataset, settings, name: str, n_bootstrap: int, **kwargs) -> dict:
+    started = time.perf_counter()
+    result = evaluate_rows(model, tokenizer, dataset, settings, name, n_bootstrap=n_bootstrap, **kwargs)
     return {"result": result, "per_group": result["sequence_nll"]["per_group"], "eval_s": time.perf_counter() - started}
 
 
@@ -709,22 +714,13 @@ def own_context_sets(train, tokenizer, languages: Sequence[str], size: int, max_
 def evaluate_with_contexts(model, tokenizer, dataset, contexts: Mapping[str, Mapping], settings, name, **kwargs):
     """``evaluate_causal_lm`` of each language's rows of ``dataset`` with the HyperLoRA context fixed to
     ``contexts[language]``, merged into one result (``merge_results``); ``kwargs`` go to ``evaluate_causal_lm``."""
-    from hf_egt.integrations.evaluation import evaluate_causal_lm
     from hf_egt.integrations.hyper import fix_context
 
     parts = {}
     for language, context_set in contexts.items():
-        rows = rows_of(dataset, language)
         fix_context(model, context_set)
-        parts[language] = evaluate_causal_lm(
-            model,
-            tokenizer,
-            list(rows["text"]),
-            list(rows["group"]),
-            batch_size=settings.per_device_eval_batch_size,
-            max_length=settings.max_length,
-            name=f"{name}/{language}",
-            **kwargs,
+        parts[language] = evaluate_rows(
+            model, tokenizer, rows_of(dataset, language), settings, f"{name}/{language}", **kwargs
         )
     return merge_results(parts)
 
