@@ -128,6 +128,17 @@ LANGUAGE_METHODS |= {
     OWN_ADAPTER: ("erm", None, {}),
     HYPER_OWN_CONTEXT: ("erm", {"match_lora_parameters": True}, {"group_sampling": "homogeneous"}),
 }
+# The paired test-stage comparisons written under the tables (same seed, same test verses): min-max against its two
+# controls, and each remaining baseline against the sampling it shares (the tag's language information is the tagged
+# pair's difference; the constant prefix alone is the neutral tag against no tag).
+PAIRED_COMPARISONS = (
+    ("minmax_sequence", "stratified_erm"),
+    ("minmax_sequence", "erm"),
+    (HYPER_OWN_CONTEXT, "stratified_erm"),
+    ("tag_stratified_erm", "neutral_tag_stratified_erm"),
+    ("neutral_tag_stratified_erm", "stratified_erm"),
+    (OWN_ADAPTER, "stratified_erm"),
+)
 FAMILIES = {
     "sampling": ("erm", "temperature_0.5", "temperature_0.3", "balanced_erm"),
     "stratified": ("stratified_erm_0.3", "stratified_erm", "stratified_erm_-0.1", "stratified_erm_-0.25"),
@@ -1026,7 +1037,7 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
                 parts += [f"### test: {UNITS[unit][1]}", "", unit_table(cells, base, majority, unit), ""]
             differences = {
                 f"{method} - {control}": found
-                for method, control in (("minmax_sequence", "stratified_erm"), ("minmax_sequence", "erm"))
+                for method, control in PAIRED_COMPARISONS
                 if (found := paired_differences(cells, method, control))
             }
             payload[stage]["paired_differences"] = differences

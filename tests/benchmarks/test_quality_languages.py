@@ -7,7 +7,13 @@ import statistics
 
 import pytest
 
-from benchmarks.quality_languages import paired_differences, unit_table, unit_values
+from benchmarks.quality_languages import (
+    LANGUAGE_METHODS,
+    PAIRED_COMPARISONS,
+    paired_differences,
+    unit_table,
+    unit_values,
+)
 
 
 def cell(method: str, seed: int, nll: dict[str, float], bpb: dict[str, float]) -> dict:
@@ -33,6 +39,11 @@ def test_paired_differences_are_per_seed_differences():
     assert mean == pytest.approx(statistics.fmean([146 - 156, 147 - 155]))
     assert std == pytest.approx(statistics.stdev([-10.0, -8.0]))
     assert paired_differences(CELLS, "minmax_sequence", "stratified_erm") == {}
+
+
+def test_paired_comparisons_name_study_methods_against_another():
+    for method, control in PAIRED_COMPARISONS:
+        assert method in LANGUAGE_METHODS and control in LANGUAGE_METHODS and method != control
 
 
 def test_unit_table_computes_worst_and_gap_per_seed_first():
