@@ -351,6 +351,14 @@ def paired_differences(cells: Sequence[Mapping], method: str, control: str, unit
     }
 
 
+def paired_line(name: str, found: Mapping) -> str:
+    """One sentence of ``paired_differences``' result: per language, mean ± std over the paired seeds (the mean alone
+    for one seed, which has no spread)."""
+    spread = len(found["seeds"]) > 1
+    values = ", ".join(f"{g} {m:+.2f}" + (f" ± {d:.2f}" if spread else "") for g, (m, d) in found["per_group"].items())
+    return f"Paired test NLL per verse, {name} (seeds {found['seeds']}): {values}."
+
+
 def plot_curves(cells: Sequence[Mapping], majority: str, path: Path) -> Path:
     """Over training: each method's validation NLL per verse of the worst minority and of the majority (one line
     per seed), and each language's weight in the step's loss (logged ``group_weight``): for a plain mean (``erm``,
@@ -1041,9 +1049,7 @@ def write_results(output_dir: Path, args: argparse.Namespace, command: str, wall
                 if (found := paired_differences(cells, method, control))
             }
             payload[stage]["paired_differences"] = differences
-            for name, found in differences.items():
-                values = ", ".join(f"{g} {m:+.2f} ± {d:.2f}" for g, (m, d) in found["per_group"].items())
-                parts += [f"Paired test NLL per verse, {name} (seeds {found['seeds']}): {values}.", ""]
+            parts += [line for name, found in differences.items() for line in (paired_line(name, found), "")]
             egt_cells = [cell for cell in cells if "egt" in cell["result"]]
             if any("note" in cell["result"].get("egt", {}) for cell in egt_cells):
                 parts += [f"EGT of the {OWN_ADAPTER} and {HYPER_OWN_CONTEXT} rows: {PER_GROUP_NOTE}", ""]

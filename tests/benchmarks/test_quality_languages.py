@@ -11,6 +11,7 @@ from benchmarks.quality_languages import (
     LANGUAGE_METHODS,
     PAIRED_COMPARISONS,
     paired_differences,
+    paired_line,
     unit_table,
     unit_values,
 )
@@ -39,6 +40,14 @@ def test_paired_differences_are_per_seed_differences():
     assert mean == pytest.approx(statistics.fmean([146 - 156, 147 - 155]))
     assert std == pytest.approx(statistics.stdev([-10.0, -8.0]))
     assert paired_differences(CELLS, "minmax_sequence", "stratified_erm") == {}
+
+
+def test_paired_line_shows_a_spread_only_over_several_seeds():
+    two = paired_line("minmax_sequence - erm", paired_differences(CELLS, "minmax_sequence", "erm"))
+    expected = "en +6.00 ± 0.00, de -9.00 ± 1.41, fr -3.00 ± 1.41"
+    assert two == f"Paired test NLL per verse, minmax_sequence - erm (seeds [0, 1]): {expected}."
+    one = paired_line("minmax_sequence - erm", paired_differences(CELLS[::2], "minmax_sequence", "erm"))
+    assert one == "Paired test NLL per verse, minmax_sequence - erm (seeds [0]): en +6.00, de -10.00, fr -2.00."
 
 
 def test_paired_comparisons_name_study_methods_against_another():
