@@ -197,6 +197,22 @@ def sentence_prefixes(texts: Sequence[str], num_words: int = 4) -> list[str]:
 
 
 @torch.no_grad()
+def left_padded_prefixed_prompts(
+    tokenizer, prefixes: Sequence[str], prompts: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """``prefix + prompt`` rows, left-padded for generation (each part tokenized on its own, as ``prefixed_batch``),
+    and the position where each row's prompt starts."""
+    prefix_ids = tokenizer(list(prefixes), add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    rows = [prefix + prompt for prefix, prompt in zip(prefix_ids, prompt_ids)]
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
+    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    starts = [width - len(prompt) for prompt in prompt_ids]
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, starts
+
+
 def generate_continuations(
     model,
     tokenizer,
@@ -208,8 +224,16 @@ def generate_continuations(
     top_p: float = 0.95,
     seed: int = 0,
     desc: str = "generation",
+    prefixes: Sequence[str] | None = None,
 ) -> list[str]:
-    """Prompt + sampled continuation of each prompt, decoded without special tokens."""
+    """Prompt + sampled continuation of each prompt, decoded without special tokens.
+
+    With ``prefixes`` (one per prompt, e.g. a group tag), each prompt is generated *given* its prefix, as a
+    group-conditional model was trained (``prefixed_batch``: the prefix and the prompt tokenized each on its own), and
+    the prefix is left out of the returned text: the same prompt + continuation as without prefixes.
+    """
+    if prefixes is not None and len(prefixes) != len(prompts):
+        raise ValueError(f"`prefixes` must have one entry per prompt, got {len(prefixes)} for {len(prompts)} prompts.")
     model.eval()
     device = _model_device(model)
     generator_state = torch.random.get_rng_state()
@@ -219,9 +243,14 @@ def generate_continuations(
     outputs: list[str] = []
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True).to(device)
+            rows = slice(start, start + batch_size)
+            if prefixes is None:
+                batch = tokenizer(list(prompts[rows]), return_tensors="pt", padding=True)
+                prompt_starts = [0] * batch["input_ids"].shape[0]  # decoding skips the left padding
+            else:
+                batch, prompt_starts = left_padded_prefixed_prompts(tokenizer, prefixes[rows], prompts[rows])
             generated = model.generate(
-                **batch,
+                **{k: v.to(device) for k, v in batch.items()},
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 top_p=top_p if do_sample else None,
@@ -229,7 +258,9 @@ def generate_continuations(
                 temperature=None if not do_sample else 1.0,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            outputs.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+            outputs.extend(
+                tokenizer.decode(row[begin:], skip_special_tokens=True) for row, begin in zip(generated, prompt_starts)
+            )
     finally:
         tokenizer.padding_side = padding_side
         torch.random.set_rng_state(generator_state)
@@ -393,7 +424,8 @@ def evaluate_causal_lm(
     ``worst_group``, ``overall`` and a 95 % bootstrap ``ci`` over texts with ``n_bootstrap`` > 0), ``"scored"``
     (texts, tokens and bytes per group), plus ``"egt"`` (the EGT report) when ``feature_model`` is given.
     With ``prefixes`` (e.g. a group tag per text, for a group-conditional model), the likelihood of each text is taken
-    given its prefix, on the same scored tokens (``sequence_nll``); generation prompts stay the texts' first words.
+    given its prefix, on the same scored tokens (``sequence_nll``), and each generation prompt (the text's first
+    words) is generated given its prefix too; the prefix is not part of the generated text the EGT compares.
     """
     groups = [str(group) for group in groups]
     if feature_model is not None:  # before any work: the estimator's minimum sample size per group
@@ -428,6 +460,7 @@ def evaluate_causal_lm(
             batch_size=batch_size,
             seed=seed,
             desc=f"{name}: generation",
+            prefixes=None if prefixes is None else [prefixes[i] for i in chosen],
         )
         report = embedding_egt(
             real,

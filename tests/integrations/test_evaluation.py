@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from hf_egt.integrations import evaluation
 from hf_egt.integrations.evaluation import (
     evaluate_causal_lm,
+    generate_continuations,
     predicted_byte_counts,
     sequence_nll,
     strict_json_dumps,
@@ -127,6 +129,43 @@ def test_prefixes_condition_the_same_scored_tokens(model_and_tokenizer):
     assert not torch.allclose(nll, plain_nll)
     with pytest.raises(ValueError, match="`prefixes` must have one entry per text, got 1 for 4 texts"):
         sequence_nll(model, tokenizer, texts, prefixes=prefixes[:1])
+
+
+def test_prefixed_generation_equals_each_row_generated_alone_after_its_prefix(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts, prefixes = ["Le chat", "The weather is", "a", "Der Hund ist sehr"], ["<fr> ", "<en>", "<de> ", "<es> "]
+    found = generate_continuations(
+        model, tokenizer, prompts, max_new_tokens=5, batch_size=3, do_sample=False, prefixes=prefixes
+    )
+    for text, prompt, prefix in zip(found, prompts, prefixes):
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prefix_ids + tokenizer(prompt)["input_ids"]])
+        alone = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        # hand computation: one unpadded row, the prefix cut off the decoded text
+        assert text == tokenizer.decode(alone[0, len(prefix_ids) :], skip_special_tokens=True).strip()
+        assert text.startswith(prompt)
+    with pytest.raises(ValueError, match="`prefixes` must have one entry per prompt, got 1 for 4 prompts"):
+        generate_continuations(model, tokenizer, prompts, prefixes=prefixes[:1])
+
+
+def test_evaluation_generates_each_prompt_after_its_texts_prefix(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    texts, groups = TEXTS[:4] * 24, GROUPS[:4] * 24  # the estimator needs 20 prompts per group
+    prefixes = [f"<{group}>" for group in groups]
+    calls = {}
+
+    def recorded_generation(model, tokenizer, prompts, **kwargs):
+        calls.update(prompts=prompts, prefixes=kwargs["prefixes"])
+        return list(prompts)
+
+    monkeypatch.setattr(evaluation, "generate_continuations", recorded_generation)
+    monkeypatch.setattr(evaluation, "embedding_egt", lambda *args, **kwargs: {"per_group": {}})
+    evaluate_causal_lm(
+        model, tokenizer, texts, groups, feature_model="unused", max_prompts_per_group=20, prefixes=prefixes
+    )
+    tag_of_prompt = {text.split()[0]: f"<{group}>" for text, group in zip(texts, groups)}
+    assert len(calls["prefixes"]) == len(calls["prompts"]) == 80  # 20 prompts of each of the 4 groups
+    assert [tag_of_prompt[prompt.split()[0]] for prompt in calls["prompts"]] == calls["prefixes"]
 
 
 def test_report_markdown_ends_with_how_rows_were_held_out_and_what_was_left_out(tmp_path):
