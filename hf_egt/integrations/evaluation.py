@@ -196,7 +196,6 @@ def sentence_prefixes(texts: Sequence[str], num_words: int = 4) -> list[str]:
     return [" ".join(text.split()[:num_words]) for text in texts]
 
 
-@torch.no_grad()
 def left_padded_prefixed_prompts(
     tokenizer, prefixes: Sequence[str], prompts: Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -213,6 +212,7 @@ def left_padded_prefixed_prompts(
     return {"input_ids": input_ids, "attention_mask": attention_mask}, starts
 
 
+@torch.no_grad()
 def generate_continuations(
     model,
     tokenizer,
